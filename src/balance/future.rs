@@ -1,0 +1,179 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project::pin_project;
+use tokio::time::Instant;
+use tower::Service;
+
+use super::set::Slot;
+use super::{InFlight, Shared, wait_for_endpoints};
+use crate::classify::Classify;
+use crate::error::{BoxError, Error};
+
+/// The response future of [`Balance`](super::Balance).
+///
+/// On the common path it holds the chosen endpoint's service and its future
+/// inline (no allocation); only a request that has to wait for the first
+/// endpoint to appear boxes that wait.
+#[pin_project]
+#[must_use = "futures do nothing unless polled"]
+pub struct ResponseFuture<S, C, Req>
+where
+    S: Service<Req>,
+{
+    shared: Arc<Shared<S, C>>,
+    #[pin]
+    state: State<S, Req>,
+}
+
+#[pin_project(project = StateProj)]
+enum State<S, Req>
+where
+    S: Service<Req>,
+{
+    Waiting {
+        wait: Pin<Box<dyn Future<Output = ()> + Send>>,
+        since: Instant,
+        req: Option<Req>,
+    },
+    Ready {
+        service: S,
+        req: Option<Req>,
+        in_flight: Option<InFlight<S>>,
+    },
+    Calling {
+        #[pin]
+        future: S::Future,
+        in_flight: InFlight<S>,
+        start: Instant,
+    },
+    Done,
+}
+
+impl<S, C, Req> ResponseFuture<S, C, Req>
+where
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    C: Send + Sync + 'static,
+{
+    pub(super) fn ready(shared: Arc<Shared<S, C>>, slot: Arc<Slot<S>>, req: Req) -> Self {
+        ResponseFuture {
+            shared,
+            state: State::Ready {
+                service: slot.service.clone(),
+                req: Some(req),
+                in_flight: Some(InFlight::new(slot)),
+            },
+        }
+    }
+
+    pub(super) fn waiting(shared: Arc<Shared<S, C>>, req: Req) -> Self {
+        let since = Instant::now();
+        let until = since + shared.config.endpoint_wait;
+        ResponseFuture {
+            state: State::Waiting {
+                wait: Box::pin(wait_for_endpoints(shared.clone(), until)),
+                since,
+                req: Some(req),
+            },
+            shared,
+        }
+    }
+}
+
+impl<S, C, Req> Future for ResponseFuture<S, C, Req>
+where
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response>,
+{
+    type Output = Result<S::Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Waiting { wait, since, req } => {
+                    ready!(wait.as_mut().poll(cx));
+                    let set = this.shared.set.load();
+                    if set.is_empty() {
+                        let waited = since.elapsed();
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(Error::NoEndpoints {
+                            service: this.shared.name.clone(),
+                            waited,
+                        }));
+                    }
+                    let slot = this.shared.pick(&set);
+                    let req = req.take().expect("polled after completion");
+                    this.state.set(State::Ready {
+                        service: slot.service.clone(),
+                        req: Some(req),
+                        in_flight: Some(InFlight::new(slot)),
+                    });
+                }
+                StateProj::Ready {
+                    service,
+                    req,
+                    in_flight,
+                } => {
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                        let e: BoxError = e.into();
+                        let class = this.shared.classify.classify_error(&*e);
+                        let slot = in_flight
+                            .as_ref()
+                            .expect("polled after completion")
+                            .slot
+                            .clone();
+                        this.shared.record(&slot, class, std::time::Duration::ZERO);
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(Error::inner(
+                            &this.shared.name,
+                            Some(slot.endpoint.address()),
+                            e,
+                        )));
+                    }
+                    let req = req.take().expect("polled after completion");
+                    let in_flight = in_flight.take().expect("polled after completion");
+                    let start = Instant::now();
+                    let future = service.call(req);
+                    this.state.set(State::Calling {
+                        future,
+                        in_flight,
+                        start,
+                    });
+                }
+                StateProj::Calling {
+                    future,
+                    in_flight,
+                    start,
+                } => {
+                    let result = ready!(future.poll(cx));
+                    let latency = start.elapsed();
+                    let slot = in_flight.slot.clone();
+                    let result = match result {
+                        Ok(rsp) => {
+                            let class = this.shared.classify.classify_response(&rsp);
+                            this.shared.record(&slot, class, latency);
+                            Ok(rsp)
+                        }
+                        Err(e) => {
+                            let e: BoxError = e.into();
+                            let class = this.shared.classify.classify_error(&*e);
+                            this.shared.record(&slot, class, latency);
+                            Err(Error::inner(
+                                &this.shared.name,
+                                Some(slot.endpoint.address()),
+                                e,
+                            ))
+                        }
+                    };
+                    this.state.set(State::Done);
+                    return Poll::Ready(result);
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}

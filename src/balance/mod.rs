@@ -1,0 +1,639 @@
+//! Power-of-two-choices load balancing over peak-EWMA load.
+//!
+//! [`Balance`] spreads requests over a changing set of endpoints and prefers
+//! the ones that answer fastest with the least outstanding work. It is
+//! `Clone + Send + Sync`: every clone shares one endpoint set and one load
+//! table, so it can be used from any number of tasks at once without a
+//! `tower::buffer::Buffer` worker in front. Endpoint changes arrive from a
+//! discovery source on a small background task; requests read the current
+//! set through an atomic pointer and never wait on a lock.
+//!
+//! # Choosing an endpoint
+//!
+//! For each request the balancer draws two distinct endpoints at random
+//! (weighted, see [below](#weights)) and sends the request to the one with
+//! the lower *cost*:
+//!
+//! ```text
+//! cost = max(rtt_estimate, min_rtt) × (in_flight / weight + 1)
+//! ```
+//!
+//! An endpoint marked busy by `Retry-After` loses to one that is not; if both
+//! are busy the lower cost wins. Equal costs are settled by a coin weighted by
+//! the two weights. The choice is O(1): two random draws, two cost reads (each
+//! a short, uncontended per-endpoint lock), no allocation.
+//!
+//! # Peak-EWMA
+//!
+//! Each endpoint keeps a latency estimate that
+//!
+//! - **decays** toward zero with time constant
+//!   [`decay`](BalanceConfig::decay) (default 10 s) while nothing is observed,
+//!   so a slow endpoint is eventually given another chance;
+//! - jumps to any sample **above** the current estimate at once (the *peak*),
+//!   so a slowdown is noticed on the first slow response;
+//! - blends in samples **below** it with weight `1 - exp(-Δt / decay)`, where
+//!   `Δt` is the time since the previous sample, so recovery is smooth and
+//!   independent of request rate bursts.
+//!
+//! A new endpoint starts at the median estimate of the current set (or
+//! [`default_rtt`](BalanceConfig::default_rtt), 30 ms, when the set is
+//! empty), never below [`min_rtt`](BalanceConfig::min_rtt) (1 ms), so it is
+//! neither flooded nor starved while it earns a real estimate.
+//!
+//! **When a sample is taken:** the clock starts when the request is handed to
+//! the endpoint's service (after that service reported ready) and stops when
+//! its response future resolves: for HTTP, when the response *head* arrives.
+//! Streaming the body is not included. The in-flight count covers the same
+//! span. The sample is then classified by the [`Classify`]: a failure (5xx,
+//! transport error, 429 with the default HTTP classifier) is recorded as
+//! `max(latency, failure_penalty)` (default 1 s), so an endpoint that fails
+//! fast looks slow rather than attractive. A `Retry-After` on a 429 or 503
+//! marks the endpoint busy until then.
+//!
+//! # Weights
+//!
+//! An endpoint's weight is its relative *capacity*. It is used twice:
+//!
+//! 1. each of the two candidates is drawn with probability proportional to
+//!    weight (Vose's alias table, rebuilt when the set changes, O(1) per
+//!    draw), so idle, equally fast endpoints share traffic in proportion to
+//!    weight;
+//! 2. in-flight requests are divided by weight in the cost, so under load an
+//!    endpoint of weight 2 carries about twice the concurrent requests of a
+//!    weight-1 endpoint before it looks as loaded.
+//!
+//! Latency is not scaled by weight: a heavy endpoint that is slow is still
+//! avoided.
+//!
+//! # Endpoint changes
+//!
+//! A removed endpoint gets no new requests from the moment the change is
+//! applied; requests already in flight to it finish normally. A replaced
+//! endpoint (same key, new metadata) keeps its load estimate. When the
+//! endpoint factory fails for one endpoint, that endpoint is left out (with an
+//! error log naming it) and the others keep serving. When the set is empty, a
+//! request waits up to [`endpoint_wait`](BalanceConfig::endpoint_wait)
+//! (default 3 s) for one to appear, then fails with
+//! [`Error::NoEndpoints`].
+//!
+//! # Readiness
+//!
+//! `poll_ready` is always ready: capacity is decided per request, not per
+//! clone. The chosen endpoint's own service is driven to readiness inside the
+//! response future; an endpoint whose service fails to become ready is
+//! charged a failure.
+//!
+//! # Example
+//!
+//! ```
+//! use palisade::balance::{Balance, BalanceConfig};
+//! use palisade::classify::{Class, Classify};
+//! use palisade::discover::{Endpoint, Static};
+//! use tower::{Service, ServiceExt, service_fn};
+//!
+//! #[derive(Clone)]
+//! struct AlwaysOk;
+//! impl<T> Classify<T> for AlwaysOk {
+//!     fn classify_response(&self, _: &T) -> Class { Class::SUCCESS }
+//!     fn classify_error(&self, e: &(dyn std::error::Error + 'static)) -> Class {
+//!         palisade::classify::classify_transport_error(e)
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let endpoints = Static::parse(["127.0.0.1:1", "127.0.0.1:2"])?;
+//! // One service per endpoint; here an in-memory echo of its address.
+//! let new_endpoint = |ep: &Endpoint| {
+//!     let addr = ep.address().to_string();
+//!     Ok::<_, std::convert::Infallible>(service_fn(move |req: String| {
+//!         let addr = addr.clone();
+//!         async move { Ok::<_, std::convert::Infallible>(format!("{addr} got {req}")) }
+//!     }))
+//! };
+//! let balance = Balance::new("echo", endpoints, new_endpoint, AlwaysOk, BalanceConfig::default())?;
+//! let reply = balance.clone().oneshot("hi".to_string()).await?;
+//! assert!(reply.ends_with("got hi"));
+//! # Ok(())
+//! # }
+//! ```
+
+mod future;
+mod load;
+mod set;
+
+pub use future::ResponseFuture;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::Hash;
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures::FutureExt;
+use rand::RngExt;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+use tower::Service;
+use tower::discover::{Change, Discover};
+
+use self::load::Load;
+use self::set::{CostModel, EndpointSet, Slot};
+use crate::classify::{Class, Classify};
+use crate::discover::{Address, Endpoint};
+use crate::error::{BoxError, BuildError, Error};
+
+/// How the balancer picks an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Choice {
+    /// Power of two choices over peak-EWMA cost (the default).
+    #[default]
+    PeakEwmaP2c,
+    /// One weighted random draw, ignoring load: a baseline to measure the
+    /// default against (the demo and the benchmarks use it).
+    Random,
+}
+
+/// The balancer's knobs; every field has a documented default.
+///
+/// ```
+/// use palisade::balance::BalanceConfig;
+/// use std::time::Duration;
+///
+/// let mut config = BalanceConfig::default();
+/// config.failure_penalty = Duration::from_secs(2);
+/// assert_eq!(config.decay, Duration::from_secs(10));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BalanceConfig {
+    /// Time constant of the EWMA decay. Default 10 s.
+    pub decay: Duration,
+    /// Seed estimate for an endpoint when the set is empty. Default 30 ms.
+    pub default_rtt: Duration,
+    /// Floor of every estimate used in the cost. Default 1 ms.
+    pub min_rtt: Duration,
+    /// Latency recorded for a failed request, if it was faster. Default 1 s.
+    pub failure_penalty: Duration,
+    /// How long a request waits for an endpoint when there is none.
+    /// Default 3 s.
+    pub endpoint_wait: Duration,
+    /// The selection strategy. Default [`Choice::PeakEwmaP2c`].
+    pub choice: Choice,
+}
+
+impl Default for BalanceConfig {
+    fn default() -> Self {
+        BalanceConfig {
+            decay: Duration::from_secs(10),
+            default_rtt: Duration::from_millis(30),
+            min_rtt: Duration::from_millis(1),
+            failure_penalty: Duration::from_secs(1),
+            endpoint_wait: Duration::from_secs(3),
+            choice: Choice::PeakEwmaP2c,
+        }
+    }
+}
+
+/// Builds the service for one endpoint: the user-supplied factory.
+///
+/// Any `FnMut(&Endpoint) -> Result<S, E>` is one. For HTTP,
+/// [`http::HttpEndpoints`](crate::http::HttpEndpoints) wraps one shared
+/// client. An `Err` leaves that endpoint out (logged with its address); the
+/// others keep serving.
+///
+/// ```
+/// use palisade::balance::NewEndpoint;
+/// use palisade::discover::Endpoint;
+///
+/// let mut factory = |ep: &Endpoint| Ok::<_, std::io::Error>(ep.address().to_string());
+/// let svc = factory.new_endpoint(&Endpoint::parse("127.0.0.1:80").unwrap()).unwrap();
+/// assert_eq!(svc, "127.0.0.1:80");
+/// ```
+pub trait NewEndpoint: Send + 'static {
+    /// The per-endpoint service.
+    type Service;
+    /// Why a service could not be built.
+    type Error: Into<BoxError>;
+    /// Builds the service for `endpoint`.
+    fn new_endpoint(&mut self, endpoint: &Endpoint) -> Result<Self::Service, Self::Error>;
+}
+
+impl<F, S, E> NewEndpoint for F
+where
+    F: FnMut(&Endpoint) -> Result<S, E> + Send + 'static,
+    E: Into<BoxError>,
+{
+    type Service = S;
+    type Error = E;
+
+    fn new_endpoint(&mut self, endpoint: &Endpoint) -> Result<S, E> {
+        self(endpoint)
+    }
+}
+
+/// A P2C peak-EWMA load balancer; see the [module docs](self).
+pub struct Balance<S, C> {
+    shared: Arc<Shared<S, C>>,
+}
+
+impl<S, C> Clone for Balance<S, C> {
+    fn clone(&self) -> Self {
+        Balance {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S, C> fmt::Debug for Balance<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Balance")
+            .field("service", &self.shared.name)
+            .field("endpoints", &self.shared.set.load().len())
+            .finish()
+    }
+}
+
+pub(crate) struct Shared<S, C> {
+    name: Arc<str>,
+    set: ArcSwap<EndpointSet<S>>,
+    changed: Notify,
+    classify: C,
+    config: BalanceConfig,
+    cost: CostModel,
+    epoch: Instant,
+    /// Dropped with the last reference: tells the discovery task to stop.
+    _close: oneshot::Sender<()>,
+}
+
+/// What the balancer knows about one endpoint, at one moment.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// The endpoint's address.
+    pub address: Address,
+    /// Its weight.
+    pub weight: f64,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// The current (decayed) peak-EWMA latency estimate.
+    pub rtt_estimate: Duration,
+    /// Requests sent to it and not yet answered.
+    pub in_flight: usize,
+    /// Requests sent to it since it was added.
+    pub requests: u64,
+    /// Of those, how many were classified as failures.
+    pub failures: u64,
+    /// How much longer it is marked busy by `Retry-After`, if it is.
+    pub busy_for: Option<Duration>,
+}
+
+impl<S, C> Balance<S, C>
+where
+    S: Send + Sync + 'static,
+    C: Send + Sync + 'static,
+{
+    /// Creates a balancer named `name` (used in errors and logs) over the
+    /// endpoints that `discover` yields, building each endpoint's service
+    /// with `new_endpoint`.
+    ///
+    /// Spawns the discovery task on the current Tokio runtime; it ends when
+    /// the last clone of the balancer (and the last in-flight request) is
+    /// dropped. Fails if called outside a Tokio runtime.
+    pub fn new<D, N>(
+        name: impl Into<Arc<str>>,
+        discover: D,
+        new_endpoint: N,
+        classify: C,
+        config: BalanceConfig,
+    ) -> Result<Self, BuildError>
+    where
+        D: Discover<Service = Endpoint> + Send + 'static,
+        D::Key: Hash + Eq + Clone + fmt::Debug + Send,
+        D::Error: Into<BoxError>,
+        N: NewEndpoint<Service = S>,
+    {
+        let name = name.into();
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| BuildError::no_runtime(&name))?;
+        let (close_tx, close_rx) = oneshot::channel();
+        let shared = Arc::new(Shared {
+            name,
+            set: ArcSwap::from_pointee(EndpointSet::empty()),
+            changed: Notify::new(),
+            classify,
+            cost: CostModel {
+                decay: config.decay,
+                min_rtt_ns: config.min_rtt.as_nanos() as f64,
+            },
+            config,
+            epoch: Instant::now(),
+            _close: close_tx,
+        });
+        runtime.spawn(discover_task(
+            discover,
+            new_endpoint,
+            Arc::downgrade(&shared),
+            close_rx,
+        ));
+        Ok(Balance { shared })
+    }
+}
+
+impl<S, C> Balance<S, C> {
+    /// The service name given at construction.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// How many endpoints the balancer currently chooses from.
+    pub fn len(&self) -> usize {
+        self.shared.set.load().len()
+    }
+
+    /// Whether the balancer currently has no endpoint.
+    pub fn is_empty(&self) -> bool {
+        self.shared.set.load().is_empty()
+    }
+
+    /// The load of every current endpoint, in no particular order.
+    pub fn endpoint_stats(&self) -> Vec<EndpointStats> {
+        let now = Instant::now();
+        let now_ns = self.shared.nanos(now);
+        self.shared
+            .set
+            .load()
+            .slots
+            .iter()
+            .map(|slot| {
+                let load = &slot.load;
+                let busy_until = load.busy_until.load(Ordering::Relaxed);
+                EndpointStats {
+                    address: slot.endpoint.address().clone(),
+                    weight: slot.endpoint.weight(),
+                    labels: slot.endpoint.labels().clone(),
+                    rtt_estimate: Duration::from_nanos(
+                        load.ewma.estimate_ns(now, self.shared.config.decay) as u64,
+                    ),
+                    in_flight: load.in_flight(),
+                    requests: load.requests.load(Ordering::Relaxed),
+                    failures: load.failures.load(Ordering::Relaxed),
+                    busy_for: (busy_until > now_ns)
+                        .then(|| Duration::from_nanos(busy_until - now_ns)),
+                }
+            })
+            .collect()
+    }
+}
+
+impl<S, C> Shared<S, C> {
+    fn nanos(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// Picks an endpoint from a non-empty set.
+    fn pick(&self, set: &EndpointSet<S>) -> Arc<Slot<S>> {
+        if set.len() == 1 {
+            return set.slots[0].clone();
+        }
+        let mut rng = rand::rng();
+        let i = match self.config.choice {
+            Choice::Random => set.sample(&mut rng),
+            Choice::PeakEwmaP2c => {
+                let (a, b) = set.sample_pair(&mut rng);
+                let (sa, sb) = (&set.slots[a], &set.slots[b]);
+                let now = Instant::now();
+                let now_ns = self.nanos(now);
+                match (sa.load.is_busy(now_ns), sb.load.is_busy(now_ns)) {
+                    (false, true) => a,
+                    (true, false) => b,
+                    _ => {
+                        let (ca, cb) = (self.cost.cost(sa, now), self.cost.cost(sb, now));
+                        if ca < cb {
+                            a
+                        } else if cb < ca {
+                            b
+                        } else {
+                            let (wa, wb) = (sa.endpoint.weight(), sb.endpoint.weight());
+                            if rng.random::<f64>() * (wa + wb) < wa {
+                                a
+                            } else {
+                                b
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        set.slots[i].clone()
+    }
+
+    /// Feeds one classified outcome back into the endpoint's load.
+    fn record(&self, slot: &Slot<S>, class: Class, latency: Duration) {
+        let now = Instant::now();
+        let load = &slot.load;
+        let sample = if class.is_failure() {
+            load.failures.fetch_add(1, Ordering::Relaxed);
+            latency.max(self.config.failure_penalty)
+        } else {
+            latency
+        };
+        load.ewma.observe(sample, now, self.config.decay);
+        if let Some(after) = class.retry_after() {
+            let until = self.nanos(now).saturating_add(after.as_nanos() as u64);
+            load.mark_busy(until);
+        }
+    }
+}
+
+/// Counts one request against an endpoint while it is outstanding.
+pub(crate) struct InFlight<S> {
+    slot: Arc<Slot<S>>,
+}
+
+impl<S> InFlight<S> {
+    fn new(slot: Arc<Slot<S>>) -> Self {
+        slot.load.in_flight.fetch_add(1, Ordering::Relaxed);
+        slot.load.requests.fetch_add(1, Ordering::Relaxed);
+        InFlight { slot }
+    }
+}
+
+impl<S> Drop for InFlight<S> {
+    fn drop(&mut self) {
+        self.slot.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<S, C, Req> Service<Req> for Balance<S, C>
+where
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response>,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = ResponseFuture<S, C, Req>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let set = self.shared.set.load();
+        if set.is_empty() {
+            return ResponseFuture::waiting(self.shared.clone(), req);
+        }
+        let slot = self.shared.pick(&set);
+        drop(set);
+        ResponseFuture::ready(self.shared.clone(), slot, req)
+    }
+}
+
+/// Waits until the set is non-empty or `until` passes.
+async fn wait_for_endpoints<S, C>(shared: Arc<Shared<S, C>>, until: Instant) {
+    loop {
+        let mut notified = pin!(shared.changed.notified());
+        notified.as_mut().enable();
+        if !shared.set.load().is_empty() {
+            return;
+        }
+        if tokio::time::timeout_at(until, notified).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Most changes applied before the set is republished, so a flood of changes
+/// cannot delay publication indefinitely.
+const MAX_BATCH: usize = 1024;
+
+/// Applies discovery changes to the published set until the balancer is
+/// dropped or the source ends (the last set is kept).
+async fn discover_task<D, N, S, C>(
+    discover: D,
+    mut new_endpoint: N,
+    shared: Weak<Shared<S, C>>,
+    mut close: oneshot::Receiver<()>,
+) where
+    D: Discover<Service = Endpoint>,
+    D::Key: Hash + Eq + Clone + fmt::Debug,
+    D::Error: Into<BoxError>,
+    N: NewEndpoint<Service = S>,
+{
+    let mut discover = pin!(discover);
+    let mut slots: HashMap<D::Key, Arc<Slot<S>>> = HashMap::new();
+    loop {
+        let next = futures::future::poll_fn(|cx| discover.as_mut().poll_discover(cx));
+        let mut change = tokio::select! {
+            biased;
+            _ = &mut close => return,
+            change = next => change,
+        };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut ended = false;
+        for _ in 0..MAX_BATCH {
+            match change {
+                None => {
+                    ended = true;
+                    break;
+                }
+                Some(Ok(change)) => apply(&shared, &mut slots, &mut new_endpoint, change),
+                Some(Err(e)) => {
+                    let e: BoxError = e.into();
+                    tracing::warn!(service = %shared.name, error = %e, "discovery failed; keeping the last endpoint set");
+                }
+            }
+            match futures::future::poll_fn(|cx| discover.as_mut().poll_discover(cx)).now_or_never()
+            {
+                Some(next) => change = next,
+                None => break,
+            }
+        }
+        let set = EndpointSet::new(slots.values().cloned().collect());
+        tracing::debug!(service = %shared.name, endpoints = set.len(), "endpoint set updated");
+        shared.set.store(Arc::new(set));
+        shared.changed.notify_waiters();
+        if ended {
+            tracing::info!(service = %shared.name, endpoints = slots.len(), "discovery ended; keeping the last endpoint set");
+            return;
+        }
+    }
+}
+
+fn apply<K, N, S, C>(
+    shared: &Shared<S, C>,
+    slots: &mut HashMap<K, Arc<Slot<S>>>,
+    new_endpoint: &mut N,
+    change: Change<K, Endpoint>,
+) where
+    K: Hash + Eq + Clone + fmt::Debug,
+    N: NewEndpoint<Service = S>,
+{
+    match change {
+        Change::Remove(key) => {
+            if let Some(slot) = slots.remove(&key) {
+                tracing::debug!(service = %shared.name, endpoint = %slot.endpoint.address(), "endpoint removed");
+            }
+        }
+        Change::Insert(key, endpoint) => {
+            let service = match new_endpoint.new_endpoint(&endpoint) {
+                Ok(service) => service,
+                Err(e) => {
+                    let e: BoxError = e.into();
+                    tracing::error!(
+                        service = %shared.name,
+                        endpoint = %endpoint.address(),
+                        error = %e,
+                        "could not build a client for the endpoint; it is left out",
+                    );
+                    return;
+                }
+            };
+            let load = match slots.get(&key) {
+                Some(old) if old.endpoint.address() == endpoint.address() => old.load.clone(),
+                _ => Arc::new(Load::new(seed_rtt(shared, slots.values()), Instant::now())),
+            };
+            tracing::debug!(service = %shared.name, endpoint = %endpoint.address(), weight = endpoint.weight(), "endpoint added");
+            slots.insert(
+                key,
+                Arc::new(Slot {
+                    endpoint,
+                    service,
+                    load,
+                }),
+            );
+        }
+    }
+}
+
+/// The median current estimate of `slots`, or the default when empty; never
+/// below the floor.
+fn seed_rtt<'a, S: 'a, C>(
+    shared: &Shared<S, C>,
+    slots: impl Iterator<Item = &'a Arc<Slot<S>>>,
+) -> Duration {
+    let now = Instant::now();
+    let mut rtts: Vec<f64> = slots
+        .map(|s| s.load.ewma.estimate_ns(now, shared.config.decay))
+        .collect();
+    let seed = if rtts.is_empty() {
+        shared.config.default_rtt
+    } else {
+        let mid = rtts.len() / 2;
+        let (_, median, _) = rtts.select_nth_unstable_by(mid, f64::total_cmp);
+        Duration::from_nanos(*median as u64)
+    };
+    seed.max(shared.config.min_rtt)
+}
+
+#[cfg(test)]
+mod tests;

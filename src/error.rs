@@ -1,0 +1,220 @@
+//! The one error type every palisade layer returns.
+//!
+//! Callers match on [`Error`] to tell *why* a call failed: the balancer had no
+//! endpoint, or the inner client failed. Later layers add deadline, budget,
+//! breaker and overload variants; the enum is `#[non_exhaustive]` so that adding
+//! them is not a breaking change.
+//!
+//! Every variant names the service (the name given to
+//! [`Client::builder`](crate::Client::builder)) so a log line is useful on its
+//! own.
+//!
+//! ```
+//! use palisade::Error;
+//!
+//! fn describe(err: &Error) -> &'static str {
+//!     match err {
+//!         Error::NoEndpoints { .. } => "nothing to talk to",
+//!         Error::Inner { .. } => "the endpoint failed",
+//!         _ => "something else",
+//!     }
+//! }
+//! # let _ = describe;
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::discover::Address;
+
+/// A type-erased error, as tower uses: `Box<dyn Error + Send + Sync>`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The error palisade's services return.
+///
+/// The `Display` form is one line naming the service and the reason, e.g.
+/// `service "users": no endpoints available after waiting 3s`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The balancer had no endpoint to send the request to, and none appeared
+    /// within the configured wait
+    /// ([`BalanceConfig::endpoint_wait`](crate::balance::BalanceConfig::endpoint_wait)).
+    NoEndpoints {
+        /// The service that had no endpoints.
+        service: Arc<str>,
+        /// How long the request waited for an endpoint before giving up.
+        waited: Duration,
+    },
+    /// The inner client (the endpoint's service) failed.
+    Inner {
+        /// The service the request was for.
+        service: Arc<str>,
+        /// The endpoint the request was sent to, when one had been chosen.
+        endpoint: Option<Address>,
+        /// The inner client's error.
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// The name of the service the failed request was for.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let err = palisade::Error::NoEndpoints { service: "users".into(), waited: Duration::from_secs(3) };
+    /// assert_eq!(err.service(), "users");
+    /// ```
+    pub fn service(&self) -> &str {
+        match self {
+            Error::NoEndpoints { service, .. } | Error::Inner { service, .. } => service,
+        }
+    }
+
+    /// The endpoint the request was sent to, if it got that far.
+    pub fn endpoint(&self) -> Option<&Address> {
+        match self {
+            Error::Inner { endpoint, .. } => endpoint.as_ref(),
+            Error::NoEndpoints { .. } => None,
+        }
+    }
+
+    /// Whether this is [`Error::NoEndpoints`].
+    pub fn is_no_endpoints(&self) -> bool {
+        matches!(self, Error::NoEndpoints { .. })
+    }
+
+    /// Wraps an inner client's error, unless it already is a palisade
+    /// [`Error`] (layers stack; an error is wrapped once, at the bottom).
+    pub(crate) fn inner(
+        service: &Arc<str>,
+        endpoint: Option<&Address>,
+        source: impl Into<BoxError>,
+    ) -> Error {
+        let source = source.into();
+        match source.downcast::<Error>() {
+            Ok(err) => *err,
+            Err(source) => Error::Inner {
+                service: service.clone(),
+                endpoint: endpoint.cloned(),
+                source,
+            },
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NoEndpoints { service, waited } => write!(
+                f,
+                "service {service:?}: no endpoints available after waiting {waited:?}"
+            ),
+            Error::Inner {
+                service,
+                endpoint: Some(endpoint),
+                source,
+            } => write!(f, "service {service:?}: endpoint {endpoint}: {source}"),
+            Error::Inner {
+                service,
+                endpoint: None,
+                source,
+            } => write!(f, "service {service:?}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Inner { source, .. } => Some(&**source),
+            Error::NoEndpoints { .. } => None,
+        }
+    }
+}
+
+/// Why a client or balancer could not be built.
+///
+/// ```
+/// use palisade::{Client, discover::Static};
+///
+/// // Outside a Tokio runtime there is nowhere to run discovery.
+/// let err = Client::builder("users")
+///     .discover(Static::parse(["127.0.0.1:8080"]).unwrap())
+///     .new_endpoint(|_: &palisade::discover::Endpoint| Ok::<_, std::io::Error>(tower::service_fn(
+///         |_: http::Request<()>| async { Ok::<_, std::io::Error>(http::Response::new(())) })))
+///     .build()
+///     .unwrap_err();
+/// assert!(err.to_string().contains("Tokio runtime"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct BuildError {
+    service: Arc<str>,
+    reason: BuildReason,
+}
+
+#[derive(Debug, Clone)]
+enum BuildReason {
+    NoRuntime,
+}
+
+impl BuildError {
+    pub(crate) fn no_runtime(service: &Arc<str>) -> Self {
+        BuildError {
+            service: service.clone(),
+            reason: BuildReason::NoRuntime,
+        }
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason {
+            BuildReason::NoRuntime => write!(
+                f,
+                "service {:?}: a client must be built inside a Tokio runtime (it spawns its discovery task there)",
+                self.service
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_service_and_endpoint() {
+        let err = Error::NoEndpoints {
+            service: "users".into(),
+            waited: Duration::from_secs(3),
+        };
+        assert_eq!(
+            err.to_string(),
+            "service \"users\": no endpoints available after waiting 3s"
+        );
+
+        let addr: Address = "127.0.0.1:8080".parse().unwrap();
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = Error::inner(&"users".into(), Some(&addr), io);
+        assert_eq!(
+            err.to_string(),
+            "service \"users\": endpoint 127.0.0.1:8080: refused"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn inner_does_not_wrap_twice() {
+        let first = Error::NoEndpoints {
+            service: "a".into(),
+            waited: Duration::ZERO,
+        };
+        let err = Error::inner(&"b".into(), None, first);
+        assert!(err.is_no_endpoints());
+        assert_eq!(err.service(), "a");
+    }
+}

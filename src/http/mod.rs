@@ -1,0 +1,205 @@
+//! HTTP glue: turn one shared HTTP client into a service per endpoint.
+//!
+//! [`HttpEndpoints`] is a [`NewEndpoint`] factory that wraps one client (a
+//! hyper-util legacy `Client`, or any `Clone` `Service<http::Request<B>>`)
+//! and gives each endpoint an [`HttpEndpoint`]: the same client, with every
+//! request's URI authority rewritten to that endpoint's address. All
+//! endpoints share the client's connection pool.
+//!
+//! The request's logical authority is kept in the `Host` header: a request
+//! for `http://users/v1/me` sent to `10.0.0.7:8080` goes to
+//! `http://10.0.0.7:8080/v1/me` with `Host: users`, unless the request
+//! already carried a `Host` header, which is left alone.
+//!
+//! ```
+//! use palisade::balance::NewEndpoint;
+//! use palisade::discover::Endpoint;
+//! use palisade::http::HttpEndpoints;
+//! use tower::{ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! // Any HTTP client service; this one echoes what it was asked for.
+//! let client = service_fn(|req: http::Request<()>| async move {
+//!     let host = req.headers()["host"].to_str().unwrap().to_owned();
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(format!("{} {}", req.uri(), host)))
+//! });
+//! let mut factory = HttpEndpoints::new(client);
+//! let endpoint = factory.new_endpoint(&Endpoint::parse("127.0.0.1:8080")?)?;
+//! let req = http::Request::get("http://users/v1/me?x=1").body(())?;
+//! let rsp = endpoint.oneshot(req).await?;
+//! assert_eq!(rsp.body(), "http://127.0.0.1:8080/v1/me?x=1 users");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::task::{Context, Poll};
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Uri};
+use tower::Service;
+
+use crate::balance::NewEndpoint;
+use crate::discover::{Endpoint, EndpointError};
+
+/// The hyper-util client [`hyper_client`] builds.
+#[cfg(feature = "http")]
+pub type HyperClient<B> =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, B>;
+
+/// A hyper-util legacy client over plain TCP with palisade's defaults:
+/// HTTP/1.1, `TCP_NODELAY`, idle connections kept 90 s and at most 64 idle
+/// connections per endpoint (hyper-util's own default is unbounded).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let client = palisade::http::hyper_client::<http_body_util::Full<bytes::Bytes>>();
+/// # let _ = client;
+/// # }
+/// ```
+#[cfg(feature = "http")]
+pub fn hyper_client<B>() -> HyperClient<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(connector)
+}
+
+/// A [`NewEndpoint`] factory that shares one HTTP client across endpoints;
+/// see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct HttpEndpoints<S> {
+    client: S,
+}
+
+impl<S> HttpEndpoints<S> {
+    /// Wraps `client`; it is cloned once per endpoint.
+    pub fn new(client: S) -> Self {
+        HttpEndpoints { client }
+    }
+}
+
+impl<S> NewEndpoint for HttpEndpoints<S>
+where
+    S: Clone + Send + 'static,
+{
+    type Service = HttpEndpoint<S>;
+    type Error = EndpointError;
+
+    fn new_endpoint(&mut self, endpoint: &Endpoint) -> Result<HttpEndpoint<S>, EndpointError> {
+        let authority: Authority = endpoint
+            .address()
+            .to_string()
+            .parse()
+            .map_err(|_| EndpointError::not_an_authority(endpoint.address()))?;
+        Ok(HttpEndpoint {
+            client: self.client.clone(),
+            authority,
+        })
+    }
+}
+
+/// One endpoint's view of a shared HTTP client: rewrites the URI authority to
+/// the endpoint and keeps the logical one in `Host`.
+#[derive(Debug, Clone)]
+pub struct HttpEndpoint<S> {
+    client: S,
+    authority: Authority,
+}
+
+impl<S> HttpEndpoint<S> {
+    /// The authority requests are sent to.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+}
+
+impl<S, B> Service<Request<B>> for HttpEndpoint<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.client.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> S::Future {
+        let (mut parts, body) = req.into_parts();
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        if let Some(logical) = uri.authority.take()
+            && !parts.headers.contains_key(http::header::HOST)
+            && let Ok(host) = HeaderValue::from_str(logical.as_str())
+        {
+            parts.headers.insert(http::header::HOST, host);
+        }
+        uri.scheme = Some(uri.scheme.unwrap_or(Scheme::HTTP));
+        uri.authority = Some(self.authority.clone());
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        // Scheme, authority and path are all set: from_parts cannot fail.
+        parts.uri = Uri::from_parts(uri).unwrap_or_default();
+        self.client.call(Request::from_parts(parts, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use tower::{ServiceExt, service_fn};
+
+    fn echo()
+    -> impl Service<Request<()>, Response = (Uri, Option<String>), Error = Infallible> + Clone {
+        service_fn(|req: Request<()>| async move {
+            let host = req
+                .headers()
+                .get("host")
+                .map(|h| h.to_str().unwrap().to_owned());
+            Ok::<_, Infallible>((req.uri().clone(), host))
+        })
+    }
+
+    async fn send(ep: &str, req: Request<()>) -> (Uri, Option<String>) {
+        let mut f = HttpEndpoints::new(echo());
+        let svc = f.new_endpoint(&Endpoint::parse(ep).unwrap()).unwrap();
+        svc.oneshot(req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn rewrites_authority_and_keeps_logical_host() {
+        let (uri, host) = send(
+            "[::1]:9000",
+            Request::get("https://users:443/a?b").body(()).unwrap(),
+        )
+        .await;
+        assert_eq!(uri, "https://[::1]:9000/a?b");
+        assert_eq!(host.as_deref(), Some("users:443"));
+    }
+
+    #[tokio::test]
+    async fn keeps_an_explicit_host_and_fills_origin_form() {
+        let req = Request::get("/only/path")
+            .header("host", "explicit")
+            .body(())
+            .unwrap();
+        let (uri, host) = send("127.0.0.1:80", req).await;
+        assert_eq!(uri, "http://127.0.0.1:80/only/path");
+        assert_eq!(host.as_deref(), Some("explicit"));
+
+        let req = Request::get("http://svc").body(()).unwrap();
+        let (uri, _) = send("127.0.0.1:80", req).await;
+        assert_eq!(uri, "http://127.0.0.1:80/");
+    }
+}

@@ -1,0 +1,66 @@
+//! # palisade
+//!
+//! The client half of a service mesh, as [`tower`] layers: give any client
+//! `Service` (hyper-util's `Client`, reqwest, a gRPC channel, your own)
+//! endpoint discovery and latency-aware load balancing — and, as the crate
+//! grows, retry budgets, deadlines, circuit breaking, limits and metrics. The
+//! same layers, assembled from a config file, make the `palisade` sidecar
+//! binary.
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use palisade::{Client, discover::Static};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let client = Client::builder("users")
+//!     .discover(Static::parse(["127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"])?)
+//!     .http(palisade::http::hyper_client::<Full<Bytes>>())
+//!     .build()?;
+//!
+//! // Clone freely: every clone shares one endpoint set and one load table.
+//! let req = http::Request::get("http://users/v1/me").body(Full::default())?;
+//! let rsp = client.clone().oneshot(req).await?;
+//! println!("{}", rsp.status());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Modules, in request order
+//!
+//! - [`stack`]: [`Client`] and its [`Builder`](stack::Builder), where the
+//!   layers are assembled.
+//! - [`balance`]: P2C over peak-EWMA load, without a buffer worker.
+//! - [`classify`]: the one classifier every layer consults.
+//! - [`discover`]: endpoints, static and dynamic sources.
+//! - [`http`](crate::http): one shared HTTP client turned into per-endpoint
+//!   services.
+//! - [`error`]: the one error type callers match on.
+//!
+//! ## Cargo features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `http` | yes | [`http::hyper_client`] and hyper-util error classification |
+//! | `demo` | yes | [`demo`]: in-process test backends on 127.0.0.1 |
+//! | `cli` | yes | the `palisade` binary (`palisade demo`) |
+//!
+//! A library user who brings their own client can build lean with
+//! `default-features = false`.
+
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms, unreachable_pub)]
+
+pub mod balance;
+pub mod classify;
+#[cfg(feature = "demo")]
+pub mod demo;
+pub mod discover;
+pub mod error;
+pub mod http;
+pub mod stack;
+
+pub use error::{BoxError, BuildError, Error};
+pub use stack::Client;

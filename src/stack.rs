@@ -1,0 +1,235 @@
+//! The assembled client: [`Client::builder`] puts palisade's layers together
+//! in the order of `docs/ARCHITECTURE.md`, with defaults.
+//!
+//! Today the stack is discovery → P2C peak-EWMA balancer → one inner client
+//! per endpoint. Retries, deadlines, breakers, limits and metrics join it in
+//! this one place as they land, so the request path stays visible here.
+
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tower::Service;
+use tower::discover::Discover;
+
+use crate::balance::{Balance, BalanceConfig, Choice, EndpointStats, NewEndpoint, ResponseFuture};
+use crate::classify::{Classify, HttpClassify};
+use crate::discover::{Endpoint, Static};
+use crate::error::{BoxError, BuildError, Error};
+use crate::http::HttpEndpoints;
+
+/// A resilient client for one logical service: cheap to clone, `Send + Sync`,
+/// usable from any number of tasks at once.
+///
+/// Build one with [`Client::builder`]. It is a
+/// `tower::Service<Req>` whose error is [`Error`]; `poll_ready` is always
+/// ready, so `ServiceExt::oneshot` on a clone is the usual way to call it.
+///
+/// ```no_run
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use palisade::{Client, discover::Static};
+/// use tower::ServiceExt;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let client = Client::builder("users")
+///     .discover(Static::parse(["127.0.0.1:8081", "127.0.0.1:8082"])?)
+///     .http(palisade::http::hyper_client::<Full<Bytes>>())
+///     .build()?;
+/// let req = http::Request::get("http://users/health").body(Full::default())?;
+/// let rsp = client.clone().oneshot(req).await?;
+/// println!("{}", rsp.status());
+/// # Ok(())
+/// # }
+/// ```
+pub struct Client<S, C = HttpClassify> {
+    balance: Balance<S, C>,
+}
+
+impl<S, C> Clone for Client<S, C> {
+    fn clone(&self) -> Self {
+        Client {
+            balance: self.balance.clone(),
+        }
+    }
+}
+
+impl<S, C> fmt::Debug for Client<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("balance", &self.balance)
+            .finish()
+    }
+}
+
+impl Client<(), HttpClassify> {
+    /// Starts building a client for the service called `name` (used in
+    /// every error message and log line).
+    ///
+    /// Set discovery ([`Builder::discover`] or [`Builder::endpoints`]) and
+    /// the inner client ([`Builder::http`] or [`Builder::new_endpoint`]),
+    /// then [`Builder::build`]. Everything else has a default.
+    pub fn builder(name: impl Into<Arc<str>>) -> Builder<Unset, Unset, HttpClassify> {
+        Builder {
+            name: name.into(),
+            discover: Unset,
+            new_endpoint: Unset,
+            classify: HttpClassify::default(),
+            balance: BalanceConfig::default(),
+        }
+    }
+}
+
+impl<S, C> Client<S, C> {
+    /// The service name.
+    pub fn name(&self) -> &str {
+        self.balance.name()
+    }
+
+    /// The balancer's current view of every endpoint.
+    pub fn endpoint_stats(&self) -> Vec<EndpointStats> {
+        self.balance.endpoint_stats()
+    }
+
+    /// How many endpoints requests are currently spread over.
+    pub fn endpoint_count(&self) -> usize {
+        self.balance.len()
+    }
+}
+
+impl<S, C, Req> Service<Req> for Client<S, C>
+where
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response>,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = ResponseFuture<S, C, Req>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Service::<Req>::poll_ready(&mut self.balance, cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.balance.call(req)
+    }
+}
+
+/// A part of the [`Builder`] that has not been set yet.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unset;
+
+/// Builds a [`Client`]; see [`Client::builder`].
+#[derive(Debug)]
+#[must_use = "a builder does nothing until .build() is called"]
+pub struct Builder<D, N, C> {
+    name: Arc<str>,
+    discover: D,
+    new_endpoint: N,
+    classify: C,
+    balance: BalanceConfig,
+}
+
+impl<D, N, C> Builder<D, N, C> {
+    /// Where endpoints come from: any `Discover` of [`Endpoint`]s (see
+    /// [`discover`](crate::discover)).
+    pub fn discover<D2>(self, discover: D2) -> Builder<D2, N, C> {
+        Builder {
+            name: self.name,
+            discover,
+            new_endpoint: self.new_endpoint,
+            classify: self.classify,
+            balance: self.balance,
+        }
+    }
+
+    /// A fixed list of endpoints (shorthand for `.discover(Static::new(..))`).
+    pub fn endpoints(self, endpoints: impl IntoIterator<Item = Endpoint>) -> Builder<Static, N, C> {
+        self.discover(Static::new(endpoints))
+    }
+
+    /// How each endpoint's service is built: any [`NewEndpoint`].
+    pub fn new_endpoint<N2>(self, new_endpoint: N2) -> Builder<D, N2, C> {
+        Builder {
+            name: self.name,
+            discover: self.discover,
+            new_endpoint,
+            classify: self.classify,
+            balance: self.balance,
+        }
+    }
+
+    /// Sends requests through one shared HTTP client (for example
+    /// [`http::hyper_client`](crate::http::hyper_client)), with the URI
+    /// authority rewritten per endpoint; see [`HttpEndpoints`].
+    pub fn http<S>(self, client: S) -> Builder<D, HttpEndpoints<S>, C> {
+        self.new_endpoint(HttpEndpoints::new(client))
+    }
+
+    /// Replaces the classifier (default [`HttpClassify`]).
+    pub fn classify<C2>(self, classify: C2) -> Builder<D, N, C2> {
+        Builder {
+            name: self.name,
+            discover: self.discover,
+            new_endpoint: self.new_endpoint,
+            classify,
+            balance: self.balance,
+        }
+    }
+
+    /// Replaces all balancer settings at once.
+    pub fn balance(mut self, config: BalanceConfig) -> Self {
+        self.balance = config;
+        self
+    }
+
+    /// How long a request waits for an endpoint when there is none
+    /// (default 3 s) before failing with [`Error::NoEndpoints`].
+    pub fn endpoint_wait(mut self, wait: Duration) -> Self {
+        self.balance.endpoint_wait = wait;
+        self
+    }
+
+    /// Latency charged for a failed request (default 1 s).
+    pub fn failure_penalty(mut self, penalty: Duration) -> Self {
+        self.balance.failure_penalty = penalty;
+        self
+    }
+
+    /// Time constant of the latency estimate's decay (default 10 s).
+    pub fn decay(mut self, decay: Duration) -> Self {
+        self.balance.decay = decay;
+        self
+    }
+
+    /// The endpoint selection strategy (default P2C over peak-EWMA).
+    pub fn choice(mut self, choice: Choice) -> Self {
+        self.balance.choice = choice;
+        self
+    }
+
+    /// Builds the client. Must be called inside a Tokio runtime: discovery
+    /// runs on a task spawned there.
+    pub fn build(self) -> Result<Client<N::Service, C>, BuildError>
+    where
+        D: Discover<Service = Endpoint> + Send + 'static,
+        D::Key: Hash + Eq + Clone + fmt::Debug + Send,
+        D::Error: Into<BoxError>,
+        N: NewEndpoint,
+        N::Service: Send + Sync + 'static,
+        C: Send + Sync + 'static,
+    {
+        let balance = Balance::new(
+            self.name,
+            self.discover,
+            self.new_endpoint,
+            self.classify,
+            self.balance,
+        )?;
+        Ok(Client { balance })
+    }
+}

@@ -3,7 +3,8 @@
 //!
 //! A [`Backend`] is a real hyper server (HTTP/1.1 and h2c) on a free
 //! loopback port whose latency and failure rate can be changed while it runs,
-//! and which counts the requests it answers. Dropping it (or calling
+//! and which counts the requests it answers. Every response names the
+//! backend in the [`BACKEND_HEADER`] header. Dropping it (or calling
 //! [`Backend::shutdown`]) closes the listener and every open connection, so
 //! later connections are refused: a killed instance.
 //!
@@ -98,8 +99,12 @@ impl Behavior {
     }
 }
 
+/// The response header that names the backend that answered.
+pub const BACKEND_HEADER: &str = "x-palisade-backend";
+
 #[derive(Debug)]
 struct State {
+    addr: http::HeaderValue,
     behavior: Mutex<Behavior>,
     requests: AtomicU64,
     failures: AtomicU64,
@@ -120,6 +125,8 @@ impl Backend {
         let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
+            addr: http::HeaderValue::from_str(&addr.to_string())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
             behavior: Mutex::new(behavior),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -222,9 +229,12 @@ async fn answer(
         state.failures.fetch_add(1, Ordering::Relaxed);
         Response::builder()
             .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header(BACKEND_HEADER, state.addr.clone())
             .body(Full::new(Bytes::from_static(b"unavailable\n")))
     } else {
-        Response::builder().body(Full::new(Bytes::from_static(b"ok\n")))
+        Response::builder()
+            .header(BACKEND_HEADER, state.addr.clone())
+            .body(Full::new(Bytes::from_static(b"ok\n")))
     };
     Ok(rsp.unwrap_or_else(|_| Response::new(Full::default())))
 }

@@ -94,6 +94,19 @@ impl<S, C> Client<S, C> {
         self.balance.endpoint_stats()
     }
 
+    /// Waits until `done` returns true, checking it now and after each change
+    /// of the endpoint set; see [`Balance::wait_until`].
+    ///
+    /// ```no_run
+    /// # async fn f<S, C>(client: palisade::Client<S, C>) -> Result<(), tokio::time::error::Elapsed> {
+    /// use std::time::Duration;
+    /// tokio::time::timeout(Duration::from_secs(5), client.wait_until(|c| c.endpoint_count() > 0)).await
+    /// # }
+    /// ```
+    pub async fn wait_until(&self, mut done: impl FnMut(&Self) -> bool) {
+        self.balance.wait_until(|_| done(self)).await
+    }
+
     /// How many endpoints requests are currently spread over.
     pub fn endpoint_count(&self) -> usize {
         self.balance.len()

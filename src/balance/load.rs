@@ -9,6 +9,10 @@ use tokio::time::Instant;
 
 /// A peak-sensitive, exponentially weighted moving average of latency.
 ///
+/// It starts from a *seed* (a guess); the first real observation replaces
+/// the seed outright, so a guess that was too high does not linger for
+/// several time constants.
+///
 /// The estimate decays toward zero with time constant `tau` when nothing is
 /// observed, so an endpoint that was slow a while ago is eventually tried
 /// again. An observation above the current (decayed) estimate replaces it at
@@ -25,6 +29,8 @@ struct EwmaState {
     /// The estimate in nanoseconds as of `stamp`.
     rtt_ns: f64,
     stamp: Instant,
+    /// Whether `rtt_ns` is still the seed.
+    seeded: bool,
 }
 
 /// `exp(-elapsed / tau)`, the weight the old estimate keeps.
@@ -42,6 +48,7 @@ impl PeakEwma {
             state: Mutex::new(EwmaState {
                 rtt_ns: seed.as_nanos() as f64,
                 stamp: now,
+                seeded: true,
             }),
         }
     }
@@ -64,11 +71,12 @@ impl PeakEwma {
         let mut s = self.lock();
         let w = decay_weight(now.saturating_duration_since(s.stamp), tau);
         let decayed = s.rtt_ns * w;
-        s.rtt_ns = if sample > decayed {
+        s.rtt_ns = if sample > decayed || s.seeded {
             sample
         } else {
             decayed + sample * (1.0 - w)
         };
+        s.seeded = false;
         // Never move the stamp backwards (samples can finish out of order).
         if now > s.stamp {
             s.stamp = now;
@@ -152,9 +160,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_first_sample_replaces_the_seed() {
+        let t0 = Instant::now();
+        let e = PeakEwma::new(Duration::from_millis(30), t0);
+        e.observe(Duration::from_millis(5), t0, TAU);
+        assert_eq!(e.estimate_ns(t0, TAU), 5.0 * MS);
+        // After that, lower samples blend.
+        e.observe(Duration::from_millis(1), t0 + TAU, TAU);
+        assert!(e.estimate_ns(t0 + TAU, TAU) > 1.0 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn lower_samples_blend_by_elapsed_time() {
         let t0 = Instant::now();
         let e = PeakEwma::new(Duration::from_millis(100), t0);
+        e.observe(Duration::from_millis(100), t0, TAU);
         // After one tau, the old value keeps weight 1/e.
         e.observe(Duration::from_millis(10), t0 + TAU, TAU);
         let w = (-1.0f64).exp();

@@ -39,7 +39,8 @@
 //! A new endpoint starts at the median estimate of the current set (or
 //! [`default_rtt`](BalanceConfig::default_rtt), 30 ms, when the set is
 //! empty), never below [`min_rtt`](BalanceConfig::min_rtt) (1 ms), so it is
-//! neither flooded nor starved while it earns a real estimate.
+//! neither flooded nor starved while it earns a real estimate. Its first
+//! sample replaces the seed outright; blending starts from the second.
 //!
 //! **When a sample is taken:** the clock starts when the request is handed to
 //! the endpoint's service (after that service reported ready) and stops when
@@ -53,18 +54,24 @@
 //!
 //! # Weights
 //!
-//! An endpoint's weight is its relative *capacity*. It is used twice:
+//! An endpoint's weight is its relative *capacity*. It enters the choice in
+//! two places:
 //!
 //! 1. each of the two candidates is drawn with probability proportional to
 //!    weight (Vose's alias table, rebuilt when the set changes, O(1) per
-//!    draw), so idle, equally fast endpoints share traffic in proportion to
-//!    weight;
+//!    draw), and exact cost ties are settled by a coin weighted the same way;
 //! 2. in-flight requests are divided by weight in the cost, so under load an
-//!    endpoint of weight 2 carries about twice the concurrent requests of a
-//!    weight-1 endpoint before it looks as loaded.
+//!    endpoint of weight 3 carries about three times the concurrent requests
+//!    of a weight-1 endpoint before it looks as loaded.
 //!
-//! Latency is not scaled by weight: a heavy endpoint that is slow is still
-//! avoided.
+//! Weights tilt the choice; they do not override measured load. Under
+//! concurrency they split the outstanding work in proportion (point 2). When
+//! traffic is light, P2C-EWMA mostly picks whichever endpoint has the lowest
+//! decayed estimate, and weights only tilt that split toward the heavier
+//! endpoints. Latency is never scaled by weight: a heavy endpoint that is
+//! slow is still avoided. For an exact percentage split (canaries), split
+//! traffic between services at the route level instead, or use
+//! [`Choice::Random`], which follows weights exactly.
 //!
 //! # Endpoint changes
 //!
@@ -360,6 +367,26 @@ impl<S, C> Balance<S, C> {
     /// Whether the balancer currently has no endpoint.
     pub fn is_empty(&self) -> bool {
         self.shared.set.load().is_empty()
+    }
+
+    /// Waits until `done` returns true, checking it now and again after each
+    /// change of the endpoint set. For example, at start-up, wait for the
+    /// first endpoint (bound it with `tokio::time::timeout`):
+    ///
+    /// ```no_run
+    /// # async fn f<S, C>(balance: palisade::balance::Balance<S, C>) {
+    /// balance.wait_until(|b| !b.is_empty()).await;
+    /// # }
+    /// ```
+    pub async fn wait_until(&self, mut done: impl FnMut(&Self) -> bool) {
+        loop {
+            // Created before the check, so a change in between is not missed.
+            let changed = self.shared.changed.notified();
+            if done(self) {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// The load of every current endpoint, in no particular order.

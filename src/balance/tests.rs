@@ -1,1 +1,536 @@
+//! Balancer behaviour with in-memory endpoints on paused Tokio time: every
+//! latency here is virtual, so these tests are deterministic in time.
 
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::join_all;
+use http::{Request, Response, StatusCode};
+use tokio::time::Instant;
+use tower::{BoxError, ServiceExt, service_fn};
+
+use super::*;
+use crate::classify::HttpClassify;
+use crate::discover::{self, Address, Endpoint, Static};
+
+/// How one in-memory endpoint answers.
+#[derive(Clone, Copy)]
+struct Answer {
+    latency: Duration,
+    status: StatusCode,
+    retry_after: Option<u64>,
+}
+
+impl Answer {
+    fn ok(ms: u64) -> Self {
+        Answer {
+            latency: Duration::from_millis(ms),
+            status: StatusCode::OK,
+            retry_after: None,
+        }
+    }
+    fn status(mut self, status: u16) -> Self {
+        self.status = StatusCode::from_u16(status).unwrap();
+        self
+    }
+}
+
+/// A fleet of in-memory endpoints whose answers can change at run time.
+#[derive(Clone, Default)]
+struct Fleet {
+    answers: Arc<Mutex<HashMap<Address, Answer>>>,
+    counts: Arc<Mutex<HashMap<Address, Arc<AtomicU64>>>>,
+}
+
+type Svc = tower::util::BoxCloneSyncService<Request<()>, Response<()>, BoxError>;
+
+impl Fleet {
+    fn set(&self, addr: &str, answer: Answer) -> Endpoint {
+        let ep = Endpoint::parse(addr).unwrap();
+        self.answers
+            .lock()
+            .unwrap()
+            .insert(ep.address().clone(), answer);
+        ep
+    }
+
+    fn count(&self, addr: &str) -> u64 {
+        let addr: Address = addr.parse().unwrap();
+        self.counts
+            .lock()
+            .unwrap()
+            .get(&addr)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn factory(&self) -> impl FnMut(&Endpoint) -> Result<Svc, BoxError> + Send + 'static {
+        let fleet = self.clone();
+        move |ep: &Endpoint| {
+            let addr = ep.address().clone();
+            let count = fleet
+                .counts
+                .lock()
+                .unwrap()
+                .entry(addr.clone())
+                .or_default()
+                .clone();
+            let answers = fleet.answers.clone();
+            Ok(Svc::new(service_fn(move |_req: Request<()>| {
+                count.fetch_add(1, Ordering::Relaxed);
+                let answer = answers.lock().unwrap()[&addr];
+                async move {
+                    tokio::time::sleep(answer.latency).await;
+                    let mut rsp = Response::builder().status(answer.status);
+                    if let Some(secs) = answer.retry_after {
+                        rsp = rsp.header("retry-after", secs.to_string());
+                    }
+                    Ok::<_, BoxError>(rsp.body(()).unwrap())
+                }
+            })))
+        }
+    }
+
+    fn balance<D>(&self, discover: D, config: BalanceConfig) -> Balance<Svc, HttpClassify>
+    where
+        D: Discover<Service = Endpoint> + Send + 'static,
+        D::Key: Hash + Eq + Clone + fmt::Debug + Send,
+        D::Error: Into<BoxError>,
+    {
+        Balance::new(
+            "test",
+            discover,
+            self.factory(),
+            HttpClassify::default(),
+            config,
+        )
+        .unwrap()
+    }
+}
+
+/// Lets the discovery task apply pending changes (no time passes).
+async fn settle<S, C>(b: &Balance<S, C>, n: usize) {
+    settle_until(b, |b| b.len() == n).await;
+}
+
+async fn settle_until<S, C>(b: &Balance<S, C>, done: impl Fn(&Balance<S, C>) -> bool) {
+    // Paused time: if the change never comes, the timeout fires (virtually)
+    // at once instead of hanging the test.
+    tokio::time::timeout(Duration::from_secs(1), b.wait_until(done))
+        .await
+        .unwrap_or_else(|_| panic!("the balancer did not apply the change: {b:?}"));
+}
+
+/// Starts a request now (the choice happens in `call`), without awaiting it.
+fn start(b: &Balance<Svc, HttpClassify>) -> ResponseFuture<Svc, HttpClassify, Request<()>> {
+    b.clone().call(get())
+}
+
+fn get() -> Request<()> {
+    Request::get("http://test/").body(()).unwrap()
+}
+
+/// Sends `n` requests, `concurrency` at a time.
+async fn load(b: &Balance<Svc, HttpClassify>, n: usize, concurrency: usize) {
+    let per_worker = n / concurrency;
+    join_all((0..concurrency).map(|_| {
+        let b = b.clone();
+        async move {
+            for _ in 0..per_worker {
+                let _ = b.clone().oneshot(get()).await;
+            }
+        }
+    }))
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn prefers_the_faster_endpoint() {
+    let fleet = Fleet::default();
+    let eps = vec![
+        fleet.set("127.0.0.1:1", Answer::ok(10)),
+        fleet.set("127.0.0.1:2", Answer::ok(10)),
+        fleet.set("127.0.0.1:3", Answer::ok(10)),
+        fleet.set("127.0.0.1:4", Answer::ok(200)),
+    ];
+    let b = fleet.balance(Static::new(eps), BalanceConfig::default());
+    settle(&b, 4).await;
+    load(&b, 4000, 8).await;
+    let slow = fleet.count("127.0.0.1:4");
+    assert!(slow < 40, "slow endpoint got {slow} of 4000");
+    for fast in ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"] {
+        let n = fleet.count(fast);
+        assert!((1000..1700).contains(&n), "{fast} got {n}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_flight_requests_count_against_an_endpoint() {
+    let fleet = Fleet::default();
+    let eps = vec![
+        fleet.set("127.0.0.1:1", Answer::ok(10)),
+        fleet.set("127.0.0.1:2", Answer::ok(10)),
+    ];
+    let b = fleet.balance(Static::new(eps), BalanceConfig::default());
+    settle(&b, 2).await;
+    // Many concurrent requests with equal latency spread evenly: every pick
+    // sees the other's in-flight count.
+    let futures: Vec<_> = (0..100).map(|_| start(&b)).collect();
+    let stats = b.endpoint_stats();
+    let in_flight: Vec<usize> = stats.iter().map(|s| s.in_flight).collect();
+    assert_eq!(in_flight.iter().sum::<usize>(), 100);
+    assert!(in_flight.iter().all(|&n| n == 50), "{in_flight:?}");
+    for r in join_all(futures).await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    assert!(b.endpoint_stats().iter().all(|s| s.in_flight == 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_are_penalty_samples() {
+    let fleet = Fleet::default();
+    let eps = vec![
+        fleet.set("127.0.0.1:1", Answer::ok(10)),
+        fleet.set("127.0.0.1:2", Answer::ok(10)),
+        fleet.set("127.0.0.1:3", Answer::ok(10)),
+        // Fails instantly: without the penalty it would look fastest.
+        fleet.set("127.0.0.1:4", Answer::ok(0).status(503)),
+    ];
+    let b = fleet.balance(Static::new(eps), BalanceConfig::default());
+    settle(&b, 4).await;
+    load(&b, 4000, 8).await;
+    let bad = fleet.count("127.0.0.1:4");
+    assert!(bad < 40, "failing endpoint got {bad} of 4000");
+    let stats = b.endpoint_stats();
+    let bad_stats = stats
+        .iter()
+        .find(|s| s.address.to_string() == "127.0.0.1:4")
+        .unwrap();
+    assert_eq!(bad_stats.failures, bad);
+    assert!(bad_stats.rtt_estimate >= Duration::from_millis(500));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_penalty_is_configurable() {
+    let fleet = Fleet::default();
+    let eps = vec![fleet.set("127.0.0.1:1", Answer::ok(0).status(500))];
+    let mut config = BalanceConfig::default();
+    config.failure_penalty = Duration::from_millis(250);
+    let b = fleet.balance(Static::new(eps), config);
+    settle(&b, 1).await;
+    let rsp = b.clone().oneshot(get()).await.unwrap();
+    assert_eq!(
+        rsp.status(),
+        500,
+        "failures are classified, not turned into errors"
+    );
+    assert_eq!(
+        b.endpoint_stats()[0].rtt_estimate,
+        Duration::from_millis(250)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_marks_an_endpoint_busy() {
+    let fleet = Fleet::default();
+    let mut busy = Answer::ok(1).status(429);
+    busy.retry_after = Some(5);
+    let eps = vec![
+        // Far slower, but not busy.
+        fleet.set("127.0.0.1:1", Answer::ok(100)),
+        fleet.set("127.0.0.1:2", busy),
+    ];
+    let mut config = BalanceConfig::default();
+    // Make the 429 cheap so that only the busy mark keeps it away.
+    config.failure_penalty = Duration::ZERO;
+    let b = fleet.balance(Static::new(eps), config);
+    settle(&b, 2).await;
+
+    // Until one request has hit the busy endpoint, nothing is marked.
+    while fleet.count("127.0.0.1:2") == 0 {
+        b.clone().oneshot(get()).await.unwrap();
+    }
+    let marked_at = Instant::now();
+    let stats = b.endpoint_stats();
+    let s = stats
+        .iter()
+        .find(|s| s.address.to_string() == "127.0.0.1:2")
+        .unwrap();
+    assert_eq!(s.busy_for, Some(Duration::from_secs(5)));
+
+    let before = fleet.count("127.0.0.1:2");
+    while marked_at.elapsed() < Duration::from_millis(4900) {
+        b.clone().oneshot(get()).await.unwrap();
+    }
+    assert_eq!(fleet.count("127.0.0.1:2"), before, "busy endpoint was used");
+
+    // Once the mark expires it is chosen again (it is the cheaper one).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    fleet.set("127.0.0.1:2", Answer::ok(1));
+    b.clone().oneshot(get()).await.unwrap();
+    assert_eq!(fleet.count("127.0.0.1:2"), before + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn weights_tilt_light_traffic() {
+    let fleet = Fleet::default();
+    let eps = vec![
+        fleet.set("127.0.0.1:1", Answer::ok(10)),
+        fleet.set("127.0.0.1:2", Answer::ok(10)),
+        fleet
+            .set("127.0.0.1:3", Answer::ok(10))
+            .with_weight(2.0)
+            .unwrap(),
+    ];
+    let b = fleet.balance(Static::new(eps), BalanceConfig::default());
+    settle(&b, 3).await;
+    // Sequential: no in-flight differences, identical latencies.
+    load(&b, 4000, 1).await;
+    let (a, c) = (fleet.count("127.0.0.1:1"), fleet.count("127.0.0.1:3"));
+    // Light traffic: weights tilt the split, load decides (module docs).
+    let ratio = c as f64 / a as f64;
+    assert!(
+        ratio > 1.05,
+        "weight-2 / weight-1 share = {ratio} ({c} / {a})"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn weights_scale_the_in_flight_share() {
+    let fleet = Fleet::default();
+    let eps = vec![
+        fleet.set("127.0.0.1:1", Answer::ok(10)),
+        fleet
+            .set("127.0.0.1:2", Answer::ok(10))
+            .with_weight(3.0)
+            .unwrap(),
+    ];
+    let b = fleet.balance(Static::new(eps), BalanceConfig::default());
+    settle(&b, 2).await;
+    let futures: Vec<_> = (0..400).map(|_| start(&b)).collect();
+    let stats = b.endpoint_stats();
+    let heavy = stats.iter().find(|s| s.weight == 3.0).unwrap().in_flight;
+    assert!(
+        (290..=310).contains(&heavy),
+        "weight 3 of 4 carries {heavy} of 400"
+    );
+    join_all(futures).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_endpoints_are_seeded_with_the_median() {
+    let fleet = Fleet::default();
+    let (handle, discover) = discover::dynamic();
+    let b = fleet.balance(discover, BalanceConfig::default());
+
+    // The first endpoint starts at the default.
+    handle.insert(fleet.set("127.0.0.1:1", Answer::ok(100)));
+    settle(&b, 1).await;
+    assert_eq!(
+        b.endpoint_stats()[0].rtt_estimate,
+        Duration::from_millis(30)
+    );
+    // One 100 ms answer is a peak: the estimate jumps to it.
+    b.clone().oneshot(get()).await.unwrap();
+    assert_eq!(
+        b.endpoint_stats()[0].rtt_estimate,
+        Duration::from_millis(100)
+    );
+
+    // Later ones start at the median of the set, not at the default.
+    handle.insert(fleet.set("127.0.0.1:2", Answer::ok(1)));
+    handle.insert(fleet.set("127.0.0.1:3", Answer::ok(1)));
+    settle(&b, 3).await;
+    for s in b.endpoint_stats() {
+        assert_eq!(s.rtt_estimate, Duration::from_millis(100), "{}", s.address);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn seeds_respect_the_floor() {
+    let fleet = Fleet::default();
+    let mut config = BalanceConfig::default();
+    config.default_rtt = Duration::ZERO;
+    let b = fleet.balance(
+        Static::new([fleet.set("127.0.0.1:1", Answer::ok(1))]),
+        config,
+    );
+    settle(&b, 1).await;
+    assert_eq!(b.endpoint_stats()[0].rtt_estimate, Duration::from_millis(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn removed_endpoints_drain_and_get_nothing_new() {
+    let fleet = Fleet::default();
+    let (handle, discover) = discover::dynamic();
+    let b = fleet.balance(discover, BalanceConfig::default());
+    handle.insert(fleet.set("127.0.0.1:1", Answer::ok(1000)));
+    settle(&b, 1).await;
+
+    // A slow request in flight on the only endpoint...
+    let in_flight = tokio::spawn(b.clone().oneshot(get()));
+    tokio::task::yield_now().await;
+    assert_eq!(b.endpoint_stats()[0].in_flight, 1);
+
+    // ...is replaced by another endpoint.
+    handle.insert(fleet.set("127.0.0.1:2", Answer::ok(1)));
+    handle.remove(&"127.0.0.1:1".parse().unwrap());
+    settle_until(&b, |b| {
+        b.endpoint_stats()[0].address.to_string() == "127.0.0.1:2"
+    })
+    .await;
+    assert_eq!(b.endpoint_stats()[0].address.to_string(), "127.0.0.1:2");
+
+    for _ in 0..50 {
+        b.clone().oneshot(get()).await.unwrap();
+    }
+    assert_eq!(
+        fleet.count("127.0.0.1:1"),
+        1,
+        "removed endpoint got new requests"
+    );
+    assert_eq!(fleet.count("127.0.0.1:2"), 50);
+    // The in-flight request to the removed endpoint still completes.
+    let rsp = in_flight.await.unwrap().unwrap();
+    assert_eq!(rsp.status(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_endpoints_fails_after_the_wait() {
+    let fleet = Fleet::default();
+    let b = fleet.balance(Static::new([]), BalanceConfig::default());
+    let start = Instant::now();
+    let err = b.clone().oneshot(get()).await.unwrap_err();
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert!(err.is_no_endpoints(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "service \"test\": no endpoints available after waiting 3s"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_request_takes_an_endpoint_that_appears() {
+    let fleet = Fleet::default();
+    let (handle, discover) = discover::dynamic();
+    let b = fleet.balance(discover, BalanceConfig::default());
+    let start = Instant::now();
+    let waiting = tokio::spawn(b.clone().oneshot(get()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    handle.insert(fleet.set("127.0.0.1:1", Answer::ok(5)));
+    let rsp = waiting.await.unwrap().unwrap();
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(start.elapsed(), Duration::from_millis(1005));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_factory_leaves_the_others_serving() {
+    let fleet = Fleet::default();
+    let mut inner = fleet.factory();
+    let factory = move |ep: &Endpoint| {
+        if ep.address().to_string() == "127.0.0.1:2" {
+            return Err::<Svc, BoxError>("no client for you".into());
+        }
+        inner(ep)
+    };
+    let eps = vec![
+        fleet.set("127.0.0.1:1", Answer::ok(1)),
+        fleet.set("127.0.0.1:2", Answer::ok(1)),
+    ];
+    let b = Balance::new(
+        "test",
+        Static::new(eps),
+        factory,
+        HttpClassify::default(),
+        BalanceConfig::default(),
+    )
+    .unwrap();
+    settle(&b, 1).await;
+    for _ in 0..10 {
+        b.clone().oneshot(get()).await.unwrap();
+    }
+    assert_eq!(fleet.count("127.0.0.1:1"), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_source_keeps_the_last_set() {
+    let fleet = Fleet::default();
+    let ep = fleet.set("127.0.0.1:1", Answer::ok(1));
+    let source = futures::stream::iter(vec![
+        Ok(Change::Insert(ep.address().clone(), ep)),
+        Err::<_, BoxError>("resolver exploded".into()),
+    ])
+    .chain(futures::stream::pending());
+    let b = fleet.balance(source, BalanceConfig::default());
+    settle(&b, 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(b.len(), 1);
+    b.clone().oneshot(get()).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ended_source_keeps_the_last_set() {
+    let fleet = Fleet::default();
+    let ep = fleet.set("127.0.0.1:1", Answer::ok(1));
+    let source = futures::stream::iter(vec![Ok::<_, Infallible>(Change::Insert(
+        ep.address().clone(),
+        ep,
+    ))]);
+    let b = fleet.balance(source, BalanceConfig::default());
+    settle(&b, 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    b.clone().oneshot(get()).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn random_choice_follows_weights_exactly() {
+    let fleet = Fleet::default();
+    let eps = vec![
+        fleet.set("127.0.0.1:1", Answer::ok(10)),
+        fleet
+            .set("127.0.0.1:2", Answer::ok(10))
+            .with_weight(3.0)
+            .unwrap(),
+    ];
+    let mut config = BalanceConfig::default();
+    config.choice = Choice::Random;
+    let b = fleet.balance(Static::new(eps), config);
+    settle(&b, 2).await;
+    load(&b, 8000, 16).await;
+    let heavy = fleet.count("127.0.0.1:2") as f64 / 8000.0;
+    assert!((0.72..0.78).contains(&heavy), "weight 3 of 4 got {heavy}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn random_choice_ignores_load() {
+    let fleet = Fleet::default();
+    let eps = vec![
+        fleet.set("127.0.0.1:1", Answer::ok(10)),
+        fleet.set("127.0.0.1:2", Answer::ok(1000)),
+    ];
+    let mut config = BalanceConfig::default();
+    config.choice = Choice::Random;
+    let b = fleet.balance(Static::new(eps), config);
+    settle(&b, 2).await;
+    load(&b, 400, 40).await;
+    let slow = fleet.count("127.0.0.1:2");
+    assert!(
+        (150..250).contains(&slow),
+        "random sent {slow} of 400 to the slow one"
+    );
+}
+
+#[tokio::test]
+async fn the_discovery_task_ends_with_the_balancer() {
+    let fleet = Fleet::default();
+    let (handle, discover) = discover::dynamic();
+    let b = fleet.balance(discover, BalanceConfig::default());
+    let weak = Arc::downgrade(&b.shared);
+    drop(b);
+    assert!(weak.upgrade().is_none());
+    // The task noticed and dropped its end: the handle still works, alone.
+    handle.insert(Endpoint::parse("127.0.0.1:1").unwrap());
+}

@@ -34,7 +34,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// The error palisade's services return.
 ///
 /// The `Display` form is one line naming the service and the reason, e.g.
-/// `service "users": no endpoints available after waiting 3s`.
+/// `service "users": no endpoints available after waiting 3s`. An inner
+/// client's error is the [`source`](std::error::Error::source), not part of
+/// the message, following the Rust convention so that reporters walking the
+/// chain print each cause once.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -111,16 +114,21 @@ impl fmt::Display for Error {
                 f,
                 "service {service:?}: no endpoints available after waiting {waited:?}"
             ),
+            // The cause is `source()`, not part of this message, so that
+            // error reporters that walk the chain print it once.
             Error::Inner {
                 service,
                 endpoint: Some(endpoint),
-                source,
-            } => write!(f, "service {service:?}: endpoint {endpoint}: {source}"),
+                ..
+            } => write!(
+                f,
+                "service {service:?}: request to endpoint {endpoint} failed"
+            ),
             Error::Inner {
                 service,
                 endpoint: None,
-                source,
-            } => write!(f, "service {service:?}: {source}"),
+                ..
+            } => write!(f, "service {service:?}: request failed"),
         }
     }
 }
@@ -202,9 +210,10 @@ mod tests {
         let err = Error::inner(&"users".into(), Some(&addr), io);
         assert_eq!(
             err.to_string(),
-            "service \"users\": endpoint 127.0.0.1:8080: refused"
+            "service \"users\": request to endpoint 127.0.0.1:8080 failed"
         );
-        assert!(std::error::Error::source(&err).is_some());
+        let source = std::error::Error::source(&err).expect("the cause is the source");
+        assert_eq!(source.to_string(), "refused");
     }
 
     #[test]

@@ -126,7 +126,8 @@ where
                             .expect("polled after completion")
                             .slot
                             .clone();
-                        this.shared.record(&slot, class, std::time::Duration::ZERO);
+                        this.shared
+                            .record(&slot, class, std::time::Duration::ZERO, Instant::now());
                         this.state.set(State::Done);
                         return Poll::Ready(Err(Error::inner(
                             &this.shared.name,
@@ -150,18 +151,19 @@ where
                     start,
                 } => {
                     let result = ready!(future.poll(cx));
-                    let latency = start.elapsed();
+                    let now = Instant::now();
+                    let latency = now.saturating_duration_since(*start);
                     let slot = in_flight.slot.clone();
                     let result = match result {
                         Ok(rsp) => {
                             let class = this.shared.classify.classify_response(&rsp);
-                            this.shared.record(&slot, class, latency);
+                            this.shared.record(&slot, class, latency, now);
                             Ok(rsp)
                         }
                         Err(e) => {
                             let e: BoxError = e.into();
                             let class = this.shared.classify.classify_error(&*e);
-                            this.shared.record(&slot, class, latency);
+                            this.shared.record(&slot, class, latency, now);
                             Err(Error::inner(
                                 &this.shared.name,
                                 Some(slot.endpoint.address()),

@@ -461,9 +461,9 @@ impl<S, C> Shared<S, C> {
         set.slots[i].clone()
     }
 
-    /// Feeds one classified outcome back into the endpoint's load.
-    fn record(&self, slot: &Slot<S>, class: Class, latency: Duration) {
-        let now = Instant::now();
+    /// Feeds one classified outcome, observed at `now`, back into the
+    /// endpoint's load.
+    fn record(&self, slot: &Slot<S>, class: Class, latency: Duration, now: Instant) {
         let load = &slot.load;
         let sample = if class.is_failure() {
             load.failures.fetch_add(1, Ordering::Relaxed);

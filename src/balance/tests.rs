@@ -217,8 +217,10 @@ async fn failures_are_penalty_samples() {
 async fn failure_penalty_is_configurable() {
     let fleet = Fleet::default();
     let eps = vec![fleet.set("127.0.0.1:1", Answer::ok(0).status(500))];
-    let mut config = BalanceConfig::default();
-    config.failure_penalty = Duration::from_millis(250);
+    let config = BalanceConfig {
+        failure_penalty: Duration::from_millis(250),
+        ..BalanceConfig::default()
+    };
     let b = fleet.balance(Static::new(eps), config);
     settle(&b, 1).await;
     let rsp = b.clone().oneshot(get()).await.unwrap();
@@ -243,9 +245,11 @@ async fn retry_after_marks_an_endpoint_busy() {
         fleet.set("127.0.0.1:1", Answer::ok(100)),
         fleet.set("127.0.0.1:2", busy),
     ];
-    let mut config = BalanceConfig::default();
     // Make the 429 cheap so that only the busy mark keeps it away.
-    config.failure_penalty = Duration::ZERO;
+    let config = BalanceConfig {
+        failure_penalty: Duration::ZERO,
+        ..BalanceConfig::default()
+    };
     let b = fleet.balance(Static::new(eps), config);
     settle(&b, 2).await;
 
@@ -352,8 +356,10 @@ async fn new_endpoints_are_seeded_with_the_median() {
 #[tokio::test(start_paused = true)]
 async fn seeds_respect_the_floor() {
     let fleet = Fleet::default();
-    let mut config = BalanceConfig::default();
-    config.default_rtt = Duration::ZERO;
+    let config = BalanceConfig {
+        default_rtt: Duration::ZERO,
+        ..BalanceConfig::default()
+    };
     let b = fleet.balance(
         Static::new([fleet.set("127.0.0.1:1", Answer::ok(1))]),
         config,
@@ -495,8 +501,10 @@ async fn random_choice_follows_weights_exactly() {
             .with_weight(3.0)
             .unwrap(),
     ];
-    let mut config = BalanceConfig::default();
-    config.choice = Choice::Random;
+    let config = BalanceConfig {
+        choice: Choice::Random,
+        ..BalanceConfig::default()
+    };
     let b = fleet.balance(Static::new(eps), config);
     settle(&b, 2).await;
     load(&b, 8000, 16).await;
@@ -511,8 +519,10 @@ async fn random_choice_ignores_load() {
         fleet.set("127.0.0.1:1", Answer::ok(10)),
         fleet.set("127.0.0.1:2", Answer::ok(1000)),
     ];
-    let mut config = BalanceConfig::default();
-    config.choice = Choice::Random;
+    let config = BalanceConfig {
+        choice: Choice::Random,
+        ..BalanceConfig::default()
+    };
     let b = fleet.balance(Static::new(eps), config);
     settle(&b, 2).await;
     load(&b, 400, 40).await;

@@ -1,0 +1,150 @@
+//! The `palisade` command line.
+//!
+//! Today it has one subcommand, `palisade demo`, which shows the balancer at
+//! work against in-process backends. Logs go to stderr, filtered by
+//! `RUST_LOG` (default `warn`).
+
+mod demo;
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io::{self, IsTerminal};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
+
+/// The parsed command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "palisade",
+    version,
+    about = "The client half of a service mesh: discovery and P2C peak-EWMA load balancing as tower layers.",
+    after_help = "Logs go to stderr. Set RUST_LOG to change the level (default: warn), e.g. RUST_LOG=palisade=debug."
+)]
+struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start 5 local backends (3 healthy, 1 slow, 1 flaky), send load through
+    /// palisade, and compare with uniform random choice.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // Output piped into something like `head` that stopped reading: not
+        // worth an error message.
+        Err(err) if err.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("palisade: error: {err}");
+            for cause in causes(&err) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The messages of `err`'s causes, outermost first, leaving out a cause
+/// whose message only repeats the end of the one before (some errors both
+/// print their source and return it from `source()`).
+pub(crate) fn causes(err: &(dyn StdError + 'static)) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut previous = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !previous.ends_with(&message) {
+            out.push(message.clone());
+        }
+        previous = message;
+        source = cause.source();
+    }
+    out
+}
+
+/// Starts the Tokio runtime and runs the chosen subcommand on it.
+fn run(cli: Cli) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new("could not start the Tokio runtime").because(e))?;
+    match cli.command {
+        Command::Demo(args) => runtime.block_on(demo::run(args)),
+    }
+}
+
+/// Sends `tracing` output to stderr, filtered by `RUST_LOG` (default `warn`;
+/// unparsable directives are ignored).
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::builder()
+                .with_default_directive(LevelFilter::WARN.into())
+                .from_env_lossy(),
+        )
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .init();
+}
+
+/// An error for the user: one sentence saying what failed, and the
+/// underlying cause, if any (printed as "caused by" lines).
+#[derive(Debug)]
+pub(crate) struct CliError {
+    /// What failed, as a sentence fragment ("could not start ...").
+    message: String,
+    /// Why, when there is an underlying error.
+    source: Option<Box<dyn StdError + Send + Sync + 'static>>,
+}
+
+impl CliError {
+    /// An error with just a message.
+    pub(crate) fn new(message: impl Into<String>) -> CliError {
+        CliError {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying cause.
+    pub(crate) fn because(
+        mut self,
+        source: impl Into<Box<dyn StdError + Send + Sync>>,
+    ) -> CliError {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Whether this is a failed write to a closed stdout.
+    fn is_broken_pipe(&self) -> bool {
+        self.source
+            .as_ref()
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl StdError for CliError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn StdError + 'static))
+    }
+}

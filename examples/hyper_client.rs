@@ -30,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // authority to the endpoint it picks and keeps `Host: users`.
     let client = Client::builder("users")
         .endpoints(backends.iter().map(|b| Endpoint::from(b.addr())))
-        .http(palisade::http::hyper_client::<Full<Bytes>>())
+        .http(palisade::http::hyper_client())
         .build()?;
 
     // Eight concurrent callers, each with its own clone.
@@ -39,7 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let client = client.clone();
         callers.push(tokio::spawn(async move {
             for _ in 0..40 {
-                let req = http::Request::get("http://users/hello").body(Full::default())?;
+                let req = http::Request::get("http://users/hello").body(Full::<Bytes>::default())?;
                 let rsp = client.clone().oneshot(req).await?;
                 rsp.into_body().collect().await?;
             }

@@ -45,6 +45,7 @@ pub struct Behavior {
     latency: Duration,
     jitter: f64,
     failure_rate: f64,
+    fail_every: u64,
 }
 
 impl Default for Behavior {
@@ -60,6 +61,7 @@ impl Behavior {
             latency: Duration::ZERO,
             jitter: 0.0,
             failure_rate: 0.0,
+            fail_every: 0,
         }
     }
 
@@ -87,6 +89,13 @@ impl Behavior {
         } else {
             0.0
         };
+        self
+    }
+
+    /// Answers `503` to every `n`th request it receives (deterministic, unlike
+    /// [`failure_rate`](Behavior::failure_rate)); 0 turns it off.
+    pub const fn fail_every(mut self, n: u64) -> Behavior {
+        self.fail_every = n;
         self
     }
 
@@ -225,7 +234,7 @@ async fn answer(
     state: Arc<State>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    state.requests.fetch_add(1, Ordering::Relaxed);
+    let nth = state.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let behavior = *state.behavior.lock().unwrap_or_else(|p| p.into_inner());
     let (parts, _body) = req.into_parts();
     *state.last_request.lock().unwrap_or_else(|p| p.into_inner()) = Some(parts);
@@ -233,7 +242,8 @@ async fn answer(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let fail = behavior.failure_rate > 0.0 && rand::rng().random::<f64>() < behavior.failure_rate;
+    let fail = (behavior.fail_every > 0 && nth.is_multiple_of(behavior.fail_every))
+        || (behavior.failure_rate > 0.0 && rand::rng().random::<f64>() < behavior.failure_rate);
     let rsp = if fail {
         state.failures.fetch_add(1, Ordering::Relaxed);
         Response::builder()

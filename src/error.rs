@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::discover::Address;
+use crate::retry::RetryStop;
 
 /// A type-erased error, as tower uses: `Box<dyn Error + Send + Sync>`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -44,13 +45,25 @@ pub enum Error {
     /// The balancer had no endpoint to send the request to, and none appeared
     /// within the configured wait
     /// ([`BalanceConfig::endpoint_wait`](crate::balance::BalanceConfig::endpoint_wait)).
+    #[non_exhaustive]
     NoEndpoints {
         /// The service that had no endpoints.
         service: Arc<str>,
         /// How long the request waited for an endpoint before giving up.
         waited: Duration,
     },
+    /// The request's [`Deadline`](crate::deadline::Deadline) passed before
+    /// its response arrived, or had passed before it was sent.
+    #[non_exhaustive]
+    DeadlineExceeded {
+        /// The service the request was for.
+        service: Arc<str>,
+        /// How long after the deadline layer accepted the request it gave
+        /// up (zero when the deadline was already spent on arrival).
+        elapsed: Duration,
+    },
     /// The inner client (the endpoint's service) failed.
+    #[non_exhaustive]
     Inner {
         /// The service the request was for.
         service: Arc<str>,
@@ -58,6 +71,9 @@ pub enum Error {
         endpoint: Option<Address>,
         /// The inner client's error.
         source: BoxError,
+        /// When the failure was retryable but was not retried: why not
+        /// (budget, deadline, attempts, method, body).
+        retry_stop: Option<RetryStop>,
     },
 }
 
@@ -66,20 +82,52 @@ impl Error {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// let err = palisade::Error::NoEndpoints { service: "users".into(), waited: Duration::from_secs(3) };
+    /// # use palisade::{Client, discover::Static};
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// # use tower::ServiceExt;
+    /// # let client = Client::builder("users").discover(Static::new([]))
+    /// #     .new_endpoint(|_: &palisade::discover::Endpoint| Ok::<_, std::io::Error>(tower::service_fn(
+    /// #         |_: http::Request<palisade::retry::ReplayBody<String>>| async { Ok::<_, std::io::Error>(http::Response::new(())) })))
+    /// #     .build().unwrap();
+    /// let err = client.oneshot(http::Request::new(String::new())).await.unwrap_err();
     /// assert_eq!(err.service(), "users");
+    /// # }
     /// ```
     pub fn service(&self) -> &str {
         match self {
-            Error::NoEndpoints { service, .. } | Error::Inner { service, .. } => service,
+            Error::NoEndpoints { service, .. }
+            | Error::DeadlineExceeded { service, .. }
+            | Error::Inner { service, .. } => service,
         }
+    }
+
+    /// Whether this is [`Error::DeadlineExceeded`].
+    pub fn is_deadline_exceeded(&self) -> bool {
+        matches!(self, Error::DeadlineExceeded { .. })
+    }
+
+    /// When the failure could have been retried but was not, why not.
+    pub fn retry_stop(&self) -> Option<RetryStop> {
+        match self {
+            Error::Inner { retry_stop, .. } => *retry_stop,
+            _ => None,
+        }
+    }
+
+    /// Records why a retryable failure was not retried.
+    pub(crate) fn with_retry_stop(mut self, stop: RetryStop) -> Self {
+        if let Error::Inner { retry_stop, .. } = &mut self {
+            *retry_stop = Some(stop);
+        }
+        self
     }
 
     /// The endpoint the request was sent to, if it got that far.
     pub fn endpoint(&self) -> Option<&Address> {
         match self {
             Error::Inner { endpoint, .. } => endpoint.as_ref(),
-            Error::NoEndpoints { .. } => None,
+            _ => None,
         }
     }
 
@@ -102,6 +150,7 @@ impl Error {
                 service: service.clone(),
                 endpoint: endpoint.cloned(),
                 source,
+                retry_stop: None,
             },
         }
     }
@@ -114,21 +163,30 @@ impl fmt::Display for Error {
                 f,
                 "service {service:?}: no endpoints available after waiting {waited:?}"
             ),
+            Error::DeadlineExceeded { service, elapsed } => {
+                write!(
+                    f,
+                    "service {service:?}: deadline exceeded after {elapsed:?}"
+                )
+            }
             // The cause is `source()`, not part of this message, so that
             // error reporters that walk the chain print it once.
             Error::Inner {
                 service,
-                endpoint: Some(endpoint),
+                endpoint,
+                retry_stop,
                 ..
-            } => write!(
-                f,
-                "service {service:?}: request to endpoint {endpoint} failed"
-            ),
-            Error::Inner {
-                service,
-                endpoint: None,
-                ..
-            } => write!(f, "service {service:?}: request failed"),
+            } => {
+                write!(f, "service {service:?}: request")?;
+                if let Some(endpoint) = endpoint {
+                    write!(f, " to endpoint {endpoint}")?;
+                }
+                f.write_str(" failed")?;
+                if let Some(stop) = retry_stop {
+                    write!(f, " (not retried: {stop})")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -137,7 +195,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Inner { source, .. } => Some(&**source),
-            Error::NoEndpoints { .. } => None,
+            _ => None,
         }
     }
 }

@@ -17,11 +17,11 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let client = Client::builder("users")
 //!     .discover(Static::parse(["127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"])?)
-//!     .http(palisade::http::hyper_client::<Full<Bytes>>())
+//!     .http(palisade::http::hyper_client())
 //!     .build()?;
 //!
 //! // Clone freely: every clone shares one endpoint set and one load table.
-//! let req = http::Request::get("http://users/v1/me").body(Full::default())?;
+//! let req = http::Request::get("http://users/v1/me").body(Full::<Bytes>::default())?;
 //! let rsp = client.clone().oneshot(req).await?;
 //! println!("{}", rsp.status());
 //! # Ok(())
@@ -55,12 +55,16 @@
 
 pub mod balance;
 pub mod classify;
+pub mod deadline;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod discover;
 pub mod error;
 pub mod http;
+pub mod retry;
 pub mod stack;
+#[cfg(test)]
+mod testing;
 
 pub use error::{BoxError, BuildError, Error};
 pub use stack::Client;

@@ -1,9 +1,18 @@
 //! The assembled client: [`Client::builder`] puts palisade's layers together
 //! in the order of `docs/ARCHITECTURE.md`, with defaults.
 //!
-//! Today the stack is discovery → P2C peak-EWMA balancer → one inner client
-//! per endpoint. Retries, deadlines, breakers, limits and metrics join it in
-//! this one place as they land, so the request path stays visible here.
+//! Today the stack is, outside in:
+//!
+//! ```text
+//! deadline (DeadlineLayer)  → one absolute deadline; propagated per attempt
+//!  retry (RetryLayer)       → policy + shared budget + backoff + body replay
+//!   balancer (Balance)      → P2C over peak-EWMA, avoids endpoints already tried
+//!    inner client           → one per endpoint, from the NewEndpoint factory
+//! discovery                 → feeds the balancer
+//! ```
+//!
+//! Breakers, limits and metrics join it in this one place as they land, so
+//! the request path stays visible here.
 
 use std::fmt;
 use std::hash::Hash;
@@ -11,21 +20,26 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tower::Service;
+use http::{Request, Response};
 use tower::discover::Discover;
+use tower::{Layer, Service};
 
-use crate::balance::{Balance, BalanceConfig, Choice, EndpointStats, NewEndpoint, ResponseFuture};
+use crate::balance::{Balance, BalanceConfig, Choice, EndpointStats, NewEndpoint};
 use crate::classify::{Classify, HttpClassify};
+use crate::deadline::{self, DeadlineLayer, EnforceDeadline};
 use crate::discover::{Endpoint, Static};
 use crate::error::{BoxError, BuildError, Error};
 use crate::http::HttpEndpoints;
+use crate::retry::{self, Backoff, ReplayBody, RetryBudget, RetryLayer, RetryService};
 
-/// A resilient client for one logical service: cheap to clone, `Send + Sync`,
-/// usable from any number of tasks at once.
+/// A resilient HTTP client for one logical service: cheap to clone,
+/// `Send + Sync`, usable from any number of tasks at once.
 ///
 /// Build one with [`Client::builder`]. It is a
-/// `tower::Service<Req>` whose error is [`Error`]; `poll_ready` is always
-/// ready, so `ServiceExt::oneshot` on a clone is the usual way to call it.
+/// `tower::Service<http::Request<B>>` whose error is [`Error`]; `poll_ready`
+/// is always ready, so `ServiceExt::oneshot` on a clone is the usual way to
+/// call it. The inner client receives `http::Request<ReplayBody<B>>`: the
+/// body wrapped so that a retry can resend it.
 ///
 /// ```no_run
 /// use bytes::Bytes;
@@ -37,22 +51,26 @@ use crate::http::HttpEndpoints;
 /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// let client = Client::builder("users")
 ///     .discover(Static::parse(["127.0.0.1:8081", "127.0.0.1:8082"])?)
-///     .http(palisade::http::hyper_client::<Full<Bytes>>())
+///     .http(palisade::http::hyper_client())
 ///     .build()?;
-/// let req = http::Request::get("http://users/health").body(Full::default())?;
+/// let req = http::Request::get("http://users/health").body(Full::<Bytes>::default())?;
 /// let rsp = client.clone().oneshot(req).await?;
 /// println!("{}", rsp.status());
 /// # Ok(())
 /// # }
 /// ```
 pub struct Client<S, C = HttpClassify> {
+    stack: EnforceDeadline<RetryService<Balance<S, C>, C>>,
     balance: Balance<S, C>,
+    budget: RetryBudget,
 }
 
 impl<S, C> Clone for Client<S, C> {
     fn clone(&self) -> Self {
         Client {
+            stack: self.stack.clone(),
             balance: self.balance.clone(),
+            budget: self.budget.clone(),
         }
     }
 }
@@ -79,6 +97,8 @@ impl Client<(), HttpClassify> {
             new_endpoint: Unset,
             classify: HttpClassify::default(),
             balance: BalanceConfig::default(),
+            retry: RetryLayer::new(""),
+            deadline: DeadlineLayer::new(""),
         }
     }
 }
@@ -111,24 +131,34 @@ impl<S, C> Client<S, C> {
     pub fn endpoint_count(&self) -> usize {
         self.balance.len()
     }
+
+    /// The retry budget every clone of this client shares.
+    pub fn retry_budget(&self) -> &RetryBudget {
+        &self.budget
+    }
 }
 
-impl<S, C, Req> Service<Req> for Client<S, C>
+/// The response future of [`Client`].
+pub type ResponseFuture<S, C, B> =
+    deadline::ResponseFuture<retry::ResponseFuture<Balance<S, C>, C, B>>;
+
+impl<S, C, B, RB> Service<Request<B>> for Client<S, C>
 where
-    S: Service<Req> + Clone + Send + Sync + 'static,
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
-    C: Classify<S::Response>,
+    C: Classify<Response<RB>>,
+    B: http_body::Body,
 {
-    type Response = S::Response;
+    type Response = Response<RB>;
     type Error = Error;
-    type Future = ResponseFuture<S, C, Req>;
+    type Future = ResponseFuture<S, C, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        Service::<Req>::poll_ready(&mut self.balance, cx)
+        self.stack.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
-        self.balance.call(req)
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.stack.call(req)
     }
 }
 
@@ -145,6 +175,8 @@ pub struct Builder<D, N, C> {
     new_endpoint: N,
     classify: C,
     balance: BalanceConfig,
+    retry: RetryLayer,
+    deadline: DeadlineLayer,
 }
 
 impl<D, N, C> Builder<D, N, C> {
@@ -157,6 +189,8 @@ impl<D, N, C> Builder<D, N, C> {
             new_endpoint: self.new_endpoint,
             classify: self.classify,
             balance: self.balance,
+            retry: self.retry,
+            deadline: self.deadline,
         }
     }
 
@@ -173,6 +207,8 @@ impl<D, N, C> Builder<D, N, C> {
             new_endpoint,
             classify: self.classify,
             balance: self.balance,
+            retry: self.retry,
+            deadline: self.deadline,
         }
     }
 
@@ -191,6 +227,8 @@ impl<D, N, C> Builder<D, N, C> {
             new_endpoint: self.new_endpoint,
             classify,
             balance: self.balance,
+            retry: self.retry,
+            deadline: self.deadline,
         }
     }
 
@@ -225,6 +263,53 @@ impl<D, N, C> Builder<D, N, C> {
         self
     }
 
+    /// The timeout for requests that bring no deadline (default 15 s;
+    /// `None` for none). See [`DeadlineLayer`].
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.deadline = self.deadline.default_timeout(timeout);
+        self
+    }
+
+    /// Replaces the deadline settings (reserve, propagation, header cap).
+    /// The layer's own service name is replaced by the client's.
+    pub fn deadline(mut self, layer: DeadlineLayer) -> Self {
+        self.deadline = layer;
+        self
+    }
+
+    /// Attempts per request, the first included (default 3; 1 disables
+    /// retries).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.retry = self.retry.max_attempts(attempts);
+        self
+    }
+
+    /// The retry budget (default: 20 % of requests plus 10 retries a second,
+    /// over 10 s). Pass a clone of one budget to several clients to share it.
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.retry = self.retry.budget(budget);
+        self
+    }
+
+    /// The backoff between attempts (default 25 ms → 250 ms, full jitter).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.retry = self.retry.backoff(backoff);
+        self
+    }
+
+    /// A timeout for each attempt, capped by the deadline (default none).
+    pub fn per_try_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.retry = self.retry.per_try_timeout(timeout);
+        self
+    }
+
+    /// How much of each request body is kept so it can be replayed
+    /// (default 64 KiB); larger bodies are sent once and not retried.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.retry = self.retry.body_limit(bytes);
+        self
+    }
+
     /// Builds the client. Must be called inside a Tokio runtime: discovery
     /// runs on a task spawned there.
     pub fn build(self) -> Result<Client<N::Service, C>, BuildError>
@@ -234,15 +319,23 @@ impl<D, N, C> Builder<D, N, C> {
         D::Error: Into<BoxError>,
         N: NewEndpoint,
         N::Service: Send + Sync + 'static,
-        C: Send + Sync + 'static,
+        C: Clone + Send + Sync + 'static,
     {
         let balance = Balance::new(
-            self.name,
+            self.name.clone(),
             self.discover,
             self.new_endpoint,
-            self.classify,
+            self.classify.clone(),
             self.balance,
         )?;
-        Ok(Client { balance })
+        let retry = self.retry.named(self.name.clone()).classify(self.classify);
+        let budget = retry.retry_budget().clone();
+        let deadline = self.deadline.named(self.name);
+        let stack = deadline.layer(retry.layer(balance.clone()));
+        Ok(Client {
+            stack,
+            balance,
+            budget,
+        })
     }
 }

@@ -15,12 +15,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use palisade::demo::{BACKEND_HEADER, Backend, Behavior};
 use palisade::discover::{self, Endpoint, Static};
-use palisade::http::{HttpEndpoint, HyperClient, hyper_client};
+use palisade::http::{Hyper, hyper_client};
 use palisade::{Client, Error};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-type TestClient = Client<HttpEndpoint<HyperClient<Full<Bytes>>>>;
+type TestClient = Hyper<Full<Bytes>>;
 
 async fn backends(behaviors: &[Behavior]) -> Vec<Backend> {
     let mut out = Vec::new();
@@ -155,19 +155,12 @@ async fn a_backend_failing_fast_gets_little_traffic() {
     let client = client(&fleet);
 
     let outcomes = run(&client, 1000, 10).await;
-    let failed = outcomes
-        .iter()
-        .flatten()
-        .filter(|o| o.status == Some(503))
-        .count();
-    assert_eq!(
-        failed as u64,
-        fleet[4].requests(),
-        "503s come from the failing backend only"
-    );
+    // The client retries each 503 on a healthy backend: callers see none.
+    assert!(outcomes.iter().flatten().all(|o| o.status == Some(200)));
+    let failed = fleet[4].requests();
     assert!(
         failed < 50,
-        "the failing backend got {failed} of 1000 requests"
+        "the failing backend got {failed} attempts for 1000 requests"
     );
     let stats = client.endpoint_stats();
     let s = stats

@@ -49,6 +49,9 @@ where
         in_flight: InFlight<S>,
         start: Instant,
     },
+    Failed {
+        error: Option<Error>,
+    },
     Done,
 }
 
@@ -68,6 +71,13 @@ where
         }
     }
 
+    pub(super) fn failed(shared: Arc<Shared<S, C>>, error: Error) -> Self {
+        ResponseFuture {
+            shared,
+            state: State::Failed { error: Some(error) },
+        }
+    }
+
     pub(super) fn waiting(shared: Arc<Shared<S, C>>, req: Req) -> Self {
         let since = Instant::now();
         let until = since + shared.config.endpoint_wait;
@@ -84,6 +94,7 @@ where
 
 impl<S, C, Req> Future for ResponseFuture<S, C, Req>
 where
+    Req: super::Hints,
     S: Service<Req> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
     C: Classify<S::Response>,
@@ -105,8 +116,14 @@ where
                             waited,
                         }));
                     }
-                    let slot = this.shared.pick(&set);
                     let req = req.take().expect("polled after completion");
+                    let slot = match this.shared.pick_for(&set, &req) {
+                        Ok(slot) => slot,
+                        Err(error) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(error));
+                        }
+                    };
                     this.state.set(State::Ready {
                         service: slot.service.clone(),
                         req: Some(req),
@@ -173,6 +190,9 @@ where
                     };
                     this.state.set(State::Done);
                     return Poll::Ready(result);
+                }
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().expect("polled after completion")));
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             }

@@ -9,6 +9,11 @@ use tokio::time::Instant;
 
 /// A peak-sensitive, exponentially weighted moving average of latency.
 ///
+/// Two estimates move together: the *cost* estimate the balancer compares,
+/// fed with failure penalties, and the plain *latency* estimate of what the
+/// endpoint actually took, used to judge whether an attempt can finish
+/// before a deadline.
+///
 /// It starts from a *seed* (a guess); the first real observation replaces
 /// the seed outright, so a guess that was too high does not linger for
 /// several time constants.
@@ -28,8 +33,10 @@ pub(crate) struct PeakEwma {
 struct EwmaState {
     /// The estimate in nanoseconds as of `stamp`.
     rtt_ns: f64,
+    /// The plain latency estimate (no penalties) as of `stamp`.
+    latency_ns: f64,
     stamp: Instant,
-    /// Whether `rtt_ns` is still the seed.
+    /// Whether the estimates are still the seed.
     seeded: bool,
 }
 
@@ -47,6 +54,7 @@ impl PeakEwma {
         PeakEwma {
             state: Mutex::new(EwmaState {
                 rtt_ns: seed.as_nanos() as f64,
+                latency_ns: seed.as_nanos() as f64,
                 stamp: now,
                 seeded: true,
             }),
@@ -65,17 +73,29 @@ impl PeakEwma {
         s.rtt_ns * decay_weight(now.saturating_duration_since(s.stamp), tau)
     }
 
-    /// Records one latency sample taken at `now`.
-    pub(crate) fn observe(&self, sample: Duration, now: Instant, tau: Duration) {
-        let sample = sample.as_nanos() as f64;
+    /// The decayed plain latency estimate at `now`, in nanoseconds.
+    pub(crate) fn latency_ns(&self, now: Instant, tau: Duration) -> f64 {
+        let s = *self.lock();
+        s.latency_ns * decay_weight(now.saturating_duration_since(s.stamp), tau)
+    }
+
+    /// Records one sample taken at `now`: `cost` feeds the cost estimate
+    /// (a failure's penalty included), `latency` what it really took.
+    pub(crate) fn observe(&self, cost: Duration, latency: Duration, now: Instant, tau: Duration) {
         let mut s = self.lock();
         let w = decay_weight(now.saturating_duration_since(s.stamp), tau);
-        let decayed = s.rtt_ns * w;
-        s.rtt_ns = if sample > decayed || s.seeded {
-            sample
-        } else {
-            decayed + sample * (1.0 - w)
+        let seeded = s.seeded;
+        let peak_ewma = |estimate: f64, sample: Duration| {
+            let sample = sample.as_nanos() as f64;
+            let decayed = estimate * w;
+            if sample > decayed || seeded {
+                sample
+            } else {
+                decayed + sample * (1.0 - w)
+            }
         };
+        s.rtt_ns = peak_ewma(s.rtt_ns, cost);
+        s.latency_ns = peak_ewma(s.latency_ns, latency);
         s.seeded = false;
         // Never move the stamp backwards (samples can finish out of order).
         if now > s.stamp {
@@ -150,6 +170,7 @@ mod tests {
         let e = PeakEwma::new(Duration::from_millis(10), t0);
         e.observe(
             Duration::from_millis(500),
+            Duration::from_millis(500),
             t0 + Duration::from_millis(1),
             TAU,
         );
@@ -163,10 +184,15 @@ mod tests {
     async fn the_first_sample_replaces_the_seed() {
         let t0 = Instant::now();
         let e = PeakEwma::new(Duration::from_millis(30), t0);
-        e.observe(Duration::from_millis(5), t0, TAU);
+        e.observe(Duration::from_millis(5), Duration::from_millis(5), t0, TAU);
         assert_eq!(e.estimate_ns(t0, TAU), 5.0 * MS);
         // After that, lower samples blend.
-        e.observe(Duration::from_millis(1), t0 + TAU, TAU);
+        e.observe(
+            Duration::from_millis(1),
+            Duration::from_millis(1),
+            t0 + TAU,
+            TAU,
+        );
         assert!(e.estimate_ns(t0 + TAU, TAU) > 1.0 * MS);
     }
 
@@ -174,26 +200,50 @@ mod tests {
     async fn lower_samples_blend_by_elapsed_time() {
         let t0 = Instant::now();
         let e = PeakEwma::new(Duration::from_millis(100), t0);
-        e.observe(Duration::from_millis(100), t0, TAU);
+        e.observe(
+            Duration::from_millis(100),
+            Duration::from_millis(100),
+            t0,
+            TAU,
+        );
         // After one tau, the old value keeps weight 1/e.
-        e.observe(Duration::from_millis(10), t0 + TAU, TAU);
+        e.observe(
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+            t0 + TAU,
+            TAU,
+        );
         let w = (-1.0f64).exp();
         let want = 100.0 * MS * w + 10.0 * MS * (1.0 - w);
         let got = e.estimate_ns(t0 + TAU, TAU);
         assert!((got - want).abs() < 1.0, "{got} vs {want}");
         // A burst of fast samples at the same instant barely moves it...
         for _ in 0..100 {
-            e.observe(Duration::from_millis(1), t0 + TAU, TAU);
+            e.observe(
+                Duration::from_millis(1),
+                Duration::from_millis(1),
+                t0 + TAU,
+                TAU,
+            );
         }
         assert!((e.estimate_ns(t0 + TAU, TAU) - want).abs() < 1.0);
         // ...but a steady stream over time converges to the new latency.
         let mut t = t0 + TAU;
         for _ in 0..600 {
             t += Duration::from_millis(100);
-            e.observe(Duration::from_millis(10), t, TAU);
+            e.observe(Duration::from_millis(10), Duration::from_millis(10), t, TAU);
         }
         let got = e.estimate_ns(t, TAU) / MS;
         assert!((got - 10.0).abs() < 0.5, "{got}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn latency_ignores_penalties() {
+        let t0 = Instant::now();
+        let e = PeakEwma::new(Duration::from_millis(30), t0);
+        e.observe(Duration::from_secs(1), Duration::from_millis(2), t0, TAU);
+        assert_eq!(e.estimate_ns(t0, TAU), 1000.0 * MS);
+        assert_eq!(e.latency_ns(t0, TAU), 2.0 * MS);
     }
 
     #[tokio::test(start_paused = true)]

@@ -19,8 +19,9 @@
 //! ```
 //!
 //! An endpoint marked busy by `Retry-After` loses to one that is not; if both
-//! are busy the lower cost wins. Equal costs are settled by a coin weighted by
-//! the two weights. The choice is O(1): two random draws, two cost reads (each
+//! are busy the lower cost wins. Costs within 10 % of each other are a tie
+//! (such differences between latency estimates are noise), settled by a coin
+//! weighted by the two weights. The choice is O(1): two random draws, two cost reads (each
 //! a short, uncontended per-endpoint lock), no allocation.
 //!
 //! # Peak-EWMA
@@ -64,14 +65,14 @@
 //!    endpoint of weight 3 carries about three times the concurrent requests
 //!    of a weight-1 endpoint before it looks as loaded.
 //!
-//! Weights tilt the choice; they do not override measured load. Under
-//! concurrency they split the outstanding work in proportion (point 2). When
-//! traffic is light, P2C-EWMA mostly picks whichever endpoint has the lowest
-//! decayed estimate, and weights only tilt that split toward the heavier
-//! endpoints. Latency is never scaled by weight: a heavy endpoint that is
-//! slow is still avoided. For an exact percentage split (canaries), split
-//! traffic between services at the route level instead, or use
-//! [`Choice::Random`], which follows weights exactly.
+//! So when endpoints are equally fast and lightly loaded, traffic splits
+//! roughly in proportion to weight; under concurrency the outstanding work
+//! splits in proportion; and weights never override measured latency: a heavy
+//! endpoint that is slow is still avoided (latency is not scaled by weight).
+//! P2C's draw of two is not an exact weighted split — with three endpoints
+//! weighted 1, 1, 2 the heavy one gets about 55 % instead of 50 % — so for an
+//! exact percentage (canaries) split traffic between services at the route
+//! level, or use [`Choice::Random`], which follows weights exactly.
 //!
 //! # Endpoint changes
 //!
@@ -108,19 +109,24 @@
 //!     }
 //! }
 //!
+//! /// A request of some protocol other than HTTP: it opts in to the
+//! /// balancer with an empty `Hints` impl (no retry or deadline hints).
+//! struct Echo(String);
+//! impl palisade::balance::Hints for Echo {}
+//!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let endpoints = Static::parse(["127.0.0.1:1", "127.0.0.1:2"])?;
 //! // One service per endpoint; here an in-memory echo of its address.
 //! let new_endpoint = |ep: &Endpoint| {
 //!     let addr = ep.address().to_string();
-//!     Ok::<_, std::convert::Infallible>(service_fn(move |req: String| {
+//!     Ok::<_, std::convert::Infallible>(service_fn(move |req: Echo| {
 //!         let addr = addr.clone();
-//!         async move { Ok::<_, std::convert::Infallible>(format!("{addr} got {req}")) }
+//!         async move { Ok::<_, std::convert::Infallible>(format!("{addr} got {}", req.0)) }
 //!     }))
 //! };
 //! let balance = Balance::new("echo", endpoints, new_endpoint, AlwaysOk, BalanceConfig::default())?;
-//! let reply = balance.clone().oneshot("hi".to_string()).await?;
+//! let reply = balance.clone().oneshot(Echo("hi".into())).await?;
 //! assert!(reply.ends_with("got hi"));
 //! # Ok(())
 //! # }
@@ -137,7 +143,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::pin::pin;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -152,6 +158,7 @@ use tower::discover::{Change, Discover};
 use self::load::Load;
 use self::set::{CostModel, EndpointSet, Slot};
 use crate::classify::{Class, Classify};
+use crate::deadline::Deadline;
 use crate::discover::{Address, Endpoint};
 use crate::error::{BoxError, BuildError, Error};
 
@@ -289,8 +296,14 @@ pub struct EndpointStats {
     pub weight: f64,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
-    /// The current (decayed) peak-EWMA latency estimate.
+    /// The current (decayed) peak-EWMA cost estimate: latency, with each
+    /// failure counted as at least the failure penalty. This is what the
+    /// balancer compares.
     pub rtt_estimate: Duration,
+    /// The current (decayed) peak-EWMA of the latency it really showed,
+    /// failures included at their real latency. Retries use it to judge
+    /// whether an attempt can finish before the deadline.
+    pub latency_estimate: Duration,
     /// Requests sent to it and not yet answered.
     pub in_flight: usize,
     /// Requests sent to it since it was added.
@@ -408,6 +421,9 @@ impl<S, C> Balance<S, C> {
                     rtt_estimate: Duration::from_nanos(
                         load.ewma.estimate_ns(now, self.shared.config.decay) as u64,
                     ),
+                    latency_estimate: Duration::from_nanos(
+                        load.ewma.latency_ns(now, self.shared.config.decay) as u64,
+                    ),
                     in_flight: load.in_flight(),
                     requests: load.requests.load(Ordering::Relaxed),
                     failures: load.failures.load(Ordering::Relaxed),
@@ -425,40 +441,118 @@ impl<S, C> Shared<S, C> {
     }
 
     /// Picks an endpoint from a non-empty set.
-    fn pick(&self, set: &EndpointSet<S>) -> Arc<Slot<S>> {
-        if set.len() == 1 {
+    /// Picks an endpoint for `req` from a non-empty set, avoiding the
+    /// endpoints its earlier attempts tried whenever another is available,
+    /// and records the choice for later attempts.
+    ///
+    /// A retry (some endpoint was tried before) whose chosen endpoint's
+    /// latency estimate (the plain one, without failure penalties) does not
+    /// fit before the request's deadline is not started: that is
+    /// [`Error::DeadlineExceeded`].
+    fn pick_for<Req: Hints>(&self, set: &EndpointSet<S>, req: &Req) -> Result<Arc<Slot<S>>, Error> {
+        let Some(tried) = req.tried() else {
+            return Ok(self.pick(set, &[]));
+        };
+        let mut tried = tried.lock();
+        let retry = !tried.is_empty();
+        let slot = self.pick(set, &tried);
+        tried.push(slot.endpoint.address().clone());
+        drop(tried);
+        if retry && let Some(deadline) = req.deadline() {
+            let expected = slot
+                .load
+                .ewma
+                .latency_ns(Instant::now(), self.config.decay)
+                .max(self.cost.min_rtt_ns);
+            if expected >= deadline.remaining().as_nanos() as f64 {
+                return Err(Error::DeadlineExceeded {
+                    service: self.name.clone(),
+                    elapsed: Duration::ZERO,
+                });
+            }
+        }
+        Ok(slot)
+    }
+
+    /// Picks an endpoint from a non-empty set, avoiding those in `avoid`
+    /// while others exist.
+    fn pick(&self, set: &EndpointSet<S>, avoid: &[Address]) -> Arc<Slot<S>> {
+        let n = set.len();
+        if n == 1 {
             return set.slots[0].clone();
         }
+        let allowed = |i: usize| !avoid.contains(set.slots[i].endpoint.address());
+        // Only when most endpoints were tried do the draws below miss; then
+        // a scan finds one (bounded by the set size, and only on retries).
+        let first_allowed = || (0..n).find(|&i| allowed(i));
         let mut rng = rand::rng();
         let i = match self.config.choice {
-            Choice::Random => set.sample(&mut rng),
-            Choice::PeakEwmaP2c => {
-                let (a, b) = set.sample_pair(&mut rng);
-                let (sa, sb) = (&set.slots[a], &set.slots[b]);
-                let now = Instant::now();
-                let now_ns = self.nanos(now);
-                match (sa.load.is_busy(now_ns), sb.load.is_busy(now_ns)) {
-                    (false, true) => a,
-                    (true, false) => b,
-                    _ => {
-                        let (ca, cb) = (self.cost.cost(sa, now), self.cost.cost(sb, now));
-                        if ca < cb {
-                            a
-                        } else if cb < ca {
-                            b
-                        } else {
-                            let (wa, wb) = (sa.endpoint.weight(), sb.endpoint.weight());
-                            if rng.random::<f64>() * (wa + wb) < wa {
-                                a
-                            } else {
-                                b
-                            }
-                        }
+            Choice::Random => {
+                let mut i = set.sample(&mut rng);
+                for _ in 0..4 {
+                    if allowed(i) {
+                        break;
                     }
+                    i = set.sample(&mut rng);
+                }
+                if allowed(i) {
+                    i
+                } else {
+                    first_allowed().unwrap_or(i)
+                }
+            }
+            Choice::PeakEwmaP2c => {
+                let mut pair = set.sample_pair(&mut rng);
+                for _ in 0..4 {
+                    if allowed(pair.0) || allowed(pair.1) {
+                        break;
+                    }
+                    pair = set.sample_pair(&mut rng);
+                }
+                match (allowed(pair.0), allowed(pair.1)) {
+                    (true, false) => pair.0,
+                    (false, true) => pair.1,
+                    (false, false) => match first_allowed() {
+                        Some(i) => i,
+                        None => self.cheaper(set, pair, &mut rng),
+                    },
+                    (true, true) => self.cheaper(set, pair, &mut rng),
                 }
             }
         };
         set.slots[i].clone()
+    }
+
+    /// The P2C comparison: not busy beats busy, then the lower cost, then a
+    /// coin weighted by the endpoints' weights.
+    fn cheaper(
+        &self,
+        set: &EndpointSet<S>,
+        (a, b): (usize, usize),
+        rng: &mut impl rand::Rng,
+    ) -> usize {
+        let (sa, sb) = (&set.slots[a], &set.slots[b]);
+        let now = Instant::now();
+        let now_ns = self.nanos(now);
+        match (sa.load.is_busy(now_ns), sb.load.is_busy(now_ns)) {
+            (false, true) => a,
+            (true, false) => b,
+            _ => {
+                let (ca, cb) = (self.cost.cost(sa, now), self.cost.cost(sb, now));
+                if ca < cb * (1.0 - TIE) {
+                    a
+                } else if cb < ca * (1.0 - TIE) {
+                    b
+                } else {
+                    let (wa, wb) = (sa.endpoint.weight(), sb.endpoint.weight());
+                    if rng.random::<f64>() * (wa + wb) < wa {
+                        a
+                    } else {
+                        b
+                    }
+                }
+            }
+        }
     }
 
     /// Feeds one classified outcome, observed at `now`, back into the
@@ -471,11 +565,65 @@ impl<S, C> Shared<S, C> {
         } else {
             latency
         };
-        load.ewma.observe(sample, now, self.config.decay);
+        load.ewma.observe(sample, latency, now, self.config.decay);
         if let Some(after) = class.retry_after() {
             let until = self.nanos(now).saturating_add(after.as_nanos() as u64);
             load.mark_busy(until);
         }
+    }
+}
+
+/// What the balancer reads from a request: the endpoints its earlier
+/// attempts tried, and its deadline.
+///
+/// Implemented for `http::Request<B>` (both live in its extensions). A
+/// custom request type opts in with an empty impl, which gives no hints:
+///
+/// ```
+/// struct MyRequest(u64);
+/// impl palisade::balance::Hints for MyRequest {}
+/// ```
+pub trait Hints {
+    /// The endpoints earlier attempts of this request were sent to.
+    fn tried(&self) -> Option<&Tried> {
+        None
+    }
+    /// The request's deadline.
+    fn deadline(&self) -> Option<Deadline> {
+        None
+    }
+}
+
+impl<B> Hints for http::Request<B> {
+    fn tried(&self) -> Option<&Tried> {
+        self.extensions().get::<Tried>()
+    }
+    fn deadline(&self) -> Option<Deadline> {
+        Deadline::of(self)
+    }
+}
+
+/// The endpoints a request's attempts went to, shared between attempts.
+///
+/// The retry layer puts one in every attempt's extensions; the balancer
+/// avoids the endpoints in it whenever another is available, and appends
+/// the one it picks. Its length is bounded by the number of attempts.
+#[derive(Debug, Clone, Default)]
+pub struct Tried(Arc<Mutex<Vec<Address>>>);
+
+impl Tried {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Address>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The endpoints tried so far, in order.
+    pub fn addresses(&self) -> Vec<Address> {
+        self.lock().clone()
+    }
+
+    /// The endpoint the latest attempt went to.
+    pub fn last(&self) -> Option<Address> {
+        self.lock().last().cloned()
     }
 }
 
@@ -500,6 +648,7 @@ impl<S> Drop for InFlight<S> {
 
 impl<S, C, Req> Service<Req> for Balance<S, C>
 where
+    Req: Hints,
     S: Service<Req> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
     C: Classify<S::Response>,
@@ -517,9 +666,12 @@ where
         if set.is_empty() {
             return ResponseFuture::waiting(self.shared.clone(), req);
         }
-        let slot = self.shared.pick(&set);
+        let picked = self.shared.pick_for(&set, &req);
         drop(set);
-        ResponseFuture::ready(self.shared.clone(), slot, req)
+        match picked {
+            Ok(slot) => ResponseFuture::ready(self.shared.clone(), slot, req),
+            Err(error) => ResponseFuture::failed(self.shared.clone(), error),
+        }
     }
 }
 
@@ -536,6 +688,12 @@ async fn wait_for_endpoints<S, C>(shared: Arc<Shared<S, C>>, until: Instant) {
         }
     }
 }
+
+/// Costs closer than this fraction are a tie, settled by a weighted coin:
+/// smaller differences between latency estimates are noise, and treating
+/// them as signal makes light traffic follow whichever estimate decayed
+/// last rather than the weights.
+const TIE: f64 = 0.1;
 
 /// Most changes applied before the set is republished, so a flood of changes
 /// cannot delay publication indefinitely.

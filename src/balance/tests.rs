@@ -1,136 +1,35 @@
 //! Balancer behaviour with in-memory endpoints on paused Tokio time: every
 //! latency here is virtual, so these tests are deterministic in time.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::join_all;
-use http::{Request, Response, StatusCode};
+use http::Request;
 use tokio::time::Instant;
-use tower::{BoxError, ServiceExt, service_fn};
+use tower::{BoxError, ServiceExt};
 
 use super::*;
 use crate::classify::HttpClassify;
-use crate::discover::{self, Address, Endpoint, Static};
+use crate::discover::{self, Endpoint, Static};
+use crate::testing::{Answer, Fleet, settle_until};
 
-/// How one in-memory endpoint answers.
-#[derive(Clone, Copy)]
-struct Answer {
-    latency: Duration,
-    status: StatusCode,
-    retry_after: Option<u64>,
-}
-
-impl Answer {
-    fn ok(ms: u64) -> Self {
-        Answer {
-            latency: Duration::from_millis(ms),
-            status: StatusCode::OK,
-            retry_after: None,
-        }
-    }
-    fn status(mut self, status: u16) -> Self {
-        self.status = StatusCode::from_u16(status).unwrap();
-        self
-    }
-}
-
-/// A fleet of in-memory endpoints whose answers can change at run time.
-#[derive(Clone, Default)]
-struct Fleet {
-    answers: Arc<Mutex<HashMap<Address, Answer>>>,
-    counts: Arc<Mutex<HashMap<Address, Arc<AtomicU64>>>>,
-}
-
-type Svc = tower::util::BoxCloneSyncService<Request<()>, Response<()>, BoxError>;
-
-impl Fleet {
-    fn set(&self, addr: &str, answer: Answer) -> Endpoint {
-        let ep = Endpoint::parse(addr).unwrap();
-        self.answers
-            .lock()
-            .unwrap()
-            .insert(ep.address().clone(), answer);
-        ep
-    }
-
-    fn count(&self, addr: &str) -> u64 {
-        let addr: Address = addr.parse().unwrap();
-        self.counts
-            .lock()
-            .unwrap()
-            .get(&addr)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
-    fn factory(&self) -> impl FnMut(&Endpoint) -> Result<Svc, BoxError> + Send + 'static {
-        let fleet = self.clone();
-        move |ep: &Endpoint| {
-            let addr = ep.address().clone();
-            let count = fleet
-                .counts
-                .lock()
-                .unwrap()
-                .entry(addr.clone())
-                .or_default()
-                .clone();
-            let answers = fleet.answers.clone();
-            Ok(Svc::new(service_fn(move |_req: Request<()>| {
-                count.fetch_add(1, Ordering::Relaxed);
-                let answer = answers.lock().unwrap()[&addr];
-                async move {
-                    tokio::time::sleep(answer.latency).await;
-                    let mut rsp = Response::builder().status(answer.status);
-                    if let Some(secs) = answer.retry_after {
-                        rsp = rsp.header("retry-after", secs.to_string());
-                    }
-                    Ok::<_, BoxError>(rsp.body(()).unwrap())
-                }
-            })))
-        }
-    }
-
-    fn balance<D>(&self, discover: D, config: BalanceConfig) -> Balance<Svc, HttpClassify>
-    where
-        D: Discover<Service = Endpoint> + Send + 'static,
-        D::Key: Hash + Eq + Clone + fmt::Debug + Send,
-        D::Error: Into<BoxError>,
-    {
-        Balance::new(
-            "test",
-            discover,
-            self.factory(),
-            HttpClassify::default(),
-            config,
-        )
-        .unwrap()
-    }
-}
+type Body = http_body_util::Empty<bytes::Bytes>;
+type Svc = crate::testing::Svc<Body>;
 
 /// Lets the discovery task apply pending changes (no time passes).
 async fn settle<S, C>(b: &Balance<S, C>, n: usize) {
     settle_until(b, |b| b.len() == n).await;
 }
 
-async fn settle_until<S, C>(b: &Balance<S, C>, done: impl Fn(&Balance<S, C>) -> bool) {
-    // Paused time: if the change never comes, the timeout fires (virtually)
-    // at once instead of hanging the test.
-    tokio::time::timeout(Duration::from_secs(1), b.wait_until(done))
-        .await
-        .unwrap_or_else(|_| panic!("the balancer did not apply the change: {b:?}"));
-}
-
 /// Starts a request now (the choice happens in `call`), without awaiting it.
-fn start(b: &Balance<Svc, HttpClassify>) -> ResponseFuture<Svc, HttpClassify, Request<()>> {
+fn start(b: &Balance<Svc, HttpClassify>) -> ResponseFuture<Svc, HttpClassify, Request<Body>> {
     b.clone().call(get())
 }
 
-fn get() -> Request<()> {
-    Request::get("http://test/").body(()).unwrap()
+fn get() -> Request<Body> {
+    Request::get("http://test/").body(Body::new()).unwrap()
 }
 
 /// Sends `n` requests, `concurrency` at a time.
@@ -177,12 +76,15 @@ async fn in_flight_requests_count_against_an_endpoint() {
     let b = fleet.balance(Static::new(eps), BalanceConfig::default());
     settle(&b, 2).await;
     // Many concurrent requests with equal latency spread evenly: every pick
-    // sees the other's in-flight count.
+    // sees the other's in-flight count (to within the 10 % tie tolerance).
     let futures: Vec<_> = (0..100).map(|_| start(&b)).collect();
     let stats = b.endpoint_stats();
     let in_flight: Vec<usize> = stats.iter().map(|s| s.in_flight).collect();
     assert_eq!(in_flight.iter().sum::<usize>(), 100);
-    assert!(in_flight.iter().all(|&n| n == 50), "{in_flight:?}");
+    assert!(
+        in_flight.iter().all(|&n| (45..=55).contains(&n)),
+        "{in_flight:?}"
+    );
     for r in join_all(futures).await {
         assert_eq!(r.unwrap().status(), 200);
     }
@@ -279,7 +181,7 @@ async fn retry_after_marks_an_endpoint_busy() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn weights_tilt_light_traffic() {
+async fn weights_split_light_traffic_roughly_in_proportion() {
     let fleet = Fleet::default();
     let eps = vec![
         fleet.set("127.0.0.1:1", Answer::ok(10)),
@@ -328,7 +230,7 @@ async fn weights_scale_the_in_flight_share() {
 async fn new_endpoints_are_seeded_with_the_median() {
     let fleet = Fleet::default();
     let (handle, discover) = discover::dynamic();
-    let b = fleet.balance(discover, BalanceConfig::default());
+    let b = fleet.balance::<Body, _>(discover, BalanceConfig::default());
 
     // The first endpoint starts at the default.
     handle.insert(fleet.set("127.0.0.1:1", Answer::ok(100)));
@@ -360,7 +262,7 @@ async fn seeds_respect_the_floor() {
         default_rtt: Duration::ZERO,
         ..BalanceConfig::default()
     };
-    let b = fleet.balance(
+    let b = fleet.balance::<Body, _>(
         Static::new([fleet.set("127.0.0.1:1", Answer::ok(1))]),
         config,
     );
@@ -372,7 +274,7 @@ async fn seeds_respect_the_floor() {
 async fn removed_endpoints_drain_and_get_nothing_new() {
     let fleet = Fleet::default();
     let (handle, discover) = discover::dynamic();
-    let b = fleet.balance(discover, BalanceConfig::default());
+    let b = fleet.balance::<Body, _>(discover, BalanceConfig::default());
     handle.insert(fleet.set("127.0.0.1:1", Answer::ok(1000)));
     settle(&b, 1).await;
 
@@ -422,7 +324,7 @@ async fn no_endpoints_fails_after_the_wait() {
 async fn a_waiting_request_takes_an_endpoint_that_appears() {
     let fleet = Fleet::default();
     let (handle, discover) = discover::dynamic();
-    let b = fleet.balance(discover, BalanceConfig::default());
+    let b = fleet.balance::<Body, _>(discover, BalanceConfig::default());
     let start = Instant::now();
     let waiting = tokio::spawn(b.clone().oneshot(get()));
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -537,7 +439,7 @@ async fn random_choice_ignores_load() {
 async fn the_discovery_task_ends_with_the_balancer() {
     let fleet = Fleet::default();
     let (handle, discover) = discover::dynamic();
-    let b = fleet.balance(discover, BalanceConfig::default());
+    let b = fleet.balance::<Body, _>(discover, BalanceConfig::default());
     let weak = Arc::downgrade(&b.shared);
     drop(b);
     assert!(weak.upgrade().is_none());

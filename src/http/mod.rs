@@ -47,6 +47,12 @@ use crate::discover::{Endpoint, EndpointError};
 pub type HyperClient<B> =
     hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, B>;
 
+/// A palisade [`Client`](crate::Client) over one shared hyper-util client,
+/// taking `http::Request<B>`: the type [`Client::builder`](crate::Client::builder)
+/// `.http(hyper_client())` builds.
+#[cfg(feature = "http")]
+pub type Hyper<B> = crate::Client<HttpEndpoint<HyperClient<crate::retry::ReplayBody<B>>>>;
+
 /// A hyper-util legacy client over plain TCP with palisade's defaults:
 /// HTTP/1.1, `TCP_NODELAY`, idle connections kept 90 s and at most 64 idle
 /// connections per endpoint (hyper-util's own default is unbounded).

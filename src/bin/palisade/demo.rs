@@ -21,7 +21,6 @@ use palisade::Client;
 use palisade::balance::{BalanceConfig, Choice, EndpointStats};
 use palisade::demo::{Backend, Behavior};
 use palisade::discover::{Address, Endpoint};
-use palisade::http::{HttpEndpoint, HyperClient};
 use rand::RngExt;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -123,7 +122,7 @@ fn behavior(index: usize) -> (Behavior, String) {
 }
 
 /// The client type the demo builds.
-type DemoClient = Client<HttpEndpoint<HyperClient<Full<Bytes>>>>;
+type DemoClient = palisade::http::Hyper<Full<Bytes>>;
 
 /// The logical service every request is addressed to.
 const SERVICE_URI: &str = "http://demo/";
@@ -323,7 +322,7 @@ impl Load {
     ) -> Result<Phase, CliError> {
         let client: DemoClient = Client::builder("demo")
             .endpoints(fleet.iter().map(|m| Endpoint::from(m.backend.addr())))
-            .http(palisade::http::hyper_client::<Full<Bytes>>())
+            .http(palisade::http::hyper_client())
             .choice(choice)
             .build()
             .map_err(|e| CliError::new("could not build the palisade client").because(e))?;

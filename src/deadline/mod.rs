@@ -1,0 +1,362 @@
+//! Deadlines: one absolute instant per request, enforced here, read below,
+//! and propagated to the next hop.
+//!
+//! [`DeadlineLayer`] gives every request a [`Deadline`] in its extensions,
+//! taken from, in order:
+//!
+//! 1. a `Deadline` already in the extensions (set by the caller, e.g. from
+//!    its own incoming request with [`Deadline::from_headers`]);
+//! 2. the tightest valid deadline header on the request (see [`header`]):
+//!    `palisade-deadline-ms`, `grpc-timeout`, `x-envoy-expected-rq-timeout-ms`,
+//!    clamped to [`max_timeout`](DeadlineLayer::max_timeout);
+//! 3. the [`default_timeout`](DeadlineLayer::default_timeout) (15 s).
+//!
+//! A deadline that is already spent fails at once with
+//! [`Error::DeadlineExceeded`] without calling the inner service. Otherwise
+//! the whole call below — retries, backoff, balancer waits — is cut off at
+//! the deadline with the same error. The deadline covers getting the
+//! response head; streaming the body afterwards is not cut.
+//!
+//! Outgoing requests carry what remains, minus a
+//! [`reserve`](DeadlineLayer::reserve) for the trip back (5 ms), in
+//! `palisade-deadline-ms`, and in `grpc-timeout` when the request is gRPC
+//! (`content-type: application/grpc…`). The retry layer refreshes these
+//! headers for every attempt, so each hop sees the time that is really left.
+//! Envoy's header is removed from outgoing requests: it would be stale.
+//!
+//! ```
+//! use palisade::deadline::{Deadline, DeadlineLayer};
+//! use std::time::Duration;
+//! use tower::{Layer, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let backend = service_fn(|req: http::Request<()>| async move {
+//!     // What the next hop sees.
+//!     let left = req.headers()["palisade-deadline-ms"].to_str().unwrap().to_owned();
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(left))
+//! });
+//! let svc = DeadlineLayer::new("users").default_timeout(Some(Duration::from_secs(2))).layer(backend);
+//! let rsp = svc.oneshot(http::Request::new(())).await.unwrap();
+//! assert_eq!(rsp.body(), "1995"); // 2 s minus the 5 ms reserve
+//! # }
+//! ```
+
+pub mod header;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::{HeaderMap, Request};
+use pin_project::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower::{Layer, Service};
+
+use crate::error::{BoxError, Error};
+
+/// The absolute time by which a request must have its response.
+///
+/// Lives in the request's extensions; every layer below reads it.
+///
+/// ```
+/// use palisade::deadline::Deadline;
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(Deadline::after(Duration::from_millis(300)));
+/// assert_eq!(Deadline::of(&req).unwrap().remaining(), Duration::from_millis(300));
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Deadline {
+    at: Instant,
+}
+
+/// Far enough to mean "no deadline" without risking `Instant` overflow.
+const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+impl Deadline {
+    /// A deadline at `instant`.
+    pub fn at(instant: Instant) -> Deadline {
+        Deadline { at: instant }
+    }
+
+    /// A deadline `timeout` from now (saturating far in the future).
+    pub fn after(timeout: Duration) -> Deadline {
+        let now = Instant::now();
+        Deadline {
+            at: now
+                .checked_add(timeout.min(FAR))
+                .unwrap_or_else(|| now + Duration::from_secs(3600)),
+        }
+    }
+
+    /// The deadline from a request's deadline headers, if any is valid; see
+    /// [`header::incoming_timeout`]. Servers use it to carry their caller's
+    /// deadline into their own outgoing calls.
+    pub fn from_headers(headers: &HeaderMap) -> Option<Deadline> {
+        header::incoming_timeout(headers).map(Deadline::after)
+    }
+
+    /// The deadline in a request's extensions.
+    pub fn of<B>(req: &Request<B>) -> Option<Deadline> {
+        req.extensions().get::<Deadline>().copied()
+    }
+
+    /// The instant.
+    pub fn instant(&self) -> Instant {
+        self.at
+    }
+
+    /// What remains, zero once spent.
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the deadline has passed.
+    pub fn is_expired(&self) -> bool {
+        Instant::now() >= self.at
+    }
+}
+
+/// In a request's extensions: write the deadline to outgoing headers, less
+/// this reserve.
+#[derive(Debug, Clone, Copy)]
+struct Propagate {
+    reserve: Duration,
+}
+
+/// Writes the request's remaining deadline into its outgoing headers, if the
+/// [`DeadlineLayer`] asked for propagation. Called once per attempt.
+pub(crate) fn stamp_headers(parts: &mut http::request::Parts) {
+    let (Some(deadline), Some(propagate)) = (
+        parts.extensions.get::<Deadline>(),
+        parts.extensions.get::<Propagate>(),
+    ) else {
+        return;
+    };
+    let left = deadline.remaining().saturating_sub(propagate.reserve);
+    let headers = &mut parts.headers;
+    headers.insert(header::DEADLINE_HEADER, header::format_millis(left));
+    headers.remove(header::ENVOY_TIMEOUT);
+    let grpc = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        headers.insert(header::GRPC_TIMEOUT, header::format_grpc_timeout(left));
+    }
+}
+
+/// Gives requests a [`Deadline`] and enforces it; see the [module docs](self).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct DeadlineLayer {
+    config: Arc<Config>,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    service: Arc<str>,
+    default_timeout: Option<Duration>,
+    max_timeout: Duration,
+    reserve: Duration,
+    propagate: bool,
+}
+
+impl DeadlineLayer {
+    /// A deadline layer for the service called `service` (named in errors),
+    /// with the defaults: 15 s default timeout, headers clamped to 5 min,
+    /// 5 ms reserve, propagation on.
+    pub fn new(service: impl Into<Arc<str>>) -> Self {
+        DeadlineLayer {
+            config: Arc::new(Config {
+                service: service.into(),
+                default_timeout: Some(Duration::from_secs(15)),
+                max_timeout: Duration::from_secs(300),
+                reserve: Duration::from_millis(5),
+                propagate: true,
+            }),
+        }
+    }
+
+    fn config(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// Renames the service (named in errors).
+    pub fn named(self, service: impl Into<Arc<str>>) -> Self {
+        let service = service.into();
+        self.config(|c| c.service = service)
+    }
+
+    /// The timeout for requests that bring no deadline; `None` for no
+    /// deadline at all. Default 15 s.
+    pub fn default_timeout(self, timeout: Option<Duration>) -> Self {
+        self.config(|c| c.default_timeout = timeout)
+    }
+
+    /// The longest deadline a request header may ask for; longer ones are
+    /// clamped. Default 5 min.
+    pub fn max_timeout(self, max: Duration) -> Self {
+        self.config(|c| c.max_timeout = max)
+    }
+
+    /// Subtracted from what remains before it is written to outgoing
+    /// headers, for the response's trip back. Default 5 ms.
+    pub fn reserve(self, reserve: Duration) -> Self {
+        self.config(|c| c.reserve = reserve)
+    }
+
+    /// Whether outgoing requests carry the remaining deadline. Default on.
+    pub fn propagate(self, on: bool) -> Self {
+        self.config(|c| c.propagate = on)
+    }
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = EnforceDeadline<S>;
+
+    fn layer(&self, inner: S) -> EnforceDeadline<S> {
+        EnforceDeadline {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service [`DeadlineLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct EnforceDeadline<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S, B> Service<Request<B>> for EnforceDeadline<S>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| Error::inner(&self.config.service, None, e))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let start = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let deadline = match parts.extensions.get::<Deadline>() {
+            Some(d) => Some(*d),
+            None => header::incoming_timeout(&parts.headers)
+                .map(|t| t.min(self.config.max_timeout))
+                .or(self.config.default_timeout)
+                .map(Deadline::after),
+        };
+        let Some(deadline) = deadline else {
+            let future = self.inner.call(Request::from_parts(parts, body));
+            return ResponseFuture::running(future, None, start, &self.config.service);
+        };
+        if deadline.is_expired() {
+            return ResponseFuture {
+                state: State::Failed {
+                    error: Some(Error::DeadlineExceeded {
+                        service: self.config.service.clone(),
+                        elapsed: Duration::ZERO,
+                    }),
+                },
+            };
+        }
+        parts.extensions.insert(deadline);
+        if self.config.propagate {
+            parts.extensions.insert(Propagate {
+                reserve: self.config.reserve,
+            });
+            stamp_headers(&mut parts);
+        }
+        let future = self.inner.call(Request::from_parts(parts, body));
+        ResponseFuture::running(future, Some(deadline), start, &self.config.service)
+    }
+}
+
+/// The response future of [`EnforceDeadline`].
+#[pin_project]
+#[must_use = "futures do nothing unless polled"]
+pub struct ResponseFuture<F> {
+    #[pin]
+    state: State<F>,
+}
+
+#[pin_project(project = StateProj)]
+enum State<F> {
+    Running {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Option<Sleep>,
+        start: Instant,
+        service: Arc<str>,
+    },
+    Failed {
+        error: Option<Error>,
+    },
+}
+
+impl<F> ResponseFuture<F> {
+    fn running(inner: F, deadline: Option<Deadline>, start: Instant, service: &Arc<str>) -> Self {
+        ResponseFuture {
+            state: State::Running {
+                inner,
+                sleep: deadline.map(|d| tokio::time::sleep_until(d.instant())),
+                start,
+                service: service.clone(),
+            },
+        }
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Failed { error } => {
+                Poll::Ready(Err(error.take().expect("polled after completion")))
+            }
+            StateProj::Running {
+                inner,
+                sleep,
+                start,
+                service,
+            } => {
+                if let Poll::Ready(result) = inner.poll(cx) {
+                    return Poll::Ready(result.map_err(|e| Error::inner(service, None, e)));
+                }
+                if let Some(sleep) = sleep.as_pin_mut() {
+                    ready!(sleep.poll(cx));
+                    return Poll::Ready(Err(Error::DeadlineExceeded {
+                        service: service.clone(),
+                        elapsed: start.elapsed(),
+                    }));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

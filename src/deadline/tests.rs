@@ -1,0 +1,229 @@
+//! The deadline layer on paused time.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{HeaderMap, Request, Response};
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt, service_fn};
+
+use super::*;
+
+/// A backend that takes `latency` and answers with the headers it received;
+/// counts its calls.
+fn backend(
+    latency: Duration,
+    calls: Arc<AtomicUsize>,
+) -> impl Service<
+    Request<()>,
+    Response = Response<HeaderMap>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<HeaderMap>, Infallible>>,
+> + Clone {
+    service_fn(move |req: Request<()>| {
+        calls.fetch_add(1, Ordering::Relaxed);
+        async move {
+            tokio::time::sleep(latency).await;
+            Ok::<_, Infallible>(Response::new(req.headers().clone()))
+        }
+    })
+}
+
+fn layer() -> DeadlineLayer {
+    DeadlineLayer::new("users")
+}
+
+async fn send(
+    layer: DeadlineLayer,
+    latency: Duration,
+    req: Request<()>,
+) -> (Result<Response<HeaderMap>, Error>, Duration, usize) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer.layer(backend(latency, calls.clone()));
+    let start = Instant::now();
+    let result = svc.oneshot(req).await;
+    (result, start.elapsed(), calls.load(Ordering::Relaxed))
+}
+
+fn get() -> Request<()> {
+    Request::get("http://users/").body(()).unwrap()
+}
+
+fn with_header(name: &str, value: &str) -> Request<()> {
+    Request::get("http://users/")
+        .header(name, value)
+        .body(())
+        .unwrap()
+}
+
+fn deadline_ms(rsp: &Response<HeaderMap>) -> u64 {
+    rsp.body()[header::DEADLINE_HEADER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spent_deadline_fails_at_once_without_calling_the_service() {
+    let mut req = get();
+    req.extensions_mut()
+        .insert(Deadline::at(Instant::now() - Duration::from_millis(1)));
+    let (result, elapsed, calls) = send(layer(), Duration::ZERO, req).await;
+    let err = result.unwrap_err();
+    assert!(err.is_deadline_exceeded(), "{err}");
+    assert_eq!(elapsed, Duration::ZERO);
+    assert_eq!(calls, 0);
+    assert_eq!(
+        err.to_string(),
+        "service \"users\": deadline exceeded after 0ns"
+    );
+
+    let (result, _, calls) = send(
+        layer(),
+        Duration::ZERO,
+        with_header(header::DEADLINE_HEADER, "0"),
+    )
+    .await;
+    assert!(result.unwrap_err().is_deadline_exceeded());
+    assert_eq!(calls, 0, "a zero header is a spent deadline");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_timeout_cuts_a_slow_call() {
+    let (result, elapsed, calls) = send(layer(), Duration::from_secs(60), get()).await;
+    assert!(result.unwrap_err().is_deadline_exceeded());
+    assert_eq!(elapsed, Duration::from_secs(15));
+    assert_eq!(calls, 1);
+
+    let layer = layer().default_timeout(Some(Duration::from_secs(1)));
+    let (result, elapsed, _) = send(layer, Duration::from_secs(5), get()).await;
+    match result.unwrap_err() {
+        Error::DeadlineExceeded { elapsed: e, .. } => assert_eq!(e, Duration::from_secs(1)),
+        other => panic!("{other}"),
+    }
+    assert_eq!(elapsed, Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_any_deadline_nothing_is_cut() {
+    let layer = layer().default_timeout(None);
+    let (result, elapsed, _) = send(layer, Duration::from_secs(100), get()).await;
+    let rsp = result.unwrap();
+    assert_eq!(elapsed, Duration::from_secs(100));
+    assert!(!rsp.body().contains_key(header::DEADLINE_HEADER));
+}
+
+#[tokio::test(start_paused = true)]
+async fn where_the_deadline_comes_from() {
+    // The extension wins over a header.
+    let mut req = with_header(header::DEADLINE_HEADER, "100");
+    req.extensions_mut()
+        .insert(Deadline::after(Duration::from_millis(2000)));
+    let (result, _, _) = send(layer(), Duration::ZERO, req).await;
+    assert_eq!(deadline_ms(&result.unwrap()), 1995);
+
+    // A header wins over the default, and the tightest header wins.
+    let mut req = with_header(header::GRPC_TIMEOUT, "3S");
+    req.headers_mut()
+        .insert(header::ENVOY_TIMEOUT, "700".parse().unwrap());
+    let (result, _, _) = send(layer(), Duration::ZERO, req).await;
+    assert_eq!(deadline_ms(&result.unwrap()), 695);
+
+    // A header asking for more than the cap is clamped.
+    let layer = layer().max_timeout(Duration::from_secs(2));
+    let (result, _, _) = send(
+        layer,
+        Duration::ZERO,
+        with_header(header::DEADLINE_HEADER, "3600000"),
+    )
+    .await;
+    assert_eq!(deadline_ms(&result.unwrap()), 1995);
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_headers_are_ignored_never_zero() {
+    for (name, value) in [
+        (header::DEADLINE_HEADER, "-1"),
+        (header::DEADLINE_HEADER, "soon"),
+        (header::GRPC_TIMEOUT, "10x"),
+        (header::GRPC_TIMEOUT, "123456789S"),
+        (header::ENVOY_TIMEOUT, "1e3"),
+    ] {
+        let (result, _, calls) = send(layer(), Duration::ZERO, with_header(name, value)).await;
+        let rsp = result.unwrap_or_else(|e| panic!("{name}: {value:?}: {e}"));
+        assert_eq!(calls, 1);
+        assert_eq!(
+            deadline_ms(&rsp),
+            14_995,
+            "{name}: {value:?} falls back to the default"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn propagation_writes_what_remains() {
+    let layer = layer()
+        .default_timeout(Some(Duration::from_millis(500)))
+        .reserve(Duration::from_millis(20));
+    let req = Request::post("http://users/pkg.Svc/Method")
+        .header(http::header::CONTENT_TYPE, "application/grpc+proto")
+        .header(header::ENVOY_TIMEOUT, "500")
+        .body(())
+        .unwrap();
+    let (result, _, _) = send(layer.clone(), Duration::ZERO, req).await;
+    let rsp = result.unwrap();
+    let headers = rsp.body();
+    assert_eq!(deadline_ms(&rsp), 480);
+    assert_eq!(headers[header::GRPC_TIMEOUT], "480000u");
+    assert!(
+        !headers.contains_key(header::ENVOY_TIMEOUT),
+        "stale Envoy header removed"
+    );
+
+    // Not gRPC: no grpc-timeout.
+    let (result, _, _) = send(layer.clone(), Duration::ZERO, get()).await;
+    assert!(!result.unwrap().body().contains_key(header::GRPC_TIMEOUT));
+
+    // Propagation off: no header at all, but the deadline still holds.
+    let (result, elapsed, _) = send(layer.propagate(false), Duration::from_secs(1), get()).await;
+    assert!(result.unwrap_err().is_deadline_exceeded());
+    assert_eq!(elapsed, Duration::from_millis(500));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reserve_larger_than_what_remains_propagates_zero() {
+    let layer = layer()
+        .default_timeout(Some(Duration::from_millis(3)))
+        .reserve(Duration::from_millis(5));
+    let (result, _, _) = send(layer, Duration::ZERO, get()).await;
+    assert_eq!(deadline_ms(&result.unwrap()), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_from_incoming_headers() {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::GRPC_TIMEOUT, "250m".parse().unwrap());
+    let d = Deadline::from_headers(&headers).unwrap();
+    assert_eq!(d.remaining(), Duration::from_millis(250));
+    tokio::time::advance(Duration::from_millis(300)).await;
+    assert!(d.is_expired());
+    assert_eq!(d.remaining(), Duration::ZERO);
+    assert!(Deadline::from_headers(&HeaderMap::new()).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn absurd_timeouts_saturate_instead_of_panicking() {
+    let d = Deadline::after(Duration::MAX);
+    assert!(d.remaining() > Duration::from_secs(3600));
+    let layer = layer().max_timeout(Duration::MAX);
+    let (result, _, _) = send(
+        layer,
+        Duration::ZERO,
+        with_header(header::DEADLINE_HEADER, "18446744073709551615"),
+    )
+    .await;
+    assert!(result.is_ok());
+}

@@ -1,0 +1,539 @@
+//! Retries: what may be retried (policy), how much (budget), when
+//! (backoff), where (another endpoint) and with what body (replay).
+//!
+//! [`RetryLayer`] retries an HTTP request when the [`Classify`] says its
+//! outcome was a retryable failure and every one of these agrees:
+//!
+//! 1. **method**: the class allows it — [`Retry::IfIdempotent`] needs an
+//!    idempotent method (GET, HEAD, OPTIONS, PUT, DELETE, TRACE);
+//!    [`Retry::Always`] (the request provably never reached the server, e.g.
+//!    connection refused) allows any;
+//! 2. **attempts**: fewer than [`max_attempts`](RetryLayer::max_attempts)
+//!    (3, counting the first) were made;
+//! 3. **body**: the body is still replayable — it is buffered up to
+//!    [`body_limit`](RetryLayer::body_limit) (64 KiB) while it streams to
+//!    the first attempt; a larger body is sent once and not retried;
+//! 4. **deadline**: the backoff sleep ends before the request's
+//!    [`Deadline`]; and the balancer will not start the next attempt on an
+//!    endpoint whose latency estimate does not fit in what remains;
+//! 5. **budget**: the shared [`RetryBudget`] grants a token (taken before
+//!    the backoff sleep: a retry waiting in backoff already counts).
+//!
+//! When any says no, the caller gets the last real outcome — the 503
+//! response, or the [`Error::Inner`] — with a [`RetryStop`] saying why it was
+//! not retried: in the response's extensions, or in
+//! [`Error::retry_stop`]. Never a silent drop.
+//!
+//! Between attempts the layer sleeps a random time between zero and
+//! `min(cap, base × 2^(retry − 1))` (exponential backoff with full jitter,
+//! 25 ms and 250 ms by default), and tells the balancer which endpoints were
+//! tried (through the request's extensions) so that a retry goes elsewhere
+//! whenever another endpoint is available. An optional
+//! [`per_try_timeout`](RetryLayer::per_try_timeout), capped by what remains
+//! of the deadline, bounds each attempt.
+//!
+//! ```
+//! use palisade::retry::{RetryBudget, RetryLayer};
+//! use std::time::Duration;
+//!
+//! let layer = RetryLayer::new("users")
+//!     .max_attempts(2)
+//!     .per_try_timeout(Some(Duration::from_millis(300)))
+//!     .budget(RetryBudget::new(Duration::from_secs(10), 5, 0.1));
+//! # let _ = layer;
+//! ```
+
+mod budget;
+mod replay;
+
+pub use budget::RetryBudget;
+pub use replay::ReplayBody;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::{Method, Request, Response};
+use pin_project::pin_project;
+use rand::RngExt;
+use tokio::time::{Instant, Sleep};
+use tower::{Layer, Service};
+
+use crate::balance::Tried;
+use crate::classify::{Classify, HttpClassify, Retry};
+use crate::deadline::{self, Deadline};
+use crate::error::{BoxError, Error};
+
+/// Why a retryable failure was not retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RetryStop {
+    /// The retry budget was spent.
+    Budget,
+    /// The deadline would pass before the next attempt could finish.
+    Deadline,
+    /// The maximum number of attempts (this many) was made.
+    Attempts(u32),
+    /// The failure is only retryable for idempotent methods, and this
+    /// request's method is not one.
+    Method,
+    /// The request body outgrew the replay buffer.
+    Body,
+}
+
+impl fmt::Display for RetryStop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RetryStop::Budget => f.write_str("retry budget exhausted"),
+            RetryStop::Deadline => f.write_str("no time left before the deadline"),
+            RetryStop::Attempts(n) => write!(f, "{n} attempts made"),
+            RetryStop::Method => f.write_str("method is not idempotent"),
+            RetryStop::Body => f.write_str("request body too large to replay"),
+        }
+    }
+}
+
+/// Whether a method is idempotent (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Exponential backoff with full jitter.
+///
+/// ```
+/// use palisade::retry::Backoff;
+/// use std::time::Duration;
+///
+/// let b = Backoff::new(Duration::from_millis(25), Duration::from_millis(250));
+/// assert!(b.delay(1) <= Duration::from_millis(25));
+/// assert!(b.delay(10) <= Duration::from_millis(250));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(25), Duration::from_millis(250))
+    }
+}
+
+impl Backoff {
+    /// Backoff starting at `base`, doubling per retry, never above `cap`.
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Backoff { base, cap }
+    }
+
+    /// A random delay before retry number `retry` (1 for the first retry):
+    /// uniform between zero and `min(cap, base × 2^(retry − 1))`.
+    pub fn delay(&self, retry: u32) -> Duration {
+        let exp = retry.saturating_sub(1).min(30);
+        let ceiling = self.base.saturating_mul(1 << exp).min(self.cap);
+        if ceiling.is_zero() {
+            return Duration::ZERO;
+        }
+        let nanos = ceiling.as_nanos().min(u128::from(u64::MAX)) as u64;
+        Duration::from_nanos(rand::rng().random_range(0..=nanos))
+    }
+}
+
+/// The error of an attempt cut off by the per-try timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptTimedOut {
+    /// The timeout that fired.
+    pub after: Duration,
+}
+
+impl fmt::Display for AttemptTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "attempt timed out after {:?}", self.after)
+    }
+}
+
+impl std::error::Error for AttemptTimedOut {}
+
+#[derive(Debug, Clone)]
+struct Config<C> {
+    service: Arc<str>,
+    max_attempts: u32,
+    backoff: Backoff,
+    budget: RetryBudget,
+    per_try_timeout: Option<Duration>,
+    body_limit: usize,
+    classify: C,
+}
+
+/// Retries failed HTTP requests; see the [module docs](self).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RetryLayer<C = HttpClassify> {
+    config: Arc<Config<C>>,
+}
+
+impl RetryLayer<HttpClassify> {
+    /// A retry layer for the service called `service`, with the defaults:
+    /// 3 attempts, backoff 25 ms → 250 ms, a budget of 20 % plus 10/s over
+    /// 10 s, no per-try timeout, 64 KiB replay buffer, the default HTTP
+    /// classifier.
+    pub fn new(service: impl Into<Arc<str>>) -> Self {
+        RetryLayer {
+            config: Arc::new(Config {
+                service: service.into(),
+                max_attempts: 3,
+                backoff: Backoff::default(),
+                budget: RetryBudget::default(),
+                per_try_timeout: None,
+                body_limit: 64 * 1024,
+                classify: HttpClassify::default(),
+            }),
+        }
+    }
+}
+
+impl<C: Clone> RetryLayer<C> {
+    fn config(mut self, f: impl FnOnce(&mut Config<C>)) -> Self {
+        f(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// Renames the service (named in errors).
+    pub fn named(self, service: impl Into<Arc<str>>) -> Self {
+        let service = service.into();
+        self.config(|c| c.service = service)
+    }
+
+    /// Attempts in total, the first included (default 3; 1 disables
+    /// retries; 0 is taken as 1).
+    pub fn max_attempts(self, n: u32) -> Self {
+        self.config(|c| c.max_attempts = n.max(1))
+    }
+
+    /// The backoff between attempts (default 25 ms base, 250 ms cap).
+    pub fn backoff(self, backoff: Backoff) -> Self {
+        self.config(|c| c.backoff = backoff)
+    }
+
+    /// The budget; share one between layers to share it between clients.
+    pub fn budget(self, budget: RetryBudget) -> Self {
+        self.config(|c| c.budget = budget)
+    }
+
+    /// A timeout for each attempt, capped by what remains of the deadline.
+    /// Default none.
+    pub fn per_try_timeout(self, timeout: Option<Duration>) -> Self {
+        self.config(|c| c.per_try_timeout = timeout)
+    }
+
+    /// How much of a request body is kept for replay (default 64 KiB).
+    pub fn body_limit(self, bytes: usize) -> Self {
+        self.config(|c| c.body_limit = bytes)
+    }
+
+    /// Replaces the classifier (it must be the one the rest of the stack
+    /// uses; the builder sees to that).
+    pub fn classify<C2: Clone>(self, classify: C2) -> RetryLayer<C2> {
+        let c = Arc::unwrap_or_clone(self.config);
+        RetryLayer {
+            config: Arc::new(Config {
+                service: c.service,
+                max_attempts: c.max_attempts,
+                backoff: c.backoff,
+                budget: c.budget,
+                per_try_timeout: c.per_try_timeout,
+                body_limit: c.body_limit,
+                classify,
+            }),
+        }
+    }
+
+    /// The budget this layer draws on.
+    pub fn retry_budget(&self) -> &RetryBudget {
+        &self.config.budget
+    }
+}
+
+impl<S, C> Layer<S> for RetryLayer<C> {
+    type Service = RetryService<S, C>;
+
+    fn layer(&self, inner: S) -> RetryService<S, C> {
+        RetryService {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service [`RetryLayer`] makes. Its inner service receives
+/// `Request<ReplayBody<B>>`.
+#[derive(Debug)]
+pub struct RetryService<S, C> {
+    inner: S,
+    config: Arc<Config<C>>,
+}
+
+impl<S: Clone, C> Clone for RetryService<S, C> {
+    fn clone(&self) -> Self {
+        RetryService {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S, C, B, RB> Service<Request<B>> for RetryService<S, C>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    C: Classify<Response<RB>>,
+    B: http_body::Body,
+{
+    type Response = Response<RB>;
+    type Error = Error;
+    type Future = ResponseFuture<S, C, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| Error::inner(&self.config.service, None, e))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        self.config.budget.deposit();
+        let (parts, body) = req.into_parts();
+        // The service that was made ready handles the first attempt; a clone
+        // takes its place here.
+        let clone = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            config: self.config.clone(),
+            service,
+            body: Some(ReplayBody::new(body, self.config.body_limit)),
+            parts,
+            tried: Tried::default(),
+            attempts: 0,
+            last: None,
+            state: State::Ready,
+        }
+    }
+}
+
+/// The response future of [`RetryService`].
+#[pin_project]
+#[must_use = "futures do nothing unless polled"]
+pub struct ResponseFuture<S, C, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    config: Arc<Config<C>>,
+    service: S,
+    /// The handle new attempts are cloned from; taken by the only attempt
+    /// when the body is too large to replay.
+    body: Option<ReplayBody<B>>,
+    parts: http::request::Parts,
+    tried: Tried,
+    attempts: u32,
+    /// The last failure, kept while a retry is pending so that it can be
+    /// returned if the retry cannot start.
+    last: Option<Result<S::Response, Error>>,
+    #[pin]
+    state: State<S::Future>,
+}
+
+#[pin_project(project = StateProj)]
+enum State<F> {
+    /// Waiting for the service to be ready for the next attempt.
+    Ready,
+    Calling {
+        #[pin]
+        future: F,
+        #[pin]
+        timeout: Option<Sleep>,
+    },
+    Backoff {
+        #[pin]
+        sleep: Sleep,
+    },
+}
+
+/// What to do with an attempt's outcome.
+enum Next {
+    /// Return it, with the reason it was not retried if it was retryable.
+    Return(Option<RetryStop>),
+    /// Retry after this long.
+    RetryAfter(Duration),
+}
+
+impl<S, C, B, RB> Future for ResponseFuture<S, C, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    C: Classify<Response<RB>>,
+    B: http_body::Body,
+{
+    type Output = Result<Response<RB>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let config = &**this.config;
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Ready => {
+                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                        return Poll::Ready(Err(Error::inner(&config.service, None, e)));
+                    }
+                    *this.attempts += 1;
+                    let mut parts = this.parts.clone();
+                    parts.extensions.insert(this.tried.clone());
+                    deadline::stamp_headers(&mut parts);
+                    let body = match this.body.as_ref().and_then(ReplayBody::try_clone) {
+                        Some(body) => body,
+                        // Not replayable (its size is known to exceed the
+                        // limit): the one handle goes, and no retry follows
+                        // (`decide` sees there is no handle left).
+                        None => match this.body.take() {
+                            Some(body) => body,
+                            None => {
+                                let e = "request body was already sent and cannot be replayed";
+                                return Poll::Ready(Err(Error::inner(&config.service, None, e)));
+                            }
+                        },
+                    };
+                    let timeout = config.per_try_timeout.map(|per_try| {
+                        let mut until = Instant::now() + per_try;
+                        if let Some(d) = parts.extensions.get::<Deadline>() {
+                            until = until.min(d.instant());
+                        }
+                        tokio::time::sleep_until(until)
+                    });
+                    let future = this.service.call(Request::from_parts(parts, body));
+                    this.state.set(State::Calling { future, timeout });
+                }
+                StateProj::Calling { future, timeout } => {
+                    let outcome = match future.poll(cx) {
+                        Poll::Ready(Ok(rsp)) => Ok(rsp),
+                        Poll::Ready(Err(e)) => Err(Error::inner(&config.service, None, e)),
+                        Poll::Pending => {
+                            let fired = timeout.as_pin_mut().is_some_and(|t| t.poll(cx).is_ready());
+                            if !fired {
+                                return Poll::Pending;
+                            }
+                            let after = config.per_try_timeout.unwrap_or_default();
+                            Err(Error::inner(
+                                &config.service,
+                                this.tried.last().as_ref(),
+                                AttemptTimedOut { after },
+                            ))
+                        }
+                    };
+                    // A retry the balancer refused to start (its endpoint's
+                    // latency does not fit in what remains): the caller gets
+                    // the failure that prompted it.
+                    if *this.attempts > 1
+                        && matches!(&outcome, Err(e) if e.is_deadline_exceeded())
+                        && let Some(last) = this.last.take()
+                    {
+                        return Poll::Ready(annotate(last, RetryStop::Deadline));
+                    }
+                    let next = decide(
+                        config,
+                        &outcome,
+                        this.parts,
+                        *this.attempts,
+                        this.body.as_ref(),
+                    );
+                    match next {
+                        Next::Return(stop) => {
+                            return Poll::Ready(match stop {
+                                Some(stop) => annotate(outcome, stop),
+                                None => outcome,
+                            });
+                        }
+                        Next::RetryAfter(delay) => {
+                            *this.last = Some(outcome);
+                            this.state.set(State::Backoff {
+                                sleep: tokio::time::sleep(delay),
+                            });
+                        }
+                    }
+                }
+                StateProj::Backoff { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Ready);
+                }
+            }
+        }
+    }
+}
+
+/// Records why a retryable outcome was returned without a retry.
+fn annotate<RB>(
+    outcome: Result<Response<RB>, Error>,
+    stop: RetryStop,
+) -> Result<Response<RB>, Error> {
+    match outcome {
+        Ok(mut rsp) => {
+            rsp.extensions_mut().insert(stop);
+            Ok(rsp)
+        }
+        Err(e) => Err(e.with_retry_stop(stop)),
+    }
+}
+
+/// The retry decision for one attempt's outcome; see the module docs for
+/// the order of the checks.
+fn decide<C, RB, B>(
+    config: &Config<C>,
+    outcome: &Result<Response<RB>, Error>,
+    parts: &http::request::Parts,
+    attempts: u32,
+    body: Option<&ReplayBody<B>>,
+) -> Next
+where
+    C: Classify<Response<RB>>,
+    B: http_body::Body,
+{
+    let class = match outcome {
+        Ok(rsp) => config.classify.classify_response(rsp),
+        // Only failures of the request itself are retried: no endpoints or
+        // a spent deadline would only fail again.
+        Err(e @ Error::Inner { .. }) => config.classify.classify_error(e),
+        Err(_) => return Next::Return(None),
+    };
+    if !class.is_failure() {
+        return Next::Return(None);
+    }
+    match class.retry() {
+        Retry::Never => return Next::Return(None),
+        Retry::IfIdempotent if !is_idempotent(&parts.method) => {
+            return Next::Return(Some(RetryStop::Method));
+        }
+        Retry::IfIdempotent | Retry::Always => {}
+    }
+    if attempts >= config.max_attempts {
+        return Next::Return(Some(RetryStop::Attempts(attempts)));
+    }
+    if !body.is_some_and(ReplayBody::is_replayable) {
+        return Next::Return(Some(RetryStop::Body));
+    }
+    let delay = config.backoff.delay(attempts);
+    if let Some(deadline) = parts.extensions.get::<Deadline>()
+        && delay >= deadline.remaining()
+    {
+        return Next::Return(Some(RetryStop::Deadline));
+    }
+    if !config.budget.withdraw() {
+        return Next::Return(Some(RetryStop::Budget));
+    }
+    Next::RetryAfter(delay)
+}
+
+#[cfg(test)]
+mod tests;

@@ -62,6 +62,15 @@ pub enum Error {
         /// up (zero when the deadline was already spent on arrival).
         elapsed: Duration,
     },
+    /// The service's circuit breaker is open: recent calls failed too often,
+    /// so this one fails at once instead of adding load.
+    #[non_exhaustive]
+    CircuitOpen {
+        /// The service whose breaker is open.
+        service: Arc<str>,
+        /// How long until the breaker lets a probe through.
+        retry_in: Duration,
+    },
     /// The inner client (the endpoint's service) failed.
     #[non_exhaustive]
     Inner {
@@ -98,8 +107,14 @@ impl Error {
         match self {
             Error::NoEndpoints { service, .. }
             | Error::DeadlineExceeded { service, .. }
+            | Error::CircuitOpen { service, .. }
             | Error::Inner { service, .. } => service,
         }
+    }
+
+    /// Whether this is [`Error::CircuitOpen`].
+    pub fn is_circuit_open(&self) -> bool {
+        matches!(self, Error::CircuitOpen { .. })
     }
 
     /// Whether this is [`Error::DeadlineExceeded`].
@@ -169,6 +184,10 @@ impl fmt::Display for Error {
                     "service {service:?}: deadline exceeded after {elapsed:?}"
                 )
             }
+            Error::CircuitOpen { service, retry_in } => write!(
+                f,
+                "service {service:?}: circuit breaker open; next probe in {retry_in:?}"
+            ),
             // The cause is `source()`, not part of this message, so that
             // error reporters that walk the chain print it once.
             Error::Inner {

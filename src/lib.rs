@@ -54,6 +54,7 @@
 #![warn(rust_2018_idioms, unreachable_pub)]
 
 pub mod balance;
+pub mod breaker;
 pub mod classify;
 pub mod deadline;
 #[cfg(feature = "demo")]
@@ -62,6 +63,7 @@ pub mod discover;
 pub mod error;
 pub mod http;
 pub mod retry;
+mod rolling;
 pub mod stack;
 #[cfg(test)]
 mod testing;

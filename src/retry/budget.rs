@@ -1,10 +1,11 @@
 //! A retry budget with Finagle's semantics.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::rolling::RollingCount;
 
 /// How many retries a client may make: a share of its recent requests plus a
 /// floor for quiet periods. One budget is shared by every clone of a client.
@@ -47,50 +48,8 @@ struct Inner {
     /// `min_per_sec × ttl`: retries allowed in any window regardless of
     /// traffic.
     reserve: f64,
-    epoch: Instant,
-    slot_nanos: u64,
-    deposits: Window,
-    withdrawals: Window,
-}
-
-/// Number of slots a ttl is divided into: counts expire a tenth at a time.
-const SLOTS: usize = 10;
-
-/// A count over the last `SLOTS` slots of time, lock-free.
-#[derive(Debug, Default)]
-struct Window {
-    counts: [AtomicI64; SLOTS],
-    /// The slot index (time / slot width) each count belongs to.
-    stamps: [AtomicU64; SLOTS],
-}
-
-impl Window {
-    fn add(&self, tick: u64, n: i64) {
-        let i = (tick % SLOTS as u64) as usize;
-        let stamp = self.stamps[i].load(Ordering::Acquire);
-        if stamp != tick
-            && self.stamps[i]
-                .compare_exchange(stamp, tick, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            // This thread moved the slot to a new tick: it starts from zero.
-            // (A racing add to the stale tick may be lost; budgets are
-            // approximate by nature, and the error is one slot's worth.)
-            self.counts[i].store(0, Ordering::Release);
-        }
-        self.counts[i].fetch_add(n, Ordering::AcqRel);
-    }
-
-    fn sum(&self, tick: u64) -> i64 {
-        let oldest = tick.saturating_sub(SLOTS as u64 - 1);
-        (0..SLOTS)
-            .filter(|&i| {
-                let stamp = self.stamps[i].load(Ordering::Acquire);
-                stamp >= oldest && stamp <= tick
-            })
-            .map(|i| self.counts[i].load(Ordering::Acquire))
-            .sum()
-    }
+    deposits: RollingCount,
+    withdrawals: RollingCount,
 }
 
 impl Default for RetryBudget {
@@ -114,33 +73,22 @@ impl RetryBudget {
             inner: Arc::new(Inner {
                 ratio,
                 reserve: f64::from(min_per_sec) * ttl.as_secs_f64(),
-                epoch: Instant::now(),
-                slot_nanos: (ttl.as_nanos() / SLOTS as u128).max(1) as u64,
-                deposits: Window::default(),
-                withdrawals: Window::default(),
+                deposits: RollingCount::new(ttl),
+                withdrawals: RollingCount::new(ttl),
             }),
         }
     }
 
-    fn tick(&self) -> u64 {
-        let nanos = Instant::now()
-            .saturating_duration_since(self.inner.epoch)
-            .as_nanos() as u64;
-        // Start at SLOTS so that "the last SLOTS ticks" never underflows and
-        // never matches an unused slot (stamp 0).
-        nanos / self.inner.slot_nanos + SLOTS as u64
-    }
-
     /// Records an original request.
     pub fn deposit(&self) {
-        self.inner.deposits.add(self.tick(), 1);
+        self.inner.deposits.add(Instant::now(), 1);
     }
 
     /// Asks for one retry; `true` means it is granted (and counted).
     pub fn withdraw(&self) -> bool {
-        let tick = self.tick();
-        if self.balance_at(tick) >= 1.0 {
-            self.inner.withdrawals.add(tick, 1);
+        let now = Instant::now();
+        if self.balance_at(now) >= 1.0 {
+            self.inner.withdrawals.add(now, 1);
             true
         } else {
             false
@@ -149,12 +97,12 @@ impl RetryBudget {
 
     /// Retries that would be granted right now (may be fractional).
     pub fn balance(&self) -> f64 {
-        self.balance_at(self.tick())
+        self.balance_at(Instant::now())
     }
 
-    fn balance_at(&self, tick: u64) -> f64 {
-        let deposits = self.inner.deposits.sum(tick) as f64;
-        let withdrawals = self.inner.withdrawals.sum(tick) as f64;
+    fn balance_at(&self, now: Instant) -> f64 {
+        let deposits = self.inner.deposits.sum(now) as f64;
+        let withdrawals = self.inner.withdrawals.sum(now) as f64;
         self.inner.ratio * deposits + self.inner.reserve - withdrawals
     }
 }

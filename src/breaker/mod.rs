@@ -1,0 +1,1 @@
+//! Circuit breaking: a service-level breaker (Hystrix semantics).

@@ -11,7 +11,7 @@
 //! | outcome | class | retry |
 //! |---|---|---|
 //! | 1xx–4xx except 429 | success | never |
-//! | 429 Too Many Requests | failure (it is load) | never (configurable) |
+//! | 429 Too Many Requests | overloaded: a failure for load, not for ejection runs | never (configurable) |
 //! | 500, 501, 505.. | failure | never |
 //! | 502, 503, 504 | failure | idempotent methods |
 //! | connection refused / connect error | failure | any method (nothing was sent) |
@@ -43,8 +43,13 @@ use http::{HeaderValue, StatusCode};
 pub enum Outcome {
     /// The endpoint did its job (this includes most 4xx: the caller's fault).
     Success,
-    /// The endpoint failed or is overloaded: it should get less traffic.
+    /// The endpoint failed: it should get less traffic, and repeated
+    /// failures eject it.
     Failure,
+    /// The endpoint refused the request for load (429): a failure for load
+    /// and success-rate purposes, but not a sign that it is broken, so it
+    /// does not count toward consecutive failures.
+    Overloaded,
 }
 
 /// Whether a failed request may be sent again.
@@ -85,6 +90,21 @@ impl Class {
         }
     }
 
+    /// An overload refusal (429) with the given retry rule.
+    pub const fn overloaded() -> Class {
+        Class {
+            outcome: Outcome::Overloaded,
+            retry: Retry::Never,
+            retry_after: None,
+        }
+    }
+
+    /// The same class with another retry rule.
+    pub const fn with_retry(mut self, retry: Retry) -> Class {
+        self.retry = retry;
+        self
+    }
+
     /// The same class, with a server-requested pause before this endpoint is
     /// used again.
     pub const fn with_retry_after(mut self, after: Option<Duration>) -> Class {
@@ -97,9 +117,9 @@ impl Class {
         self.outcome
     }
 
-    /// Whether the outcome is a failure.
+    /// Whether the outcome is a failure (overload included).
     pub fn is_failure(&self) -> bool {
-        self.outcome == Outcome::Failure
+        self.outcome != Outcome::Success
     }
 
     /// Whether the request may be retried.
@@ -198,7 +218,9 @@ impl HttpClassify {
         } else {
             Retry::Never
         };
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            Class::overloaded().with_retry(retry)
+        } else if status.is_server_error() {
             Class::failure(retry)
         } else {
             Class {
@@ -314,7 +336,9 @@ mod tests {
                 "{s}"
             );
         }
-        assert_eq!(c.classify_response(&rsp(429)), Class::failure(Retry::Never));
+        let overloaded = c.classify_response(&rsp(429));
+        assert_eq!(overloaded, Class::overloaded());
+        assert!(overloaded.is_failure());
     }
 
     #[test]

@@ -131,7 +131,17 @@ pub struct Backend {
 impl Backend {
     /// Binds a free port on 127.0.0.1 and starts serving.
     pub async fn spawn(behavior: Behavior) -> io::Result<Backend> {
-        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
+        Backend::spawn_on(
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            behavior,
+        )
+        .await
+    }
+
+    /// Binds `addr` (for example the address of a backend that was shut
+    /// down: an instance coming back) and starts serving.
+    pub async fn spawn_on(addr: SocketAddr, behavior: Behavior) -> io::Result<Backend> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             addr: http::HeaderValue::from_str(&addr.to_string())

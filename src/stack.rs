@@ -4,15 +4,17 @@
 //! Today the stack is, outside in:
 //!
 //! ```text
-//! deadline (DeadlineLayer)  → one absolute deadline; propagated per attempt
-//!  retry (RetryLayer)       → policy + shared budget + backoff + body replay
-//!   balancer (Balance)      → P2C over peak-EWMA, avoids endpoints already tried
-//!    inner client           → one per endpoint, from the NewEndpoint factory
-//! discovery                 → feeds the balancer
+//! deadline (DeadlineLayer)   → one absolute deadline; propagated per attempt
+//!  breaker (BreakerLayer)    → Hystrix-style: fail fast while the service fails
+//!   retry (RetryLayer)       → policy + shared budget + backoff + body replay
+//!    balancer (Balance)      → P2C over peak-EWMA; ejects failing endpoints,
+//!                              avoids endpoints already tried
+//!     inner client           → one per endpoint, from the NewEndpoint factory
+//! discovery                  → feeds the balancer
 //! ```
 //!
-//! Breakers, limits and metrics join it in this one place as they land, so
-//! the request path stays visible here.
+//! Limits and metrics join it in this one place as they land, so the request
+//! path stays visible here.
 
 use std::fmt;
 use std::hash::Hash;
@@ -24,13 +26,17 @@ use http::{Request, Response};
 use tower::discover::Discover;
 use tower::{Layer, Service};
 
-use crate::balance::{Balance, BalanceConfig, Choice, EndpointStats, NewEndpoint};
+use crate::balance::{Balance, BalanceConfig, Choice, EjectionConfig, EndpointStats, NewEndpoint};
+use crate::breaker::{self, Breaker, BreakerHandle, BreakerLayer};
 use crate::classify::{Classify, HttpClassify};
 use crate::deadline::{self, DeadlineLayer, EnforceDeadline};
 use crate::discover::{Endpoint, Static};
 use crate::error::{BoxError, BuildError, Error};
 use crate::http::HttpEndpoints;
 use crate::retry::{self, Backoff, ReplayBody, RetryBudget, RetryLayer, RetryService};
+
+/// The layers of a [`Client`], outside in.
+type Stack<S, C> = EnforceDeadline<Breaker<RetryService<Balance<S, C>, C>, C>>;
 
 /// A resilient HTTP client for one logical service: cheap to clone,
 /// `Send + Sync`, usable from any number of tasks at once.
@@ -60,17 +66,19 @@ use crate::retry::{self, Backoff, ReplayBody, RetryBudget, RetryLayer, RetryServ
 /// # }
 /// ```
 pub struct Client<S, C = HttpClassify> {
-    stack: EnforceDeadline<RetryService<Balance<S, C>, C>>,
+    stack: Stack<S, C>,
     balance: Balance<S, C>,
     budget: RetryBudget,
+    breaker: BreakerHandle,
 }
 
-impl<S, C> Clone for Client<S, C> {
+impl<S, C: Clone> Clone for Client<S, C> {
     fn clone(&self) -> Self {
         Client {
             stack: self.stack.clone(),
             balance: self.balance.clone(),
             budget: self.budget.clone(),
+            breaker: self.breaker.clone(),
         }
     }
 }
@@ -99,6 +107,7 @@ impl Client<(), HttpClassify> {
             balance: BalanceConfig::default(),
             retry: RetryLayer::new(""),
             deadline: DeadlineLayer::new(""),
+            breaker: BreakerLayer::new(""),
         }
     }
 }
@@ -136,11 +145,17 @@ impl<S, C> Client<S, C> {
     pub fn retry_budget(&self) -> &RetryBudget {
         &self.budget
     }
+
+    /// The service breaker every clone of this client shares.
+    pub fn breaker(&self) -> &BreakerHandle {
+        &self.breaker
+    }
 }
 
 /// The response future of [`Client`].
-pub type ResponseFuture<S, C, B> =
-    deadline::ResponseFuture<retry::ResponseFuture<Balance<S, C>, C, B>>;
+pub type ResponseFuture<S, C, B> = deadline::ResponseFuture<
+    breaker::ResponseFuture<retry::ResponseFuture<Balance<S, C>, C, B>, C>,
+>;
 
 impl<S, C, B, RB> Service<Request<B>> for Client<S, C>
 where
@@ -154,7 +169,7 @@ where
     type Future = ResponseFuture<S, C, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.stack.poll_ready(cx)
+        Service::<Request<B>>::poll_ready(&mut self.stack, cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
@@ -177,6 +192,7 @@ pub struct Builder<D, N, C> {
     balance: BalanceConfig,
     retry: RetryLayer,
     deadline: DeadlineLayer,
+    breaker: BreakerLayer,
 }
 
 impl<D, N, C> Builder<D, N, C> {
@@ -191,6 +207,7 @@ impl<D, N, C> Builder<D, N, C> {
             balance: self.balance,
             retry: self.retry,
             deadline: self.deadline,
+            breaker: self.breaker,
         }
     }
 
@@ -209,6 +226,7 @@ impl<D, N, C> Builder<D, N, C> {
             balance: self.balance,
             retry: self.retry,
             deadline: self.deadline,
+            breaker: self.breaker,
         }
     }
 
@@ -229,6 +247,7 @@ impl<D, N, C> Builder<D, N, C> {
             balance: self.balance,
             retry: self.retry,
             deadline: self.deadline,
+            breaker: self.breaker,
         }
     }
 
@@ -274,6 +293,28 @@ impl<D, N, C> Builder<D, N, C> {
     /// The layer's own service name is replaced by the client's.
     pub fn deadline(mut self, layer: DeadlineLayer) -> Self {
         self.deadline = layer;
+        self
+    }
+
+    /// Failure accrual: when endpoints are ejected and probed, and the fleet
+    /// guards (see [`EjectionConfig`]; on by default).
+    pub fn ejection(mut self, ejection: EjectionConfig) -> Self {
+        self.balance.ejection = ejection;
+        self
+    }
+
+    /// Replaces the service breaker's settings (see [`BreakerLayer`]; on by
+    /// default: 50 % errors over 10 s with at least 20 requests opens it for
+    /// 5 s). The layer's service name and classifier are replaced by the
+    /// client's.
+    pub fn breaker(mut self, breaker: BreakerLayer) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
+    /// Turns the service breaker off (it never trips).
+    pub fn without_breaker(mut self) -> Self {
+        self.breaker = self.breaker.volume_threshold(u32::MAX);
         self
     }
 
@@ -328,14 +369,23 @@ impl<D, N, C> Builder<D, N, C> {
             self.classify.clone(),
             self.balance,
         )?;
-        let retry = self.retry.named(self.name.clone()).classify(self.classify);
+        let retry = self
+            .retry
+            .named(self.name.clone())
+            .classify(self.classify.clone());
         let budget = retry.retry_budget().clone();
+        let breaker = self
+            .breaker
+            .named(self.name.clone())
+            .classify(self.classify);
+        let breaker_handle = breaker.handle();
         let deadline = self.deadline.named(self.name);
-        let stack = deadline.layer(retry.layer(balance.clone()));
+        let stack = deadline.layer(breaker.layer(retry.layer(balance.clone())));
         Ok(Client {
             stack,
             balance,
             budget,
+            breaker: breaker_handle,
         })
     }
 }

@@ -7,7 +7,6 @@ use pin_project::pin_project;
 use tokio::time::Instant;
 use tower::Service;
 
-use super::set::Slot;
 use super::{InFlight, Shared, wait_for_endpoints};
 use crate::classify::Classify;
 use crate::error::{BoxError, Error};
@@ -60,13 +59,13 @@ where
     S: Service<Req> + Clone + Send + Sync + 'static,
     C: Send + Sync + 'static,
 {
-    pub(super) fn ready(shared: Arc<Shared<S, C>>, slot: Arc<Slot<S>>, req: Req) -> Self {
+    pub(super) fn ready(shared: Arc<Shared<S, C>>, in_flight: InFlight<S>, req: Req) -> Self {
         ResponseFuture {
             shared,
             state: State::Ready {
-                service: slot.service.clone(),
+                service: in_flight.slot.service.clone(),
                 req: Some(req),
-                in_flight: Some(InFlight::new(slot)),
+                in_flight: Some(in_flight),
             },
         }
     }
@@ -117,17 +116,17 @@ where
                         }));
                     }
                     let req = req.take().expect("polled after completion");
-                    let slot = match this.shared.pick_for(&set, &req) {
-                        Ok(slot) => slot,
+                    let in_flight = match this.shared.pick_for(&set, &req) {
+                        Ok(in_flight) => in_flight,
                         Err(error) => {
                             this.state.set(State::Done);
                             return Poll::Ready(Err(error));
                         }
                     };
                     this.state.set(State::Ready {
-                        service: slot.service.clone(),
+                        service: in_flight.slot.service.clone(),
                         req: Some(req),
-                        in_flight: Some(InFlight::new(slot)),
+                        in_flight: Some(in_flight),
                     });
                 }
                 StateProj::Ready {
@@ -138,19 +137,20 @@ where
                     if let Err(e) = ready!(service.poll_ready(cx)) {
                         let e: BoxError = e.into();
                         let class = this.shared.classify.classify_error(&*e);
-                        let slot = in_flight
-                            .as_ref()
-                            .expect("polled after completion")
-                            .slot
-                            .clone();
-                        this.shared
-                            .record(&slot, class, std::time::Duration::ZERO, Instant::now());
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(Error::inner(
+                        let mut in_flight = in_flight.take().expect("polled after completion");
+                        this.shared.record(
+                            &mut in_flight,
+                            class,
+                            std::time::Duration::ZERO,
+                            Instant::now(),
+                        );
+                        let error = Error::inner(
                             &this.shared.name,
-                            Some(slot.endpoint.address()),
+                            Some(in_flight.slot.endpoint.address()),
                             e,
-                        )));
+                        );
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(error));
                     }
                     let req = req.take().expect("polled after completion");
                     let in_flight = in_flight.take().expect("polled after completion");
@@ -170,20 +170,19 @@ where
                     let result = ready!(future.poll(cx));
                     let now = Instant::now();
                     let latency = now.saturating_duration_since(*start);
-                    let slot = in_flight.slot.clone();
                     let result = match result {
                         Ok(rsp) => {
                             let class = this.shared.classify.classify_response(&rsp);
-                            this.shared.record(&slot, class, latency, now);
+                            this.shared.record(in_flight, class, latency, now);
                             Ok(rsp)
                         }
                         Err(e) => {
                             let e: BoxError = e.into();
                             let class = this.shared.classify.classify_error(&*e);
-                            this.shared.record(&slot, class, latency, now);
+                            this.shared.record(in_flight, class, latency, now);
                             Err(Error::inner(
                                 &this.shared.name,
-                                Some(slot.endpoint.address()),
+                                Some(in_flight.slot.endpoint.address()),
                                 e,
                             ))
                         }

@@ -7,23 +7,29 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// A peak-sensitive, exponentially weighted moving average of latency.
+use super::health::{EjectionConfig, Health};
+
+/// A peak-sensitive, exponentially weighted moving average of latency, plus
+/// a fading penalty for failures.
 ///
-/// Two estimates move together: the *cost* estimate the balancer compares,
-/// fed with failure penalties, and the plain *latency* estimate of what the
-/// endpoint actually took, used to judge whether an attempt can finish
-/// before a deadline.
+/// The *latency* estimate starts from a seed (a guess); the first real
+/// observation replaces the seed outright, so a guess that was too high does
+/// not linger for several time constants. It decays toward zero with time
+/// constant `tau` when nothing is observed, so an endpoint that was slow a
+/// while ago is eventually tried again. An observation above the current
+/// (decayed) estimate replaces it at once (the *peak*); one below it is
+/// blended in with weight `1 - exp(-elapsed / tau)`, where `elapsed` is the
+/// time since the previous observation. Failures are observed at their real
+/// latency: this estimate answers "can an attempt here finish in time?".
 ///
-/// It starts from a *seed* (a guess); the first real observation replaces
-/// the seed outright, so a guess that was too high does not linger for
-/// several time constants.
+/// The *penalty* is what a failure adds on top for choosing: each failure
+/// raises it to at least the failure penalty, and it fades with that penalty
+/// as its time constant (a 1 s penalty is 368 ms a second later, 18 ms four
+/// seconds later). So an endpoint that fails fast looks slow for a while,
+/// then is tried again; when that try succeeds it competes on its latency at
+/// once, instead of waiting for a 1 s sample to decay out of a 10 s average.
 ///
-/// The estimate decays toward zero with time constant `tau` when nothing is
-/// observed, so an endpoint that was slow a while ago is eventually tried
-/// again. An observation above the current (decayed) estimate replaces it at
-/// once (the *peak*); one below it is blended in with weight
-/// `1 - exp(-elapsed / tau)`, where `elapsed` is the time since the previous
-/// observation.
+/// The *cost* estimate the balancer compares is latency plus penalty.
 #[derive(Debug)]
 pub(crate) struct PeakEwma {
     state: Mutex<EwmaState>,
@@ -31,13 +37,14 @@ pub(crate) struct PeakEwma {
 
 #[derive(Debug, Clone, Copy)]
 struct EwmaState {
-    /// The estimate in nanoseconds as of `stamp`.
-    rtt_ns: f64,
-    /// The plain latency estimate (no penalties) as of `stamp`.
+    /// The latency estimate in nanoseconds as of `stamp`.
     latency_ns: f64,
     stamp: Instant,
-    /// Whether the estimates are still the seed.
+    /// Whether the latency estimate is still the seed.
     seeded: bool,
+    /// The failure penalty in nanoseconds as of `penalty_stamp`.
+    penalty_ns: f64,
+    penalty_stamp: Instant,
 }
 
 /// `exp(-elapsed / tau)`, the weight the old estimate keeps.
@@ -49,57 +56,85 @@ fn decay_weight(elapsed: Duration, tau: Duration) -> f64 {
     (-(elapsed.as_nanos() as f64) / tau).exp()
 }
 
+impl EwmaState {
+    fn latency_at(&self, now: Instant, tau: Duration) -> f64 {
+        self.latency_ns * decay_weight(now.saturating_duration_since(self.stamp), tau)
+    }
+
+    fn penalty_at(&self, now: Instant, penalty: Duration) -> f64 {
+        self.penalty_ns * decay_weight(now.saturating_duration_since(self.penalty_stamp), penalty)
+    }
+}
+
 impl PeakEwma {
     pub(crate) fn new(seed: Duration, now: Instant) -> Self {
         PeakEwma {
             state: Mutex::new(EwmaState {
-                rtt_ns: seed.as_nanos() as f64,
                 latency_ns: seed.as_nanos() as f64,
                 stamp: now,
                 seeded: true,
+                penalty_ns: 0.0,
+                penalty_stamp: now,
             }),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, EwmaState> {
-        // The state is two plain numbers: a panic elsewhere cannot leave it
+        // The state is plain numbers: a panic elsewhere cannot leave it
         // half-written in a way that matters, so poisoning is ignored.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The decayed estimate at `now`, in nanoseconds.
-    pub(crate) fn estimate_ns(&self, now: Instant, tau: Duration) -> f64 {
+    /// The cost estimate at `now`, in nanoseconds: latency (decaying with
+    /// `tau`) plus the failure penalty (fading with `penalty`).
+    pub(crate) fn estimate_ns(&self, now: Instant, tau: Duration, penalty: Duration) -> f64 {
         let s = *self.lock();
-        s.rtt_ns * decay_weight(now.saturating_duration_since(s.stamp), tau)
+        s.latency_at(now, tau) + s.penalty_at(now, penalty)
     }
 
-    /// The decayed plain latency estimate at `now`, in nanoseconds.
+    /// The decayed latency estimate at `now`, in nanoseconds.
     pub(crate) fn latency_ns(&self, now: Instant, tau: Duration) -> f64 {
-        let s = *self.lock();
-        s.latency_ns * decay_weight(now.saturating_duration_since(s.stamp), tau)
+        self.lock().latency_at(now, tau)
     }
 
-    /// Records one sample taken at `now`: `cost` feeds the cost estimate
-    /// (a failure's penalty included), `latency` what it really took.
-    pub(crate) fn observe(&self, cost: Duration, latency: Duration, now: Instant, tau: Duration) {
+    /// Restarts from one observed latency, with no penalty (an endpoint back
+    /// from ejection: its old failures say nothing about it now).
+    pub(crate) fn reset(&self, latency: Duration, now: Instant) {
+        let mut s = self.lock();
+        s.latency_ns = latency.as_nanos() as f64;
+        s.stamp = now;
+        s.seeded = false;
+        s.penalty_ns = 0.0;
+        s.penalty_stamp = now;
+    }
+
+    /// Records one outcome observed at `now`: what it took, and for a
+    /// failure the penalty (`penalty` also sets how fast it fades).
+    pub(crate) fn observe(
+        &self,
+        latency: Duration,
+        failure: Option<Duration>,
+        now: Instant,
+        tau: Duration,
+    ) {
         let mut s = self.lock();
         let w = decay_weight(now.saturating_duration_since(s.stamp), tau);
-        let seeded = s.seeded;
-        let peak_ewma = |estimate: f64, sample: Duration| {
-            let sample = sample.as_nanos() as f64;
-            let decayed = estimate * w;
-            if sample > decayed || seeded {
-                sample
-            } else {
-                decayed + sample * (1.0 - w)
-            }
+        let sample = latency.as_nanos() as f64;
+        let decayed = s.latency_ns * w;
+        s.latency_ns = if sample > decayed || s.seeded {
+            sample
+        } else {
+            decayed + sample * (1.0 - w)
         };
-        s.rtt_ns = peak_ewma(s.rtt_ns, cost);
-        s.latency_ns = peak_ewma(s.latency_ns, latency);
         s.seeded = false;
         // Never move the stamp backwards (samples can finish out of order).
         if now > s.stamp {
             s.stamp = now;
+        }
+        if let Some(penalty) = failure {
+            let current = s.penalty_at(now, penalty);
+            s.penalty_ns = current.max(penalty.as_nanos() as f64);
+            s.penalty_stamp = now;
         }
     }
 }
@@ -114,11 +149,13 @@ pub(crate) struct Load {
     pub(crate) busy_until: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) failures: AtomicU64,
+    pub(crate) health: Health,
 }
 
 impl Load {
-    pub(crate) fn new(seed: Duration, now: Instant) -> Self {
+    pub(crate) fn new(seed: Duration, now: Instant, ejection: &EjectionConfig) -> Self {
         Load {
+            health: Health::new(ejection),
             ewma: PeakEwma::new(seed, now),
             in_flight: AtomicUsize::new(0),
             busy_until: AtomicU64::new(0),
@@ -147,108 +184,105 @@ mod tests {
     use super::*;
 
     const TAU: Duration = Duration::from_secs(10);
+    const PENALTY: Duration = Duration::from_secs(1);
     const MS: f64 = 1_000_000.0;
+
+    fn ok(e: &PeakEwma, ms: u64, at: Instant) {
+        e.observe(Duration::from_millis(ms), None, at, TAU);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn decays_toward_zero_with_tau() {
         let t0 = Instant::now();
         let e = PeakEwma::new(Duration::from_millis(100), t0);
-        assert_eq!(e.estimate_ns(t0, TAU), 100.0 * MS);
-        let later = t0 + TAU;
-        let est = e.estimate_ns(later, TAU);
+        assert_eq!(e.estimate_ns(t0, TAU, PENALTY), 100.0 * MS);
+        let est = e.estimate_ns(t0 + TAU, TAU, PENALTY);
         assert!(
             (est - 100.0 * MS / std::f64::consts::E).abs() < 1.0,
             "{est}"
         );
         // Reading does not change the state.
-        assert_eq!(e.estimate_ns(t0, TAU), 100.0 * MS);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn peak_is_taken_at_once() {
-        let t0 = Instant::now();
-        let e = PeakEwma::new(Duration::from_millis(10), t0);
-        e.observe(
-            Duration::from_millis(500),
-            Duration::from_millis(500),
-            t0 + Duration::from_millis(1),
-            TAU,
-        );
-        assert_eq!(
-            e.estimate_ns(t0 + Duration::from_millis(1), TAU),
-            500.0 * MS
-        );
+        assert_eq!(e.estimate_ns(t0, TAU, PENALTY), 100.0 * MS);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_first_sample_replaces_the_seed() {
         let t0 = Instant::now();
         let e = PeakEwma::new(Duration::from_millis(30), t0);
-        e.observe(Duration::from_millis(5), Duration::from_millis(5), t0, TAU);
-        assert_eq!(e.estimate_ns(t0, TAU), 5.0 * MS);
+        ok(&e, 5, t0);
+        assert_eq!(e.latency_ns(t0, TAU), 5.0 * MS);
         // After that, lower samples blend.
-        e.observe(
-            Duration::from_millis(1),
-            Duration::from_millis(1),
-            t0 + TAU,
-            TAU,
-        );
-        assert!(e.estimate_ns(t0 + TAU, TAU) > 1.0 * MS);
+        ok(&e, 1, t0 + TAU);
+        assert!(e.latency_ns(t0 + TAU, TAU) > 1.0 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peak_is_taken_at_once() {
+        let t0 = Instant::now();
+        let e = PeakEwma::new(Duration::from_millis(10), t0);
+        ok(&e, 10, t0);
+        ok(&e, 500, t0 + Duration::from_millis(1));
+        assert_eq!(e.latency_ns(t0 + Duration::from_millis(1), TAU), 500.0 * MS);
     }
 
     #[tokio::test(start_paused = true)]
     async fn lower_samples_blend_by_elapsed_time() {
         let t0 = Instant::now();
         let e = PeakEwma::new(Duration::from_millis(100), t0);
-        e.observe(
-            Duration::from_millis(100),
-            Duration::from_millis(100),
-            t0,
-            TAU,
-        );
+        ok(&e, 100, t0);
         // After one tau, the old value keeps weight 1/e.
-        e.observe(
-            Duration::from_millis(10),
-            Duration::from_millis(10),
-            t0 + TAU,
-            TAU,
-        );
+        ok(&e, 10, t0 + TAU);
         let w = (-1.0f64).exp();
         let want = 100.0 * MS * w + 10.0 * MS * (1.0 - w);
-        let got = e.estimate_ns(t0 + TAU, TAU);
+        let got = e.latency_ns(t0 + TAU, TAU);
         assert!((got - want).abs() < 1.0, "{got} vs {want}");
         // A burst of fast samples at the same instant barely moves it...
         for _ in 0..100 {
-            e.observe(
-                Duration::from_millis(1),
-                Duration::from_millis(1),
-                t0 + TAU,
-                TAU,
-            );
+            ok(&e, 1, t0 + TAU);
         }
-        assert!((e.estimate_ns(t0 + TAU, TAU) - want).abs() < 1.0);
+        assert!((e.latency_ns(t0 + TAU, TAU) - want).abs() < 1.0);
         // ...but a steady stream over time converges to the new latency.
         let mut t = t0 + TAU;
         for _ in 0..600 {
             t += Duration::from_millis(100);
-            e.observe(Duration::from_millis(10), Duration::from_millis(10), t, TAU);
+            ok(&e, 10, t);
         }
-        let got = e.estimate_ns(t, TAU) / MS;
+        let got = e.latency_ns(t, TAU) / MS;
         assert!((got - 10.0).abs() < 0.5, "{got}");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn latency_ignores_penalties() {
+    async fn a_failure_adds_a_penalty_that_fades_with_its_own_time_constant() {
         let t0 = Instant::now();
         let e = PeakEwma::new(Duration::from_millis(30), t0);
-        e.observe(Duration::from_secs(1), Duration::from_millis(2), t0, TAU);
-        assert_eq!(e.estimate_ns(t0, TAU), 1000.0 * MS);
-        assert_eq!(e.latency_ns(t0, TAU), 2.0 * MS);
+        e.observe(Duration::from_millis(2), Some(PENALTY), t0, TAU);
+        assert_eq!(e.latency_ns(t0, TAU), 2.0 * MS, "latency is what it took");
+        assert_eq!(e.estimate_ns(t0, TAU, PENALTY), 1002.0 * MS);
+        let later = t0 + PENALTY;
+        let cost = e.estimate_ns(later, TAU, PENALTY) - e.latency_ns(later, TAU);
+        assert!(
+            (cost - 1000.0 * MS / std::f64::consts::E).abs() < 1.0,
+            "{cost}"
+        );
+        // Successes do not erase it; it fades.
+        ok(&e, 2, later);
+        assert!(e.estimate_ns(later, TAU, PENALTY) > 300.0 * MS);
+        assert!(e.estimate_ns(t0 + 5 * PENALTY, TAU, PENALTY) < 10.0 * MS);
+        // Another failure tops it up to the full penalty again.
+        e.observe(Duration::from_millis(2), Some(PENALTY), later, TAU);
+        assert!(e.estimate_ns(later, TAU, PENALTY) >= 1000.0 * MS);
+        // A reset clears it.
+        e.reset(Duration::from_millis(3), later);
+        assert_eq!(e.estimate_ns(later, TAU, PENALTY), 3.0 * MS);
     }
 
     #[tokio::test(start_paused = true)]
     async fn busy_mark_only_grows() {
-        let l = Load::new(Duration::from_millis(1), Instant::now());
+        let l = Load::new(
+            Duration::from_millis(1),
+            Instant::now(),
+            &EjectionConfig::default(),
+        );
         l.mark_busy(100);
         l.mark_busy(50);
         assert!(l.is_busy(99));

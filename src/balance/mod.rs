@@ -15,14 +15,16 @@
 //! the lower *cost*:
 //!
 //! ```text
-//! cost = max(rtt_estimate, min_rtt) × (in_flight / weight + 1)
+//! cost = max(latency + penalty, min_rtt) × (in_flight / weight + 1)
 //! ```
 //!
 //! An endpoint marked busy by `Retry-After` loses to one that is not; if both
 //! are busy the lower cost wins. Costs within 10 % of each other are a tie
 //! (such differences between latency estimates are noise), settled by a coin
-//! weighted by the two weights. The choice is O(1): two random draws, two cost reads (each
-//! a short, uncontended per-endpoint lock), no allocation.
+//! weighted by the two weights. The choice is O(1): two random draws, two
+//! cost reads (each a short, uncontended per-endpoint lock), no allocation.
+//! Ejected endpoints (see [`EjectionConfig`]) are not drawn, except for
+//! their probes.
 //!
 //! # Peak-EWMA
 //!
@@ -47,11 +49,17 @@
 //! the endpoint's service (after that service reported ready) and stops when
 //! its response future resolves: for HTTP, when the response *head* arrives.
 //! Streaming the body is not included. The in-flight count covers the same
-//! span. The sample is then classified by the [`Classify`]: a failure (5xx,
-//! transport error, 429 with the default HTTP classifier) is recorded as
-//! `max(latency, failure_penalty)` (default 1 s), so an endpoint that fails
-//! fast looks slow rather than attractive. A `Retry-After` on a 429 or 503
-//! marks the endpoint busy until then.
+//! span. The sample is then classified by the [`Classify`]. A failure (5xx,
+//! transport error, 429 with the default HTTP classifier) enters the latency
+//! estimate at the latency it really had, and also raises the endpoint's
+//! *penalty* to [`failure_penalty`](BalanceConfig::failure_penalty) (1 s).
+//! The penalty is added to the latency in the cost and fades with its own
+//! length as time constant (368 ms a second later, 18 ms four seconds
+//! later): an endpoint that fails fast looks slow rather than attractive,
+//! is tried again a few seconds later, and if that try succeeds it competes
+//! on its real latency at once. (A penalty fed into the 10 s average
+//! instead would keep a recovered endpoint out for most of a minute.) A
+//! `Retry-After` on a 429 or 503 marks the endpoint busy until then.
 //!
 //! # Weights
 //!
@@ -133,16 +141,18 @@
 //! ```
 
 mod future;
+mod health;
 mod load;
 mod set;
 
 pub use future::ResponseFuture;
+pub use health::{EjectionConfig, EndpointState};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::Hash;
 use std::pin::pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -155,6 +165,7 @@ use tokio::time::Instant;
 use tower::Service;
 use tower::discover::{Change, Discover};
 
+use self::health::Verdict;
 use self::load::Load;
 use self::set::{CostModel, EndpointSet, Slot};
 use crate::classify::{Class, Classify};
@@ -193,13 +204,16 @@ pub struct BalanceConfig {
     pub default_rtt: Duration,
     /// Floor of every estimate used in the cost. Default 1 ms.
     pub min_rtt: Duration,
-    /// Latency recorded for a failed request, if it was faster. Default 1 s.
+    /// What a failure adds to an endpoint's cost; it fades with this as its
+    /// time constant. Default 1 s.
     pub failure_penalty: Duration,
     /// How long a request waits for an endpoint when there is none.
     /// Default 3 s.
     pub endpoint_wait: Duration,
     /// The selection strategy. Default [`Choice::PeakEwmaP2c`].
     pub choice: Choice,
+    /// Failure accrual and fleet guards; see [`EjectionConfig`].
+    pub ejection: EjectionConfig,
 }
 
 impl Default for BalanceConfig {
@@ -211,6 +225,7 @@ impl Default for BalanceConfig {
             failure_penalty: Duration::from_secs(1),
             endpoint_wait: Duration::from_secs(3),
             choice: Choice::PeakEwmaP2c,
+            ejection: EjectionConfig::default(),
         }
     }
 }
@@ -282,6 +297,11 @@ pub(crate) struct Shared<S, C> {
     config: BalanceConfig,
     cost: CostModel,
     epoch: Instant,
+    /// Endpoints of the current set that are ejected (recounted whenever the
+    /// set is republished).
+    ejected: AtomicUsize,
+    /// Whether the fleet guard's panic mode is on (for logging its changes).
+    panicking: AtomicBool,
     /// Dropped with the last reference: tells the discovery task to stop.
     _close: oneshot::Sender<()>,
 }
@@ -312,6 +332,10 @@ pub struct EndpointStats {
     pub failures: u64,
     /// How much longer it is marked busy by `Retry-After`, if it is.
     pub busy_for: Option<Duration>,
+    /// Whether failure accrual has ejected it.
+    pub state: EndpointState,
+    /// How many times it was ejected (failed probes included).
+    pub ejections: u64,
 }
 
 impl<S, C> Balance<S, C>
@@ -350,10 +374,13 @@ where
             classify,
             cost: CostModel {
                 decay: config.decay,
+                failure_penalty: config.failure_penalty,
                 min_rtt_ns: config.min_rtt.as_nanos() as f64,
             },
             config,
             epoch: Instant::now(),
+            ejected: AtomicUsize::new(0),
+            panicking: AtomicBool::new(false),
             _close: close_tx,
         });
         runtime.spawn(discover_task(
@@ -418,9 +445,11 @@ impl<S, C> Balance<S, C> {
                     address: slot.endpoint.address().clone(),
                     weight: slot.endpoint.weight(),
                     labels: slot.endpoint.labels().clone(),
-                    rtt_estimate: Duration::from_nanos(
-                        load.ewma.estimate_ns(now, self.shared.config.decay) as u64,
-                    ),
+                    rtt_estimate: Duration::from_nanos(load.ewma.estimate_ns(
+                        now,
+                        self.shared.config.decay,
+                        self.shared.config.failure_penalty,
+                    ) as u64),
                     latency_estimate: Duration::from_nanos(
                         load.ewma.latency_ns(now, self.shared.config.decay) as u64,
                     ),
@@ -429,6 +458,8 @@ impl<S, C> Balance<S, C> {
                     failures: load.failures.load(Ordering::Relaxed),
                     busy_for: (busy_until > now_ns)
                         .then(|| Duration::from_nanos(busy_until - now_ns)),
+                    state: load.health.state(now_ns),
+                    ejections: load.health.ejections(),
                 }
             })
             .collect()
@@ -449,13 +480,14 @@ impl<S, C> Shared<S, C> {
     /// latency estimate (the plain one, without failure penalties) does not
     /// fit before the request's deadline is not started: that is
     /// [`Error::DeadlineExceeded`].
-    fn pick_for<Req: Hints>(&self, set: &EndpointSet<S>, req: &Req) -> Result<Arc<Slot<S>>, Error> {
+    fn pick_for<Req: Hints>(&self, set: &EndpointSet<S>, req: &Req) -> Result<InFlight<S>, Error> {
         let Some(tried) = req.tried() else {
             return Ok(self.pick(set, &[]));
         };
         let mut tried = tried.lock();
         let retry = !tried.is_empty();
-        let slot = self.pick(set, &tried);
+        let picked = self.pick(set, &tried);
+        let slot = &picked.slot;
         tried.push(slot.endpoint.address().clone());
         drop(tried);
         if retry && let Some(deadline) = req.deadline() {
@@ -471,19 +503,30 @@ impl<S, C> Shared<S, C> {
                 });
             }
         }
-        Ok(slot)
+        Ok(picked)
     }
 
     /// Picks an endpoint from a non-empty set, avoiding those in `avoid`
-    /// while others exist.
-    fn pick(&self, set: &EndpointSet<S>, avoid: &[Address]) -> Arc<Slot<S>> {
+    /// and ejected ones while others exist, and sending a probe to an ejected
+    /// endpoint whose penalty has passed when one is drawn. The returned
+    /// guard counts the request against the endpoint.
+    fn pick(&self, set: &EndpointSet<S>, avoid: &[Address]) -> InFlight<S> {
         let n = set.len();
+        let now_ns = self.nanos(Instant::now());
+        let health = |i: usize| &set.slots[i].load.health;
+        let chosen = |i: usize, probe: bool| InFlight::new(set.slots[i].clone(), probe);
         if n == 1 {
-            return set.slots[0].clone();
+            // Nothing to fall back on: used ejected or not (panic mode), but
+            // still probed, so that it can be restored.
+            return chosen(0, health(0).try_claim_probe(now_ns));
         }
-        let allowed = |i: usize| !avoid.contains(set.slots[i].endpoint.address());
-        // Only when most endpoints were tried do the draws below miss; then
-        // a scan finds one (bounded by the set size, and only on retries).
+        let ejected = self.ejected.load(Ordering::Relaxed).min(n);
+        let panic = ejected > 0 && self.config.ejection.panics(n - ejected, n);
+        self.note_panic(panic, n - ejected, n);
+        let tried = |i: usize| avoid.contains(set.slots[i].endpoint.address());
+        let allowed = |i: usize| !tried(i) && (panic || !health(i).is_ejected());
+        // Only when most endpoints are excluded do the draws below miss; then
+        // a scan finds one (bounded by the set size).
         let first_allowed = || (0..n).find(|&i| allowed(i));
         let mut rng = rand::rng();
         let i = match self.config.choice {
@@ -503,11 +546,28 @@ impl<S, C> Shared<S, C> {
             }
             Choice::PeakEwmaP2c => {
                 let mut pair = set.sample_pair(&mut rng);
+                // An ejected endpoint drawn when its penalty is over gets
+                // the probe, whatever its cost.
+                for i in [pair.0, pair.1] {
+                    if !tried(i) && health(i).try_claim_probe(now_ns) {
+                        return chosen(i, true);
+                    }
+                }
+                // A candidate that may not be used is replaced by a fresh
+                // draw, so that two usable endpoints are compared: keeping
+                // the other one unopposed would hand it every pair it
+                // shares with an excluded endpoint.
                 for _ in 0..4 {
-                    if allowed(pair.0) || allowed(pair.1) {
+                    if !allowed(pair.0) {
+                        pair.0 = set.sample(&mut rng);
+                    } else if !allowed(pair.1) {
+                        pair.1 = set.sample(&mut rng);
+                    } else {
                         break;
                     }
-                    pair = set.sample_pair(&mut rng);
+                    if pair.0 == pair.1 {
+                        pair.1 = (pair.0 + 1 + rng.random_range(0..n - 1)) % n;
+                    }
                 }
                 match (allowed(pair.0), allowed(pair.1)) {
                     (true, false) => pair.0,
@@ -520,7 +580,23 @@ impl<S, C> Shared<S, C> {
                 }
             }
         };
-        set.slots[i].clone()
+        chosen(i, false)
+    }
+
+    /// Logs entering and leaving the fleet guard's panic mode.
+    fn note_panic(&self, panic: bool, available: usize, n: usize) {
+        if self.panicking.load(Ordering::Relaxed) != panic
+            && self.panicking.swap(panic, Ordering::Relaxed) != panic
+        {
+            if panic {
+                tracing::warn!(
+                    service = %self.name, available, endpoints = n,
+                    "too few endpoints available: ignoring ejections (panic mode)"
+                );
+            } else {
+                tracing::info!(service = %self.name, available, endpoints = n, "enough endpoints available again: panic mode over");
+            }
+        }
     }
 
     /// The P2C comparison: not busy beats busy, then the lower cost, then a
@@ -556,19 +632,61 @@ impl<S, C> Shared<S, C> {
     }
 
     /// Feeds one classified outcome, observed at `now`, back into the
-    /// endpoint's load.
-    fn record(&self, slot: &Slot<S>, class: Class, latency: Duration, now: Instant) {
+    /// endpoint's load and failure accrual.
+    fn record(&self, in_flight: &mut InFlight<S>, class: Class, latency: Duration, now: Instant) {
+        let slot = &in_flight.slot;
         let load = &slot.load;
-        let sample = if class.is_failure() {
+        let penalty = class.is_failure().then(|| {
             load.failures.fetch_add(1, Ordering::Relaxed);
-            latency.max(self.config.failure_penalty)
-        } else {
-            latency
-        };
-        load.ewma.observe(sample, latency, now, self.config.decay);
+            self.config.failure_penalty
+        });
+        load.ewma.observe(latency, penalty, now, self.config.decay);
+        let now_ns = self.nanos(now);
         if let Some(after) = class.retry_after() {
-            let until = self.nanos(now).saturating_add(after.as_nanos() as u64);
-            load.mark_busy(until);
+            load.mark_busy(now_ns.saturating_add(after.as_nanos() as u64));
+        }
+        // The probe (if this was one) is resolved here, not on drop.
+        let probe = std::mem::take(&mut in_flight.probe);
+        let config = &self.config.ejection;
+        let endpoint = slot.endpoint.address();
+        match load.health.observe(class, probe, config, now) {
+            Verdict::Unchanged => {}
+            Verdict::Eject => self.eject(slot, now_ns),
+            Verdict::Restored => {
+                load.health.restore(config);
+                load.ewma.reset(latency, now);
+                self.ejected.fetch_sub(1, Ordering::Relaxed);
+                tracing::info!(service = %self.name, %endpoint, "probe succeeded: endpoint restored");
+            }
+            Verdict::Reejected => {
+                if let Some(penalty) = load.health.eject(now_ns, config, true) {
+                    tracing::warn!(service = %self.name, %endpoint, ?penalty, "probe failed: endpoint ejected again");
+                }
+            }
+        }
+    }
+
+    /// Ejects an endpoint unless the fleet guard says too many already are.
+    fn eject(&self, slot: &Slot<S>, now_ns: u64) {
+        let n = self.set.load().len();
+        let max = self.config.ejection.max_ejected(n);
+        let endpoint = slot.endpoint.address();
+        let reserved = self
+            .ejected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |e| {
+                (e < max).then_some(e + 1)
+            });
+        if reserved.is_err() {
+            tracing::debug!(service = %self.name, %endpoint, max, "not ejecting: the fleet guard's limit is reached");
+            return;
+        }
+        match slot.load.health.eject(now_ns, &self.config.ejection, false) {
+            Some(penalty) => {
+                tracing::warn!(service = %self.name, %endpoint, ?penalty, "endpoint ejected after repeated failures")
+            }
+            None => {
+                self.ejected.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -628,21 +746,27 @@ impl Tried {
 }
 
 /// Counts one request against an endpoint while it is outstanding.
+/// If it carries a probe that was never resolved (the request was
+/// cancelled), dropping it gives the probe back.
 pub(crate) struct InFlight<S> {
     slot: Arc<Slot<S>>,
+    probe: bool,
 }
 
 impl<S> InFlight<S> {
-    fn new(slot: Arc<Slot<S>>) -> Self {
+    fn new(slot: Arc<Slot<S>>, probe: bool) -> Self {
         slot.load.in_flight.fetch_add(1, Ordering::Relaxed);
         slot.load.requests.fetch_add(1, Ordering::Relaxed);
-        InFlight { slot }
+        InFlight { slot, probe }
     }
 }
 
 impl<S> Drop for InFlight<S> {
     fn drop(&mut self) {
         self.slot.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.probe {
+            self.slot.load.health.release_probe();
+        }
     }
 }
 
@@ -669,7 +793,7 @@ where
         let picked = self.shared.pick_for(&set, &req);
         drop(set);
         match picked {
-            Ok(slot) => ResponseFuture::ready(self.shared.clone(), slot, req),
+            Ok(in_flight) => ResponseFuture::ready(self.shared.clone(), in_flight, req),
             Err(error) => ResponseFuture::failed(self.shared.clone(), error),
         }
     }
@@ -744,6 +868,12 @@ async fn discover_task<D, N, S, C>(
             }
         }
         let set = EndpointSet::new(slots.values().cloned().collect());
+        let ejected = set
+            .slots
+            .iter()
+            .filter(|s| s.load.health.is_ejected())
+            .count();
+        shared.ejected.store(ejected, Ordering::Relaxed);
         tracing::debug!(service = %shared.name, endpoints = set.len(), "endpoint set updated");
         shared.set.store(Arc::new(set));
         shared.changed.notify_waiters();
@@ -785,7 +915,11 @@ fn apply<K, N, S, C>(
             };
             let load = match slots.get(&key) {
                 Some(old) if old.endpoint.address() == endpoint.address() => old.load.clone(),
-                _ => Arc::new(Load::new(seed_rtt(shared, slots.values()), Instant::now())),
+                _ => Arc::new(Load::new(
+                    seed_rtt(shared, slots.values()),
+                    Instant::now(),
+                    &shared.config.ejection,
+                )),
             };
             tracing::debug!(service = %shared.name, endpoint = %endpoint.address(), weight = endpoint.weight(), "endpoint added");
             slots.insert(
@@ -808,7 +942,7 @@ fn seed_rtt<'a, S: 'a, C>(
 ) -> Duration {
     let now = Instant::now();
     let mut rtts: Vec<f64> = slots
-        .map(|s| s.load.ewma.estimate_ns(now, shared.config.decay))
+        .map(|s| s.load.ewma.latency_ns(now, shared.config.decay))
         .collect();
     let seed = if rtts.is_empty() {
         shared.config.default_rtt

@@ -125,16 +125,17 @@ impl<S> EndpointSet<S> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CostModel {
     pub(crate) decay: Duration,
+    pub(crate) failure_penalty: Duration,
     pub(crate) min_rtt_ns: f64,
 }
 
 impl CostModel {
-    /// `max(rtt, floor) × (in_flight / weight + 1)`.
+    /// `max(latency + penalty, floor) × (in_flight / weight + 1)`.
     pub(crate) fn cost<S>(&self, slot: &Slot<S>, now: tokio::time::Instant) -> f64 {
         let rtt = slot
             .load
             .ewma
-            .estimate_ns(now, self.decay)
+            .estimate_ns(now, self.decay, self.failure_penalty)
             .max(self.min_rtt_ns);
         rtt * (slot.load.in_flight() as f64 / slot.endpoint.weight() + 1.0)
     }

@@ -92,7 +92,7 @@ async fn in_flight_requests_count_against_an_endpoint() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn failures_are_penalty_samples() {
+async fn failures_carry_a_penalty() {
     let fleet = Fleet::default();
     let eps = vec![
         fleet.set("127.0.0.1:1", Answer::ok(10)),
@@ -112,7 +112,19 @@ async fn failures_are_penalty_samples() {
         .find(|s| s.address.to_string() == "127.0.0.1:4")
         .unwrap();
     assert_eq!(bad_stats.failures, bad);
-    assert!(bad_stats.rtt_estimate >= Duration::from_millis(500));
+    // Its cost carries the (fading) penalty; its latency is what it took.
+    let healthy = stats
+        .iter()
+        .map(|s| s.rtt_estimate)
+        .filter(|r| *r < Duration::from_millis(50))
+        .max()
+        .unwrap();
+    assert!(
+        bad_stats.rtt_estimate > 3 * healthy,
+        "{:?} vs {healthy:?}",
+        bad_stats.rtt_estimate
+    );
+    assert!(bad_stats.latency_estimate < Duration::from_millis(1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -445,4 +457,218 @@ async fn the_discovery_task_ends_with_the_balancer() {
     assert!(weak.upgrade().is_none());
     // The task noticed and dropped its end: the handle still works, alone.
     handle.insert(Endpoint::parse("127.0.0.1:1").unwrap());
+}
+
+/// No jitter: ejection penalties are exact.
+fn exact_ejection() -> BalanceConfig {
+    BalanceConfig {
+        ejection: EjectionConfig {
+            jitter: 0.0,
+            ..EjectionConfig::default()
+        },
+        ..BalanceConfig::default()
+    }
+}
+
+fn state_of(b: &Balance<Svc, HttpClassify>, addr: &str) -> EndpointStats {
+    b.endpoint_stats()
+        .into_iter()
+        .find(|s| s.address.to_string() == addr)
+        .unwrap()
+}
+
+/// Sends requests from `concurrency` workers for `duration` of (paused) time.
+async fn load_for(b: &Balance<Svc, HttpClassify>, duration: Duration, concurrency: usize) {
+    let until = Instant::now() + duration;
+    join_all((0..concurrency).map(|_| {
+        let b = b.clone();
+        async move {
+            while Instant::now() < until {
+                let _ = b.clone().oneshot(get()).await;
+            }
+        }
+    }))
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_endpoint_is_ejected_probed_and_restored() {
+    let fleet = Fleet::default();
+    let eps = vec![
+        fleet.set("127.0.0.1:1", Answer::ok(10)),
+        fleet.set("127.0.0.1:2", Answer::ok(10)),
+        fleet.set("127.0.0.1:3", Answer::ok(10)),
+        fleet.set("127.0.0.1:4", Answer::ok(10)),
+    ];
+    let b = fleet.balance(Static::new(eps), exact_ejection());
+    settle(&b, 4).await;
+    load_for(&b, Duration::from_secs(2), 4).await;
+    let healthy_share = fleet.count("127.0.0.1:4");
+    assert!(
+        healthy_share > 100,
+        "it had its share before: {healthy_share}"
+    );
+
+    // It turns to 100 % 503: ejected within five failures...
+    fleet.set("127.0.0.1:4", Answer::ok(1).status(503));
+    let before = fleet.count("127.0.0.1:4");
+    while !matches!(
+        state_of(&b, "127.0.0.1:4").state,
+        EndpointState::Ejected { .. }
+    ) {
+        b.clone().oneshot(get()).await.unwrap();
+        assert!(
+            Instant::now().elapsed() < Duration::from_secs(1),
+            "never ejected"
+        );
+    }
+    let failures = fleet.count("127.0.0.1:4") - before;
+    assert!(failures <= 5, "ejected after {failures} failures");
+    assert_eq!(state_of(&b, "127.0.0.1:4").ejections, 1);
+
+    // ...and gets nothing but probes: one after 1 s, one 2 s later, one 4 s
+    // after that (each failed probe doubles the penalty).
+    let ejected_at = fleet.count("127.0.0.1:4");
+    load_for(&b, Duration::from_millis(6_500), 4).await;
+    let probes = fleet.count("127.0.0.1:4") - ejected_at;
+    assert_eq!(
+        probes, 2,
+        "probes in 6.5 s after ejection (at ~1 s and ~3 s)"
+    );
+    assert_eq!(state_of(&b, "127.0.0.1:4").ejections, 3);
+
+    // Healed: the next probe (due ~7 s after ejection) restores it, and
+    // within a second after that it has its fair share again.
+    fleet.set("127.0.0.1:4", Answer::ok(10));
+    while state_of(&b, "127.0.0.1:4").state != EndpointState::Active {
+        load_for(&b, Duration::from_millis(100), 4).await;
+        assert!(
+            state_of(&b, "127.0.0.1:4").ejections <= 3,
+            "the healed probe failed"
+        );
+    }
+    let restored_at = fleet.count("127.0.0.1:4");
+    let others_at: u64 = (1..=3)
+        .map(|p| fleet.count(&format!("127.0.0.1:{p}")))
+        .sum();
+    load_for(&b, Duration::from_secs(1), 4).await;
+    let mine = fleet.count("127.0.0.1:4") - restored_at;
+    let others: u64 = (1..=3)
+        .map(|p| fleet.count(&format!("127.0.0.1:{p}")))
+        .sum::<u64>()
+        - others_at;
+    let share = mine as f64 / (mine + others) as f64;
+    assert!(
+        share > 0.18,
+        "share in the second after restoration: {share:.3}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fleet_guard_keeps_half_the_endpoints_in_play() {
+    let fleet = Fleet::default();
+    let eps: Vec<_> = (1..=4)
+        .map(|p| fleet.set(&format!("127.0.0.1:{p}"), Answer::ok(1).status(503)))
+        .collect();
+    let b = fleet.balance(Static::new(eps), exact_ejection());
+    settle(&b, 4).await;
+    load_for(&b, Duration::from_millis(500), 2).await;
+    let stats = b.endpoint_stats();
+    let ejected = stats
+        .iter()
+        .filter(|s| s.state != EndpointState::Active)
+        .count();
+    assert_eq!(ejected, 2, "at most 50 % of 4 are ejected");
+    // The two left in play keep getting traffic.
+    let before: Vec<u64> = stats.iter().map(|s| s.requests).collect();
+    load_for(&b, Duration::from_millis(200), 2).await;
+    let after: Vec<u64> = b.endpoint_stats().iter().map(|s| s.requests).collect();
+    assert!(after.iter().sum::<u64>() - before.iter().sum::<u64>() > 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn panic_mode_uses_every_endpoint_when_too_few_are_left() {
+    let fleet = Fleet::default();
+    let eps: Vec<_> = (1..=2)
+        .map(|p| fleet.set(&format!("127.0.0.1:{p}"), Answer::ok(1).status(503)))
+        .collect();
+    let mut config = exact_ejection();
+    config.ejection.max_ejection_percent = 1.0;
+    config.ejection.base_penalty = Duration::from_secs(60);
+    let b = fleet.balance(Static::new(eps), config);
+    settle(&b, 2).await;
+    load_for(&b, Duration::from_millis(200), 1).await;
+    assert!(
+        b.endpoint_stats()
+            .iter()
+            .all(|s| s.state != EndpointState::Active)
+    );
+    // Both ejected for a minute, yet both still get requests.
+    let before = (fleet.count("127.0.0.1:1"), fleet.count("127.0.0.1:2"));
+    load_for(&b, Duration::from_secs(1), 2).await;
+    assert!(fleet.count("127.0.0.1:1") > before.0);
+    assert!(fleet.count("127.0.0.1:2") > before.1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_probe_does_not_block_the_next_one() {
+    let fleet = Fleet::default();
+    let eps = vec![
+        fleet.set("127.0.0.1:1", Answer::ok(1)),
+        fleet.set("127.0.0.1:2", Answer::ok(1).status(503)),
+    ];
+    let b = fleet.balance(Static::new(eps), exact_ejection());
+    settle(&b, 2).await;
+    while state_of(&b, "127.0.0.1:2").state == EndpointState::Active {
+        b.clone().oneshot(get()).await.unwrap();
+    }
+    // The probe hangs; its caller gives up.
+    fleet.set("127.0.0.1:2", Answer::ok(60_000));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while state_of(&b, "127.0.0.1:2").state != EndpointState::Probing {
+        let probe = start(&b);
+        if state_of(&b, "127.0.0.1:2").state == EndpointState::Probing {
+            drop(probe);
+            break;
+        }
+        probe.await.unwrap();
+    }
+    assert!(
+        matches!(
+            state_of(&b, "127.0.0.1:2").state,
+            EndpointState::Ejected { .. }
+        ),
+        "probe given back"
+    );
+    // The next probe goes out and, the endpoint healed, restores it.
+    fleet.set("127.0.0.1:2", Answer::ok(1));
+    while state_of(&b, "127.0.0.1:2").state != EndpointState::Active {
+        b.clone().oneshot(get()).await.unwrap();
+        assert!(
+            state_of(&b, "127.0.0.1:2").ejections == 1,
+            "a second ejection: the probe failed"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn ejection_can_be_turned_off() {
+    let fleet = Fleet::default();
+    let eps = vec![
+        fleet.set("127.0.0.1:1", Answer::ok(1)),
+        fleet.set("127.0.0.1:2", Answer::ok(1).status(503)),
+    ];
+    // No penalty either: nothing but ejection could keep it away.
+    let mut config = exact_ejection();
+    config.ejection.enabled = false;
+    config.failure_penalty = Duration::ZERO;
+    let b = fleet.balance(Static::new(eps), config);
+    settle(&b, 2).await;
+    load_for(&b, Duration::from_secs(1), 2).await;
+    assert_eq!(state_of(&b, "127.0.0.1:2").state, EndpointState::Active);
+    assert!(
+        fleet.count("127.0.0.1:2") > 100,
+        "{}",
+        fleet.count("127.0.0.1:2")
+    );
 }

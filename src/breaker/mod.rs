@@ -1,1 +1,358 @@
 //! Circuit breaking: a service-level breaker (Hystrix semantics).
+//!
+//! [`BreakerLayer`] wraps any tower `Service` in a [`Breaker`] that stops
+//! calling it when too many recent calls failed, and fails those calls at
+//! once with [`Error::CircuitOpen`] instead — shedding load from a service
+//! that is down, and giving the caller a fast, typed answer.
+//!
+//! The breaker has three states:
+//!
+//! - **Closed**: requests go through. Each outcome is counted over a rolling
+//!   [`window`](BreakerLayer::window) (10 s, expiring a tenth at a time): a
+//!   response is a failure when the [`Classify`] says so (for HTTP: 5xx and
+//!   429), and every `Err` is a failure. Once the window holds at least
+//!   [`volume_threshold`](BreakerLayer::volume_threshold) outcomes (20) and
+//!   failures make up at least
+//!   [`error_threshold`](BreakerLayer::error_threshold) of them (0.5), the
+//!   breaker **opens**. The check runs as each failure is counted, so only
+//!   a failure trips the breaker: a window of only successes never opens
+//!   it, whatever the thresholds.
+//! - **Open**: requests fail at once with [`Error::CircuitOpen`], whose
+//!   `retry_in` says when the next probe may go; the inner service is not
+//!   called. After the [`sleep_window`](BreakerLayer::sleep_window) (5 s) the
+//!   breaker is **half-open**.
+//! - **Half-open**: up to [`half_open_probes`](BreakerLayer::half_open_probes)
+//!   (1) probe requests go through at a time; others fail with
+//!   `CircuitOpen` (retry in 100 ms). The first probe to finish decides: a
+//!   success **closes** the breaker with empty counts, a failure **reopens**
+//!   it for another sleep window. A probe that is cancelled (its response
+//!   future dropped) decides nothing and frees its slot for the next request.
+//!
+//! A request admitted while closed whose outcome arrives after the breaker
+//! has moved on is not counted, and a cancelled request counts as nothing.
+//! Transitions are logged with `tracing` at `info` (open, close, reopen),
+//! naming the service, the error rate and the volume.
+//!
+//! One layer value is one breaker: every service made from it (and from its
+//! clones), and every clone of those, shares its state, which a
+//! [`BreakerHandle`] reports. While closed, a request costs one atomic load
+//! and its outcome a few atomic adds; only transitions and half-open
+//! admissions take a short lock. All timing uses Tokio's clock.
+//!
+//! ```
+//! use palisade::breaker::{BreakerLayer, BreakerState};
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicBool, Ordering};
+//! use std::time::Duration;
+//! use tower::{Layer, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let healthy = Arc::new(AtomicBool::new(false));
+//! let backend = service_fn({
+//!     let healthy = healthy.clone();
+//!     move |_req: http::Request<()>| {
+//!         let status = if healthy.load(Ordering::Relaxed) { 200 } else { 503 };
+//!         async move {
+//!             Ok::<_, std::convert::Infallible>(
+//!                 http::Response::builder().status(status).body(()).unwrap(),
+//!             )
+//!         }
+//!     }
+//! });
+//! let layer = BreakerLayer::new("users").volume_threshold(5);
+//! let breaker = layer.handle();
+//! let svc = layer.layer(backend);
+//!
+//! // Five 503s in a row: the error rate is 100 % over the volume threshold.
+//! for _ in 0..5 {
+//!     let rsp = svc.clone().oneshot(http::Request::new(())).await.unwrap();
+//!     assert_eq!(rsp.status(), 503);
+//! }
+//! assert!(matches!(breaker.state(), BreakerState::Open { .. }));
+//!
+//! // Open: fail fast, without calling the backend.
+//! let err = svc.clone().oneshot(http::Request::new(())).await.unwrap_err();
+//! assert!(err.is_circuit_open());
+//! assert_eq!(err.to_string(), "service \"users\": circuit breaker open; next probe in 5s");
+//!
+//! // After the sleep window a probe goes through; its success closes the breaker.
+//! healthy.store(true, Ordering::Relaxed);
+//! tokio::time::advance(Duration::from_secs(5)).await;
+//! let rsp = svc.clone().oneshot(http::Request::new(())).await.unwrap();
+//! assert_eq!(rsp.status(), 200);
+//! assert_eq!(breaker.state(), BreakerState::Closed);
+//! # }
+//! ```
+
+mod state;
+
+pub use state::{BreakerHandle, BreakerState};
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project::pin_project;
+use tower::{Layer, Service};
+
+use crate::classify::{Classify, HttpClassify};
+use crate::error::{BoxError, Error};
+use state::{Config, Core, Permit};
+
+/// Wraps services in one shared circuit breaker; see the [module docs](self).
+///
+/// Clones of a layer share its breaker. Each configuration method returns a
+/// layer with a fresh breaker (closed, nothing counted), so configure first,
+/// then take [`handle`](BreakerLayer::handle)s and make services.
+///
+/// ```
+/// use palisade::breaker::BreakerLayer;
+/// use std::time::Duration;
+///
+/// let layer = BreakerLayer::new("users")
+///     .window(Duration::from_secs(30))
+///     .volume_threshold(50)
+///     .error_threshold(0.25)
+///     .sleep_window(Duration::from_secs(10))
+///     .half_open_probes(3);
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct BreakerLayer<C = HttpClassify> {
+    core: Arc<Core>,
+    classify: C,
+}
+
+impl BreakerLayer<HttpClassify> {
+    /// A breaker for the service called `service` (named in errors and
+    /// logs), with the defaults: a 10 s window, a volume threshold of 20, an
+    /// error threshold of 0.5, a 5 s sleep window, 1 half-open probe, the
+    /// default HTTP classifier.
+    pub fn new(service: impl Into<Arc<str>>) -> Self {
+        BreakerLayer {
+            core: Arc::new(Core::new(service.into(), Config::default())),
+            classify: HttpClassify::default(),
+        }
+    }
+}
+
+impl<C> BreakerLayer<C> {
+    fn config(self, f: impl FnOnce(&mut Config)) -> Self {
+        let mut config = self.core.config.clone();
+        f(&mut config);
+        BreakerLayer {
+            core: Arc::new(Core::new(self.core.service.clone(), config)),
+            classify: self.classify,
+        }
+    }
+
+    /// Renames the service (named in errors and logs).
+    pub fn named(self, service: impl Into<Arc<str>>) -> Self {
+        BreakerLayer {
+            core: Arc::new(Core::new(service.into(), self.core.config.clone())),
+            classify: self.classify,
+        }
+    }
+
+    /// The rolling window outcomes are counted over (default 10 s; counts
+    /// expire a tenth of it at a time).
+    pub fn window(self, window: Duration) -> Self {
+        self.config(|c| c.window = window)
+    }
+
+    /// How many outcomes the window must hold before the breaker may open
+    /// (default 20), so that a few failures in a quiet period do not trip
+    /// it.
+    pub fn volume_threshold(self, requests: u32) -> Self {
+        self.config(|c| c.volume_threshold = requests)
+    }
+
+    /// The share of failures in the window at or above which the breaker
+    /// opens (default 0.5). Clamped to `0.0..=1.0`; NaN leaves it unchanged.
+    /// At least one failure is always needed.
+    pub fn error_threshold(self, ratio: f64) -> Self {
+        self.config(|c| {
+            if !ratio.is_nan() {
+                c.error_threshold = ratio.clamp(0.0, 1.0);
+            }
+        })
+    }
+
+    /// How long the breaker stays open before it lets a probe through
+    /// (default 5 s).
+    pub fn sleep_window(self, sleep: Duration) -> Self {
+        self.config(|c| c.sleep_window = sleep)
+    }
+
+    /// How many probe requests may be in flight at once while half-open
+    /// (default 1; 0 is taken as 1).
+    pub fn half_open_probes(self, probes: u32) -> Self {
+        self.config(|c| c.half_open_probes = probes.max(1))
+    }
+
+    /// Replaces the classifier that decides which responses are failures
+    /// (it should be the one the rest of the stack uses). The breaker is
+    /// kept.
+    pub fn classify<C2>(self, classify: C2) -> BreakerLayer<C2> {
+        BreakerLayer {
+            core: self.core,
+            classify,
+        }
+    }
+
+    /// A handle on this layer's breaker.
+    pub fn handle(&self) -> BreakerHandle {
+        BreakerHandle {
+            core: self.core.clone(),
+        }
+    }
+}
+
+impl<S, C: Clone> Layer<S> for BreakerLayer<C> {
+    type Service = Breaker<S, C>;
+
+    fn layer(&self, inner: S) -> Breaker<S, C> {
+        Breaker {
+            inner,
+            core: self.core.clone(),
+            classify: self.classify.clone(),
+        }
+    }
+}
+
+/// The service [`BreakerLayer`] makes: calls its inner service unless the
+/// breaker is open.
+#[derive(Debug, Clone)]
+pub struct Breaker<S, C> {
+    inner: S,
+    core: Arc<Core>,
+    classify: C,
+}
+
+impl<S, C> Breaker<S, C> {
+    /// A handle on this service's breaker (shared with the layer and every
+    /// other service made from it).
+    pub fn handle(&self) -> BreakerHandle {
+        BreakerHandle {
+            core: self.core.clone(),
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, C, Req> Service<Req> for Breaker<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response>,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| Error::inner(&self.core.service, None, e))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self.core.admit() {
+            Ok(permit) => ResponseFuture {
+                state: State::Running {
+                    inner: self.inner.call(req),
+                    permit: Some(permit),
+                    classify: self.classify.clone(),
+                },
+            },
+            Err(retry_in) => ResponseFuture {
+                state: State::Rejected {
+                    error: Some(Error::CircuitOpen {
+                        service: self.core.service.clone(),
+                        retry_in,
+                    }),
+                },
+            },
+        }
+    }
+}
+
+/// The response future of [`Breaker`].
+///
+/// It holds the request's admission: dropping it before it completes
+/// cancels the request without counting an outcome, and hands a half-open
+/// probe's slot back.
+#[pin_project]
+#[must_use = "futures do nothing unless polled"]
+pub struct ResponseFuture<F, C> {
+    #[pin]
+    state: State<F, C>,
+}
+
+#[pin_project(project = StateProj)]
+enum State<F, C> {
+    /// The breaker turned the request away.
+    Rejected { error: Option<Error> },
+    /// The inner service has the request.
+    Running {
+        #[pin]
+        inner: F,
+        permit: Option<Permit>,
+        classify: C,
+    },
+}
+
+impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Rejected { .. } => "Rejected",
+            State::Running { .. } => "Running",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classify<T>,
+{
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Rejected { error } => {
+                Poll::Ready(Err(error.take().expect("polled after completion")))
+            }
+            StateProj::Running {
+                inner,
+                permit,
+                classify,
+            } => {
+                let result = std::task::ready!(inner.poll(cx));
+                let permit = permit.take().expect("polled after completion");
+                let failure = match &result {
+                    Ok(rsp) => classify.classify_response(rsp).is_failure(),
+                    Err(_) => true,
+                };
+                let result = result.map_err(|e| Error::inner(permit.service(), None, e));
+                permit.record(failure);
+                Poll::Ready(result)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

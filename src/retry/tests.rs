@@ -257,10 +257,14 @@ async fn no_retry_starts_on_an_endpoint_that_cannot_answer_in_time() {
         fleet.set("127.0.0.1:1", Answer::ok(10).status(503)),
         fleet.set("127.0.0.1:2", Answer::ok(400)),
     ];
-    // No failure penalty: the failing endpoint stays the cheaper one, so it
-    // gets every first attempt.
+    // No failure penalty and no ejection: the failing endpoint stays the
+    // cheaper one, so it gets every first attempt.
     let config = BalanceConfig {
         failure_penalty: Duration::ZERO,
+        ejection: crate::balance::EjectionConfig {
+            enabled: false,
+            ..Default::default()
+        },
         ..BalanceConfig::default()
     };
     let b: Inner = fleet.balance(Static::new(eps), config);

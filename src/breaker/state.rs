@@ -1,0 +1,391 @@
+//! The breaker's shared state machine: an atomic state word read on the hot
+//! path, rolling success/failure counts, and a short lock for transitions and
+//! half-open probe accounting.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::rolling::RollingCount;
+
+/// How long a request turned away while the half-open probes are in flight
+/// is told to wait (at most the sleep window): the probes' outcome is
+/// usually that close.
+pub(super) const HALF_OPEN_RETRY_IN: Duration = Duration::from_millis(100);
+
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const HALF_OPEN: u64 = 2;
+const STATE_MASK: u64 = 0b11;
+
+/// The state word: the state in the low two bits, the generation (the number
+/// of transitions so far) above them.
+fn encode(state: u64, generation: u64) -> u64 {
+    generation << 2 | state
+}
+
+fn decode(word: u64) -> (u64, u64) {
+    (word & STATE_MASK, word >> 2)
+}
+
+/// The breaker's configuration; see the `BreakerLayer` methods for the
+/// meaning and defaults of each field.
+#[derive(Debug, Clone)]
+pub(super) struct Config {
+    pub(super) window: Duration,
+    pub(super) volume_threshold: u32,
+    pub(super) error_threshold: f64,
+    pub(super) sleep_window: Duration,
+    pub(super) half_open_probes: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            window: Duration::from_secs(10),
+            volume_threshold: 20,
+            error_threshold: 0.5,
+            sleep_window: Duration::from_secs(5),
+            half_open_probes: 1,
+        }
+    }
+}
+
+/// One breaker: shared by every service a layer makes, their clones, their
+/// response futures and every [`BreakerHandle`].
+pub(super) struct Core {
+    pub(super) service: Arc<str>,
+    pub(super) config: Config,
+    /// What `open_until` counts from.
+    epoch: Instant,
+    /// See [`encode`].
+    word: AtomicU64,
+    /// While open: when the sleep window ends, in nanoseconds since `epoch`.
+    /// Written before the state word (under the lock), so a reader that sees
+    /// `OPEN` sees this open's value or a later one.
+    open_until: AtomicU64,
+    successes: RollingCount,
+    failures: RollingCount,
+    /// Taken for transitions and half-open admission, never across an
+    /// await.
+    lock: Mutex<Locked>,
+}
+
+#[derive(Debug, Default)]
+struct Locked {
+    /// Probes in flight in the current half-open generation.
+    probes: u32,
+}
+
+/// Admission to call the inner service. Held by the response future; a probe
+/// permit dropped without an outcome (the request was cancelled) is handed
+/// back so that the breaker can probe again.
+pub(super) struct Permit {
+    core: Arc<Core>,
+    /// The generation the request was admitted in; its outcome only counts
+    /// if the breaker is still in it.
+    generation: u64,
+    probe: bool,
+    done: bool,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("generation", &self.generation)
+            .field("probe", &self.probe)
+            .finish()
+    }
+}
+
+impl Permit {
+    /// The service this permit's breaker guards.
+    pub(super) fn service(&self) -> &Arc<str> {
+        &self.core.service
+    }
+
+    /// Records the request's outcome.
+    pub(super) fn record(mut self, failure: bool) {
+        self.done = true;
+        let now = Instant::now();
+        if self.probe {
+            self.core.probe_done(self.generation, failure, now);
+        } else {
+            self.core.closed_done(self.generation, failure, now);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.probe && !self.done {
+            self.core.probe_cancelled(self.generation);
+        }
+    }
+}
+
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("service", &self.service)
+            .field("state", &self.state())
+            .field("transitions", &self.transitions())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Core {
+    pub(super) fn new(service: Arc<str>, mut config: Config) -> Core {
+        config.half_open_probes = config.half_open_probes.max(1);
+        Core {
+            service,
+            epoch: Instant::now(),
+            word: AtomicU64::new(encode(CLOSED, 0)),
+            open_until: AtomicU64::new(0),
+            successes: RollingCount::new(config.window),
+            failures: RollingCount::new(config.window),
+            lock: Mutex::new(Locked::default()),
+            config,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Locked> {
+        // The lock guards plain counters that are consistent between
+        // statements: a panic elsewhere cannot leave them half-written.
+        self.lock.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(nanos).unwrap_or(u64::MAX)
+    }
+
+    /// Until the sleep window ends, if the breaker is open and it has not.
+    fn open_for(&self, now: Instant) -> Option<Duration> {
+        let until = self.open_until.load(Ordering::Acquire);
+        let now = self.nanos(now);
+        (now < until).then(|| Duration::from_nanos(until - now))
+    }
+
+    fn permit(self: &Arc<Self>, generation: u64, probe: bool) -> Permit {
+        Permit {
+            core: self.clone(),
+            generation,
+            probe,
+            done: false,
+        }
+    }
+
+    /// Lets a request through, or says how long until one may be.
+    pub(super) fn admit(self: &Arc<Self>) -> Result<Permit, Duration> {
+        loop {
+            let word = self.word.load(Ordering::Acquire);
+            let (state, generation) = decode(word);
+            match state {
+                CLOSED => return Ok(self.permit(generation, false)),
+                OPEN => {
+                    if let Some(retry_in) = self.open_for(Instant::now()) {
+                        return Err(retry_in);
+                    }
+                    let mut locked = self.lock();
+                    if self.word.load(Ordering::Acquire) != word {
+                        continue; // Someone else moved it on; look again.
+                    }
+                    locked.probes = 1;
+                    self.word
+                        .store(encode(HALF_OPEN, generation + 1), Ordering::Release);
+                    drop(locked);
+                    tracing::debug!(
+                        service = %self.service,
+                        "circuit breaker half-open: probing"
+                    );
+                    return Ok(self.permit(generation + 1, true));
+                }
+                _ => {
+                    let mut locked = self.lock();
+                    if self.word.load(Ordering::Acquire) != word {
+                        continue;
+                    }
+                    if locked.probes < self.config.half_open_probes {
+                        locked.probes += 1;
+                        return Ok(self.permit(generation, true));
+                    }
+                    return Err(HALF_OPEN_RETRY_IN.min(self.config.sleep_window));
+                }
+            }
+        }
+    }
+
+    /// The outcome of a request admitted while closed.
+    fn closed_done(&self, generation: u64, failure: bool, now: Instant) {
+        let word = encode(CLOSED, generation);
+        if self.word.load(Ordering::Acquire) != word {
+            // Admitted before the breaker opened: it says nothing about the
+            // service as it is now.
+            return;
+        }
+        if !failure {
+            // A success never trips the breaker: it costs one atomic add.
+            self.successes.add(now, 1);
+            return;
+        }
+        self.failures.add(now, 1);
+        let failures = self.failures.sum(now).max(0);
+        let total = failures + self.successes.sum(now).max(0);
+        let rate = failures as f64 / total as f64;
+        if total < i64::from(self.config.volume_threshold) || rate < self.config.error_threshold {
+            return;
+        }
+        let locked = self.lock();
+        if self.word.load(Ordering::Acquire) != word {
+            return;
+        }
+        self.open(generation + 1, now);
+        drop(locked);
+        tracing::info!(
+            service = %self.service,
+            error_rate = rate,
+            volume = total,
+            sleep_window = ?self.config.sleep_window,
+            "circuit breaker opened: {failures} of {total} requests in the last {:?} failed",
+            self.config.window,
+        );
+    }
+
+    /// Moves to open in `generation` for a sleep window from `now`. Call with
+    /// the lock held.
+    fn open(&self, generation: u64, now: Instant) {
+        let until = self
+            .nanos(now)
+            .saturating_add(u64::try_from(self.config.sleep_window.as_nanos()).unwrap_or(u64::MAX));
+        self.open_until.store(until, Ordering::Release);
+        self.word.store(encode(OPEN, generation), Ordering::Release);
+    }
+
+    /// The outcome of a half-open probe.
+    fn probe_done(&self, generation: u64, failure: bool, now: Instant) {
+        let mut locked = self.lock();
+        if self.word.load(Ordering::Acquire) != encode(HALF_OPEN, generation) {
+            // Another probe already decided.
+            return;
+        }
+        locked.probes = locked.probes.saturating_sub(1);
+        if failure {
+            self.open(generation + 1, now);
+            drop(locked);
+            tracing::info!(
+                service = %self.service,
+                sleep_window = ?self.config.sleep_window,
+                "circuit breaker reopened: the probe failed",
+            );
+        } else {
+            self.successes.clear();
+            self.failures.clear();
+            self.word
+                .store(encode(CLOSED, generation + 1), Ordering::Release);
+            drop(locked);
+            tracing::info!(
+                service = %self.service,
+                "circuit breaker closed: the probe succeeded",
+            );
+        }
+    }
+
+    /// A probe that was dropped before its outcome: its slot is free again.
+    fn probe_cancelled(&self, generation: u64) {
+        let mut locked = self.lock();
+        if self.word.load(Ordering::Acquire) == encode(HALF_OPEN, generation) {
+            locked.probes = locked.probes.saturating_sub(1);
+        }
+    }
+
+    /// The state as callers experience it now.
+    fn state(&self) -> BreakerState {
+        let (state, _) = decode(self.word.load(Ordering::Acquire));
+        match state {
+            CLOSED => BreakerState::Closed,
+            OPEN => match self.open_for(Instant::now()) {
+                Some(retry_in) => BreakerState::Open { retry_in },
+                None => BreakerState::HalfOpen,
+            },
+            _ => BreakerState::HalfOpen,
+        }
+    }
+
+    fn transitions(&self) -> u64 {
+        decode(self.word.load(Ordering::Acquire)).1
+    }
+
+    /// Probes in flight (zero unless half-open).
+    #[cfg(test)]
+    pub(super) fn probes_in_flight(&self) -> u32 {
+        let locked = self.lock();
+        let (state, _) = decode(self.word.load(Ordering::Acquire));
+        if state == HALF_OPEN { locked.probes } else { 0 }
+    }
+}
+
+/// The state of a circuit breaker, as a [`BreakerHandle`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BreakerState {
+    /// Requests go through; outcomes are counted.
+    Closed,
+    /// Requests fail at once with
+    /// [`Error::CircuitOpen`](crate::Error::CircuitOpen).
+    Open {
+        /// How long until the sleep window ends and a probe may go through.
+        retry_in: Duration,
+    },
+    /// Probe requests go through (up to
+    /// [`half_open_probes`](super::BreakerLayer::half_open_probes) at a time);
+    /// the first outcome closes or reopens the breaker. An open breaker whose
+    /// sleep window has passed is reported half-open: its next request is a
+    /// probe.
+    HalfOpen,
+}
+
+/// A cheap, cloneable view of one breaker's state, for snapshots and
+/// metrics.
+///
+/// ```
+/// use palisade::breaker::{BreakerLayer, BreakerState};
+///
+/// let layer = BreakerLayer::new("users");
+/// let handle = layer.handle();
+/// assert_eq!(handle.state(), BreakerState::Closed);
+/// assert_eq!(handle.transitions(), 0);
+/// assert_eq!(handle.service(), "users");
+/// ```
+#[derive(Clone)]
+pub struct BreakerHandle {
+    pub(super) core: Arc<Core>,
+}
+
+impl BreakerHandle {
+    /// The breaker's state now.
+    pub fn state(&self) -> BreakerState {
+        self.core.state()
+    }
+
+    /// How many state transitions the breaker has made (closed → open →
+    /// half-open → closed is three). Never decreases.
+    pub fn transitions(&self) -> u64 {
+        self.core.transitions()
+    }
+
+    /// The name of the service the breaker guards.
+    pub fn service(&self) -> &str {
+        &self.core.service
+    }
+}
+
+impl fmt::Debug for BreakerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.core.fmt(f)
+    }
+}

@@ -31,21 +31,26 @@
 //! ## Modules, in request order
 //!
 //! - [`stack`]: [`Client`] and its [`Builder`](stack::Builder), where the
-//!   layers are assembled.
-//! - [`balance`]: P2C over peak-EWMA load, without a buffer worker.
+//!   layers are assembled; [`Snapshot`], the client's live state.
+//! - [`metrics`]: prometheus-client metrics and tracing spans.
+//! - [`deadline`]: one absolute deadline per request, propagated per hop.
+//! - [`breaker`]: a Hystrix-style service breaker.
+//! - [`retry`]: policy, budget, backoff and body replay.
+//! - [`balance`]: P2C over peak-EWMA load, without a buffer worker; failure
+//!   accrual.
 //! - [`classify`]: the one classifier every layer consults.
 //! - [`discover`]: endpoints, static and dynamic sources.
-//! - [`http`](crate::http): one shared HTTP client turned into per-endpoint
-//!   services.
+//! - [`http`]: one shared HTTP client turned into per-endpoint services.
 //! - [`error`]: the one error type callers match on.
 //!
 //! ## Cargo features
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
-//! | `http` | yes | [`http::hyper_client`] and hyper-util error classification |
+//! | `http` | yes | `http::hyper_client()` and hyper-util error classification |
 //! | `demo` | yes | [`demo`]: in-process test backends on 127.0.0.1 |
 //! | `cli` | yes | the `palisade` binary (`palisade demo`) |
+//! | `reqwest` | no | `http::reqwest`: a `reqwest::Client` as the inner client |
 //!
 //! A library user who brings their own client can build lean with
 //! `default-features = false`.
@@ -62,6 +67,7 @@ pub mod demo;
 pub mod discover;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod retry;
 mod rolling;
 pub mod stack;
@@ -69,4 +75,4 @@ pub mod stack;
 mod testing;
 
 pub use error::{BoxError, BuildError, Error};
-pub use stack::Client;
+pub use stack::{Client, Snapshot};

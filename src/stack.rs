@@ -4,6 +4,7 @@
 //! Today the stack is, outside in:
 //!
 //! ```text
+//! telemetry (TelemetryLayer) → a span per request; per-request metrics
 //! deadline (DeadlineLayer)   → one absolute deadline; propagated per attempt
 //!  breaker (BreakerLayer)    → Hystrix-style: fail fast while the service fails
 //!   retry (RetryLayer)       → policy + shared budget + backoff + body replay
@@ -13,8 +14,8 @@
 //! discovery                  → feeds the balancer
 //! ```
 //!
-//! Limits and metrics join it in this one place as they land, so the request
-//! path stays visible here.
+//! Limits join it in this one place as they land, so the request path stays
+//! visible here.
 
 use std::fmt;
 use std::hash::Hash;
@@ -26,17 +27,20 @@ use http::{Request, Response};
 use tower::discover::Discover;
 use tower::{Layer, Service};
 
-use crate::balance::{Balance, BalanceConfig, Choice, EjectionConfig, EndpointStats, NewEndpoint};
-use crate::breaker::{self, Breaker, BreakerHandle, BreakerLayer};
+use crate::balance::{
+    Balance, BalanceConfig, Choice, EjectionConfig, EndpointStats, NewEndpoint, WeakBalance,
+};
+use crate::breaker::{self, Breaker, BreakerHandle, BreakerLayer, BreakerState};
 use crate::classify::{Classify, HttpClassify};
 use crate::deadline::{self, DeadlineLayer, EnforceDeadline};
 use crate::discover::{Endpoint, Static};
 use crate::error::{BoxError, BuildError, Error};
 use crate::http::HttpEndpoints;
+use crate::metrics::{self, Metrics, Observe, Telemetry, TelemetryLayer};
 use crate::retry::{self, Backoff, ReplayBody, RetryBudget, RetryLayer, RetryService};
 
 /// The layers of a [`Client`], outside in.
-type Stack<S, C> = EnforceDeadline<Breaker<RetryService<Balance<S, C>, C>, C>>;
+type Stack<S, C> = Telemetry<EnforceDeadline<Breaker<RetryService<Balance<S, C>, C>, C>>, C>;
 
 /// A resilient HTTP client for one logical service: cheap to clone,
 /// `Send + Sync`, usable from any number of tasks at once.
@@ -108,6 +112,7 @@ impl Client<(), HttpClassify> {
             retry: RetryLayer::new(""),
             deadline: DeadlineLayer::new(""),
             breaker: BreakerLayer::new(""),
+            metrics: None,
         }
     }
 }
@@ -150,11 +155,86 @@ impl<S, C> Client<S, C> {
     pub fn breaker(&self) -> &BreakerHandle {
         &self.breaker
     }
+
+    /// The client's live state, as plain data: every endpoint's load and
+    /// standing, the retry budget, the breaker. The demo's table, the tests
+    /// and the proxy's admin endpoint read this.
+    pub fn snapshot(&self) -> Snapshot {
+        snapshot(&self.balance, &self.budget, &self.breaker)
+    }
+}
+
+/// A client's live state at one moment; see [`Client::snapshot`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// The service name.
+    pub service: String,
+    /// Every current endpoint: address, state, estimates, in-flight, counts.
+    pub endpoints: Vec<EndpointStats>,
+    /// Retries the budget would grant right now.
+    pub retry_budget: f64,
+    /// The service breaker's state.
+    pub breaker: BreakerState,
+    /// How many times the breaker changed state.
+    pub breaker_transitions: u64,
+    /// Whether the balancer is in panic mode (ejections ignored).
+    pub panic_mode: bool,
+    /// How many times panic mode was entered.
+    pub panics: u64,
+}
+
+/// What the metrics collector holds of a client: nothing that keeps it
+/// alive.
+struct Observer<S, C> {
+    balance: WeakBalance<S, C>,
+    budget: RetryBudget,
+    breaker: BreakerHandle,
+    counts: Option<metrics::ClientMetrics>,
+}
+
+impl<S, C> Observe for Observer<S, C>
+where
+    S: Send + Sync + 'static,
+    C: Send + Sync + 'static,
+{
+    fn snapshot(&self) -> Option<(Snapshot, u64, u64)> {
+        let balance = self.balance.upgrade()?;
+        let (requests, attempts) = self
+            .counts
+            .as_ref()
+            .map_or((0, 0), |m| (m.requests.get(), m.retry.attempts.get()));
+        Some((
+            snapshot(&balance, &self.budget, &self.breaker),
+            requests,
+            attempts,
+        ))
+    }
+}
+
+pub(crate) fn snapshot<S, C>(
+    balance: &Balance<S, C>,
+    budget: &RetryBudget,
+    breaker: &BreakerHandle,
+) -> Snapshot {
+    let (panic_mode, panics) = balance.panic_mode();
+    Snapshot {
+        service: balance.name().to_owned(),
+        endpoints: balance.endpoint_stats(),
+        retry_budget: budget.balance(),
+        breaker: breaker.state(),
+        breaker_transitions: breaker.transitions(),
+        panic_mode,
+        panics,
+    }
 }
 
 /// The response future of [`Client`].
-pub type ResponseFuture<S, C, B> = deadline::ResponseFuture<
-    breaker::ResponseFuture<retry::ResponseFuture<Balance<S, C>, C, B>, C>,
+pub type ResponseFuture<S, C, B> = metrics::ResponseFuture<
+    deadline::ResponseFuture<
+        breaker::ResponseFuture<retry::ResponseFuture<Balance<S, C>, C, B>, C>,
+    >,
+    C,
 >;
 
 impl<S, C, B, RB> Service<Request<B>> for Client<S, C>
@@ -193,6 +273,7 @@ pub struct Builder<D, N, C> {
     retry: RetryLayer,
     deadline: DeadlineLayer,
     breaker: BreakerLayer,
+    metrics: Option<Metrics>,
 }
 
 impl<D, N, C> Builder<D, N, C> {
@@ -208,6 +289,7 @@ impl<D, N, C> Builder<D, N, C> {
             retry: self.retry,
             deadline: self.deadline,
             breaker: self.breaker,
+            metrics: self.metrics,
         }
     }
 
@@ -227,6 +309,7 @@ impl<D, N, C> Builder<D, N, C> {
             retry: self.retry,
             deadline: self.deadline,
             breaker: self.breaker,
+            metrics: self.metrics,
         }
     }
 
@@ -248,6 +331,7 @@ impl<D, N, C> Builder<D, N, C> {
             retry: self.retry,
             deadline: self.deadline,
             breaker: self.breaker,
+            metrics: self.metrics,
         }
     }
 
@@ -312,6 +396,13 @@ impl<D, N, C> Builder<D, N, C> {
         self
     }
 
+    /// Counts this client's requests, retries and live state in `metrics`
+    /// (see [`Metrics`]); series carry `client="<name>"`. Off by default.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Turns the service breaker off (it never trips).
     pub fn without_breaker(mut self) -> Self {
         self.breaker = self.breaker.volume_threshold(u32::MAX);
@@ -369,10 +460,17 @@ impl<D, N, C> Builder<D, N, C> {
             self.classify.clone(),
             self.balance,
         )?;
+        let telemetry = TelemetryLayer::new(
+            self.name.clone(),
+            self.metrics.as_ref(),
+            self.classify.clone(),
+        );
+        let client_metrics = telemetry.client_metrics().cloned();
         let retry = self
             .retry
             .named(self.name.clone())
-            .classify(self.classify.clone());
+            .classify(self.classify.clone())
+            .metrics(client_metrics.as_ref().map(|m| m.retry.clone()));
         let budget = retry.retry_budget().clone();
         let breaker = self
             .breaker
@@ -380,7 +478,15 @@ impl<D, N, C> Builder<D, N, C> {
             .classify(self.classify);
         let breaker_handle = breaker.handle();
         let deadline = self.deadline.named(self.name);
-        let stack = deadline.layer(breaker.layer(retry.layer(balance.clone())));
+        let stack = telemetry.layer(deadline.layer(breaker.layer(retry.layer(balance.clone()))));
+        if let Some(registry) = &self.metrics {
+            registry.observe(Box::new(Observer {
+                balance: balance.downgrade(),
+                budget: budget.clone(),
+                breaker: breaker_handle.clone(),
+                counts: client_metrics,
+            }));
+        }
         Ok(Client {
             stack,
             balance,

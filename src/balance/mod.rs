@@ -152,7 +152,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::Hash;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -302,6 +302,8 @@ pub(crate) struct Shared<S, C> {
     ejected: AtomicUsize,
     /// Whether the fleet guard's panic mode is on (for logging its changes).
     panicking: AtomicBool,
+    /// How many times panic mode was entered.
+    panics: AtomicU64,
     /// Dropped with the last reference: tells the discovery task to stop.
     _close: oneshot::Sender<()>,
 }
@@ -381,6 +383,7 @@ where
             epoch: Instant::now(),
             ejected: AtomicUsize::new(0),
             panicking: AtomicBool::new(false),
+            panics: AtomicU64::new(0),
             _close: close_tx,
         });
         runtime.spawn(discover_task(
@@ -393,10 +396,53 @@ where
     }
 }
 
+/// A handle on a [`Balance`] that does not keep it alive (for observers
+/// such as metrics collectors: when the client is gone, so are its series).
+pub struct WeakBalance<S, C> {
+    shared: Weak<Shared<S, C>>,
+}
+
+impl<S, C> Clone for WeakBalance<S, C> {
+    fn clone(&self) -> Self {
+        WeakBalance {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S, C> fmt::Debug for WeakBalance<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakBalance").finish_non_exhaustive()
+    }
+}
+
+impl<S, C> WeakBalance<S, C> {
+    /// The balancer, if any clone of it (or a request in flight) remains.
+    pub fn upgrade(&self) -> Option<Balance<S, C>> {
+        self.shared.upgrade().map(|shared| Balance { shared })
+    }
+}
+
 impl<S, C> Balance<S, C> {
     /// The service name given at construction.
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// A handle that does not keep the balancer alive.
+    pub fn downgrade(&self) -> WeakBalance<S, C> {
+        WeakBalance {
+            shared: Arc::downgrade(&self.shared),
+        }
+    }
+
+    /// Whether the fleet guard's panic mode is on (too few endpoints
+    /// available: ejections ignored), and how many times it was entered.
+    pub fn panic_mode(&self) -> (bool, u64) {
+        (
+            self.shared.panicking.load(Ordering::Relaxed),
+            self.shared.panics.load(Ordering::Relaxed),
+        )
     }
 
     /// How many endpoints the balancer currently chooses from.
@@ -589,6 +635,7 @@ impl<S, C> Shared<S, C> {
             && self.panicking.swap(panic, Ordering::Relaxed) != panic
         {
             if panic {
+                self.panics.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     service = %self.name, available, endpoints = n,
                     "too few endpoints available: ignoring ejections (panic mode)"
@@ -792,6 +839,13 @@ where
         }
         let picked = self.shared.pick_for(&set, &req);
         drop(set);
+        if let Ok(in_flight) = &picked {
+            // Fills the retry layer's attempt span, when there is one.
+            tracing::Span::current().record(
+                "endpoint",
+                tracing::field::display(in_flight.slot.endpoint.address()),
+            );
+        }
         match picked {
             Ok(in_flight) => ResponseFuture::ready(self.shared.clone(), in_flight, req),
             Err(error) => ResponseFuture::failed(self.shared.clone(), error),

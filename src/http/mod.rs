@@ -33,6 +33,9 @@
 //! # }
 //! ```
 
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
+
 use std::task::{Context, Poll};
 
 use http::uri::{Authority, PathAndQuery, Scheme};

@@ -61,11 +61,14 @@ use pin_project::pin_project;
 use rand::RngExt;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
+use tracing::Instrument as _;
+use tracing::instrument::Instrumented;
 
 use crate::balance::Tried;
 use crate::classify::{Classify, HttpClassify, Retry};
 use crate::deadline::{self, Deadline};
 use crate::error::{BoxError, Error};
+use crate::metrics::RetryMetrics;
 
 /// Why a retryable failure was not retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -169,6 +172,7 @@ struct Config<C> {
     per_try_timeout: Option<Duration>,
     body_limit: usize,
     classify: C,
+    metrics: Option<RetryMetrics>,
 }
 
 /// Retries failed HTTP requests; see the [module docs](self).
@@ -193,6 +197,7 @@ impl RetryLayer<HttpClassify> {
                 per_try_timeout: None,
                 body_limit: 64 * 1024,
                 classify: HttpClassify::default(),
+                metrics: None,
             }),
         }
     }
@@ -250,8 +255,15 @@ impl<C: Clone> RetryLayer<C> {
                 per_try_timeout: c.per_try_timeout,
                 body_limit: c.body_limit,
                 classify,
+                metrics: c.metrics,
             }),
         }
+    }
+
+    /// Counts attempts and refusals (the client builder passes its
+    /// metrics here).
+    pub(crate) fn metrics(self, metrics: Option<RetryMetrics>) -> Self {
+        self.config(|c| c.metrics = metrics)
     }
 
     /// The budget this layer draws on.
@@ -353,7 +365,7 @@ enum State<F> {
     Ready,
     Calling {
         #[pin]
-        future: F,
+        future: Instrumented<F>,
         #[pin]
         timeout: Option<Sleep>,
     },
@@ -413,8 +425,23 @@ where
                         }
                         tokio::time::sleep_until(until)
                     });
-                    let future = this.service.call(Request::from_parts(parts, body));
-                    this.state.set(State::Calling { future, timeout });
+                    if let Some(m) = &config.metrics {
+                        m.attempts.inc();
+                    }
+                    // The balancer records the endpoint it picks in this span.
+                    let span = tracing::debug_span!(
+                        "palisade.attempt",
+                        attempt = *this.attempts,
+                        endpoint = tracing::field::Empty,
+                    );
+                    let future = {
+                        let _entered = span.enter();
+                        this.service.call(Request::from_parts(parts, body))
+                    };
+                    this.state.set(State::Calling {
+                        future: future.instrument(span),
+                        timeout,
+                    });
                 }
                 StateProj::Calling { future, timeout } => {
                     let outcome = match future.poll(cx) {
@@ -440,7 +467,7 @@ where
                         && matches!(&outcome, Err(e) if e.is_deadline_exceeded())
                         && let Some(last) = this.last.take()
                     {
-                        return Poll::Ready(annotate(last, RetryStop::Deadline));
+                        return Poll::Ready(annotate(config, last, RetryStop::Deadline));
                     }
                     let next = decide(
                         config,
@@ -452,11 +479,12 @@ where
                     match next {
                         Next::Return(stop) => {
                             return Poll::Ready(match stop {
-                                Some(stop) => annotate(outcome, stop),
+                                Some(stop) => annotate(config, outcome, stop),
                                 None => outcome,
                             });
                         }
                         Next::RetryAfter(delay) => {
+                            tracing::debug!(attempt = *this.attempts, ?delay, "retry scheduled");
                             *this.last = Some(outcome);
                             this.state.set(State::Backoff {
                                 sleep: tokio::time::sleep(delay),
@@ -473,11 +501,17 @@ where
     }
 }
 
-/// Records why a retryable outcome was returned without a retry.
-fn annotate<RB>(
+/// Records why a retryable outcome was returned without a retry: in the
+/// outcome, in the metrics, as an event.
+fn annotate<C, RB>(
+    config: &Config<C>,
     outcome: Result<Response<RB>, Error>,
     stop: RetryStop,
 ) -> Result<Response<RB>, Error> {
+    tracing::debug!(reason = %stop, "retryable failure not retried");
+    if let Some(m) = &config.metrics {
+        m.refused(stop);
+    }
     match outcome {
         Ok(mut rsp) => {
             rsp.extensions_mut().insert(stop);

@@ -345,7 +345,7 @@ impl Load {
                 break;
             }
             tokio::time::sleep_until(tick).await;
-            screen.frame(&table.render(start.elapsed(), &client.endpoint_stats(), false))?;
+            screen.frame(&table.render(start.elapsed(), &client.snapshot().endpoints, false))?;
             // When nothing works (connections refused, say), say so now
             // rather than after the whole run.
             if let Err(e) = lock(&tally).check(label, start.elapsed()) {
@@ -364,7 +364,12 @@ impl Load {
             Ok(result) => result?,
             Err(_) => {
                 workers.abort_all();
-                let stuck: usize = client.endpoint_stats().iter().map(|s| s.in_flight).sum();
+                let stuck: usize = client
+                    .snapshot()
+                    .endpoints
+                    .iter()
+                    .map(|s| s.in_flight)
+                    .sum();
                 let tally = lock(&tally);
                 return Err(CliError::new(format!(
                     "{stuck} requests to the demo backends were still unanswered {}s after \
@@ -375,7 +380,7 @@ impl Load {
                 )));
             }
         }
-        let stats = client.endpoint_stats();
+        let stats = client.snapshot().endpoints;
         screen.frame(&table.render(duration, &stats, true))?;
 
         let tally = std::mem::take(&mut *lock(&tally));

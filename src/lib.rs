@@ -49,7 +49,8 @@
 //! |---|---|---|
 //! | `http` | yes | `http::hyper_client()` and hyper-util error classification |
 //! | `demo` | yes | [`demo`]: in-process test backends on 127.0.0.1 |
-//! | `cli` | yes | the `palisade` binary (`palisade demo`) |
+//! | `proxy` | yes | [`proxy`]: the sidecar's config, server, admin and reload |
+//! | `cli` | yes | the `palisade` binary (`palisade demo`, `proxy`, `check`) |
 //! | `reqwest` | no | `http::reqwest`: a `reqwest::Client` as the inner client |
 //!
 //! A library user who brings their own client can build lean with
@@ -68,6 +69,8 @@ pub mod discover;
 pub mod error;
 pub mod http;
 pub mod metrics;
+#[cfg(feature = "proxy")]
+pub mod proxy;
 pub mod retry;
 mod rolling;
 pub mod stack;

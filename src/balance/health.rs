@@ -183,6 +183,11 @@ impl Health {
         self.ejected.load(Ordering::Acquire)
     }
 
+    /// Failures in a row (429s aside) since the last success.
+    pub(crate) fn consecutive_failures(&self) -> u32 {
+        self.consecutive.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn ejections(&self) -> u64 {
         self.ejections.load(Ordering::Relaxed)
     }

@@ -147,6 +147,9 @@ pub(crate) struct Load {
     /// Nanoseconds since the balancer's epoch until which the endpoint asked
     /// to be left alone (`Retry-After`); 0 when not busy.
     pub(crate) busy_until: AtomicU64,
+    /// Nanoseconds since the balancer's epoch of the last failure; 0 when
+    /// there has been none.
+    pub(crate) failed_at: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) failures: AtomicU64,
     pub(crate) health: Health,
@@ -159,6 +162,7 @@ impl Load {
             ewma: PeakEwma::new(seed, now),
             in_flight: AtomicUsize::new(0),
             busy_until: AtomicU64::new(0),
+            failed_at: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         }
@@ -166,6 +170,12 @@ impl Load {
 
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether the endpoint failed within the last `quarantine_ns`.
+    pub(crate) fn recently_failed(&self, now_ns: u64, quarantine_ns: u64) -> bool {
+        let at = self.failed_at.load(Ordering::Relaxed);
+        at != 0 && now_ns.saturating_sub(at) < quarantine_ns
     }
 
     pub(crate) fn is_busy(&self, now_ns: u64) -> bool {

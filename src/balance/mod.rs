@@ -302,6 +302,10 @@ pub(crate) struct Shared<S, C> {
     ejected: AtomicUsize,
     /// Whether the fleet guard's panic mode is on (for logging its changes).
     panicking: AtomicBool,
+    /// How long after its second failure in a row an endpoint is not drawn
+    /// for comparison: until its penalty has faded to a tenth
+    /// (`failure_penalty × ln 10`).
+    quarantine_ns: u64,
     /// How many times panic mode was entered.
     panics: AtomicU64,
     /// Dropped with the last reference: tells the discovery task to stop.
@@ -369,6 +373,8 @@ where
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| BuildError::no_runtime(&name))?;
         let (close_tx, close_rx) = oneshot::channel();
+        let quarantine_ns =
+            (config.failure_penalty.as_nanos() as f64 * std::f64::consts::LN_10) as u64;
         let shared = Arc::new(Shared {
             name,
             set: ArcSwap::from_pointee(EndpointSet::empty()),
@@ -383,6 +389,7 @@ where
             epoch: Instant::now(),
             ejected: AtomicUsize::new(0),
             panicking: AtomicBool::new(false),
+            quarantine_ns,
             panics: AtomicU64::new(0),
             _close: close_tx,
         });
@@ -570,7 +577,18 @@ impl<S, C> Shared<S, C> {
         let panic = ejected > 0 && self.config.ejection.panics(n - ejected, n);
         self.note_panic(panic, n - ejected, n);
         let tried = |i: usize| avoid.contains(set.slots[i].endpoint.address());
-        let allowed = |i: usize| !tried(i) && (panic || !health(i).is_ejected());
+        // Ejected endpoints, and for a little while endpoints that just
+        // failed twice in a row, are replaced by a fresh draw rather than
+        // compared: a pair of {slow, failing} would otherwise hand the slow
+        // one the request every time the two are drawn together. (One
+        // failure alone does not do this: a transient error should not take
+        // an endpoint of a small fleet out of the choice.)
+        let quarantine = self.quarantine_ns;
+        let quarantined = |i: usize| {
+            health(i).consecutive_failures() >= 2
+                && set.slots[i].load.recently_failed(now_ns, quarantine)
+        };
+        let allowed = |i: usize| !tried(i) && (panic || !health(i).is_ejected()) && !quarantined(i);
         // Only when most endpoints are excluded do the draws below miss; then
         // a scan finds one (bounded by the set size).
         let first_allowed = || (0..n).find(|&i| allowed(i));
@@ -683,12 +701,13 @@ impl<S, C> Shared<S, C> {
     fn record(&self, in_flight: &mut InFlight<S>, class: Class, latency: Duration, now: Instant) {
         let slot = &in_flight.slot;
         let load = &slot.load;
+        let now_ns = self.nanos(now);
         let penalty = class.is_failure().then(|| {
             load.failures.fetch_add(1, Ordering::Relaxed);
+            load.failed_at.store(now_ns.max(1), Ordering::Relaxed);
             self.config.failure_penalty
         });
         load.ewma.observe(latency, penalty, now, self.config.decay);
-        let now_ns = self.nanos(now);
         if let Some(after) = class.retry_after() {
             load.mark_busy(now_ns.saturating_add(after.as_nanos() as u64));
         }

@@ -35,12 +35,38 @@ enum Command {
     /// Start 5 local backends (3 healthy, 1 slow, 1 flaky), send load through
     /// palisade, and compare with uniform random choice.
     Demo(demo::DemoArgs),
+    /// Run the sidecar proxy from a TOML config file. The file is reloaded
+    /// when it changes and on SIGHUP (a bad file is rejected and the running
+    /// config stays); SIGTERM or SIGINT stop accepting and drain in-flight
+    /// requests for the grace period, then exit 0.
+    Proxy {
+        /// The config file (see docs/config.md; examples/minimal.toml).
+        #[arg(short, long, value_name = "FILE")]
+        config: std::path::PathBuf,
+    },
+    /// Validate a proxy config file: print errors with field paths and line
+    /// numbers (exit status 1) and lint policies that cannot work.
+    Check {
+        /// The config file.
+        #[arg(value_name = "FILE")]
+        file: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    match run(cli) {
+    let result = match cli.command {
+        // No runtime needed: a report on stdout and a status.
+        Command::Check { file } => {
+            let report = palisade::proxy::check::check_file(&file);
+            print!("{report}");
+            return ExitCode::from(report.exit_code());
+        }
+        Command::Demo(args) => with_runtime(demo::run(args)),
+        Command::Proxy { config } => with_runtime(proxy(config)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // Output piped into something like `head` that stopped reading: not
         // worth an error message.
@@ -73,15 +99,52 @@ pub(crate) fn causes(err: &(dyn StdError + 'static)) -> Vec<String> {
     out
 }
 
-/// Starts the Tokio runtime and runs the chosen subcommand on it.
-fn run(cli: Cli) -> Result<(), CliError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// Starts the Tokio runtime and runs a subcommand on it.
+fn with_runtime(
+    job: impl std::future::Future<Output = Result<(), CliError>>,
+) -> Result<(), CliError> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError::new("could not start the Tokio runtime").because(e))?;
-    match cli.command {
-        Command::Demo(args) => runtime.block_on(demo::run(args)),
-    }
+        .map_err(|e| CliError::new("could not start the Tokio runtime").because(e))?
+        .block_on(job)
+}
+
+/// `palisade proxy`: loads the config, serves until SIGTERM/SIGINT.
+async fn proxy(path: std::path::PathBuf) -> Result<(), CliError> {
+    use palisade::proxy::server;
+    let config = server::load(&path).map_err(|e| CliError::new(e.to_string()))?;
+    let shutdown = async {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    };
+    server::run(path, config, shutdown, |listeners, admin| {
+        let listeners: Vec<String> = listeners.iter().map(ToString::to_string).collect();
+        // One line on stdout, for people and for scripts that wait for it.
+        println!(
+            "palisade proxy: listening on {} (admin {admin})",
+            listeners.join(", ")
+        );
+    })
+    .await
+    .map_err(|e| CliError::new(e.to_string()))
 }
 
 /// Sends `tracing` output to stderr, filtered by `RUST_LOG` (default `warn`;

@@ -1,0 +1,3039 @@
+//! The proxy's configuration file (TOML). The schema, with every default,
+//! is documented in `docs/config.md`.
+//!
+//! Every knob defaults to the library's default, so a minimal file is one
+//! service and one route:
+//!
+//! ```
+//! let config = palisade::proxy::config::Config::from_toml(r#"
+//!     [[services]]
+//!     name = "app"
+//!     endpoints = ["127.0.0.1:8080"]
+//!
+//!     [[routes]]
+//!     service = "app"
+//! "#).unwrap();
+//! assert_eq!(config.listeners[0].address.to_string(), "127.0.0.1:4140");
+//! assert!(config.lints().is_empty());
+//! ```
+//!
+//! [`Config::from_toml`] reports every problem it finds at once, each with
+//! the field's path and the line it is on:
+//!
+//! ```
+//! use palisade::proxy::config::Config;
+//!
+//! let err = Config::from_toml(r#"
+//! [[services]]
+//! name = "app"
+//! endpoints = ["127.0.0.1:8080", "no-port"]
+//! retry = { max_attempts = 0 }
+//!
+//! [[routes]]
+//! service = "ap"
+//! "#).unwrap_err();
+//! let text = err.to_string();
+//! assert!(text.contains("line 4: services[0].endpoints[1]: endpoint \"no-port\": expected host:port"));
+//! assert!(text.contains("line 5: services[0].retry.max_attempts: must be at least 1"));
+//! assert!(text.contains("line 8: routes[0].service: no service named \"ap\""));
+//! ```
+//!
+//! [`Config::lints`] then names policies that parse but cannot work as
+//! written, such as per-try timeouts that do not fit in the deadline.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use toml::de::{DeArray, DeTable, DeValue};
+
+use crate::discover::{Address, Endpoint};
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// Where the proxy accepts traffic (HTTP/1.1 and h2c). Default one
+    /// listener on 127.0.0.1:4140.
+    #[serde(default = "default_listeners")]
+    pub listeners: Vec<Listener>,
+    /// The admin server.
+    #[serde(default)]
+    pub admin: Admin,
+    /// Server-wide settings.
+    #[serde(default)]
+    pub server: Server,
+    /// The upstream services.
+    pub services: Vec<Service>,
+    /// How requests find a service, tried in order; the first that matches
+    /// wins. A route without `match` matches every request (a default route).
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Where each field was written (for line numbers in problems); not
+    /// part of the configuration, and ignored by `==`.
+    #[serde(skip)]
+    source: SourceMap,
+}
+
+fn default_listeners() -> Vec<Listener> {
+    vec![Listener::default()]
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Listener {
+    /// Socket address. Default 127.0.0.1:4140.
+    #[serde(default = "default_listener_address", with = "socket_addr")]
+    pub address: SocketAddr,
+}
+
+fn default_listener_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4140))
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Listener {
+            address: default_listener_address(),
+        }
+    }
+}
+
+/// The admin server: `/metrics`, `/ready`, `/live`, `/config`, `/snapshot`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Admin {
+    /// Socket address. Default 127.0.0.1:9990.
+    #[serde(default = "default_admin_address", with = "socket_addr")]
+    pub address: SocketAddr,
+}
+
+fn default_admin_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9990))
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            address: default_admin_address(),
+        }
+    }
+}
+
+/// Server-wide settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Server {
+    /// How long a shutdown waits for in-flight requests. Default 10 s.
+    #[serde(default = "default_grace", with = "duration")]
+    pub grace_period: Duration,
+    /// The largest request head (request line and headers) accepted; larger
+    /// ones are answered 431. At least 1024. Default 64 KiB.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// How often the config file is checked for changes; greater than 0.
+    /// Default 2 s.
+    #[serde(default = "default_watch_interval", with = "duration")]
+    pub watch_interval: Duration,
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_watch_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            grace_period: default_grace(),
+            max_header_bytes: default_max_header_bytes(),
+            watch_interval: default_watch_interval(),
+        }
+    }
+}
+
+/// An upstream service: a name, its endpoints and its policies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Service {
+    /// The name routes refer to (and metrics and errors carry): letters,
+    /// digits, `.`, `_` and `-`, unique among the services.
+    pub name: String,
+    /// The endpoints: `"host:port"`, or a table with `address`, `weight`
+    /// and `labels`. At least one.
+    pub endpoints: Vec<EndpointSpec>,
+    /// Load balancing.
+    #[serde(default)]
+    pub balancer: Balancer,
+    /// Retries.
+    #[serde(default)]
+    pub retry: Retry,
+    /// The retry budget.
+    #[serde(default)]
+    pub budget: Budget,
+    /// Deadlines.
+    #[serde(default)]
+    pub deadline: Deadline,
+    /// Failure accrual (outlier ejection).
+    #[serde(default)]
+    pub ejection: Ejection,
+    /// The service breaker.
+    #[serde(default)]
+    pub breaker: Breaker,
+}
+
+/// One endpoint of a service.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum EndpointSpec {
+    /// `"host:port"`, weight 1.
+    Address(String),
+    /// `{ address = "host:port", weight = 2.0, labels = { zone = "a" } }`.
+    Detailed {
+        /// `host:port`.
+        address: String,
+        /// Relative capacity, finite and greater than 0. Default 1.
+        weight: f64,
+        /// Free-form metadata.
+        labels: BTreeMap<String, String>,
+    },
+}
+
+impl EndpointSpec {
+    /// The `host:port` as written.
+    pub fn address(&self) -> &str {
+        match self {
+            EndpointSpec::Address(address) | EndpointSpec::Detailed { address, .. } => address,
+        }
+    }
+
+    /// The endpoint this describes, or why it is not one (the message names
+    /// the endpoint).
+    pub fn to_endpoint(&self) -> Result<Endpoint, crate::discover::EndpointError> {
+        match self {
+            EndpointSpec::Address(address) => Endpoint::parse(address),
+            EndpointSpec::Detailed {
+                address,
+                weight,
+                labels,
+            } => {
+                let mut endpoint = Endpoint::parse(address)?.with_weight(*weight)?;
+                for (key, value) in labels {
+                    endpoint = endpoint.with_label(key, value);
+                }
+                Ok(endpoint)
+            }
+        }
+    }
+}
+
+/// The table form of an endpoint, with its own unknown-key check (serde's
+/// untagged enums would hide both the key and the line).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetailedEndpoint {
+    address: String,
+    #[serde(default = "one")]
+    weight: f64,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+impl<'de> Deserialize<'de> for EndpointSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = EndpointSpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    r#"an endpoint: "host:port" or a table with `address`, `weight`, `labels`"#,
+                )
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EndpointSpec, E> {
+                Ok(EndpointSpec::Address(v.to_owned()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<EndpointSpec, A::Error> {
+                let d = DetailedEndpoint::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(EndpointSpec::Detailed {
+                    address: d.address,
+                    weight: d.weight,
+                    labels: d.labels,
+                })
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Load balancing settings; see [`crate::balance::BalanceConfig`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Balancer {
+    /// EWMA time constant. Default 10 s.
+    #[serde(default = "d_decay", with = "duration")]
+    pub decay: Duration,
+    /// Seed estimate for the first endpoint. Default 30 ms.
+    #[serde(default = "d_default_rtt", with = "duration")]
+    pub default_rtt: Duration,
+    /// What a failure adds to an endpoint's cost. Default 1 s.
+    #[serde(default = "d_failure_penalty", with = "duration")]
+    pub failure_penalty: Duration,
+    /// How long a request waits for an endpoint when there is none.
+    /// Default 3 s.
+    #[serde(default = "d_endpoint_wait", with = "duration")]
+    pub endpoint_wait: Duration,
+}
+
+fn d_decay() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_default_rtt() -> Duration {
+    Duration::from_millis(30)
+}
+fn d_failure_penalty() -> Duration {
+    Duration::from_secs(1)
+}
+fn d_endpoint_wait() -> Duration {
+    Duration::from_secs(3)
+}
+
+impl Default for Balancer {
+    fn default() -> Self {
+        Balancer {
+            decay: d_decay(),
+            default_rtt: d_default_rtt(),
+            failure_penalty: d_failure_penalty(),
+            endpoint_wait: d_endpoint_wait(),
+        }
+    }
+}
+
+/// Retry settings; see [`crate::retry::RetryLayer`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Retry {
+    /// Attempts in total, the first included (1 disables retries).
+    /// At least 1. Default 3.
+    #[serde(default = "d_max_attempts")]
+    pub max_attempts: u32,
+    /// Backoff base; at most `backoff_cap`. Default 25 ms.
+    #[serde(default = "d_backoff_base", with = "duration")]
+    pub backoff_base: Duration,
+    /// Backoff cap. Default 250 ms.
+    #[serde(default = "d_backoff_cap", with = "duration")]
+    pub backoff_cap: Duration,
+    /// Timeout of each attempt (`"none"` for none). Default none.
+    #[serde(default, with = "opt_duration")]
+    pub per_try_timeout: Option<Duration>,
+    /// Request body bytes kept for replay. Default 65536.
+    #[serde(default = "d_body_limit")]
+    pub body_limit: usize,
+    /// Statuses retried for idempotent methods (each 100 to 599).
+    /// Default [502, 503, 504].
+    #[serde(default = "d_retryable")]
+    pub retryable_statuses: Vec<u16>,
+}
+
+fn d_max_attempts() -> u32 {
+    3
+}
+fn d_backoff_base() -> Duration {
+    Duration::from_millis(25)
+}
+fn d_backoff_cap() -> Duration {
+    Duration::from_millis(250)
+}
+fn d_body_limit() -> usize {
+    64 * 1024
+}
+fn d_retryable() -> Vec<u16> {
+    vec![502, 503, 504]
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            max_attempts: d_max_attempts(),
+            backoff_base: d_backoff_base(),
+            backoff_cap: d_backoff_cap(),
+            per_try_timeout: None,
+            body_limit: d_body_limit(),
+            retryable_statuses: d_retryable(),
+        }
+    }
+}
+
+/// Retry budget settings; see [`crate::retry::RetryBudget`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Budget {
+    /// Retries allowed per request, finite and at least 0. Default 0.2.
+    #[serde(default = "d_ratio")]
+    pub ratio: f64,
+    /// Retries allowed per second regardless of traffic. Default 10.
+    #[serde(default = "d_min_per_sec")]
+    pub min_per_sec: u32,
+    /// The window. Default 10 s.
+    #[serde(default = "d_ttl", with = "duration")]
+    pub ttl: Duration,
+}
+
+fn d_ratio() -> f64 {
+    0.2
+}
+fn d_min_per_sec() -> u32 {
+    10
+}
+fn d_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            ratio: d_ratio(),
+            min_per_sec: d_min_per_sec(),
+            ttl: d_ttl(),
+        }
+    }
+}
+
+/// Deadline settings; see [`crate::deadline::DeadlineLayer`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Deadline {
+    /// Timeout for requests that bring no deadline (`"none"` for none;
+    /// otherwise greater than 0). Default 15 s.
+    #[serde(default = "d_timeout", with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Longest deadline a request header may ask for; greater than 0.
+    /// Default 5 min.
+    #[serde(default = "d_max_timeout", with = "duration")]
+    pub max_timeout: Duration,
+    /// Kept back from what is propagated. Default 5 ms.
+    #[serde(default = "d_reserve", with = "duration")]
+    pub reserve: Duration,
+    /// Whether the remaining deadline is sent upstream. Default true.
+    #[serde(default = "yes")]
+    pub propagate: bool,
+}
+
+fn d_timeout() -> Option<Duration> {
+    Some(Duration::from_secs(15))
+}
+fn d_max_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn d_reserve() -> Duration {
+    Duration::from_millis(5)
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for Deadline {
+    fn default() -> Self {
+        Deadline {
+            timeout: d_timeout(),
+            max_timeout: d_max_timeout(),
+            reserve: d_reserve(),
+            propagate: true,
+        }
+    }
+}
+
+/// Failure accrual settings; see [`crate::balance::EjectionConfig`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Ejection {
+    /// Whether endpoints are ejected at all. Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Failures in a row that eject an endpoint; 0 turns this trigger off.
+    /// Default 5.
+    #[serde(default = "d_consecutive")]
+    pub consecutive_failures: u32,
+    /// The success rate (0 to 1) below which an endpoint is ejected; 0
+    /// turns this trigger off. Default 0.8.
+    #[serde(default = "d_success_rate")]
+    pub success_rate: f64,
+    /// The window the success rate is measured over. Default 10 s.
+    #[serde(default = "d_ttl", with = "duration")]
+    pub window: Duration,
+    /// Requests needed in the window before the success rate counts.
+    /// Default 5.
+    #[serde(default = "d_min_requests")]
+    pub min_requests: u32,
+    /// The first ejection's length; at most `max_penalty`. Default 1 s.
+    #[serde(default = "d_failure_penalty", with = "duration")]
+    pub base_penalty: Duration,
+    /// The longest ejection. Default 1 min.
+    #[serde(default = "d_max_penalty", with = "duration")]
+    pub max_penalty: Duration,
+    /// Each penalty is scaled by a random factor in `1 ± jitter/2` (0 to
+    /// 1). Default 0.5.
+    #[serde(default = "half")]
+    pub jitter: f64,
+    /// The largest share (0 to 1) of endpoints ejected at once; at least
+    /// one is always allowed. Default 0.5.
+    #[serde(default = "half")]
+    pub max_ejection_percent: f64,
+    /// When the share (0 to 1) of available endpoints is below this,
+    /// ejections are ignored. Default 0.5.
+    #[serde(default = "half")]
+    pub panic_threshold: f64,
+}
+
+fn d_consecutive() -> u32 {
+    5
+}
+fn d_success_rate() -> f64 {
+    0.8
+}
+fn d_min_requests() -> u32 {
+    5
+}
+fn d_max_penalty() -> Duration {
+    Duration::from_secs(60)
+}
+fn half() -> f64 {
+    0.5
+}
+
+impl Default for Ejection {
+    fn default() -> Self {
+        Ejection {
+            enabled: true,
+            consecutive_failures: d_consecutive(),
+            success_rate: d_success_rate(),
+            window: d_ttl(),
+            min_requests: d_min_requests(),
+            base_penalty: d_failure_penalty(),
+            max_penalty: d_max_penalty(),
+            jitter: half(),
+            max_ejection_percent: half(),
+            panic_threshold: half(),
+        }
+    }
+}
+
+/// Service breaker settings; see [`crate::breaker::BreakerLayer`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Breaker {
+    /// Whether the breaker is on. Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The rolling window outcomes are counted over. Default 10 s.
+    #[serde(default = "d_ttl", with = "duration")]
+    pub window: Duration,
+    /// Requests needed in the window before the breaker may open.
+    /// Default 20.
+    #[serde(default = "d_volume")]
+    pub volume_threshold: u32,
+    /// The share of failures (greater than 0, at most 1) at or above which
+    /// the breaker opens. Default 0.5.
+    #[serde(default = "half")]
+    pub error_threshold: f64,
+    /// How long the breaker stays open before probing. Default 5 s.
+    #[serde(default = "d_sleep", with = "duration")]
+    pub sleep_window: Duration,
+    /// Probes in flight at once while half-open; at least 1. Default 1.
+    #[serde(default = "d_probes")]
+    pub half_open_probes: u32,
+}
+
+fn d_volume() -> u32 {
+    20
+}
+fn d_sleep() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_probes() -> u32 {
+    1
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            enabled: true,
+            window: d_ttl(),
+            volume_threshold: d_volume(),
+            error_threshold: half(),
+            sleep_window: d_sleep(),
+            half_open_probes: d_probes(),
+        }
+    }
+}
+
+/// How requests find a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Route {
+    /// A name for logs and errors. Default `route-<index>` (0-based).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What a request must look like; empty matches everything.
+    #[serde(default, rename = "match")]
+    pub matches: Match,
+    /// The one service (exclusive with `split`).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// A weighted split across services (exclusive with `service`).
+    #[serde(default)]
+    pub split: Vec<Split>,
+}
+
+/// What a request must look like to take a route; every given part must
+/// match.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Match {
+    /// The request's host (authority or `Host` header, port ignored), exact,
+    /// case-insensitive; `*.example.com` matches every name that ends in
+    /// `.example.com` (`a.example.com`, `a.b.example.com`), not
+    /// `example.com` itself.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// A path prefix, whole segments: `/api` matches `/api` and `/api/x`,
+    /// not `/apix`; a prefix ending in `/` matches paths that start with it.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Headers that must be present with exactly these values (names are
+    /// case-insensitive, values are not; of a repeated header, the first
+    /// value counts).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// HTTP methods, uppercase (`["GET", "HEAD"]`); the request's method
+    /// must be one of them. Empty (the default) matches every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+/// One leg of a weighted split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Split {
+    /// The service.
+    pub service: String,
+    /// Relative weight (≥ 0; the legs' total must be > 0).
+    pub weight: u32,
+}
+
+/// A config that could not be accepted: every problem, each naming the
+/// field and, where known, the line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// One entry per problem, in the order of the file.
+    pub problems: Vec<Problem>,
+}
+
+/// One problem in a config file (an error from [`Config::from_toml`] or a
+/// warning from [`Config::lints`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Problem {
+    /// The field's path, e.g. `services[1].retry.max_attempts`;
+    /// `(syntax)` for TOML syntax errors that are in no field.
+    pub field: String,
+    /// The 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.field, self.message),
+            None => write!(f, "{}: {}", self.field, self.message),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Parses and validates a config file's text.
+    ///
+    /// Every problem is reported, not just the first: TOML syntax errors
+    /// (all of them), then type errors and unknown keys (one per service,
+    /// route, listener and table at least), and, when the file parses,
+    /// every failed [`validate`](Config::validate) check. Each names the
+    /// field and the 1-based line.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config = parse(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: names, references, ranges, addresses.
+    /// [`from_toml`](Config::from_toml) calls it; a config changed in code
+    /// can be checked again with it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut report = Report::new(&self.source);
+        validate(self, &mut report);
+        let problems = report.finish();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Policies that are valid but cannot work as written: per-try timeouts
+    /// that do not fit in the deadline, budgets above 1, retries where no
+    /// route sends an idempotent method, backoff as long as the deadline,
+    /// default deadlines above `max_timeout`, routes that can never match,
+    /// services no route reaches. Each names the field and line. Meant for a
+    /// config that [`validate`](Config::validate)s.
+    pub fn lints(&self) -> Vec<Problem> {
+        let mut report = Report::new(&self.source);
+        lint(self, &mut report);
+        report.finish()
+    }
+
+    /// The 1-based line a field (a path as in [`Problem::field`]) was written
+    /// on, or the line of the nearest enclosing table that was; `None` for a
+    /// config not read from text.
+    pub fn line_of(&self, field: &str) -> Option<usize> {
+        self.source.line_of_rendered(field)
+    }
+}
+
+/// The 1-based line of a byte offset.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    let bytes = text.as_bytes();
+    bytes[..offset.min(bytes.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+// ---------------------------------------------------------------------------
+// Durations: humantime strings ("250ms", "1m 30s"), with a message that says
+// what went wrong and how to write one.
+
+const DURATION_HINT: &str = r#"write e.g. "250ms", "15s" or "1m 30s""#;
+
+fn format_duration(d: Duration) -> String {
+    humantime_serde::re::humantime::format_duration(d).to_string()
+}
+
+fn parse_duration<E: serde::de::Error>(v: &str) -> Result<Duration, E> {
+    humantime_serde::re::humantime::parse_duration(v)
+        .map_err(|e| E::custom(format!("invalid duration {v:?}: {e}; {DURATION_HINT}")))
+}
+
+mod duration {
+    use super::*;
+
+    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a duration string ({DURATION_HINT})")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+                parse_duration(v)
+            }
+        }
+        d.deserialize_str(Visit)
+    }
+}
+
+/// An optional duration: a duration string, or `"none"`.
+mod opt_duration {
+    use super::*;
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format_duration(*d)),
+            None => s.serialize_str("none"),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Option<Duration>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, r#"a duration string ({DURATION_HINT}) or "none""#)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Option<Duration>, E> {
+                if v.eq_ignore_ascii_case("none") {
+                    Ok(None)
+                } else {
+                    parse_duration(v).map(Some)
+                }
+            }
+        }
+        d.deserialize_str(Visit)
+    }
+}
+
+/// A socket address, `IP:port`, with a message that says how to write one.
+mod socket_addr {
+    use super::*;
+
+    pub(super) fn serialize<S: serde::Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(a)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = SocketAddr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a socket address such as "127.0.0.1:4140" or "[::1]:4140""#)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SocketAddr, E> {
+                v.parse().map_err(|_| {
+                    E::custom(format!(
+                        r#"invalid socket address {v:?}: write an IP address and a port, such as "127.0.0.1:4140", "0.0.0.0:4140" or "[::1]:4140" (host names are not resolved here)"#
+                    ))
+                })
+            }
+        }
+        d.deserialize_str(Visit)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Field paths and where they are in the file.
+
+/// One step of a field path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// A field path such as `services[1].retry.max_attempts`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct FieldPath(Vec<Seg>);
+
+impl FieldPath {
+    fn root() -> FieldPath {
+        FieldPath::default()
+    }
+
+    /// This path and one key.
+    fn key(&self, key: &str) -> FieldPath {
+        let mut path = self.clone();
+        path.0.push(Seg::Key(key.to_owned()));
+        path
+    }
+
+    /// This path and dotted keys (`"retry.max_attempts"`).
+    fn at(&self, dotted: &str) -> FieldPath {
+        let mut path = self.clone();
+        path.0
+            .extend(dotted.split('.').map(|k| Seg::Key(k.to_owned())));
+        path
+    }
+
+    /// This path and an array index.
+    fn index(&self, i: usize) -> FieldPath {
+        let mut path = self.clone();
+        path.0.push(Seg::Index(i));
+        path
+    }
+}
+
+/// Whether a key can be written bare in a path.
+fn is_bare_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("(file)");
+        }
+        for (i, seg) in self.0.iter().enumerate() {
+            match seg {
+                Seg::Key(key) => {
+                    if i > 0 {
+                        f.write_str(".")?;
+                    }
+                    if is_bare_key(key) {
+                        f.write_str(key)?;
+                    } else {
+                        write!(f, "{key:?}")?;
+                    }
+                }
+                Seg::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where each field of a parsed file was written: path → 1-based line.
+/// Compares equal to every other (it is not part of the configuration).
+#[derive(Clone, Default)]
+struct SourceMap {
+    lines: Option<Arc<HashMap<FieldPath, usize>>>,
+}
+
+impl fmt::Debug for SourceMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.lines {
+            Some(lines) => write!(f, "SourceMap({} fields)", lines.len()),
+            None => f.write_str("SourceMap(none)"),
+        }
+    }
+}
+
+impl PartialEq for SourceMap {
+    fn eq(&self, _: &SourceMap) -> bool {
+        true
+    }
+}
+
+impl SourceMap {
+    /// The line of `path`, or of its nearest ancestor that was written.
+    fn line(&self, path: &FieldPath) -> Option<usize> {
+        let lines = self.lines.as_ref()?;
+        let mut segs = path.0.as_slice();
+        // One clone for the lookups, shortened as we go up.
+        let mut probe = FieldPath(segs.to_vec());
+        loop {
+            if segs.is_empty() {
+                return None;
+            }
+            if let Some(line) = lines.get(&probe) {
+                return Some(*line);
+            }
+            segs = &segs[..segs.len() - 1];
+            probe.0.pop();
+        }
+    }
+
+    fn line_of_rendered(&self, field: &str) -> Option<usize> {
+        let lines = self.lines.as_ref()?;
+        // Paths are few; compare renderings, going up to the nearest
+        // ancestor that was written.
+        let mut best: Option<(usize, usize)> = None;
+        for (path, line) in lines.iter() {
+            let rendered = path.to_string();
+            let is_prefix = field == rendered
+                || (field.starts_with(&rendered)
+                    && matches!(field.as_bytes().get(rendered.len()), Some(b'.' | b'[')));
+            if is_prefix && best.is_none_or(|(len, _)| rendered.len() > len) {
+                best = Some((rendered.len(), *line));
+            }
+        }
+        best.map(|(_, line)| line)
+    }
+}
+
+/// One key or array element of a parsed document, with its spans.
+struct Node {
+    path: FieldPath,
+    key: Option<Range<usize>>,
+    value: Range<usize>,
+}
+
+/// Every key and array element of a parsed document.
+fn index_document(doc: &DeTable<'_>) -> Vec<Node> {
+    fn table(t: &DeTable<'_>, path: &mut Vec<Seg>, out: &mut Vec<Node>) {
+        for (k, v) in t.iter() {
+            path.push(Seg::Key(k.get_ref().to_string()));
+            out.push(Node {
+                path: FieldPath(path.clone()),
+                key: Some(k.span()),
+                value: v.span(),
+            });
+            value(v.get_ref(), path, out);
+            path.pop();
+        }
+    }
+    fn value(v: &DeValue<'_>, path: &mut Vec<Seg>, out: &mut Vec<Node>) {
+        match v {
+            DeValue::Table(t) => table(t, path, out),
+            DeValue::Array(a) => {
+                for (i, item) in a.iter().enumerate() {
+                    path.push(Seg::Index(i));
+                    out.push(Node {
+                        path: FieldPath(path.clone()),
+                        key: None,
+                        value: item.span(),
+                    });
+                    value(item.get_ref(), path, out);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    table(doc, &mut Vec::new(), &mut out);
+    out
+}
+
+/// Whether `inner` lies within `outer` (a zero-width `inner` may sit at
+/// `outer`'s end).
+fn span_contains(outer: &Range<usize>, inner: &Range<usize>) -> bool {
+    !outer.is_empty() && outer.start <= inner.start && inner.end <= outer.end
+}
+
+/// The smallest key or value whose span holds `span`.
+fn node_at<'n>(nodes: &'n [Node], span: &Range<usize>) -> Option<&'n Node> {
+    let mut best: Option<(usize, &Node)> = None;
+    for node in nodes {
+        for s in node.key.iter().chain(std::iter::once(&node.value)) {
+            if span_contains(s, span) {
+                let len = s.len();
+                let better = match best {
+                    None => true,
+                    Some((best_len, best_node)) => {
+                        len < best_len
+                            || (len == best_len && node.path.0.len() > best_node.path.0.len())
+                    }
+                };
+                if better {
+                    best = Some((len, node));
+                }
+            }
+        }
+    }
+    best.map(|(_, node)| node)
+}
+
+/// Removes the key or array element `node` from a document, found by its
+/// span (spans survive earlier removals; indices do not).
+fn remove_node(table: &mut DeTable<'_>, node: &Node) -> bool {
+    if let Some(key) = &node.key {
+        let found = table
+            .iter()
+            .find(|(k, _)| k.span() == *key)
+            .map(|(k, _)| k.get_ref().clone());
+        if let Some(k) = found {
+            table.remove(k.as_ref());
+            return true;
+        }
+    }
+    table
+        .iter_mut()
+        .any(|(_, v)| remove_in_value(v.get_mut(), node))
+}
+
+fn remove_in_value(value: &mut DeValue<'_>, node: &Node) -> bool {
+    match value {
+        DeValue::Table(t) => remove_node(t, node),
+        DeValue::Array(items) => {
+            if node.key.is_none()
+                && let Some(i) = items.iter().position(|item| item.span() == node.value)
+            {
+                let mut kept = DeArray::new();
+                for (k, item) in items.iter().enumerate() {
+                    if k != i {
+                        kept.push(item.clone());
+                    }
+                }
+                *items = kept;
+                return true;
+            }
+            items
+                .iter_mut()
+                .any(|item| remove_in_value(item.get_mut(), node))
+        }
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parsing: TOML syntax, then serde, every error kept.
+
+/// Errors reported from one file at most; the rest are left for the next
+/// run.
+const MAX_PARSE_ERRORS: usize = 100;
+
+/// A TOML or serde error placed in the file: its problem, and the key or
+/// array element it is about.
+fn place<'n>(
+    text: &str,
+    nodes: &'n [Node],
+    e: &toml::de::Error,
+    unplaced: &str,
+) -> (Problem, Option<&'n Node>) {
+    // The document itself has the empty span 0..0: an error there is about
+    // the file as a whole, not about line 1.
+    let span = e.span().filter(|s| !(s.start == 0 && s.end == 0));
+    let node = span.as_ref().and_then(|s| node_at(nodes, s));
+    let message = e.message().trim().replace('\n', "; ");
+    let mut path = node.map(|n| n.path.clone()).unwrap_or_default();
+    if let Some(missing) = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split('`').next())
+    {
+        path = path.key(missing);
+    }
+    let field = if path.0.is_empty() {
+        unplaced.to_owned()
+    } else {
+        path.to_string()
+    };
+    let problem = Problem {
+        field,
+        line: span.map(|s| line_of(text, s.start)),
+        message,
+    };
+    (problem, node)
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    let (doc, syntax) = DeTable::parse_recoverable(text);
+    let nodes = index_document(doc.get_ref());
+    if !syntax.is_empty() {
+        let mut problems: Vec<Problem> = Vec::new();
+        for e in syntax.iter().take(MAX_PARSE_ERRORS) {
+            let (problem, _) = place(text, &nodes, e, "(syntax)");
+            if !problems.contains(&problem) {
+                problems.push(problem);
+            }
+        }
+        problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        return Err(ConfigError { problems });
+    }
+
+    // serde stops at the first error. To report the others too, take the
+    // key (or array element) it is about out of the document and try again.
+    let mut current = doc.clone();
+    let mut problems: Vec<Problem> = Vec::new();
+    let mut removed: Vec<FieldPath> = Vec::new();
+    for _ in 0..MAX_PARSE_ERRORS {
+        let e = match Config::deserialize(toml::de::Deserializer::from(current.clone())) {
+            Ok(mut config) if problems.is_empty() => {
+                let lines = nodes
+                    .iter()
+                    .map(|n| {
+                        let start = n.key.as_ref().unwrap_or(&n.value).start;
+                        (n.path.clone(), line_of(text, start))
+                    })
+                    .collect();
+                config.source = SourceMap {
+                    lines: Some(Arc::new(lines)),
+                };
+                return Ok(config);
+            }
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let (problem, node) = place(text, &nodes, &e, "(file)");
+        // A key we took out is then missing: not news.
+        let ours = removed.iter().any(|r| r.to_string() == problem.field);
+        if !ours && !problems.contains(&problem) {
+            problems.push(problem);
+        }
+        let Some(node) = node else { break };
+        if !remove_node(current.get_mut(), node) {
+            break;
+        }
+        removed.push(node.path.clone());
+    }
+    problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+    Err(ConfigError { problems })
+}
+
+// ---------------------------------------------------------------------------
+// Validation and lints.
+
+/// Problems found, with lines looked up by path.
+struct Report<'a> {
+    source: &'a SourceMap,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Report<'a> {
+    fn new(source: &'a SourceMap) -> Self {
+        Report {
+            source,
+            problems: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, path: &FieldPath, message: impl Into<String>) {
+        self.problems.push(Problem {
+            field: path.to_string(),
+            line: self.source.line(path),
+            message: message.into(),
+        });
+    }
+
+    /// `path` for a message, with its line when known: `routes[0] (line 7)`.
+    fn at(&self, path: &FieldPath) -> String {
+        match self.source.line(path) {
+            Some(line) => format!("{path} (line {line})"),
+            None => path.to_string(),
+        }
+    }
+
+    /// The problems in the order of the file (unknown lines last).
+    fn finish(mut self) -> Vec<Problem> {
+        self.problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        self.problems
+    }
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Whether two listening addresses would collide (port 0 never does: it
+/// asks for a fresh port each time).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
+/// A DNS name: dot-separated labels of letters, digits, `-` and `_`, each
+/// 1 to 63 long and not starting or ending with `-`.
+fn dns_name_problem(name: &str) -> Option<String> {
+    if name.len() > 253 {
+        return Some("is longer than 253 characters".into());
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Some("has an empty label (two dots in a row, or a dot at either end)".into());
+        }
+        if label.len() > 63 {
+            return Some(format!("has a label longer than 63 characters ({label:?})"));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_')))
+        {
+            return Some(format!(
+                "has {c:?}, which is not allowed in a host name (letters, digits, '-', '_', '.')"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Some(format!(
+                "has a label starting or ending with '-' ({label:?})"
+            ));
+        }
+    }
+    None
+}
+
+/// What is wrong with a `match.host` pattern, if anything.
+fn host_problem(host: &str) -> Option<String> {
+    if host.is_empty() {
+        return Some("must not be empty; leave `host` out to match every host".into());
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        return match inner.strip_suffix(']').map(str::parse::<Ipv6Addr>) {
+            Some(Ok(_)) => None,
+            _ => Some(format!(
+                "{host:?} is not a bracketed IPv6 address like \"[::1]\" (ports are ignored: leave them out)"
+            )),
+        };
+    }
+    if host.parse::<IpAddr>().is_ok() {
+        return None;
+    }
+    if host.contains(':') {
+        return Some(format!(
+            "{host:?} has a port; ports are ignored when matching, leave it out"
+        ));
+    }
+    let (wild, name) = match host.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, host),
+    };
+    if name.contains('*') {
+        return Some(format!(
+            "{host:?}: a wildcard is only allowed as a leading \"*.\", as in \"*.example.com\""
+        ));
+    }
+    dns_name_problem(name).map(|why| {
+        if wild {
+            format!("{host:?}: the part after \"*.\" {why}")
+        } else {
+            format!("{host:?} {why}")
+        }
+    })
+}
+
+/// What is wrong with a `match.path_prefix`, if anything.
+fn path_prefix_problem(prefix: &str) -> Option<String> {
+    if !prefix.starts_with('/') {
+        return Some(format!("{prefix:?} must start with '/'"));
+    }
+    if prefix.contains(['?', '#']) {
+        return Some(format!(
+            "{prefix:?} must be a path only, without '?' or '#' (queries are not matched)"
+        ));
+    }
+    if prefix.parse::<http::uri::PathAndQuery>().is_err() {
+        return Some(format!(
+            "{prefix:?} is not a valid URI path (percent-encode spaces and other special characters)"
+        ));
+    }
+    None
+}
+
+/// What is wrong with a `match.methods` entry, if anything.
+fn method_problem(method: &str) -> Option<String> {
+    if method.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if http::Method::from_bytes(method.as_bytes()).is_err() {
+        return Some(format!("{method:?} is not an HTTP method"));
+    }
+    if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Some(format!(
+            "{method:?}: methods are case-sensitive; write {:?}",
+            method.to_ascii_uppercase()
+        ));
+    }
+    None
+}
+
+/// A ratio that must be in `[0, 1]`.
+fn check_unit(r: &mut Report<'_>, path: &FieldPath, value: f64) {
+    if !(value.is_finite() && (0.0..=1.0).contains(&value)) {
+        r.add(path, format!("must be between 0 and 1, got {value}"));
+    }
+}
+
+fn validate(c: &Config, r: &mut Report<'_>) {
+    let root = FieldPath::root();
+
+    // Listeners and admin: distinct addresses.
+    if c.listeners.is_empty() {
+        r.add(
+            &root.key("listeners"),
+            "at least one listener is required (leave `listeners` out for 127.0.0.1:4140)",
+        );
+    }
+    let mut addresses: Vec<(FieldPath, SocketAddr)> = c
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (root.key("listeners").index(i).key("address"), l.address))
+        .collect();
+    addresses.push((root.at("admin.address"), c.admin.address));
+    for j in 0..addresses.len() {
+        if let Some((earlier, addr)) = addresses[..j]
+            .iter()
+            .find(|(_, a)| overlaps(*a, addresses[j].1))
+        {
+            let verb = if *addr == addresses[j].1 {
+                "is already used by"
+            } else {
+                "overlaps"
+            };
+            let message = format!("{} {verb} {} ({addr})", addresses[j].1, r.at(earlier));
+            r.add(&addresses[j].0, message);
+        }
+    }
+
+    // Server.
+    if c.server.max_header_bytes < 1024 {
+        r.add(
+            &root.at("server.max_header_bytes"),
+            format!("must be at least 1024, got {}", c.server.max_header_bytes),
+        );
+    }
+    if c.server.watch_interval.is_zero() {
+        r.add(&root.at("server.watch_interval"), "must be greater than 0");
+    }
+
+    // Services.
+    if c.services.is_empty() {
+        r.add(&root.key("services"), "at least one service is required");
+    }
+    let mut names: HashMap<&str, FieldPath> = HashMap::new();
+    for (i, s) in c.services.iter().enumerate() {
+        let sp = root.key("services").index(i);
+        validate_service(s, &sp, r);
+        let name_path = sp.key("name");
+        if s.name.is_empty() {
+            r.add(&name_path, "must not be empty");
+        } else if let Some(c) = s.name.chars().find(|c| !is_name_char(*c)) {
+            r.add(
+                &name_path,
+                format!(
+                    "service name {:?} has {c:?}; use letters, digits, '.', '_' and '-'",
+                    s.name
+                ),
+            );
+        }
+        match names.get(s.name.as_str()) {
+            Some(first) => {
+                let message = format!(
+                    "service name {:?} is already used by {}",
+                    s.name,
+                    r.at(first)
+                );
+                r.add(&name_path, message);
+            }
+            None => {
+                names.insert(&s.name, sp);
+            }
+        }
+    }
+
+    // Routes.
+    if c.routes.is_empty() {
+        r.add(
+            &root.key("routes"),
+            "at least one route is required; a `[[routes]]` table with only `service = \"NAME\"` sends every request to that service",
+        );
+    }
+    let mut known: Vec<&str> = c.services.iter().map(|s| s.name.as_str()).collect();
+    known.sort_unstable();
+    known.dedup();
+    let check_ref = |r: &mut Report<'_>, path: &FieldPath, name: &str| {
+        if !names.contains_key(name) {
+            let listed = if known.is_empty() {
+                "there are no services".to_owned()
+            } else if known.len() <= 10 {
+                format!("services: {}", known.join(", "))
+            } else {
+                format!("services: {}, …", known[..10].join(", "))
+            };
+            r.add(path, format!("no service named {name:?} ({listed})"));
+        }
+    };
+    let mut route_names: HashMap<&str, FieldPath> = HashMap::new();
+    for (i, route) in c.routes.iter().enumerate() {
+        let rp = root.key("routes").index(i);
+        if let Some(name) = &route.name {
+            if name.is_empty() {
+                r.add(
+                    &rp.key("name"),
+                    "must not be empty; leave it out for route-<index>",
+                );
+            } else if let Some(first) = route_names.get(name.as_str()) {
+                let message = format!("route name {name:?} is already used by {}", r.at(first));
+                r.add(&rp.key("name"), message);
+            } else {
+                route_names.insert(name, rp.clone());
+            }
+        }
+        match (&route.service, route.split.is_empty()) {
+            (Some(_), false) => r.add(&rp, "give either `service` or `split`, not both"),
+            (None, true) => r.add(
+                &rp,
+                "a route needs `service = \"NAME\"` or a non-empty `split`",
+            ),
+            _ => {}
+        }
+        if let Some(service) = &route.service {
+            check_ref(r, &rp.key("service"), service);
+        }
+        for (j, leg) in route.split.iter().enumerate() {
+            check_ref(r, &rp.key("split").index(j).key("service"), &leg.service);
+        }
+        if !route.split.is_empty() && route.split.iter().all(|leg| leg.weight == 0) {
+            r.add(&rp.key("split"), "the weights must add up to more than 0");
+        }
+        validate_match(&route.matches, &rp.key("match"), r);
+    }
+}
+
+fn validate_service(s: &Service, sp: &FieldPath, r: &mut Report<'_>) {
+    // Endpoints.
+    if s.endpoints.is_empty() {
+        r.add(
+            &sp.key("endpoints"),
+            "a service needs at least one endpoint",
+        );
+    }
+    let mut seen: HashMap<Address, FieldPath> = HashMap::new();
+    for (j, spec) in s.endpoints.iter().enumerate() {
+        let ep = sp.key("endpoints").index(j);
+        let (address_path, weight) = match spec {
+            EndpointSpec::Address(_) => (ep.clone(), None),
+            EndpointSpec::Detailed { weight, .. } => (ep.key("address"), Some(*weight)),
+        };
+        match Endpoint::parse(spec.address()) {
+            Err(e) => r.add(&address_path, e.to_string()),
+            Ok(endpoint) => {
+                if let Some(weight) = weight
+                    && let Err(e) = endpoint.clone().with_weight(weight)
+                {
+                    r.add(&ep.key("weight"), e.to_string());
+                }
+                match seen.get(endpoint.address()) {
+                    Some(first) => {
+                        let message = format!(
+                            "endpoint {:?} is listed twice (first at {})",
+                            spec.address(),
+                            r.at(first)
+                        );
+                        r.add(&address_path, message);
+                    }
+                    None => {
+                        seen.insert(endpoint.address().clone(), ep);
+                    }
+                }
+            }
+        }
+    }
+
+    // Retry.
+    let retry = &s.retry;
+    if retry.max_attempts < 1 {
+        r.add(
+            &sp.at("retry.max_attempts"),
+            "must be at least 1 (1 means no retries)",
+        );
+    }
+    if retry.backoff_base > retry.backoff_cap {
+        r.add(
+            &sp.at("retry.backoff_base"),
+            format!(
+                "backoff_base ({}) must not exceed backoff_cap ({})",
+                format_duration(retry.backoff_base),
+                format_duration(retry.backoff_cap)
+            ),
+        );
+    }
+    if retry.per_try_timeout == Some(Duration::ZERO) {
+        r.add(
+            &sp.at("retry.per_try_timeout"),
+            "must be greater than 0 (\"none\" for no per-try timeout)",
+        );
+    }
+    for (k, status) in retry.retryable_statuses.iter().enumerate() {
+        if !(100..=599).contains(status) {
+            r.add(
+                &sp.at("retry.retryable_statuses").index(k),
+                format!("{status} is not an HTTP status (100 to 599)"),
+            );
+        }
+    }
+
+    // Budget.
+    let ratio = s.budget.ratio;
+    if !(ratio.is_finite() && ratio >= 0.0) {
+        r.add(
+            &sp.at("budget.ratio"),
+            format!("must be a finite number at least 0, got {ratio}"),
+        );
+    }
+
+    // Deadline.
+    if s.deadline.timeout == Some(Duration::ZERO) {
+        r.add(
+            &sp.at("deadline.timeout"),
+            "must be greater than 0 (\"none\" for no default deadline)",
+        );
+    }
+    if s.deadline.max_timeout.is_zero() {
+        r.add(&sp.at("deadline.max_timeout"), "must be greater than 0");
+    }
+
+    // Ejection.
+    let ej = &s.ejection;
+    let ep = sp.key("ejection");
+    check_unit(r, &ep.key("success_rate"), ej.success_rate);
+    check_unit(r, &ep.key("jitter"), ej.jitter);
+    check_unit(r, &ep.key("max_ejection_percent"), ej.max_ejection_percent);
+    check_unit(r, &ep.key("panic_threshold"), ej.panic_threshold);
+    if ej.base_penalty > ej.max_penalty {
+        r.add(
+            &ep.key("base_penalty"),
+            format!(
+                "base_penalty ({}) must not exceed max_penalty ({})",
+                format_duration(ej.base_penalty),
+                format_duration(ej.max_penalty)
+            ),
+        );
+    }
+
+    // Breaker.
+    let br = &s.breaker;
+    let t = br.error_threshold;
+    if !(t.is_finite() && t > 0.0 && t <= 1.0) {
+        r.add(
+            &sp.at("breaker.error_threshold"),
+            format!("must be greater than 0 and at most 1, got {t}"),
+        );
+    }
+    if br.half_open_probes < 1 {
+        r.add(&sp.at("breaker.half_open_probes"), "must be at least 1");
+    }
+}
+
+fn validate_match(m: &Match, mp: &FieldPath, r: &mut Report<'_>) {
+    if let Some(host) = &m.host
+        && let Some(why) = host_problem(host)
+    {
+        r.add(&mp.key("host"), why);
+    }
+    if let Some(prefix) = &m.path_prefix
+        && let Some(why) = path_prefix_problem(prefix)
+    {
+        r.add(&mp.key("path_prefix"), why);
+    }
+    let mut lowered: HashMap<String, &str> = HashMap::new();
+    for (name, value) in &m.headers {
+        let hp = mp.key("headers").key(name);
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            r.add(&hp, format!("{name:?} is not a valid header name"));
+            continue;
+        }
+        if http::HeaderValue::from_str(value).is_err() {
+            r.add(
+                &hp,
+                format!(
+                    "{value:?} is not a valid header value (visible ASCII, spaces and tabs only)"
+                ),
+            );
+        }
+        if let Some(first) = lowered.insert(name.to_ascii_lowercase(), name) {
+            r.add(
+                &hp,
+                format!("header {name:?} is also given as {first:?} (names are case-insensitive)"),
+            );
+        }
+    }
+    for (k, method) in m.methods.iter().enumerate() {
+        if let Some(why) = method_problem(method) {
+            r.add(&mp.key("methods").index(k), why);
+        }
+    }
+}
+
+/// Whether every request `b` matches also matches `a` (so a route with `a`
+/// before one with `b` leaves the latter unreachable). Conservative: when
+/// in doubt, `false`.
+fn covers(a: &Match, b: &Match) -> bool {
+    let host = match (&a.host, &b.host) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(ha), Some(hb)) => host_covers(ha, hb),
+    };
+    let path = match (&a.path_prefix, &b.path_prefix) {
+        (None, _) => true,
+        // Every request path starts with '/'.
+        (Some(pa), _) if pa == "/" => true,
+        (Some(_), None) => false,
+        (Some(pa), Some(pb)) => {
+            pb == pa
+                || (pb.starts_with(pa.as_str())
+                    && (pa.ends_with('/') || pb[pa.len()..].starts_with('/')))
+        }
+    };
+    let headers = a.headers.iter().all(|(name, value)| {
+        b.headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(name) && v == value)
+    });
+    let methods = a.methods.is_empty()
+        || (!b.methods.is_empty() && b.methods.iter().all(|m| a.methods.contains(m)));
+    host && path && headers && methods
+}
+
+fn host_covers(a: &str, b: &str) -> bool {
+    if a.eq_ignore_ascii_case(b) {
+        return true;
+    }
+    // `*.example.com` matches every name ending in `.example.com`, at any
+    // depth, so it covers those names and narrower wildcards.
+    let Some(suffix) = a.strip_prefix('*') else {
+        return false;
+    };
+    let name = b.strip_prefix('*').unwrap_or(b);
+    name.len() > suffix.len()
+        && name.is_char_boundary(name.len() - suffix.len())
+        && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+}
+
+fn is_catch_all(m: &Match) -> bool {
+    covers(m, &Match::default())
+}
+
+fn lint(c: &Config, r: &mut Report<'_>) {
+    let root = FieldPath::root();
+
+    // Routes that can never match: an earlier route takes all their requests.
+    let mut live = vec![true; c.routes.len()];
+    for (j, route) in c.routes.iter().enumerate() {
+        if let Some(i) = (0..j).find(|&i| covers(&c.routes[i].matches, &route.matches)) {
+            live[j] = false;
+            let earlier = root.key("routes").index(i);
+            let message = if is_catch_all(&c.routes[i].matches) {
+                format!(
+                    "unreachable: {} before it matches every request",
+                    r.at(&earlier)
+                )
+            } else {
+                format!(
+                    "unreachable: {} before it matches every request this route matches",
+                    r.at(&earlier)
+                )
+            };
+            r.add(&root.key("routes").index(j), message);
+        }
+    }
+
+    // Which live routes reach each service.
+    let mut reaching: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, route) in c.routes.iter().enumerate() {
+        if !live[i] {
+            continue;
+        }
+        let mut targets: Vec<&str> = route.service.iter().map(String::as_str).collect();
+        targets.extend(
+            route
+                .split
+                .iter()
+                .filter(|leg| leg.weight > 0)
+                .map(|leg| leg.service.as_str()),
+        );
+        for target in targets {
+            let routes = reaching.entry(target).or_default();
+            if routes.last() != Some(&i) {
+                routes.push(i);
+            }
+        }
+    }
+
+    for (i, s) in c.services.iter().enumerate() {
+        let sp = root.key("services").index(i);
+        let retry = &s.retry;
+        let timeout = s.deadline.timeout;
+
+        if let (Some(per_try), Some(timeout)) = (retry.per_try_timeout, timeout) {
+            let total = per_try.saturating_mul(retry.max_attempts.max(1));
+            if total > timeout {
+                let message = if retry.max_attempts <= 1 || per_try >= timeout {
+                    format!(
+                        "per_try_timeout ({}) is not shorter than deadline.timeout ({}): the deadline always ends an attempt first, so the per-try timeout never fires",
+                        format_duration(per_try),
+                        format_duration(timeout)
+                    )
+                } else {
+                    format!(
+                        "per_try_timeout × max_attempts ({} × {} = {}) exceeds deadline.timeout ({}): when attempts time out, the later ones can never run",
+                        retry.max_attempts,
+                        format_duration(per_try),
+                        format_duration(total),
+                        format_duration(timeout)
+                    )
+                };
+                r.add(&sp.at("retry.per_try_timeout"), message);
+            }
+        }
+
+        if s.budget.ratio > 1.0 {
+            r.add(
+                &sp.at("budget.ratio"),
+                format!(
+                    "a ratio of {} allows more retries than requests: the budget no longer stops retry storms (0.2 is the default)",
+                    s.budget.ratio
+                ),
+            );
+        }
+
+        if retry.max_attempts > 1
+            && let Some(t) = timeout
+            && retry.backoff_cap >= t
+        {
+            r.add(
+                &sp.at("retry.backoff_cap"),
+                format!(
+                    "backoff_cap ({}) is not shorter than deadline.timeout ({}): a retry that backs off that long always misses the deadline",
+                    format_duration(retry.backoff_cap),
+                    format_duration(t)
+                ),
+            );
+        }
+
+        if let Some(t) = timeout
+            && t > s.deadline.max_timeout
+        {
+            r.add(
+                &sp.at("deadline.timeout"),
+                format!(
+                    "the default deadline ({}) is longer than max_timeout ({}), the longest a caller may ask for",
+                    format_duration(t),
+                    format_duration(s.deadline.max_timeout)
+                ),
+            );
+        }
+
+        match reaching.get(s.name.as_str()) {
+            None => {
+                r.add(
+                    &sp.key("name"),
+                    format!("no reachable route sends traffic to service {:?}", s.name),
+                );
+            }
+            Some(routes) if retry.max_attempts > 1 => {
+                let only_unsafe = routes.iter().all(|&k| {
+                    let methods = &c.routes[k].matches.methods;
+                    !methods.is_empty()
+                        && methods.iter().all(|m| {
+                            http::Method::from_bytes(m.as_bytes())
+                                .is_ok_and(|m| !crate::retry::is_idempotent(&m))
+                        })
+                });
+                if only_unsafe {
+                    let listed: Vec<String> = routes
+                        .iter()
+                        .map(|&k| r.at(&root.key("routes").index(k)))
+                        .collect();
+                    r.add(
+                        &sp.at("retry.max_attempts"),
+                        format!(
+                            "max_attempts is {}, but every route to {:?} ({}) takes only non-idempotent methods: only requests refused before they were sent are retried (set max_attempts = 1 to say so)",
+                            retry.max_attempts,
+                            s.name,
+                            listed.join(", ")
+                        ),
+                    );
+                }
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PALISADE: &str = include_str!("../../examples/palisade.toml");
+    const MINIMAL: &str = include_str!("../../examples/minimal.toml");
+
+    /// The problems of an invalid file, as (field, line, message).
+    fn errors(text: &str) -> Vec<(String, Option<usize>, String)> {
+        match Config::from_toml(text) {
+            Ok(_) => panic!("expected errors for:\n{text}"),
+            Err(e) => e
+                .problems
+                .into_iter()
+                .map(|p| (p.field, p.line, p.message))
+                .collect(),
+        }
+    }
+
+    /// Asserts one problem has this field and line, and a message with `needle`.
+    #[track_caller]
+    fn assert_has(
+        problems: &[(String, Option<usize>, String)],
+        field: &str,
+        line: Option<usize>,
+        needle: &str,
+    ) {
+        assert!(
+            problems
+                .iter()
+                .any(|(f, l, m)| f == field && *l == line && m.contains(needle)),
+            "no problem {field} at {line:?} containing {needle:?} in:\n{problems:#?}"
+        );
+    }
+
+    /// The lints of a valid file, as (field, line, message).
+    fn lints(text: &str) -> Vec<(String, Option<usize>, String)> {
+        let config = Config::from_toml(text).unwrap_or_else(|e| panic!("invalid:\n{e}"));
+        config
+            .lints()
+            .into_iter()
+            .map(|p| (p.field, p.line, p.message))
+            .collect()
+    }
+
+    const ROUTE: &str = "\n[[routes]]\nservice = \"app\"\n";
+
+    #[test]
+    fn examples_parse_and_have_no_lints() {
+        for (name, text) in [("palisade.toml", PALISADE), ("minimal.toml", MINIMAL)] {
+            let config = Config::from_toml(text).unwrap_or_else(|e| panic!("{name}:\n{e}"));
+            assert_eq!(config.lints(), vec![], "{name}");
+        }
+        let config = Config::from_toml(PALISADE).unwrap();
+        assert_eq!(config.services.len(), 2);
+        assert_eq!(config.routes.len(), 5);
+        // The fuller example writes every default out for `web`.
+        let web = &config.services[0];
+        assert_eq!(web.balancer, Balancer::default());
+        assert_eq!(web.retry, Retry::default());
+        assert_eq!(web.budget, Budget::default());
+        assert_eq!(web.deadline, Deadline::default());
+        assert_eq!(web.ejection, Ejection::default());
+        assert_eq!(web.breaker, Breaker::default());
+        assert_eq!(config.server, Server::default());
+        assert_eq!(config.admin, Admin::default());
+        assert_eq!(config.listeners, vec![Listener::default()]);
+        assert_eq!(config.routes[2].matches.methods, ["GET", "HEAD"]);
+        let minimal = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(minimal.listeners, vec![Listener::default()]);
+    }
+
+    #[test]
+    fn defaults_match_the_library() {
+        let lib = crate::balance::EjectionConfig::default();
+        let ours = Ejection::default();
+        assert_eq!(
+            (
+                lib.enabled,
+                lib.consecutive_failures,
+                lib.success_rate,
+                lib.window
+            ),
+            (
+                ours.enabled,
+                ours.consecutive_failures,
+                ours.success_rate,
+                ours.window
+            )
+        );
+        assert_eq!(
+            (lib.min_requests, lib.base_penalty, lib.max_penalty),
+            (ours.min_requests, ours.base_penalty, ours.max_penalty)
+        );
+        assert_eq!(
+            (lib.jitter, lib.max_ejection_percent, lib.panic_threshold),
+            (ours.jitter, ours.max_ejection_percent, ours.panic_threshold)
+        );
+        let lib = crate::balance::BalanceConfig::default();
+        let ours = Balancer::default();
+        assert_eq!(
+            (
+                lib.decay,
+                lib.default_rtt,
+                lib.failure_penalty,
+                lib.endpoint_wait
+            ),
+            (
+                ours.decay,
+                ours.default_rtt,
+                ours.failure_penalty,
+                ours.endpoint_wait
+            )
+        );
+        assert_eq!(
+            crate::retry::Backoff::default(),
+            crate::retry::Backoff::new(Retry::default().backoff_base, Retry::default().backoff_cap)
+        );
+    }
+
+    #[test]
+    fn round_trips_through_toml_and_json() {
+        let config = Config::from_toml(PALISADE).unwrap();
+        let text = toml::to_string(&config).unwrap();
+        let again = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(again, config);
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(json["services"][0]["deadline"]["timeout"], "15s");
+        assert_eq!(json["services"][0]["retry"]["per_try_timeout"], "none");
+        assert_eq!(json["services"][0]["ejection"]["max_penalty"], "1m");
+    }
+
+    #[test]
+    fn durations_take_humantime_and_none() {
+        let config = Config::from_toml(
+            r#"
+            [[services]]
+            name = "app"
+            endpoints = ["127.0.0.1:1"]
+            deadline = { timeout = "none", max_timeout = "1m 30s" }
+            retry = { per_try_timeout = "250ms", backoff_cap = "1.5s" }
+            [[routes]]
+            service = "app"
+            "#,
+        )
+        .unwrap();
+        let s = &config.services[0];
+        assert_eq!(s.deadline.timeout, None);
+        assert_eq!(s.deadline.max_timeout, Duration::from_secs(90));
+        assert_eq!(s.retry.per_try_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(s.retry.backoff_cap, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn endpoint_specs() {
+        let config = Config::from_toml(
+            r#"
+            [[services]]
+            name = "app"
+            endpoints = ["10.0.0.1:80", { address = "db.internal:5432", weight = 3, labels = { zone = "a" } }]
+            [[routes]]
+            service = "app"
+            "#,
+        )
+        .unwrap();
+        let eps = &config.services[0].endpoints;
+        assert_eq!(eps[0], EndpointSpec::Address("10.0.0.1:80".into()));
+        let ep = eps[1].to_endpoint().unwrap();
+        assert_eq!(ep.weight(), 3.0);
+        assert_eq!(ep.labels()["zone"], "a");
+        assert_eq!(eps[1].address(), "db.internal:5432");
+    }
+
+    #[test]
+    fn services_are_required_and_checked() {
+        let p = errors("services = []\n[[routes]]\nservice = \"x\"\n");
+        assert_has(&p, "services", Some(1), "at least one service");
+        assert_has(
+            &p,
+            "routes[0].service",
+            Some(3),
+            "no service named \"x\" (there are no services)",
+        );
+
+        let p = errors(&format!(
+            "[[services]]\nname = \"\"\nendpoints = [\"127.0.0.1:1\"]\n\
+             [[services]]\nname = \"a b\"\nendpoints = [\"127.0.0.1:1\"]\n\
+             [[services]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\n\
+             [[services]]\nname = \"app\"\nendpoints = []\n{ROUTE}"
+        ));
+        assert_has(&p, "services[0].name", Some(2), "must not be empty");
+        assert_has(&p, "services[1].name", Some(5), "has ' '");
+        assert_has(
+            &p,
+            "services[3].name",
+            Some(11),
+            "already used by services[2] (line 7)",
+        );
+        assert_has(
+            &p,
+            "services[3].endpoints",
+            Some(12),
+            "at least one endpoint",
+        );
+        assert_eq!(p.len(), 4, "{p:#?}");
+    }
+
+    #[test]
+    fn endpoints_are_checked_with_the_library_messages() {
+        let p = errors(&format!(
+            r#"[[services]]
+name = "app"
+endpoints = [
+  "127.0.0.1:1",
+  "no-port",
+  {{ address = "127.0.0.1:2", weight = 0.0 }},
+  {{ address = "bad host:80" }},
+  "127.0.0.1:1",
+  {{ address = "127.0.0.1:3", weight = nan }},
+]
+{ROUTE}"#
+        ));
+        assert_has(
+            &p,
+            "services[0].endpoints[1]",
+            Some(5),
+            "endpoint \"no-port\": expected host:port",
+        );
+        assert_has(
+            &p,
+            "services[0].endpoints[2].weight",
+            Some(6),
+            "weight must be finite and greater than 0, got 0",
+        );
+        assert_has(
+            &p,
+            "services[0].endpoints[3].address",
+            Some(7),
+            "host must be an IP address",
+        );
+        assert_has(
+            &p,
+            "services[0].endpoints[4]",
+            Some(8),
+            "listed twice (first at services[0].endpoints[0] (line 4))",
+        );
+        assert_has(&p, "services[0].endpoints[5].weight", Some(9), "got NaN");
+        assert_eq!(p.len(), 5, "{p:#?}");
+    }
+
+    #[test]
+    fn policies_are_range_checked() {
+        let text = r#"[[services]]
+name = "app"
+endpoints = ["127.0.0.1:1"]
+[services.retry]
+max_attempts = 0
+backoff_base = "1s"
+backoff_cap = "100ms"
+per_try_timeout = "0s"
+retryable_statuses = [503, 99, 600]
+[services.budget]
+ratio = -0.5
+[services.deadline]
+timeout = "0s"
+max_timeout = "0s"
+[services.ejection]
+success_rate = 1.5
+jitter = -0.1
+max_ejection_percent = inf
+panic_threshold = nan
+base_penalty = "2m"
+max_penalty = "1m"
+[services.breaker]
+error_threshold = 0.0
+half_open_probes = 0
+
+[[routes]]
+service = "app"
+"#;
+        let p = errors(text);
+        let s = "services[0]";
+        assert_has(
+            &p,
+            &format!("{s}.retry.max_attempts"),
+            Some(5),
+            "at least 1",
+        );
+        assert_has(
+            &p,
+            &format!("{s}.retry.backoff_base"),
+            Some(6),
+            "backoff_base (1s) must not exceed backoff_cap (100ms)",
+        );
+        assert_has(
+            &p,
+            &format!("{s}.retry.per_try_timeout"),
+            Some(8),
+            "greater than 0",
+        );
+        assert_has(
+            &p,
+            &format!("{s}.retry.retryable_statuses[1]"),
+            Some(9),
+            "99 is not an HTTP status",
+        );
+        assert_has(
+            &p,
+            &format!("{s}.retry.retryable_statuses[2]"),
+            Some(9),
+            "600 is not an HTTP status",
+        );
+        assert_has(
+            &p,
+            &format!("{s}.budget.ratio"),
+            Some(11),
+            "at least 0, got -0.5",
+        );
+        assert_has(
+            &p,
+            &format!("{s}.deadline.timeout"),
+            Some(13),
+            "greater than 0",
+        );
+        assert_has(
+            &p,
+            &format!("{s}.deadline.max_timeout"),
+            Some(14),
+            "greater than 0",
+        );
+        assert_has(
+            &p,
+            &format!("{s}.ejection.success_rate"),
+            Some(16),
+            "between 0 and 1, got 1.5",
+        );
+        assert_has(&p, &format!("{s}.ejection.jitter"), Some(17), "got -0.1");
+        assert_has(
+            &p,
+            &format!("{s}.ejection.max_ejection_percent"),
+            Some(18),
+            "got inf",
+        );
+        assert_has(
+            &p,
+            &format!("{s}.ejection.panic_threshold"),
+            Some(19),
+            "got NaN",
+        );
+        assert_has(
+            &p,
+            &format!("{s}.ejection.base_penalty"),
+            Some(20),
+            "must not exceed max_penalty (1m)",
+        );
+        assert_has(
+            &p,
+            &format!("{s}.breaker.error_threshold"),
+            Some(23),
+            "greater than 0 and at most 1",
+        );
+        assert_has(
+            &p,
+            &format!("{s}.breaker.half_open_probes"),
+            Some(24),
+            "at least 1",
+        );
+        assert_eq!(p.len(), 15, "{p:#?}");
+        // In file order.
+        let lines: Vec<_> = p.iter().map(|(_, l, _)| l.unwrap()).collect();
+        assert!(lines.is_sorted(), "{lines:?}");
+
+        let p = errors(
+            "[[services]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\nbudget = { ratio = inf }\nbreaker = { error_threshold = 1.01 }\n[[routes]]\nservice = \"app\"\n",
+        );
+        assert_has(&p, "services[0].budget.ratio", Some(4), "finite");
+        assert_has(
+            &p,
+            "services[0].breaker.error_threshold",
+            Some(5),
+            "got 1.01",
+        );
+    }
+
+    #[test]
+    fn routes_are_checked() {
+        let text = r#"[[services]]
+name = "app"
+endpoints = ["127.0.0.1:1"]
+
+[[routes]]
+service = "ap"
+
+[[routes]]
+service = "app"
+split = [{ service = "app", weight = 1 }]
+
+[[routes]]
+name = "nothing"
+
+[[routes]]
+split = [
+  { service = "app", weight = 0 },
+  { service = "gone", weight = 0 },
+]
+
+[[routes]]
+name = "nothing"
+service = "app"
+"#;
+        let p = errors(text);
+        assert_has(
+            &p,
+            "routes[0].service",
+            Some(6),
+            "no service named \"ap\" (services: app)",
+        );
+        assert_has(
+            &p,
+            "routes[1]",
+            Some(8),
+            "either `service` or `split`, not both",
+        );
+        assert_has(
+            &p,
+            "routes[2]",
+            Some(12),
+            "needs `service = \"NAME\"` or a non-empty `split`",
+        );
+        assert_has(&p, "routes[3].split", Some(16), "add up to more than 0");
+        assert_has(
+            &p,
+            "routes[3].split[1].service",
+            Some(18),
+            "no service named \"gone\"",
+        );
+        assert_has(
+            &p,
+            "routes[4].name",
+            Some(22),
+            "already used by routes[2] (line 12)",
+        );
+        assert_eq!(p.len(), 6, "{p:#?}");
+
+        let p = errors("[[services]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\n");
+        assert_has(&p, "routes", None, "at least one route");
+    }
+
+    #[test]
+    fn matches_are_checked() {
+        let text = r#"[[services]]
+name = "app"
+endpoints = ["127.0.0.1:1"]
+
+[[routes]]
+service = "app"
+[routes.match]
+path_prefix = "api"
+host = ""
+methods = ["GET", "get", "G T", ""]
+[routes.match.headers]
+"bad header" = "x"
+x-ok = "line\u0001break"
+X-Dup = "1"
+x-dup = "1"
+
+[[routes]]
+service = "app"
+match = { host = "*.ex*ample.com", path_prefix = "/a?b" }
+
+[[routes]]
+service = "app"
+match = { host = "example.com:8080" }
+
+[[routes]]
+service = "app"
+match = { host = "bad.exa mple.com" }
+
+[[routes]]
+service = "app"
+match = { host = "[::1]", path_prefix = "/ok/" }
+
+[[routes]]
+service = "app"
+match = { host = "[nope]" }
+
+[[routes]]
+service = "app"
+match = { host = "*.-bad.com" }
+"#;
+        let p = errors(text);
+        let m = "routes[0].match";
+        assert_has(
+            &p,
+            &format!("{m}.path_prefix"),
+            Some(8),
+            "must start with '/'",
+        );
+        assert_has(&p, &format!("{m}.host"), Some(9), "must not be empty");
+        assert_has(
+            &p,
+            &format!("{m}.methods[1]"),
+            Some(10),
+            "case-sensitive; write \"GET\"",
+        );
+        assert_has(
+            &p,
+            &format!("{m}.methods[2]"),
+            Some(10),
+            "not an HTTP method",
+        );
+        assert_has(
+            &p,
+            &format!("{m}.methods[3]"),
+            Some(10),
+            "must not be empty",
+        );
+        assert_has(
+            &p,
+            &format!("{m}.headers.\"bad header\""),
+            Some(12),
+            "not a valid header name",
+        );
+        assert_has(
+            &p,
+            &format!("{m}.headers.x-ok"),
+            Some(13),
+            "not a valid header value",
+        );
+        assert_has(
+            &p,
+            &format!("{m}.headers.x-dup"),
+            Some(15),
+            "also given as \"X-Dup\"",
+        );
+        assert_has(
+            &p,
+            "routes[1].match.host",
+            Some(19),
+            "only allowed as a leading \"*.\"",
+        );
+        assert_has(
+            &p,
+            "routes[1].match.path_prefix",
+            Some(19),
+            "without '?' or '#'",
+        );
+        assert_has(&p, "routes[2].match.host", Some(23), "has a port");
+        assert_has(
+            &p,
+            "routes[3].match.host",
+            Some(27),
+            "not allowed in a host name",
+        );
+        assert_has(&p, "routes[5].match.host", Some(35), "bracketed IPv6");
+        assert_has(
+            &p,
+            "routes[6].match.host",
+            Some(39),
+            "the part after \"*.\" has a label starting or ending with '-'",
+        );
+        assert_eq!(p.len(), 14, "{p:#?}");
+    }
+
+    #[test]
+    fn addresses_must_be_distinct() {
+        let text = format!(
+            r#"[[listeners]]
+address = "127.0.0.1:4140"
+[[listeners]]
+address = "127.0.0.1:4140"
+[[listeners]]
+address = "0.0.0.0:9990"
+[[listeners]]
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:9990"
+[server]
+max_header_bytes = 100
+watch_interval = "0s"
+[[services]]
+name = "app"
+endpoints = ["127.0.0.1:1"]
+{ROUTE}"#
+        );
+        let p = errors(&text);
+        assert_has(
+            &p,
+            "listeners[1].address",
+            Some(4),
+            "127.0.0.1:4140 is already used by listeners[0].address (line 2)",
+        );
+        assert_has(
+            &p,
+            "admin.address",
+            Some(10),
+            "overlaps listeners[2].address (line 6) (0.0.0.0:9990)",
+        );
+        assert_has(
+            &p,
+            "server.max_header_bytes",
+            Some(12),
+            "at least 1024, got 100",
+        );
+        assert_has(&p, "server.watch_interval", Some(13), "greater than 0");
+        assert_eq!(p.len(), 4, "{p:#?}");
+
+        // Port 0 never collides: tests bind everything to fresh ports.
+        Config::from_toml(&format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\
+             [admin]\naddress = \"127.0.0.1:0\"\n[[services]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\n{ROUTE}"
+        ))
+        .unwrap();
+        let p = errors(&format!(
+            "[[listeners]]\naddress = \"localhost:80\"\n[admin]\naddress = 9990\n[[services]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\n{ROUTE}"
+        ));
+        assert_has(
+            &p,
+            "listeners[0].address",
+            Some(2),
+            "invalid socket address \"localhost:80\": write an IP address and a port",
+        );
+        assert_has(
+            &p,
+            "admin.address",
+            Some(4),
+            "expected a socket address such as \"127.0.0.1:4140\"",
+        );
+        let p = errors(&format!(
+            "listeners = []\n[[services]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\n{ROUTE}"
+        ));
+        assert_has(&p, "listeners", Some(1), "at least one listener");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"[[listeners]]
+address = "127.0.0.1:9990"
+
+[[services]]
+name = "a"
+endpoints = ["nope"]
+retry = { max_attempts = 0 }
+
+[[services]]
+name = "a"
+endpoints = ["127.0.0.1:1"]
+breaker = { half_open_probes = 0 }
+
+[[routes]]
+match = { path_prefix = "x" }
+service = "b"
+"#;
+        let p = errors(text);
+        assert_has(
+            &p,
+            "admin.address",
+            None,
+            "127.0.0.1:9990 is already used by listeners[0].address (line 2)",
+        );
+        assert_has(
+            &p,
+            "services[0].endpoints[0]",
+            Some(6),
+            "expected host:port",
+        );
+        assert_has(&p, "services[0].retry.max_attempts", Some(7), "at least 1");
+        assert_has(
+            &p,
+            "services[1].name",
+            Some(10),
+            "already used by services[0] (line 4)",
+        );
+        assert_has(
+            &p,
+            "services[1].breaker.half_open_probes",
+            Some(12),
+            "at least 1",
+        );
+        assert_has(
+            &p,
+            "routes[0].match.path_prefix",
+            Some(15),
+            "start with '/'",
+        );
+        assert_has(&p, "routes[0].service", Some(16), "no service named \"b\"");
+        assert_eq!(p.len(), 7, "{p:#?}");
+        let err = Config::from_toml(text).unwrap_err().to_string();
+        assert!(
+            err.contains("line 6: services[0].endpoints[0]: endpoint \"nope\": expected host:port"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_lines() {
+        let p = errors("[[services]]\nname = \"app\"\n[server\ngrace_period = \"1s\"\n");
+        assert_has(&p, "(syntax)", Some(3), "unclosed table");
+
+        // Every syntax error, in file order.
+        let p = errors("a = \"\\q\"\nb = [1,\nc = 3\n");
+        assert!(p.len() >= 3, "{p:#?}");
+        assert_eq!(p[0].1, Some(1), "{p:#?}");
+        assert!(p.iter().all(|(_, l, _)| l.is_some()), "{p:#?}");
+        let lines: Vec<_> = p.iter().map(|(_, l, _)| l.unwrap()).collect();
+        assert!(lines.is_sorted(), "{lines:?}");
+
+        let p = errors("x = 1\nx = 2\n");
+        assert_has(&p, "(syntax)", Some(2), "duplicate key");
+        assert!(p.iter().all(|(_, _, m)| !m.contains('\n')), "{p:#?}");
+    }
+
+    #[test]
+    fn type_errors_have_fields_and_lines() {
+        // A bad duration, with humantime's reason.
+        let p = errors("[server]\ngrace_period = \"10 parsecs\"\n");
+        assert_has(
+            &p,
+            "server.grace_period",
+            Some(2),
+            "invalid duration \"10 parsecs\": unknown time unit \"parsecs\"",
+        );
+        assert_has(&p, "server.grace_period", Some(2), "\"1m 30s\"");
+
+        // Unknown keys, at every level.
+        let p = errors(&format!(
+            "[[services]]\nname = \"app\"\nendpoints = [{{ address = \"127.0.0.1:1\", wieght = 2 }}]\nretri = {{}}\n{ROUTE}"
+        ));
+        assert_has(&p, "services[0].retri", Some(4), "unknown field `retri`");
+        assert_has(
+            &p,
+            "services[0].endpoints[0].wieght",
+            Some(3),
+            "unknown field `wieght`",
+        );
+
+        // A wrong type.
+        let p = errors(&format!(
+            "[[services]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\n[services.retry]\nmax_attempts = \"three\"\n{ROUTE}"
+        ));
+        assert_has(
+            &p,
+            "services[0].retry.max_attempts",
+            Some(5),
+            "invalid type: string \"three\", expected u32",
+        );
+        let p = errors(&format!(
+            "[[services]]\nname = 5\nendpoints = [\"127.0.0.1:1\"]\n{ROUTE}"
+        ));
+        assert_has(
+            &p,
+            "services[0].name",
+            Some(2),
+            "invalid type: integer `5`, expected a string",
+        );
+        assert_eq!(
+            p.len(),
+            1,
+            "the name taken out is not reported missing: {p:#?}"
+        );
+        let p = errors("services = 5\n");
+        assert_has(&p, "services", Some(1), "invalid type");
+        let p = errors(&format!(
+            "[[services]]\nname = \"app\"\nendpoints = [7]\n{ROUTE}"
+        ));
+        assert_has(
+            &p,
+            "services[0].endpoints[0]",
+            Some(3),
+            "expected an endpoint",
+        );
+        let p = errors(&format!(
+            "[[services]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\ndeadline = {{ timeout = 15 }}\n{ROUTE}"
+        ));
+        assert_has(
+            &p,
+            "services[0].deadline.timeout",
+            Some(4),
+            "expected a duration string",
+        );
+
+        // Missing fields name the field.
+        let p =
+            errors("[[services]]\nname = \"app\"\nendpoints = []\n[[services]]\nendpoints = []\n");
+        assert_has(&p, "services[1].name", Some(4), "missing field `name`");
+        let p = errors("");
+        assert_has(&p, "services", None, "missing field `services`");
+    }
+
+    #[test]
+    fn type_errors_in_many_places_are_all_reported() {
+        let text = r#"bogus = 1
+[[services]]
+name = "a"
+endpoints = ["127.0.0.1:1"]
+retry = { max_attempts = -1 }
+
+[[services]]
+name = "b"
+endpoints = ["127.0.0.1:2"]
+breaker = { window = "soon" }
+
+[server]
+max_header_bytes = "big"
+
+[[routes]]
+service = "a"
+match = { methods = "GET" }
+also_bogus = true
+"#;
+        let p = errors(text);
+        assert_has(&p, "bogus", Some(1), "unknown field `bogus`");
+        assert_has(
+            &p,
+            "services[0].retry.max_attempts",
+            Some(5),
+            "invalid value: integer `-1`",
+        );
+        assert_has(
+            &p,
+            "services[1].breaker.window",
+            Some(10),
+            "invalid duration \"soon\"",
+        );
+        assert_has(&p, "server.max_header_bytes", Some(13), "invalid type");
+        assert_has(&p, "routes[0].match.methods", Some(17), "invalid type");
+        assert_has(
+            &p,
+            "routes[0].also_bogus",
+            Some(18),
+            "unknown field `also_bogus`",
+        );
+        let lines: Vec<_> = p.iter().map(|(_, l, _)| l.unwrap()).collect();
+        assert!(lines.is_sorted(), "{lines:?}");
+    }
+
+    const TWO: &str = r#"[[services]]
+name = "app"
+endpoints = ["127.0.0.1:1"]
+"#;
+
+    #[test]
+    fn lint_per_try_timeout_times_attempts() {
+        let p = lints(&format!(
+            "{TWO}[services.retry]\nper_try_timeout = \"6s\"\n[services.deadline]\ntimeout = \"15s\"\n{ROUTE}"
+        ));
+        assert_has(
+            &p,
+            "services[0].retry.per_try_timeout",
+            Some(5),
+            "(3 × 6s = 18s) exceeds deadline.timeout (15s)",
+        );
+        assert_eq!(p.len(), 1, "{p:#?}");
+        let p = lints(&format!(
+            "{TWO}retry = {{ max_attempts = 1, per_try_timeout = \"20s\" }}\n{ROUTE}"
+        ));
+        assert_has(
+            &p,
+            "services[0].retry.per_try_timeout",
+            Some(4),
+            "never fires",
+        );
+        // 3 × 5s fits in 15s exactly; no deadline means nothing to exceed.
+        assert_eq!(
+            lints(&format!(
+                "{TWO}retry = {{ per_try_timeout = \"5s\" }}\n{ROUTE}"
+            )),
+            vec![]
+        );
+        assert_eq!(
+            lints(&format!(
+                "{TWO}retry = {{ per_try_timeout = \"1h\" }}\ndeadline = {{ timeout = \"none\" }}\n{ROUTE}"
+            )),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn lint_budget_ratio_above_one() {
+        let p = lints(&format!("{TWO}budget = {{ ratio = 1.5 }}\n{ROUTE}"));
+        assert_has(
+            &p,
+            "services[0].budget.ratio",
+            Some(4),
+            "more retries than requests",
+        );
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            lints(&format!("{TWO}budget = {{ ratio = 1 }}\n{ROUTE}")),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn lint_retries_behind_non_idempotent_routes() {
+        let text = format!(
+            "{TWO}\n[[routes]]\nmatch = {{ methods = [\"POST\", \"PATCH\"] }}\nservice = \"app\"\n"
+        );
+        let p = lints(&text);
+        assert_has(
+            &p,
+            "services[0].retry.max_attempts",
+            Some(1),
+            "every route to \"app\" (routes[0] (line 5)) takes only non-idempotent methods",
+        );
+        assert_eq!(p.len(), 1, "{p:#?}");
+        // Not when retries are off, nor when some route allows an idempotent method.
+        assert_eq!(
+            lints(&format!(
+                "{TWO}retry = {{ max_attempts = 1 }}\n[[routes]]\nmatch = {{ methods = [\"POST\"] }}\nservice = \"app\"\n"
+            )),
+            vec![]
+        );
+        assert_eq!(
+            lints(&format!(
+                "{TWO}[[routes]]\nmatch = {{ methods = [\"POST\"] }}\nservice = \"app\"\n\
+                 [[routes]]\nmatch = {{ methods = [\"PUT\"] }}\nservice = \"app\"\n"
+            )),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn lint_backoff_cap_and_timeouts() {
+        let p = lints(&format!(
+            "{TWO}retry = {{ backoff_cap = \"2s\" }}\ndeadline = {{ timeout = \"2s\" }}\n{ROUTE}"
+        ));
+        assert_has(
+            &p,
+            "services[0].retry.backoff_cap",
+            Some(4),
+            "backoff_cap (2s) is not shorter than deadline.timeout (2s)",
+        );
+        assert_eq!(p.len(), 1, "{p:#?}");
+        let p = lints(&format!("{TWO}deadline = {{ timeout = \"10m\" }}\n{ROUTE}"));
+        assert_has(
+            &p,
+            "services[0].deadline.timeout",
+            Some(4),
+            "longer than max_timeout (5m)",
+        );
+        assert_eq!(p.len(), 1, "{p:#?}");
+    }
+
+    #[test]
+    fn lint_unreachable_routes_and_services() {
+        let text = r#"[[services]]
+name = "app"
+endpoints = ["127.0.0.1:1"]
+[[services]]
+name = "other"
+endpoints = ["127.0.0.1:2"]
+[[services]]
+name = "third"
+endpoints = ["127.0.0.1:3"]
+
+[[routes]]
+match = { path_prefix = "/api", methods = ["GET", "PUT"] }
+service = "app"
+
+[[routes]]
+match = { path_prefix = "/api/v1", methods = ["GET"], headers = { x-a = "1" } }
+service = "other"
+
+[[routes]]
+match = { path_prefix = "/apiv2" }
+split = [{ service = "third", weight = 0 }, { service = "app", weight = 1 }]
+
+[[routes]]
+service = "app"
+
+[[routes]]
+match = { host = "example.com" }
+service = "other"
+"#;
+        let p = lints(text);
+        assert_has(
+            &p,
+            "routes[1]",
+            Some(15),
+            "unreachable: routes[0] (line 11) before it matches every request this route matches",
+        );
+        assert_has(
+            &p,
+            "routes[4]",
+            Some(26),
+            "unreachable: routes[3] (line 23) before it matches every request",
+        );
+        assert_has(
+            &p,
+            "services[1].name",
+            Some(5),
+            "no reachable route sends traffic to service \"other\"",
+        );
+        assert_has(&p, "services[2].name", Some(8), "no reachable route");
+        assert_eq!(p.len(), 4, "{p:#?}");
+    }
+
+    #[test]
+    fn route_coverage() {
+        let m = |host: Option<&str>, path: Option<&str>| Match {
+            host: host.map(Into::into),
+            path_prefix: path.map(Into::into),
+            ..Match::default()
+        };
+        assert!(covers(&m(None, Some("/")), &m(Some("a.com"), None)));
+        assert!(covers(&m(None, Some("/api")), &m(None, Some("/api/x"))));
+        assert!(covers(&m(None, Some("/api/")), &m(None, Some("/api/x"))));
+        assert!(!covers(&m(None, Some("/api")), &m(None, Some("/apix"))));
+        assert!(!covers(&m(None, Some("/api/")), &m(None, Some("/api"))));
+        assert!(covers(&m(Some("*.a.com"), None), &m(Some("X.A.com"), None)));
+        assert!(!covers(&m(Some("*.a.com"), None), &m(Some("a.com"), None)));
+        let wild = |h| m(Some(h), None);
+        assert!(covers(&wild("*.a.com"), &wild("x.y.a.com")));
+        assert!(covers(&wild("*.a.com"), &wild("*.y.a.com")));
+        assert!(!covers(&wild("*.y.a.com"), &wild("*.a.com")));
+        assert!(!covers(&wild("*.a.com"), &wild("xa.com")));
+        assert!(!covers(&wild("*.a.com"), &wild("é.b.com")));
+        assert!(!covers(&m(Some("a.com"), None), &m(None, None)));
+        assert!(covers(
+            &m(Some("A.com"), None),
+            &m(Some("a.COM"), Some("/x"))
+        ));
+    }
+
+    #[test]
+    fn problem_display() {
+        let p = Problem {
+            field: "services[0].name".into(),
+            line: Some(3),
+            message: "must not be empty".into(),
+        };
+        assert_eq!(p.to_string(), "line 3: services[0].name: must not be empty");
+        assert_eq!(
+            FieldPath::root()
+                .key("routes")
+                .index(0)
+                .at("match.headers")
+                .key("a.b")
+                .to_string(),
+            "routes[0].match.headers.\"a.b\""
+        );
+    }
+
+    #[test]
+    fn line_of_fields() {
+        let config = Config::from_toml(PALISADE).unwrap();
+        let line = |needle: &str| {
+            PALISADE
+                .lines()
+                .position(|l| l.starts_with(needle))
+                .unwrap()
+                + 1
+        };
+        assert_eq!(
+            config.line_of("services[0].retry.max_attempts"),
+            Some(line("max_attempts = 3"))
+        );
+        assert_eq!(
+            config.line_of("services[1]"),
+            Some(line("name = \"web-staging\"") - 1)
+        );
+        // Not written: the nearest enclosing table.
+        assert_eq!(
+            config.line_of("services[1].breaker.window"),
+            Some(line("name = \"web-staging\"") - 1)
+        );
+        assert_eq!(config.line_of("nothing"), None);
+    }
+
+    /// A mutation of a text: delete, insert, duplicate or swap.
+    fn mutate(text: &str, ops: &[(u8, usize, usize, char)]) -> String {
+        let mut chars: Vec<char> = text.chars().collect();
+        for &(op, a, b, c) in ops {
+            let n = chars.len().max(1);
+            let (a, b) = (a % n, b % n);
+            let (lo, hi) = (a.min(b), a.max(b).min(a.min(b) + 40));
+            match op % 5 {
+                0 if !chars.is_empty() => {
+                    chars.drain(lo..hi.min(chars.len()));
+                }
+                1 => chars.insert(a.min(chars.len()), c),
+                2 if !chars.is_empty() => {
+                    let piece: Vec<char> = chars[lo..hi.min(chars.len())].to_vec();
+                    let at = b.min(chars.len());
+                    chars.splice(at..at, piece);
+                }
+                3 if !chars.is_empty() => {
+                    let last = chars.len() - 1;
+                    chars.swap(a.min(last), b.min(last));
+                }
+                _ => {
+                    let at = a.min(chars.len());
+                    chars.splice(at..at, "\n[[routes]]\nservice = \"web\"\n".chars());
+                }
+            }
+        }
+        chars.into_iter().collect()
+    }
+
+    fn exercise(text: &str) {
+        match Config::from_toml(text) {
+            Ok(config) => {
+                let _ = config.lints();
+                let _ = toml::to_string(&config);
+            }
+            Err(e) => {
+                assert!(!e.problems.is_empty());
+                let _ = e.to_string();
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            exercise(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn random_strings_never_panic(text in "(\\PC|[\\[\\]{}=\"'.,#\n ]){0,300}") {
+            exercise(&text);
+        }
+
+        #[test]
+        fn mutated_examples_never_panic(
+            ops in proptest::collection::vec((any::<u8>(), any::<usize>(), any::<usize>(), any::<char>()), 1..6)
+        ) {
+            exercise(&mutate(PALISADE, &ops));
+        }
+
+        #[test]
+        fn mutated_values_never_panic(
+            line in any::<usize>(),
+            value in prop_oneof![
+                Just("\"\"".to_owned()),
+                Just("-1".to_owned()),
+                Just("nan".to_owned()),
+                Just("inf".to_owned()),
+                Just("18446744073709551615".to_owned()),
+                Just("9223372036854775807".to_owned()),
+                Just("\"99999999999999999999h\"".to_owned()),
+                Just("\"584942417355y\"".to_owned()),
+                Just("[]".to_owned()),
+                Just("{}".to_owned()),
+                "\"[a-z0-9 :.*\\[\\]/-]{0,20}\"",
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|f| format!("{f:?}")),
+            ],
+        ) {
+            // Replace the value of one `key = value` line.
+            let lines: Vec<&str> = PALISADE.lines().collect();
+            let candidates: Vec<usize> = (0..lines.len())
+                .filter(|&i| !lines[i].trim_start().starts_with('#') && lines[i].contains(" = "))
+                .collect();
+            let target = candidates[line % candidates.len()];
+            let text: String = lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    if i == target {
+                        let key = l.split(" = ").next().unwrap();
+                        format!("{key} = {value}\n")
+                    } else {
+                        format!("{l}\n")
+                    }
+                })
+                .collect();
+            exercise(&text);
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! `palisade proxy`: the sidecar built from the library's layers (feature
+//! `proxy`).
+
+pub mod check;
+pub mod config;
+pub mod server;

@@ -1,0 +1,762 @@
+//! The proxy server: listeners, routing, forwarding through one palisade
+//! [`Client`] per service, the admin server, reload and graceful shutdown.
+//!
+//! Every policy (balancing, retries, deadlines, ejection, breaking, metrics)
+//! is the library's: a service in the config becomes a
+//! [`Client::builder`] call, nothing more. This module only adds what a
+//! proxy needs around it: HTTP/1.1 and h2c listeners, routing, hop-by-hop
+//! header handling, error statuses, admin endpoints and reload.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::registry::Registry;
+use rand::RngExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use super::config::{self, Config, ConfigError};
+use crate::balance::EjectionConfig;
+use crate::breaker::BreakerLayer;
+use crate::classify::HttpClassify;
+use crate::deadline::DeadlineLayer;
+use crate::http::{Hyper, HyperClient, hyper_client};
+use crate::metrics::Metrics;
+use crate::retry::{Backoff, ReplayBody, RetryBudget};
+use crate::{BoxError, Client, Error};
+
+/// The body of every response the proxy sends: the upstream's, streamed, or
+/// one of its own.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The header naming why the proxy itself answered.
+pub const ERROR_HEADER: &str = "x-palisade-error";
+
+type ServiceClient = Hyper<Incoming>;
+
+/// What requests are routed with: swapped whole on reload, so a request
+/// keeps the routing it started with.
+struct Routing {
+    config: Arc<Config>,
+    services: HashMap<String, ServiceClient>,
+    routes: Vec<CompiledRoute>,
+}
+
+struct CompiledRoute {
+    name: String,
+    host: Option<HostMatch>,
+    path_prefix: Option<String>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    methods: Vec<http::Method>,
+    /// Services with cumulative weights; one entry for a plain route.
+    targets: Vec<(String, u64)>,
+}
+
+enum HostMatch {
+    Exact(String),
+    Suffix(String),
+}
+
+impl CompiledRoute {
+    fn matches(&self, host: Option<&str>, req: &Request<Incoming>) -> bool {
+        if let Some(want) = &self.host {
+            let Some(host) = host else { return false };
+            let ok = match want {
+                HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
+                HostMatch::Suffix(s) => {
+                    host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+                }
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(prefix) = &self.path_prefix {
+            let path = req.uri().path();
+            let under = path.starts_with(prefix.as_str())
+                && (path.len() == prefix.len()
+                    || prefix.ends_with('/')
+                    || path.as_bytes()[prefix.len()] == b'/');
+            if !under {
+                return false;
+            }
+        }
+        if !self.methods.is_empty() && !self.methods.contains(req.method()) {
+            return false;
+        }
+        self.headers
+            .iter()
+            .all(|(name, value)| req.headers().get(name) == Some(value))
+    }
+
+    fn pick(&self) -> &str {
+        let total = self.targets.last().map_or(0, |t| t.1);
+        if self.targets.len() == 1 || total == 0 {
+            return &self.targets[0].0;
+        }
+        let draw = rand::rng().random_range(0..total);
+        let i = self.targets.partition_point(|t| t.1 <= draw);
+        &self.targets[i.min(self.targets.len() - 1)].0
+    }
+}
+
+/// Errors starting the proxy.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The config file could not be read.
+    Read(PathBuf, std::io::Error),
+    /// The config file is invalid.
+    Config(PathBuf, ConfigError),
+    /// A listener could not bind.
+    Bind(SocketAddr, std::io::Error),
+    /// A client could not be built.
+    Build(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Read(p, e) => write!(f, "cannot read {}: {e}", p.display()),
+            StartError::Config(p, e) => write!(f, "{} is invalid:\n{e}", p.display()),
+            StartError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
+            StartError::Build(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// The running proxy's shared state.
+struct State {
+    routing: ArcSwap<Routing>,
+    http: HyperClient<ReplayBody<Incoming>>,
+    metrics: Metrics,
+    registry: std::sync::Mutex<Registry>,
+    path: PathBuf,
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, StartError> {
+    let text = std::fs::read_to_string(path).map_err(|e| StartError::Read(path.to_owned(), e))?;
+    Config::from_toml(&text).map_err(|e| StartError::Config(path.to_owned(), e))
+}
+
+/// Runs the proxy on `config` (read from `path`, which is watched for
+/// changes) until `shutdown` resolves; then stops accepting and drains
+/// in-flight requests for up to the grace period. `ready` receives the
+/// bound addresses (listeners, then admin) once serving.
+pub async fn run(
+    path: PathBuf,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+    ready: impl FnOnce(&[SocketAddr], SocketAddr),
+) -> Result<(), StartError> {
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let http = hyper_client();
+    let routing = build_routing(Arc::new(config), None, &http, &metrics)?;
+    let config = routing.config.clone();
+    let state = Arc::new(State {
+        routing: ArcSwap::from_pointee(routing),
+        http,
+        metrics,
+        registry: std::sync::Mutex::new(registry),
+        path,
+    });
+
+    let mut listeners = Vec::new();
+    for l in &config.listeners {
+        let listener = TcpListener::bind(l.address)
+            .await
+            .map_err(|e| StartError::Bind(l.address, e))?;
+        listeners.push(listener);
+    }
+    let admin = TcpListener::bind(config.admin.address)
+        .await
+        .map_err(|e| StartError::Bind(config.admin.address, e))?;
+    let bound: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let admin_addr = admin
+        .local_addr()
+        .map_err(|e| StartError::Bind(config.admin.address, e))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    for listener in listeners {
+        tasks.spawn(serve(
+            listener,
+            state.clone(),
+            stop_rx.clone(),
+            graceful.clone(),
+            config.server.max_header_bytes,
+        ));
+    }
+    tasks.spawn(admin_server(admin, state.clone(), stop_rx.clone()));
+    tasks.spawn(watch_config(
+        state.clone(),
+        stop_rx.clone(),
+        config.server.watch_interval,
+    ));
+    ready(&bound, admin_addr);
+    tracing::info!(listeners = ?bound, admin = %admin_addr, "palisade proxy serving");
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; draining in-flight requests");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    let grace = state.routing.load().config.server.grace_period;
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_default();
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?grace, "grace period over with requests still in flight");
+    }
+    Ok(())
+}
+
+/// Builds the clients and routes for `config`, reusing clients of services
+/// whose settings did not change (so their load estimates survive).
+fn build_routing(
+    config: Arc<Config>,
+    old: Option<&Routing>,
+    http: &HyperClient<ReplayBody<Incoming>>,
+    metrics: &Metrics,
+) -> Result<Routing, StartError> {
+    let mut services = HashMap::new();
+    for svc in &config.services {
+        let reused = old.and_then(|old| {
+            let before = old.config.services.iter().find(|s| s.name == svc.name)?;
+            (before == svc).then(|| old.services.get(&svc.name).cloned())?
+        });
+        let client = match reused {
+            Some(client) => client,
+            None => build_client(svc, http, metrics)?,
+        };
+        services.insert(svc.name.clone(), client);
+    }
+    let routes = config
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| compile_route(i, r))
+        .collect();
+    Ok(Routing {
+        config,
+        services,
+        routes,
+    })
+}
+
+fn compile_route(index: usize, r: &config::Route) -> CompiledRoute {
+    let host = r.matches.host.as_ref().map(|h| match h.strip_prefix('*') {
+        Some(suffix) => HostMatch::Suffix(suffix.to_owned()),
+        None => HostMatch::Exact(h.clone()),
+    });
+    let headers = r
+        .matches
+        .headers
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                HeaderName::try_from(k.as_str()).ok()?,
+                HeaderValue::try_from(v.as_str()).ok()?,
+            ))
+        })
+        .collect();
+    let methods = r
+        .matches
+        .methods
+        .iter()
+        .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+        .collect();
+    let mut targets = Vec::new();
+    if let Some(service) = &r.service {
+        targets.push((service.clone(), 1));
+    }
+    let mut total = 0u64;
+    for leg in &r.split {
+        total += u64::from(leg.weight);
+        targets.push((leg.service.clone(), total));
+    }
+    CompiledRoute {
+        name: r.name.clone().unwrap_or_else(|| format!("route-{index}")),
+        host,
+        path_prefix: r.matches.path_prefix.clone(),
+        headers,
+        methods,
+        targets,
+    }
+}
+
+/// One service of the config as a library client: nothing but builder
+/// calls.
+fn build_client(
+    svc: &config::Service,
+    http: &HyperClient<ReplayBody<Incoming>>,
+    metrics: &Metrics,
+) -> Result<ServiceClient, StartError> {
+    let bad = |e: &dyn std::fmt::Display| StartError::Build(format!("service {:?}: {e}", svc.name));
+    let endpoints = svc
+        .endpoints
+        .iter()
+        .map(config::EndpointSpec::to_endpoint)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    let mut ejection = EjectionConfig::default();
+    let e = &svc.ejection;
+    ejection.enabled = e.enabled;
+    ejection.consecutive_failures = e.consecutive_failures;
+    ejection.success_rate = e.success_rate;
+    ejection.window = e.window;
+    ejection.min_requests = e.min_requests;
+    ejection.base_penalty = e.base_penalty;
+    ejection.max_penalty = e.max_penalty;
+    ejection.jitter = e.jitter;
+    ejection.max_ejection_percent = e.max_ejection_percent;
+    ejection.panic_threshold = e.panic_threshold;
+
+    let statuses = svc
+        .retry
+        .retryable_statuses
+        .iter()
+        .filter_map(|s| StatusCode::from_u16(*s).ok());
+    let classify = HttpClassify::default().retryable_statuses(statuses);
+    let b = &svc.breaker;
+    let breaker = BreakerLayer::new(svc.name.as_str())
+        .window(b.window)
+        .volume_threshold(if b.enabled {
+            b.volume_threshold
+        } else {
+            u32::MAX
+        })
+        .error_threshold(b.error_threshold)
+        .sleep_window(b.sleep_window)
+        .half_open_probes(b.half_open_probes);
+    let d = &svc.deadline;
+    let deadline = DeadlineLayer::new(svc.name.as_str())
+        .default_timeout(d.timeout)
+        .max_timeout(d.max_timeout)
+        .reserve(d.reserve)
+        .propagate(d.propagate);
+    let bal = &svc.balancer;
+    Client::builder(svc.name.as_str())
+        .endpoints(endpoints)
+        .http(http.clone())
+        .classify(classify)
+        .decay(bal.decay)
+        .failure_penalty(bal.failure_penalty)
+        .endpoint_wait(bal.endpoint_wait)
+        .ejection(ejection)
+        .breaker(breaker)
+        .deadline(deadline)
+        .max_attempts(svc.retry.max_attempts)
+        .backoff(Backoff::new(svc.retry.backoff_base, svc.retry.backoff_cap))
+        .per_try_timeout(svc.retry.per_try_timeout)
+        .body_limit(svc.retry.body_limit)
+        .retry_budget(RetryBudget::new(
+            svc.budget.ttl,
+            svc.budget.min_per_sec,
+            svc.budget.ratio,
+        ))
+        .metrics(metrics.clone())
+        .build()
+        .map_err(|e| bad(&e))
+}
+
+/// Accepts connections on `listener` until told to stop; each connection is
+/// watched by `graceful` so that shutdown can drain it.
+async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+    graceful: Arc<GracefulShutdown>,
+    max_header_bytes: usize,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(max_header_bytes.max(8192))
+        .timer(hyper_util::rt::TokioTimer::new());
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (state, builder) = (state.clone(), builder.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req, remote).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(error = %e, %remote, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header
+/// names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+fn own(status: StatusCode, reason: &'static str, text: String) -> Response<ProxyBody> {
+    let mut rsp = Response::new(Either::Right(Full::new(Bytes::from(text + "\n"))));
+    *rsp.status_mut() = status;
+    rsp.headers_mut()
+        .insert(ERROR_HEADER, HeaderValue::from_static(reason));
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    rsp
+}
+
+/// The request's host, from the URI's authority or the `Host` header,
+/// without a port; `Err` when the `Host` header is not a valid authority.
+fn host_of(req: &Request<Incoming>) -> Result<Option<String>, ()> {
+    if let Some(a) = req.uri().authority() {
+        return Ok(Some(a.host().to_owned()));
+    }
+    match req.headers().get(header::HOST) {
+        None => Ok(None),
+        Some(v) => {
+            let authority: http::uri::Authority =
+                v.to_str().map_err(|_| ())?.parse().map_err(|_| ())?;
+            Ok(Some(authority.host().to_owned()))
+        }
+    }
+}
+
+/// Routes and forwards one request.
+async fn handle(
+    state: &State,
+    mut req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<ProxyBody> {
+    let routing = state.routing.load_full();
+    let host = match host_of(&req) {
+        Ok(host) => host,
+        Err(()) => {
+            return own(
+                StatusCode::BAD_REQUEST,
+                "invalid-host",
+                "invalid Host header".into(),
+            );
+        }
+    };
+    let Some(route) = routing
+        .routes
+        .iter()
+        .find(|r| r.matches(host.as_deref(), &req))
+    else {
+        return own(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            "no route matches this request".into(),
+        );
+    };
+    let service = route.pick();
+    let Some(client) = routing.services.get(service) else {
+        return own(
+            StatusCode::BAD_GATEWAY,
+            "no-service",
+            format!("route {:?} names unknown service {service:?}", route.name),
+        );
+    };
+
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {}", remote.ip()),
+        None => remote.ip().to_string(),
+    };
+    if let Ok(v) = HeaderValue::try_from(forwarded) {
+        headers.insert("x-forwarded-for", v);
+    }
+    // Upstream connections are HTTP/1.1 from the shared pool. The URI's
+    // authority (an h2 `:authority`, or an absolute-form HTTP/1.1 target)
+    // becomes `Host` in the endpoint layer, as for any client request.
+    *req.version_mut() = http::Version::HTTP_11;
+
+    match client.clone().oneshot(req).await {
+        Ok(rsp) => {
+            let (mut parts, body) = rsp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Either::Left(body))
+        }
+        Err(e) => error_response(service, &e),
+    }
+}
+
+/// A typed error as a status, a short body and a header naming the reason.
+fn error_response(service: &str, e: &Error) -> Response<ProxyBody> {
+    let (status, reason) = match e {
+        Error::NoEndpoints { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no-endpoints"),
+        Error::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit-open"),
+        Error::DeadlineExceeded { .. } => (StatusCode::GATEWAY_TIMEOUT, "deadline-exceeded"),
+        _ => (StatusCode::BAD_GATEWAY, "upstream-error"),
+    };
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    tracing::debug!(service, error = %text, "answering with an error status");
+    own(status, reason, text)
+}
+
+/// The admin server: `/metrics`, `/ready`, `/live`, `/config`, `/snapshot`.
+async fn admin_server(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(admin(&state, &req)) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn admin(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, content_type: &'static str, body: String| {
+        let mut rsp = Response::new(Full::new(Bytes::from(body)));
+        *rsp.status_mut() = status;
+        rsp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        rsp
+    };
+    let routing = state.routing.load_full();
+    match req.uri().path() {
+        "/live" => text(StatusCode::OK, "text/plain", "live\n".into()),
+        "/ready" => {
+            let waiting: Vec<&str> = routing
+                .services
+                .iter()
+                .filter(|(_, c)| c.endpoint_count() == 0)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if waiting.is_empty() {
+                text(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: no endpoints yet for {}\n", waiting.join(", ")),
+                )
+            }
+        }
+        "/metrics" => {
+            let mut body = String::new();
+            let registry = state.registry.lock().unwrap_or_else(|p| p.into_inner());
+            match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                Ok(()) => text(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    body,
+                ),
+                Err(_) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "encoding failed\n".into(),
+                ),
+            }
+        }
+        "/config" => match serde_json::to_string_pretty(&*routing.config) {
+            Ok(json) => text(StatusCode::OK, "application/json", json + "\n"),
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("{e}\n"),
+            ),
+        },
+        "/snapshot" => {
+            let mut names: Vec<&String> = routing.services.keys().collect();
+            names.sort();
+            let services: Vec<serde_json::Value> = names
+                .into_iter()
+                .map(|name| snapshot_json(&routing.services[name].snapshot()))
+                .collect();
+            let json = serde_json::json!({ "services": services });
+            text(StatusCode::OK, "application/json", format!("{json:#}\n"))
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /metrics, /ready, /live, /config, /snapshot\n".into(),
+        ),
+    }
+}
+
+fn snapshot_json(s: &crate::Snapshot) -> serde_json::Value {
+    let endpoints: Vec<serde_json::Value> = s
+        .endpoints
+        .iter()
+        .map(|e| {
+            let state = match e.state {
+                crate::balance::EndpointState::Active => "active".to_owned(),
+                crate::balance::EndpointState::Probing => "probing".to_owned(),
+                _ => "ejected".to_owned(),
+            };
+            serde_json::json!({
+                "address": e.address.to_string(),
+                "weight": e.weight,
+                "labels": e.labels,
+                "state": state,
+                "rtt_estimate_ms": e.rtt_estimate.as_secs_f64() * 1e3,
+                "latency_estimate_ms": e.latency_estimate.as_secs_f64() * 1e3,
+                "in_flight": e.in_flight,
+                "requests": e.requests,
+                "failures": e.failures,
+                "ejections": e.ejections,
+            })
+        })
+        .collect();
+    let breaker = match s.breaker {
+        crate::breaker::BreakerState::Closed => "closed",
+        crate::breaker::BreakerState::HalfOpen => "half-open",
+        _ => "open",
+    };
+    serde_json::json!({
+        "service": s.service,
+        "endpoints": endpoints,
+        "retry_budget": s.retry_budget,
+        "breaker": breaker,
+        "breaker_transitions": s.breaker_transitions,
+        "panic_mode": s.panic_mode,
+    })
+}
+
+/// Reloads the config when the file changes (polled) or on SIGHUP. A bad
+/// file is logged, naming the field and line, and the running config stays.
+async fn watch_config(state: Arc<State>, mut stop: watch::Receiver<bool>, interval: Duration) {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut last = modified(&state.path);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        let forced = tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(interval) => false,
+            _ = hangup => true,
+        };
+        let now = modified(&state.path);
+        if !forced && now == last {
+            continue;
+        }
+        last = now;
+        reload(&state);
+    }
+}
+
+/// Reads, validates and swaps in the config file; keeps the old one on any
+/// error.
+fn reload(state: &State) -> bool {
+    let config = match load(&state.path) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "config reload rejected; the running config stays");
+            return false;
+        }
+    };
+    let old = state.routing.load_full();
+    if *old.config == config {
+        return false;
+    }
+    match build_routing(Arc::new(config), Some(&old), &state.http, &state.metrics) {
+        Ok(routing) => {
+            state.routing.store(Arc::new(routing));
+            tracing::info!(path = %state.path.display(), "config reloaded");
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "config reload rejected; the running config stays");
+            false
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send(_: BoxError) {}

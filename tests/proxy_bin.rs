@@ -457,3 +457,21 @@ async fn routes_by_host_path_header_and_split() {
         "3:1 split gave {to_a}:{to_b}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_upstreams_are_pooled_and_used() {
+    let backend = Backend::spawn(Behavior::new()).await.unwrap();
+    let body = format!(
+        "[[services]]\nname = \"app\"\nprotocol = \"h2c\"\nendpoints = [\"{}\"]\n\n[[routes]]\nservice = \"app\"\n",
+        backend.addr()
+    );
+    let proxy = Proxy::start(&body);
+    let client = plain();
+    ready(&client, &proxy).await;
+    for _ in 0..5 {
+        assert_eq!(get(&client, proxy.listen, "/").await.0, 200);
+    }
+    let seen = backend.last_request().unwrap();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(backend.requests(), 5);
+}

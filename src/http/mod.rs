@@ -82,6 +82,33 @@ where
         .build(connector)
 }
 
+/// Like [`hyper_client`], but speaking HTTP/2 over plain TCP with prior
+/// knowledge (h2c): one multiplexed connection per endpoint.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let client = palisade::http::hyper_h2c_client::<http_body_util::Full<bytes::Bytes>>();
+/// # let _ = client;
+/// # }
+/// ```
+#[cfg(feature = "http")]
+pub fn hyper_h2c_client<B>() -> HyperClient<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .http2_only(true)
+        .build(connector)
+}
+
 /// A [`NewEndpoint`] factory that shares one HTTP client across endpoints;
 /// see the [module docs](self).
 #[derive(Debug, Clone)]

@@ -177,6 +177,11 @@ pub struct Service {
     /// The endpoints: `"host:port"`, or a table with `address`, `weight`
     /// and `labels`. At least one.
     pub endpoints: Vec<EndpointSpec>,
+    /// How the proxy talks to the endpoints: `"http1"` (default) or `"h2c"`
+    /// (HTTP/2 over plain TCP, prior knowledge). Either way connections are
+    /// pooled and shared by every service with the same protocol.
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Load balancing.
     #[serde(default)]
     pub balancer: Balancer,
@@ -195,6 +200,18 @@ pub struct Service {
     /// The service breaker.
     #[serde(default)]
     pub breaker: Breaker,
+}
+
+/// The protocol to the endpoints of a service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive (the default).
+    #[default]
+    Http1,
+    /// HTTP/2 over plain TCP with prior knowledge (h2c).
+    H2c,
 }
 
 /// One endpoint of a service.

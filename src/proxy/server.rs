@@ -34,7 +34,7 @@ use crate::balance::EjectionConfig;
 use crate::breaker::BreakerLayer;
 use crate::classify::HttpClassify;
 use crate::deadline::DeadlineLayer;
-use crate::http::{Hyper, HyperClient, hyper_client};
+use crate::http::{Hyper, HyperClient, hyper_client, hyper_h2c_client};
 use crate::metrics::Metrics;
 use crate::retry::{Backoff, ReplayBody, RetryBudget};
 use crate::{BoxError, Client, Error};
@@ -141,10 +141,16 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// The shared connection pools, one per upstream protocol.
+struct Upstreams {
+    http1: HyperClient<ReplayBody<Incoming>>,
+    h2c: HyperClient<ReplayBody<Incoming>>,
+}
+
 /// The running proxy's shared state.
 struct State {
     routing: ArcSwap<Routing>,
-    http: HyperClient<ReplayBody<Incoming>>,
+    http: Upstreams,
     metrics: Metrics,
     registry: std::sync::Mutex<Registry>,
     path: PathBuf,
@@ -168,7 +174,10 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let http = hyper_client();
+    let http = Upstreams {
+        http1: hyper_client(),
+        h2c: hyper_h2c_client(),
+    };
     let routing = build_routing(Arc::new(config), None, &http, &metrics)?;
     let config = routing.config.clone();
     let state = Arc::new(State {
@@ -238,7 +247,7 @@ pub async fn run(
 fn build_routing(
     config: Arc<Config>,
     old: Option<&Routing>,
-    http: &HyperClient<ReplayBody<Incoming>>,
+    http: &Upstreams,
     metrics: &Metrics,
 ) -> Result<Routing, StartError> {
     let mut services = HashMap::new();
@@ -311,9 +320,13 @@ fn compile_route(index: usize, r: &config::Route) -> CompiledRoute {
 /// calls.
 fn build_client(
     svc: &config::Service,
-    http: &HyperClient<ReplayBody<Incoming>>,
+    http: &Upstreams,
     metrics: &Metrics,
 ) -> Result<ServiceClient, StartError> {
+    let pool = match svc.protocol {
+        config::Protocol::H2c => &http.h2c,
+        _ => &http.http1,
+    };
     let bad = |e: &dyn std::fmt::Display| StartError::Build(format!("service {:?}: {e}", svc.name));
     let endpoints = svc
         .endpoints
@@ -360,7 +373,7 @@ fn build_client(
     let bal = &svc.balancer;
     Client::builder(svc.name.as_str())
         .endpoints(endpoints)
-        .http(http.clone())
+        .http(pool.clone())
         .classify(classify)
         .decay(bal.decay)
         .failure_penalty(bal.failure_penalty)
@@ -400,18 +413,7 @@ async fn serve(
         .http2()
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
-    loop {
-        let (stream, remote) = tokio::select! {
-            _ = stop.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, remote)) = accept(&listener, &mut stop).await {
         let _ = stream.set_nodelay(true);
         let (state, builder) = (state.clone(), builder.clone());
         let watcher = graceful.watcher();
@@ -425,6 +427,27 @@ async fn serve(
                 tracing::debug!(error = %e, %remote, "connection ended with an error");
             }
         });
+    }
+}
+
+/// The next connection, or `None` once told to stop. Accept errors (out of
+/// file descriptors and the like) are logged and retried after a pause
+/// rather than spun on.
+async fn accept(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => return Some(accepted),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
     }
 }
 
@@ -527,9 +550,10 @@ async fn handle(
     if let Ok(v) = HeaderValue::try_from(forwarded) {
         headers.insert("x-forwarded-for", v);
     }
-    // Upstream connections are HTTP/1.1 from the shared pool. The URI's
-    // authority (an h2 `:authority`, or an absolute-form HTTP/1.1 target)
-    // becomes `Host` in the endpoint layer, as for any client request.
+    // The upstream pool picks the protocol (HTTP/1.1 or h2c) whatever the
+    // client spoke. The URI's authority (an h2 `:authority`, or an
+    // absolute-form HTTP/1.1 target) becomes `Host` in the endpoint layer,
+    // as for any client request.
     *req.version_mut() = http::Version::HTTP_11;
 
     match client.clone().oneshot(req).await {
@@ -565,17 +589,7 @@ fn error_response(service: &str, e: &Error) -> Response<ProxyBody> {
 
 /// The admin server: `/metrics`, `/ready`, `/live`, `/config`, `/snapshot`.
 async fn admin_server(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = stop.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, _)) = accept(&listener, &mut stop).await {
         let state = state.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {

@@ -37,7 +37,7 @@ use crate::deadline::DeadlineLayer;
 use crate::http::{Hyper, HyperClient, hyper_client, hyper_h2c_client};
 use crate::metrics::Metrics;
 use crate::retry::{Backoff, ReplayBody, RetryBudget};
-use crate::{BoxError, Client, Error};
+use crate::{Client, Error};
 
 /// The body of every response the proxy sends: the upstream's, streamed, or
 /// one of its own.
@@ -464,17 +464,28 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Removes hop-by-hop headers, including those the `Connection` header
 /// names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // Names beyond the standard set are rare: `Connection: keep-alive` or
+    // `close` (on nearly every HTTP/1.1 response) allocate nothing here.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.to_str().unwrap_or("").split(',') {
+            let token = token.trim();
+            let known = token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str()));
+            if !known && let Ok(name) = HeaderName::try_from(token) {
+                named.push(name);
+            }
+        }
+    }
+    for name in HOP_BY_HOP.iter().chain(&named) {
         headers.remove(name);
     }
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 fn own(status: StatusCode, reason: &'static str, text: String) -> Response<ProxyBody> {
     let mut rsp = Response::new(Either::Right(Full::new(Bytes::from(text + "\n"))));
@@ -543,12 +554,12 @@ async fn handle(
 
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let forwarded = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => format!("{prior}, {}", remote.ip()),
         None => remote.ip().to_string(),
     };
     if let Ok(v) = HeaderValue::try_from(forwarded) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
     // The upstream pool picks the protocol (HTTP/1.1 or h2c) whatever the
     // client spoke. The URI's authority (an h2 `:authority`, or an
@@ -772,5 +783,27 @@ fn reload(state: &State) -> bool {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_send(_: BoxError) {}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_including_those_connection_names() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Private, close"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, vec!["x-kept"]);
+    }
+}

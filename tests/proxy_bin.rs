@@ -247,7 +247,7 @@ async fn typed_errors_become_statuses() {
         + "[[routes]]\nmatch = { path_prefix = \"/down\" }\nservice = \"down\"\n";
     let proxy = Proxy::start(&body);
     let client = plain();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    ready(&client, &proxy).await;
     let (status, headers, _) = get(&client, proxy.listen, "/elsewhere").await;
     assert_eq!(status, 404);
     assert_eq!(headers["x-palisade-error"], "no-route");
@@ -313,7 +313,8 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
             tokio::spawn(async move { get(&client, addr, "/").await.0 })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every request has reached the backend (it counts on arrival).
+    eventually(async || slow.requests() == 10).await;
     proxy.signal("-TERM");
     for r in in_flight {
         assert_eq!(r.await.unwrap(), 200, "an in-flight request was lost");

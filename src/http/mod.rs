@@ -73,13 +73,7 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_nodelay(true);
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .pool_max_idle_per_host(64)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build(connector)
+    pooled_client(false)
 }
 
 /// Like [`hyper_client`], but speaking HTTP/2 over plain TCP with prior
@@ -98,6 +92,17 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
+    pooled_client(true)
+}
+
+/// The one place the pool defaults live: nodelay, 90 s idle, 64 idle
+/// connections per endpoint.
+#[cfg(feature = "http")]
+fn pooled_client<B>(http2_only: bool) -> HyperClient<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_nodelay(true);
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -105,7 +110,7 @@ where
         .pool_max_idle_per_host(64)
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .timer(hyper_util::rt::TokioTimer::new())
-        .http2_only(true)
+        .http2_only(http2_only)
         .build(connector)
 }
 

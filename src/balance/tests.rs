@@ -34,12 +34,23 @@ fn get() -> Request<Body> {
 
 /// Sends `n` requests, `concurrency` at a time.
 async fn load(b: &Balance<Svc, HttpClassify>, n: usize, concurrency: usize) {
-    let per_worker = n / concurrency;
+    drive(b, concurrency, |sent| sent < n / concurrency).await;
+}
+
+/// Runs `concurrency` workers, each sending requests back to back while
+/// `more(requests it has sent)` says so.
+async fn drive(
+    b: &Balance<Svc, HttpClassify>,
+    concurrency: usize,
+    more: impl Fn(usize) -> bool + Copy,
+) {
     join_all((0..concurrency).map(|_| {
         let b = b.clone();
         async move {
-            for _ in 0..per_worker {
+            let mut sent = 0;
+            while more(sent) {
                 let _ = b.clone().oneshot(get()).await;
+                sent += 1;
             }
         }
     }))
@@ -480,15 +491,7 @@ fn state_of(b: &Balance<Svc, HttpClassify>, addr: &str) -> EndpointStats {
 /// Sends requests from `concurrency` workers for `duration` of (paused) time.
 async fn load_for(b: &Balance<Svc, HttpClassify>, duration: Duration, concurrency: usize) {
     let until = Instant::now() + duration;
-    join_all((0..concurrency).map(|_| {
-        let b = b.clone();
-        async move {
-            while Instant::now() < until {
-                let _ = b.clone().oneshot(get()).await;
-            }
-        }
-    }))
-    .await;
+    drive(b, concurrency, |_| Instant::now() < until).await;
 }
 
 #[tokio::test(start_paused = true)]

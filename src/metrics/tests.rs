@@ -11,7 +11,7 @@ use tower::ServiceExt;
 use super::*;
 use crate::Client;
 use crate::classify::HttpClassify;
-use crate::discover::{self, Endpoint};
+use crate::discover;
 use crate::retry::ReplayBody;
 use crate::testing::{Answer, Fleet, Svc};
 
@@ -43,25 +43,37 @@ async fn send(client: &TestClient, method: Method) -> u16 {
     client.clone().oneshot(req).await.unwrap().status().as_u16()
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_known_workload_gives_exact_counters() {
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    let fleet = Fleet::default();
+/// A client called `name` over the in-memory `fleet`, counting into
+/// `metrics`, whose endpoints the returned handle sets.
+fn client(name: &str, fleet: &Fleet, metrics: Metrics) -> (discover::DynamicHandle, TestClient) {
     let (handle, discover) = discover::dynamic();
-    handle.insert(fleet.set("127.0.0.1:1", Answer::ok(5)));
-    let client: TestClient = Client::builder("users")
+    let client = Client::builder(name)
         .discover(discover)
         .new_endpoint(fleet.factory())
         .metrics(metrics)
         .build()
         .unwrap();
+    (handle, client)
+}
+
+/// Waits until the client has applied its discovery changes.
+async fn settled(client: &TestClient, n: usize) {
     tokio::time::timeout(
         Duration::from_secs(1),
-        client.wait_until(|c| c.endpoint_count() == 1),
+        client.wait_until(|c| c.endpoint_count() == n),
     )
     .await
-    .unwrap();
+    .expect("discovery change applied");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_known_workload_gives_exact_counters() {
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let fleet = Fleet::default();
+    let (handle, client) = client("users", &fleet, metrics);
+    handle.insert(fleet.set("127.0.0.1:1", Answer::ok(5)));
+    settled(&client, 1).await;
 
     for _ in 0..10 {
         assert_eq!(send(&client, Method::GET).await, 200);
@@ -224,31 +236,14 @@ async fn a_removed_endpoints_series_disappear_and_so_do_a_dropped_clients() {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let fleet = Fleet::default();
-    let (handle, discover) = discover::dynamic();
+    let (handle, client) = client("users", &fleet, metrics);
     handle.insert(fleet.set("127.0.0.1:1", Answer::ok(1)));
     handle.insert(fleet.set("127.0.0.1:2", Answer::ok(1)));
-    let client: TestClient = Client::builder("users")
-        .discover(discover)
-        .new_endpoint(fleet.factory())
-        .metrics(metrics)
-        .build()
-        .unwrap();
-    let settled = |n: usize| {
-        let client = client.clone();
-        async move {
-            tokio::time::timeout(
-                Duration::from_secs(1),
-                client.wait_until(|c| c.endpoint_count() == n),
-            )
-            .await
-            .unwrap()
-        }
-    };
-    settled(2).await;
+    settled(&client, 2).await;
     assert!(scrape(&registry).contains(r#"endpoint="127.0.0.1:2""#));
 
     handle.remove(&"127.0.0.1:2".parse().unwrap());
-    settled(1).await;
+    settled(&client, 1).await;
     let text = scrape(&registry);
     assert!(!text.contains(r#"endpoint="127.0.0.1:2""#), "{text}");
     assert!(text.contains(r#"endpoint="127.0.0.1:1""#));
@@ -258,7 +253,6 @@ async fn a_removed_endpoints_series_disappear_and_so_do_a_dropped_clients() {
     let text = scrape(&registry);
     assert!(!text.contains("endpoint="), "{text}");
     assert!(!text.contains("palisade_breaker_state{"), "{text}");
-    let _ = Endpoint::parse("127.0.0.1:1");
 }
 
 #[tokio::test(start_paused = true)]
@@ -266,21 +260,9 @@ async fn endpoint_series_are_capped() {
     let mut registry = Registry::default();
     let metrics = Metrics::register_with_limit(&mut registry, 2);
     let fleet = Fleet::default();
-    let eps: Vec<_> = (1..=5)
-        .map(|p| fleet.set(&format!("127.0.0.1:{p}"), Answer::ok(1)))
-        .collect();
-    let client: TestClient = Client::builder("big")
-        .endpoints(eps)
-        .new_endpoint(fleet.factory())
-        .metrics(metrics)
-        .build()
-        .unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(1),
-        client.wait_until(|c| c.endpoint_count() == 5),
-    )
-    .await
-    .unwrap();
+    let (handle, client) = client("big", &fleet, metrics);
+    handle.replace((1..=5).map(|p| fleet.set(&format!("127.0.0.1:{p}"), Answer::ok(1))));
+    settled(&client, 5).await;
     let text = scrape(&registry);
     let series = text
         .lines()

@@ -34,12 +34,19 @@
 
 mod endpoint;
 
+#[cfg(feature = "dns")]
+pub mod dns;
+#[cfg(feature = "file")]
+pub mod file;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
+
 pub use endpoint::{Address, Endpoint, EndpointError};
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -143,6 +150,8 @@ pub fn dynamic() -> (DynamicHandle, Dynamic) {
         version: AtomicU64::new(0),
         waker: AtomicWaker::new(),
         handles: AtomicU64::new(1),
+        closed: AtomicBool::new(false),
+        closed_notify: tokio::sync::Notify::new(),
     });
     (
         DynamicHandle {
@@ -162,6 +171,10 @@ struct DynamicShared {
     version: AtomicU64,
     waker: AtomicWaker,
     handles: AtomicU64,
+    /// Set when the [`Dynamic`] stream is dropped; `closed_notify` wakes
+    /// [`DynamicHandle::closed`].
+    closed: AtomicBool,
+    closed_notify: tokio::sync::Notify,
 }
 
 impl DynamicShared {
@@ -241,6 +254,55 @@ impl DynamicHandle {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The desired set, sorted by address.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        let set = self
+            .shared
+            .desired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<Endpoint> = set.values().cloned().collect();
+        out.sort_by(|a, b| a.address().cmp(b.address()));
+        out
+    }
+
+    /// Whether the [`Dynamic`] stream is gone (its balancer was dropped), so
+    /// that nobody reads this set any more.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Completes when the [`Dynamic`] stream is dropped. A source task
+    /// selects on this to stop with its balancer:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (handle, discover) = palisade::discover::dynamic();
+    /// let task = tokio::spawn(async move {
+    ///     loop {
+    ///         tokio::select! {
+    ///             _ = handle.closed() => return "stopped",
+    ///             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+    ///                 // re-read the source, then `handle.replace(...)`
+    ///             }
+    ///         }
+    ///     }
+    /// });
+    /// drop(discover);
+    /// assert_eq!(task.await.unwrap(), "stopped");
+    /// # }
+    /// ```
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.shared.closed_notify.notified();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// The discovery stream fed by a [`DynamicHandle`]; see [`dynamic`].
@@ -258,6 +320,13 @@ impl std::fmt::Debug for Dynamic {
             .field("current", &self.current.len())
             .field("pending", &self.pending.len())
             .finish()
+    }
+}
+
+impl Drop for Dynamic {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.closed_notify.notify_waiters();
     }
 }
 
@@ -367,6 +436,25 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(drain(&mut d).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_handle_learns_when_the_stream_is_dropped() {
+        let (h, d) = dynamic();
+        assert!(!h.is_closed());
+        let waiter = tokio::spawn({
+            let h = h.clone();
+            async move { h.closed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(d);
+        assert!(h.is_closed());
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("closed() completes once the stream is dropped")
+            .unwrap();
+        h.closed().await; // and completes at once afterwards
     }
 
     #[test]

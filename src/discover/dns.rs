@@ -1,0 +1,1 @@
+//! dns discovery (being written).

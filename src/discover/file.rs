@@ -1,0 +1,1 @@
+//! file discovery (being written).

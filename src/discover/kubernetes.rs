@@ -1,0 +1,1 @@
+//! kubernetes discovery (being written).

@@ -71,6 +71,16 @@ pub enum Error {
         /// How long until the breaker lets a probe through.
         retry_in: Duration,
     },
+    /// A limit shed the request before it was sent: a concurrency limit with
+    /// its queue full, a rate limit, or adaptive client throttling. Nothing
+    /// reached an endpoint, so the request is safe to send again later.
+    #[non_exhaustive]
+    Overloaded {
+        /// The service's name.
+        service: Arc<str>,
+        /// Which limit, with its settings.
+        limit: Limit,
+    },
     /// The inner client (the endpoint's service) failed.
     #[non_exhaustive]
     Inner {
@@ -108,6 +118,7 @@ impl Error {
             Error::NoEndpoints { service, .. }
             | Error::DeadlineExceeded { service, .. }
             | Error::CircuitOpen { service, .. }
+            | Error::Overloaded { service, .. }
             | Error::Inner { service, .. } => service,
         }
     }
@@ -115,6 +126,19 @@ impl Error {
     /// Whether this is [`Error::CircuitOpen`].
     pub fn is_circuit_open(&self) -> bool {
         matches!(self, Error::CircuitOpen { .. })
+    }
+
+    /// Whether a limit shed the request ([`Error::Overloaded`]).
+    pub fn is_overloaded(&self) -> bool {
+        matches!(self, Error::Overloaded { .. })
+    }
+
+    /// The limit that shed the request, for [`Error::Overloaded`].
+    pub fn limit(&self) -> Option<&Limit> {
+        match self {
+            Error::Overloaded { limit, .. } => Some(limit),
+            _ => None,
+        }
     }
 
     /// Whether this is [`Error::DeadlineExceeded`].
@@ -188,6 +212,9 @@ impl fmt::Display for Error {
                 f,
                 "service {service:?}: circuit breaker open; next probe in {retry_in:?}"
             ),
+            Error::Overloaded { service, limit } => {
+                write!(f, "service {service:?}: overloaded: {limit}")
+            }
             // The cause is `source()`, not part of this message, so that
             // error reporters that walk the chain print it once.
             Error::Inner {
@@ -215,6 +242,97 @@ impl std::error::Error for Error {
         match self {
             Error::Inner { source, .. } => Some(&**source),
             _ => None,
+        }
+    }
+}
+
+/// The limit behind an [`Error::Overloaded`], with the settings that were
+/// hit, so that the message says which knob to turn.
+///
+/// ```
+/// use palisade::error::Limit;
+///
+/// let limit = Limit::Concurrency { max: 64, queue: 128 };
+/// assert_eq!(
+///     limit.to_string(),
+///     "concurrency limit reached (64 in flight, 128 queued)"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Limit {
+    /// The concurrency limit (bulkhead): `max` requests in flight and its
+    /// wait queue of `queue` full.
+    Concurrency {
+        /// Requests allowed in flight.
+        max: usize,
+        /// Requests allowed to wait for a slot.
+        queue: usize,
+    },
+    /// The request waited `waited` for a concurrency slot, the longest wait
+    /// allowed (or all its deadline allowed), and was shed.
+    QueueTimeout {
+        /// Requests allowed in flight.
+        max: usize,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// The rate limit: `rate` requests per second with bursts of `burst`.
+    Rate {
+        /// Sustained requests per second.
+        rate: f64,
+        /// Burst size.
+        burst: u32,
+        /// The key's value, for a keyed limit.
+        key: Option<Arc<str>>,
+        /// When the next request would be admitted.
+        retry_in: Duration,
+    },
+    /// A keyed rate limit tracks at most `max` keys, and a new key found
+    /// the table full of keys that are all still in use.
+    Keys {
+        /// The most keys tracked.
+        max: usize,
+    },
+    /// Adaptive client throttling rejected the request locally, with this
+    /// probability (requests − K·accepts) / (requests + 1).
+    Throttled {
+        /// The rejection probability at the time.
+        probability: f64,
+    },
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::Concurrency { max, queue } => write!(
+                f,
+                "concurrency limit reached ({max} in flight, {queue} queued)"
+            ),
+            Limit::QueueTimeout { max, waited } => write!(
+                f,
+                "waited {waited:?} for one of {max} concurrency slots"
+            ),
+            Limit::Rate {
+                rate,
+                burst,
+                key,
+                retry_in,
+            } => {
+                write!(f, "rate limit of {rate}/s (burst {burst}) reached")?;
+                if let Some(key) = key {
+                    write!(f, " for key {key:?}")?;
+                }
+                write!(f, "; next request admitted in {retry_in:?}")
+            }
+            Limit::Keys { max } => {
+                write!(f, "rate limit key table full ({max} keys, all in use)")
+            }
+            Limit::Throttled { probability } => write!(
+                f,
+                "adaptive throttling rejected the request locally (rejecting {:.1}% of requests)",
+                probability * 100.0
+            ),
         }
     }
 }

@@ -77,5 +77,5 @@ pub mod stack;
 #[cfg(test)]
 mod testing;
 
-pub use error::{BoxError, BuildError, Error};
+pub use error::{BoxError, BuildError, Error, Limit};
 pub use stack::{Client, Snapshot};

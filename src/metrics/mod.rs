@@ -266,7 +266,13 @@ impl Metrics {
 
 const CLASSES: [&str; 4] = ["success", "failure", "overloaded", "error"];
 const STATUSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
-const ERRORS: [&str; 4] = ["deadline_exceeded", "circuit_open", "no_endpoints", "inner"];
+const ERRORS: [&str; 5] = [
+    "deadline_exceeded",
+    "circuit_open",
+    "no_endpoints",
+    "inner",
+    "overloaded",
+];
 const REFUSALS: [&str; 5] = ["budget", "deadline", "attempts", "method", "body"];
 
 /// One client's per-request handles (each an `Arc` around atomics).
@@ -277,7 +283,7 @@ pub(crate) struct ClientMetrics {
     pub(crate) duration: LatencyHistogram,
     /// `[class][status class]`.
     responses: Arc<[[Counter; 6]; 4]>,
-    errors: Arc<[Counter; 4]>,
+    errors: Arc<[Counter; ERRORS.len()]>,
     pub(crate) retry: RetryMetrics,
 }
 
@@ -306,6 +312,7 @@ impl ClientMetrics {
             crate::Error::DeadlineExceeded { .. } => 0,
             crate::Error::CircuitOpen { .. } => 1,
             crate::Error::NoEndpoints { .. } => 2,
+            crate::Error::Overloaded { .. } => 4,
             _ => 3,
         };
         self.errors[kind].inc();

@@ -500,18 +500,54 @@ fn own(status: StatusCode, reason: &'static str, text: String) -> Response<Proxy
 }
 
 /// The request's host, from the URI's authority or the `Host` header,
-/// without a port; `Err` when the `Host` header is not a valid authority.
-fn host_of(req: &Request<Incoming>) -> Result<Option<String>, ()> {
+/// without a port; `Err` when the `Host` header is not a valid authority
+/// (RFC 3986 `host [ ":" port ]`). Borrowed: routing allocates nothing.
+fn host_of(req: &Request<Incoming>) -> Result<Option<&str>, ()> {
     if let Some(a) = req.uri().authority() {
-        return Ok(Some(a.host().to_owned()));
+        return Ok(Some(a.host()));
     }
     match req.headers().get(header::HOST) {
         None => Ok(None),
-        Some(v) => {
-            let authority: http::uri::Authority =
-                v.to_str().map_err(|_| ())?.parse().map_err(|_| ())?;
-            Ok(Some(authority.host().to_owned()))
+        Some(v) => split_host(v.to_str().map_err(|_| ())?).map(Some),
+    }
+}
+
+/// The host part of a `Host` header value, checked against RFC 3986: an
+/// IP literal in brackets, or registered-name / IPv4 characters, then an
+/// optional numeric port.
+fn split_host(value: &str) -> Result<&str, ()> {
+    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+        let end = rest.find(']').ok_or(())?;
+        let literal = &rest[..end];
+        let valid = !literal.is_empty()
+            && literal
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        let port = match &rest[end + 1..] {
+            "" => None,
+            after => Some(after.strip_prefix(':').ok_or(())?),
+        };
+        if !valid {
+            return Err(());
         }
+        (&value[..end + 2], port)
+    } else {
+        let (host, port) = match value.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (value, None),
+        };
+        let valid = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+        if !valid {
+            return Err(());
+        }
+        (host, port)
+    };
+    match port {
+        Some(p) if p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) => Err(()),
+        _ => Ok(host),
     }
 }
 
@@ -532,11 +568,7 @@ async fn handle(
             );
         }
     };
-    let Some(route) = routing
-        .routes
-        .iter()
-        .find(|r| r.matches(host.as_deref(), &req))
-    else {
+    let Some(route) = routing.routes.iter().find(|r| r.matches(host, &req)) else {
         return own(
             StatusCode::NOT_FOUND,
             "no-route",
@@ -582,6 +614,7 @@ fn error_response(service: &str, e: &Error) -> Response<ProxyBody> {
     let (status, reason) = match e {
         Error::NoEndpoints { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no-endpoints"),
         Error::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit-open"),
+        Error::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
         Error::DeadlineExceeded { .. } => (StatusCode::GATEWAY_TIMEOUT, "deadline-exceeded"),
         _ => (StatusCode::BAD_GATEWAY, "upstream-error"),
     };
@@ -786,6 +819,31 @@ fn reload(state: &State) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_headers_are_checked_and_split_without_allocating() {
+        assert_eq!(split_host("example.com"), Ok("example.com"));
+        assert_eq!(split_host("example.com:8080"), Ok("example.com"));
+        assert_eq!(split_host("127.0.0.1:80"), Ok("127.0.0.1"));
+        assert_eq!(split_host("[::1]:4140"), Ok("[::1]"));
+        assert_eq!(split_host("[::1]"), Ok("[::1]"));
+        for bad in [
+            "",
+            ":80",
+            "exa mple.com",
+            "a:b",
+            "a:123456",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "[zz]",
+            "a/b",
+            "a@b",
+            "a:80:80",
+        ] {
+            assert_eq!(split_host(bad), Err(()), "{bad:?} must be rejected");
+        }
+    }
 
     #[test]
     fn hop_by_hop_headers_go_including_those_connection_names() {

@@ -191,14 +191,17 @@ where
     pub fn new(body: B, limit: usize) -> Self {
         let limit = u64::try_from(limit).unwrap_or(u64::MAX);
         let overflowed = body.size_hint().lower() > limit;
+        // A body already at its end (a GET, most of the time) has nothing to
+        // read or keep: no need to box it.
+        let ended = body.is_end_stream();
         Self::from_state(State {
-            body: Some(Box::pin(body)),
+            body: (!ended).then(|| Box::pin(body)),
             frames: Vec::new(),
             read: 0,
             bytes: 0,
             limit,
             overflowed,
-            ended: false,
+            ended,
             errored: false,
         })
     }

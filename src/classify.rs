@@ -409,4 +409,68 @@ mod tests {
             "walks the source chain"
         );
     }
+
+    mod adversarial {
+        use super::super::*;
+        use proptest::prelude::*;
+        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+        fn now() -> SystemTime {
+            UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+        }
+
+        proptest! {
+            #[test]
+            fn retry_after_never_panics_on_any_bytes(
+                bytes in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                if let Ok(v) = HeaderValue::from_bytes(&bytes) {
+                    let _ = parse_retry_after(&v, now());
+                    // Through the classifier too: the cap always holds.
+                    let rsp = http::Response::builder()
+                        .status(503)
+                        .header(http::header::RETRY_AFTER, v)
+                        .body(())
+                        .unwrap();
+                    let class = HttpClassify::default().classify_response(&rsp);
+                    if let Some(after) = class.retry_after() {
+                        prop_assert!(after <= Duration::from_secs(60));
+                    }
+                }
+            }
+
+            #[test]
+            fn delta_seconds_parse_exactly_or_saturate(
+                digits in "[0-9]{1,40}", pad in "[ \t]{0,3}",
+            ) {
+                let text = format!("{pad}{digits}{pad}");
+                let v = HeaderValue::from_str(&text).unwrap();
+                let parsed = parse_retry_after(&v, now()).expect("digits always parse");
+                match digits.parse::<u64>() {
+                    Ok(secs) => prop_assert_eq!(parsed, Duration::from_secs(secs)),
+                    Err(_) => prop_assert_eq!(parsed, Duration::from_secs(u64::MAX)),
+                }
+            }
+
+            #[test]
+            fn dates_round_trip_and_the_past_is_zero(offset in -100_000i64..100_000) {
+                let when = if offset >= 0 {
+                    now() + Duration::from_secs(offset as u64)
+                } else {
+                    now() - Duration::from_secs(offset.unsigned_abs())
+                };
+                let v = HeaderValue::from_str(&httpdate::fmt_http_date(when)).unwrap();
+                let parsed = parse_retry_after(&v, now()).expect("a valid HTTP date parses");
+                prop_assert_eq!(parsed, Duration::from_secs(offset.max(0) as u64));
+            }
+
+            #[test]
+            fn signs_fractions_and_garbage_are_rejected(
+                text in "[-+][0-9]{1,5}|[0-9]{1,5}\\.[0-9]{1,3}|[0-9]{1,3} ?[a-z]{1,5}[0-9]{0,3}",
+            ) {
+                let v = HeaderValue::from_str(&text).unwrap();
+                prop_assert_eq!(parse_retry_after(&v, now()), None, "{:?}", text);
+            }
+        }
+    }
 }

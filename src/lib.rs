@@ -68,6 +68,7 @@ pub mod demo;
 pub mod discover;
 pub mod error;
 pub mod http;
+pub mod limit;
 pub mod metrics;
 #[cfg(feature = "proxy")]
 pub mod proxy;

@@ -36,11 +36,93 @@ use crate::deadline::{self, DeadlineLayer, EnforceDeadline};
 use crate::discover::{Endpoint, Static};
 use crate::error::{BoxError, BuildError, Error};
 use crate::http::HttpEndpoints;
+use crate::limit::{
+    self, ConcurrencyHandle, ConcurrencyLimit, ConcurrencyLimitLayer, RateLimit,
+    RateLimitHandle, RateLimitLayer, Throttle, ThrottleHandle, ThrottleLayer, rate::HeaderKey,
+};
 use crate::metrics::{self, Metrics, Observe, Telemetry, TelemetryLayer};
 use crate::retry::{self, Backoff, ReplayBody, RetryBudget, RetryLayer, RetryService};
 
+/// The layers of a [`Client`] below the limits: breaker, retry, balancer.
+type Guarded<S, C> = Breaker<RetryService<Balance<S, C>, C>, C>;
+/// Adaptive throttling, when configured.
+type Throttled<S, C> = Toggle<Throttle<Guarded<S, C>, C>, Guarded<S, C>>;
+/// The concurrency limit, when configured.
+type Bulkhead<S, C> = Toggle<ConcurrencyLimit<Throttled<S, C>>, Throttled<S, C>>;
+/// The rate limit, when configured.
+type RateLimited<S, C> = Toggle<RateLimit<Bulkhead<S, C>, Option<HeaderKey>>, Bulkhead<S, C>>;
 /// The layers of a [`Client`], outside in.
-type Stack<S, C> = Telemetry<EnforceDeadline<Breaker<RetryService<Balance<S, C>, C>, C>>, C>;
+type Stack<S, C> = Telemetry<EnforceDeadline<RateLimited<S, C>>, C>;
+
+/// A layer of the [`Client`] stack that is configured on or off: one
+/// service type either way, so that the client's type does not depend on
+/// its configuration.
+#[derive(Debug, Clone)]
+pub enum Toggle<A, B> {
+    /// The layer is on: `A` wraps the rest of the stack.
+    On(A),
+    /// The layer is off: the rest of the stack, called directly.
+    Off(B),
+}
+
+impl<A, S> Toggle<A, S> {
+    /// `layer` over `inner` when there is one, else `inner` alone.
+    fn layer<L: Layer<S, Service = A>>(layer: Option<&L>, inner: S) -> Self {
+        match layer {
+            Some(layer) => Toggle::On(layer.layer(inner)),
+            None => Toggle::Off(inner),
+        }
+    }
+}
+
+impl<A, B, Req> Service<Req> for Toggle<A, B>
+where
+    A: Service<Req, Error = Error>,
+    B: Service<Req, Response = A::Response, Error = Error>,
+{
+    type Response = A::Response;
+    type Error = Error;
+    type Future = ToggleFuture<A::Future, B::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        match self {
+            Toggle::On(a) => a.poll_ready(cx),
+            Toggle::Off(b) => b.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self {
+            Toggle::On(a) => ToggleFuture::On(a.call(req)),
+            Toggle::Off(b) => ToggleFuture::Off(b.call(req)),
+        }
+    }
+}
+
+/// The response future of a [`Toggle`].
+#[pin_project::pin_project(project = ToggleProj)]
+#[derive(Debug)]
+pub enum ToggleFuture<A, B> {
+    /// The layer's future.
+    On(#[pin] A),
+    /// The rest of the stack's future.
+    Off(#[pin] B),
+}
+
+impl<A, B> std::future::Future for ToggleFuture<A, B>
+where
+    A: std::future::Future,
+    B: std::future::Future<Output = A::Output>,
+{
+    type Output = A::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<A::Output> {
+        match self.project() {
+            ToggleProj::On(a) => a.poll(cx),
+            ToggleProj::Off(b) => b.poll(cx),
+        }
+    }
+}
 
 /// A resilient HTTP client for one logical service: cheap to clone,
 /// `Send + Sync`, usable from any number of tasks at once.
@@ -74,6 +156,15 @@ pub struct Client<S, C = HttpClassify> {
     balance: Balance<S, C>,
     budget: RetryBudget,
     breaker: BreakerHandle,
+    limits: Arc<LimitHandles>,
+}
+
+/// Handles on the limits a client was built with.
+#[derive(Debug, Default)]
+struct LimitHandles {
+    rate: Option<RateLimitHandle>,
+    concurrency: Option<ConcurrencyHandle>,
+    throttle: Option<ThrottleHandle>,
 }
 
 impl<S, C: Clone> Clone for Client<S, C> {
@@ -83,6 +174,7 @@ impl<S, C: Clone> Clone for Client<S, C> {
             balance: self.balance.clone(),
             budget: self.budget.clone(),
             breaker: self.breaker.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -112,6 +204,7 @@ impl Client<(), HttpClassify> {
             retry: RetryLayer::new(""),
             deadline: DeadlineLayer::new(""),
             breaker: BreakerLayer::new(""),
+            limits: Limits::default(),
             metrics: None,
         }
     }
@@ -154,6 +247,21 @@ impl<S, C> Client<S, C> {
     /// The service breaker every clone of this client shares.
     pub fn breaker(&self) -> &BreakerHandle {
         &self.breaker
+    }
+
+    /// The rate limit's live state, if the client has one.
+    pub fn rate_limit(&self) -> Option<&RateLimitHandle> {
+        self.limits.rate.as_ref()
+    }
+
+    /// The concurrency limit's live state, if the client has one.
+    pub fn concurrency_limit(&self) -> Option<&ConcurrencyHandle> {
+        self.limits.concurrency.as_ref()
+    }
+
+    /// Adaptive throttling's live state, if the client has it.
+    pub fn throttle(&self) -> Option<&ThrottleHandle> {
+        self.limits.throttle.as_ref()
     }
 
     /// The client's live state, as plain data: every endpoint's load and
@@ -229,10 +337,22 @@ pub(crate) fn snapshot<S, C>(
     }
 }
 
+/// The response future of the breaker, retry and balancer layers.
+type GuardedFuture<S, C, B> =
+    breaker::ResponseFuture<retry::ResponseFuture<Balance<S, C>, C, B>, C>;
+/// ... with adaptive throttling, when configured.
+type ThrottledFuture<S, C, B> =
+    ToggleFuture<limit::throttle::ResponseFuture<GuardedFuture<S, C, B>, C>, GuardedFuture<S, C, B>>;
+/// ... with the concurrency limit, when configured.
+type BulkheadFuture<S, C, B> = ToggleFuture<
+    limit::concurrency::ResponseFuture<Throttled<S, C>, Request<B>>,
+    ThrottledFuture<S, C, B>,
+>;
+
 /// The response future of [`Client`].
 pub type ResponseFuture<S, C, B> = metrics::ResponseFuture<
     deadline::ResponseFuture<
-        breaker::ResponseFuture<retry::ResponseFuture<Balance<S, C>, C, B>, C>,
+        ToggleFuture<limit::rate::ResponseFuture<BulkheadFuture<S, C, B>>, BulkheadFuture<S, C, B>>,
     >,
     C,
 >;
@@ -273,7 +393,16 @@ pub struct Builder<D, N, C> {
     retry: RetryLayer,
     deadline: DeadlineLayer,
     breaker: BreakerLayer,
+    limits: Limits,
     metrics: Option<Metrics>,
+}
+
+/// The optional limits of a [`Builder`], outside in; all off by default.
+#[derive(Debug, Default)]
+struct Limits {
+    rate: Option<RateLimitLayer<Option<HeaderKey>>>,
+    concurrency: Option<ConcurrencyLimitLayer>,
+    throttle: Option<ThrottleLayer>,
 }
 
 impl<D, N, C> Builder<D, N, C> {
@@ -289,6 +418,7 @@ impl<D, N, C> Builder<D, N, C> {
             retry: self.retry,
             deadline: self.deadline,
             breaker: self.breaker,
+            limits: self.limits,
             metrics: self.metrics,
         }
     }
@@ -309,6 +439,7 @@ impl<D, N, C> Builder<D, N, C> {
             retry: self.retry,
             deadline: self.deadline,
             breaker: self.breaker,
+            limits: self.limits,
             metrics: self.metrics,
         }
     }
@@ -331,6 +462,7 @@ impl<D, N, C> Builder<D, N, C> {
             retry: self.retry,
             deadline: self.deadline,
             breaker: self.breaker,
+            limits: self.limits,
             metrics: self.metrics,
         }
     }
@@ -400,6 +532,44 @@ impl<D, N, C> Builder<D, N, C> {
     /// (see [`Metrics`]); series carry `client="<name>"`. Off by default.
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// A rate limit shared by every clone of the client (off by default):
+    /// requests over it fail at once with [`Error::Overloaded`]. Pass
+    /// `RateLimitLayer::new(name, rate)`, optionally
+    /// [`keyed_by_header`](RateLimitLayer::keyed_by_header); for another
+    /// key, wrap the client in your own [`RateLimitLayer::keyed`]. The
+    /// layer keeps its name and state: pass clones of one layer to several
+    /// clients to share one limit.
+    ///
+    /// ```
+    /// use palisade::limit::RateLimitLayer;
+    /// # let builder = palisade::Client::builder("users");
+    /// let builder = builder.rate_limit(RateLimitLayer::new("users", 500.0).burst(50));
+    /// # let _ = builder;
+    /// ```
+    pub fn rate_limit(mut self, layer: impl Into<RateLimitLayer<Option<HeaderKey>>>) -> Self {
+        self.limits.rate = Some(layer.into());
+        self
+    }
+
+    /// A concurrency limit (bulkhead) shared by every clone of the client
+    /// (off by default): at most `max` requests in flight and `queue`
+    /// waiting, never past their deadline; the rest fail at once with
+    /// [`Error::Overloaded`]. The layer keeps its name and state: clones
+    /// of one layer given to several clients share one bulkhead.
+    pub fn concurrency_limit(mut self, layer: ConcurrencyLimitLayer) -> Self {
+        self.limits.concurrency = Some(layer);
+        self
+    }
+
+    /// Adaptive client throttling (off by default): when the service
+    /// refuses requests for overload, reject locally with probability
+    /// max(0, (requests − K·accepts) / (requests + 1)). The layer's
+    /// classifier is replaced by the client's; its name and state stay.
+    pub fn throttle(mut self, layer: ThrottleLayer) -> Self {
+        self.limits.throttle = Some(layer);
         self
     }
 
@@ -475,10 +645,31 @@ impl<D, N, C> Builder<D, N, C> {
         let breaker = self
             .breaker
             .named(self.name.clone())
-            .classify(self.classify);
+            .classify(self.classify.clone());
         let breaker_handle = breaker.handle();
+        let guarded = breaker.layer(retry.layer(balance.clone()));
+        let Limits {
+            rate,
+            concurrency,
+            throttle,
+        } = self.limits;
+        // The layers keep their own names and state: one limit may be shared
+        // by several clients, and the caller's handles stay live.
+        let throttle = throttle.map(|t| t.classify(self.classify.clone()));
+        let handles = LimitHandles {
+            rate: rate.as_ref().map(RateLimitLayer::handle),
+            concurrency: concurrency.as_ref().map(ConcurrencyLimitLayer::handle),
+            throttle: throttle.as_ref().map(ThrottleLayer::handle),
+        };
+        let limited = Toggle::layer(
+            rate.as_ref(),
+            Toggle::layer(
+                concurrency.as_ref(),
+                Toggle::layer(throttle.as_ref(), guarded),
+            ),
+        );
         let deadline = self.deadline.named(self.name);
-        let stack = telemetry.layer(deadline.layer(breaker.layer(retry.layer(balance.clone()))));
+        let stack = telemetry.layer(deadline.layer(limited));
         if let Some(registry) = &self.metrics {
             registry.observe(Box::new(Observer {
                 balance: balance.downgrade(),
@@ -492,6 +683,7 @@ impl<D, N, C> Builder<D, N, C> {
             balance,
             budget,
             breaker: breaker_handle,
+            limits: Arc::new(handles),
         })
     }
 }

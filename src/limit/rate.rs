@@ -1,0 +1,714 @@
+//! The rate limit: `rate` requests per second with bursts of `burst`, shared
+//! by every clone, optionally one bucket per key.
+//!
+//! See the [module docs](super) for where it sits in the stack.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::HeaderName;
+use pin_project::pin_project;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use crate::error::{BoxError, Error, Limit};
+
+/// Default [`max_keys`](RateLimitLayer::max_keys) of a keyed limit.
+pub const DEFAULT_MAX_KEYS: usize = 10_000;
+
+/// Keys longer than this many bytes are cut to it (at a character
+/// boundary) before they are looked up or stored, so a key table holds at
+/// most `max_keys × 256` bytes of keys.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// The slowest rate a limit accepts (one request in about 11.6 days); slower
+/// rates, zero, negative rates and NaN are raised to it.
+pub const MIN_RATE: f64 = 1e-6;
+/// The fastest rate a limit accepts (one request a nanosecond).
+pub const MAX_RATE: f64 = 1e9;
+
+/// Rate-limits requests, shared by every service made from it; see the
+/// [module docs](super).
+///
+/// `K` picks each request's key: [`NoKey`] (one bucket for all),
+/// [`HeaderKey`] ([`keyed_by_header`](RateLimitLayer::keyed_by_header)) or
+/// [`KeyFn`] ([`keyed`](RateLimitLayer::keyed)).
+///
+/// Clones of a layer share its buckets. Each configuration method returns a
+/// layer with fresh buckets (all full), so configure first, then take
+/// [`handle`](RateLimitLayer::handle)s and make services.
+///
+/// ```
+/// use palisade::limit::RateLimitLayer;
+///
+/// // 100 requests a second, bursts of 20, per `x-tenant`, at most 1000 tenants.
+/// let layer = RateLimitLayer::new("users", 100.0)
+///     .burst(20)
+///     .max_keys(1000)
+///     .keyed_by_header(http::HeaderName::from_static("x-tenant"));
+/// assert_eq!(layer.handle().burst(), 20);
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RateLimitLayer<K = NoKey> {
+    core: Arc<Core>,
+    key: K,
+}
+
+/// What a keyed limit does with a request that has no key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WithoutKey {
+    /// Requests without a key share one bucket of the same rate and burst
+    /// (the default: a missing key never bypasses the limit).
+    #[default]
+    Shared,
+    /// Requests without a key are not limited.
+    Pass,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    rate: f64,
+    burst: u32,
+    max_keys: usize,
+    without_key: WithoutKey,
+}
+
+impl RateLimitLayer<NoKey> {
+    /// A rate limit of `rate` requests a second for the service called
+    /// `service` (named in errors), with the defaults: bursts of one
+    /// second's worth (`rate` rounded up, at least 1), one bucket for all
+    /// requests. `rate` is clamped to [`MIN_RATE`]`..=`[`MAX_RATE`].
+    pub fn new(service: impl Into<Arc<str>>, rate: f64) -> Self {
+        let rate = clamp_rate(rate);
+        let config = Config {
+            rate,
+            burst: burst_for(rate),
+            max_keys: DEFAULT_MAX_KEYS,
+            without_key: WithoutKey::Shared,
+        };
+        RateLimitLayer {
+            core: Arc::new(Core::new(service.into(), config)),
+            key: NoKey,
+        }
+    }
+}
+
+fn clamp_rate(rate: f64) -> f64 {
+    if rate.is_nan() {
+        MIN_RATE
+    } else {
+        rate.clamp(MIN_RATE, MAX_RATE)
+    }
+}
+
+fn burst_for(rate: f64) -> u32 {
+    // Saturating float-to-int cast: at most u32::MAX.
+    (rate.ceil() as u32).max(1)
+}
+
+impl<K> RateLimitLayer<K> {
+    fn config(self, f: impl FnOnce(&mut Config)) -> Self {
+        let mut config = self.core.config.clone();
+        f(&mut config);
+        RateLimitLayer {
+            core: Arc::new(Core::new(self.core.service.clone(), config)),
+            key: self.key,
+        }
+    }
+
+    /// Renames the service (named in errors).
+    pub fn named(self, service: impl Into<Arc<str>>) -> Self {
+        RateLimitLayer {
+            core: Arc::new(Core::new(service.into(), self.core.config.clone())),
+            key: self.key,
+        }
+    }
+
+    /// The sustained rate, in requests a second (clamped to
+    /// [`MIN_RATE`]`..=`[`MAX_RATE`]). The burst is kept.
+    pub fn rate(self, rate: f64) -> Self {
+        self.config(|c| c.rate = clamp_rate(rate))
+    }
+
+    /// How many requests may go at once after a quiet spell (default: the
+    /// rate rounded up, at least 1; 0 is taken as 1).
+    pub fn burst(self, burst: u32) -> Self {
+        self.config(|c| c.burst = burst.max(1))
+    }
+
+    /// The most keys a keyed limit tracks (default 10 000; 0 is taken as
+    /// 1). A key whose bucket is full again is idle and may be forgotten to
+    /// make room; a new key that finds the table full of busy keys is shed
+    /// with [`Limit::Keys`].
+    pub fn max_keys(self, max: usize) -> Self {
+        self.config(|c| c.max_keys = max.max(1))
+    }
+
+    /// What a keyed limit does with requests that have no key (default
+    /// [`WithoutKey::Shared`]). An unkeyed limit ([`NoKey`]) ignores it: it
+    /// always limits every request.
+    pub fn without_key(self, policy: WithoutKey) -> Self {
+        self.config(|c| c.without_key = policy)
+    }
+
+    /// One bucket per value of the header `name` (the first value, when
+    /// it is UTF-8; other requests have no key). Fresh buckets.
+    pub fn keyed_by_header(self, name: HeaderName) -> RateLimitLayer<HeaderKey> {
+        RateLimitLayer {
+            core: Arc::new(Core::new(
+                self.core.service.clone(),
+                self.core.config.clone(),
+            )),
+            key: HeaderKey(name),
+        }
+    }
+
+    /// One bucket per key that `key` returns for a request (`None`: no
+    /// key). Fresh buckets.
+    ///
+    /// ```
+    /// use palisade::limit::RateLimitLayer;
+    ///
+    /// let layer = RateLimitLayer::new("users", 10.0)
+    ///     .keyed(|req: &http::Request<()>| req.uri().path().split('/').nth(1).map(str::to_owned));
+    /// # let _ = layer;
+    /// ```
+    pub fn keyed<F>(self, key: F) -> RateLimitLayer<KeyFn<F>> {
+        RateLimitLayer {
+            core: Arc::new(Core::new(
+                self.core.service.clone(),
+                self.core.config.clone(),
+            )),
+            key: KeyFn(key),
+        }
+    }
+
+    /// A handle on this layer's buckets.
+    pub fn handle(&self) -> RateLimitHandle {
+        RateLimitHandle {
+            core: self.core.clone(),
+        }
+    }
+}
+
+impl<S, K: Clone> Layer<S> for RateLimitLayer<K> {
+    type Service = RateLimit<S, K>;
+
+    fn layer(&self, inner: S) -> RateLimit<S, K> {
+        RateLimit {
+            inner,
+            core: self.core.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// Picks the key a request is rate-limited under.
+///
+/// Implemented by [`NoKey`], [`HeaderKey`] and [`KeyFn`]; implement it for
+/// a key that needs no allocation per request.
+pub trait RateKey<Req>: Clone + Send + Sync + 'static {
+    /// Whether the limit is keyed at all. Only [`NoKey`] says no: then
+    /// every request uses the shared bucket, whatever
+    /// [`without_key`](RateLimitLayer::without_key) says.
+    const KEYED: bool = true;
+
+    /// Calls `f` with the request's key, or `None` when it has none.
+    fn with_key<T>(&self, req: &Req, f: impl FnOnce(Option<&str>) -> T) -> T;
+}
+
+/// No keys: every request uses the one shared bucket.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoKey;
+
+impl<Req> RateKey<Req> for NoKey {
+    const KEYED: bool = false;
+
+    fn with_key<T>(&self, _: &Req, f: impl FnOnce(Option<&str>) -> T) -> T {
+        f(None)
+    }
+}
+
+/// Keys by the value of one request header; see
+/// [`RateLimitLayer::keyed_by_header`].
+#[derive(Debug, Clone)]
+pub struct HeaderKey(HeaderName);
+
+impl<B> RateKey<http::Request<B>> for HeaderKey {
+    fn with_key<T>(&self, req: &http::Request<B>, f: impl FnOnce(Option<&str>) -> T) -> T {
+        let value = req.headers().get(&self.0);
+        f(value.and_then(|v| std::str::from_utf8(v.as_bytes()).ok()))
+    }
+}
+
+/// A header key or none: what [`Builder::rate_limit`](crate::stack::Builder::rate_limit)
+/// takes, so that one client type covers both. `None` limits every request
+/// with the shared bucket, as [`NoKey`] does.
+impl<B> RateKey<http::Request<B>> for Option<HeaderKey> {
+    fn with_key<T>(&self, req: &http::Request<B>, f: impl FnOnce(Option<&str>) -> T) -> T {
+        match self {
+            Some(key) => key.with_key(req, f),
+            None => f(None),
+        }
+    }
+}
+
+impl From<RateLimitLayer<NoKey>> for RateLimitLayer<Option<HeaderKey>> {
+    fn from(layer: RateLimitLayer<NoKey>) -> Self {
+        // Unkeyed means every request is limited, whatever `without_key`
+        // said (it is ignored for `NoKey`).
+        let layer = layer.without_key(WithoutKey::Shared);
+        RateLimitLayer {
+            core: layer.core,
+            key: None,
+        }
+    }
+}
+
+impl From<RateLimitLayer<HeaderKey>> for RateLimitLayer<Option<HeaderKey>> {
+    fn from(layer: RateLimitLayer<HeaderKey>) -> Self {
+        RateLimitLayer {
+            core: layer.core,
+            key: Some(layer.key),
+        }
+    }
+}
+
+/// Keys by a function of the request; see [`RateLimitLayer::keyed`].
+#[derive(Clone)]
+pub struct KeyFn<F>(F);
+
+impl<F> fmt::Debug for KeyFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyFn(..)")
+    }
+}
+
+impl<F, Req, R> RateKey<Req> for KeyFn<F>
+where
+    F: Fn(&Req) -> Option<R> + Clone + Send + Sync + 'static,
+    R: AsRef<str>,
+{
+    fn with_key<T>(&self, req: &Req, f: impl FnOnce(Option<&str>) -> T) -> T {
+        let key = (self.0)(req);
+        f(key.as_ref().map(AsRef::as_ref))
+    }
+}
+
+/// The service [`RateLimitLayer`] makes: calls its inner service while the
+/// request's bucket has room, and sheds the request at once otherwise.
+#[derive(Debug, Clone)]
+pub struct RateLimit<S, K = NoKey> {
+    inner: S,
+    core: Arc<Core>,
+    key: K,
+}
+
+impl<S, K> RateLimit<S, K> {
+    /// A handle on this service's buckets (shared with the layer and every
+    /// other service made from it).
+    pub fn handle(&self) -> RateLimitHandle {
+        RateLimitHandle {
+            core: self.core.clone(),
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, K, Req> Service<Req> for RateLimit<S, K>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    K: RateKey<Req>,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| Error::inner(&self.core.service, None, e))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let now = self.core.nanos(Instant::now());
+        let core = &self.core;
+        let keyed = K::KEYED;
+        match self.key.with_key(&req, |key| core.acquire(key, keyed, now)) {
+            Ok(()) => ResponseFuture {
+                state: State::Running {
+                    future: self.inner.call(req),
+                    service: self.core.service.clone(),
+                },
+            },
+            Err(limit) => ResponseFuture {
+                state: State::Shed {
+                    error: Some(self.core.shed(limit)),
+                },
+            },
+        }
+    }
+}
+
+/// The response future of [`RateLimit`]: the inner service's future, or
+/// the error that shed the request.
+#[pin_project]
+#[must_use = "futures do nothing unless polled"]
+pub struct ResponseFuture<F> {
+    #[pin]
+    state: State<F>,
+}
+
+#[pin_project(project = StateProj)]
+enum State<F> {
+    Running {
+        #[pin]
+        future: F,
+        service: Arc<str>,
+    },
+    Shed {
+        error: Option<Error>,
+    },
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Running { .. } => "Running",
+            State::Shed { .. } => "Shed",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Shed { error } => {
+                Poll::Ready(Err(error.take().expect("polled after completion")))
+            }
+            StateProj::Running { future, service } => {
+                future.poll(cx).map_err(|e| Error::inner(service, None, e))
+            }
+        }
+    }
+}
+
+/// The generic cell rate algorithm on one bucket: `tat` is the theoretical
+/// arrival time of the next request, in nanoseconds since the epoch. A
+/// request at `now` is admitted when the bucket's new `tat` is at most
+/// `tolerance` ahead of `now`. Returns the new `tat`, or how long until a
+/// request would be admitted.
+fn gcra(tat: u64, now: u64, interval: u64, tolerance: u64) -> Result<u64, u64> {
+    let next = tat.max(now).saturating_add(interval);
+    let ahead = next - now;
+    if ahead > tolerance {
+        Err(ahead - tolerance)
+    } else {
+        Ok(next)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// Each key's `tat`.
+    buckets: HashMap<Arc<str>, u64>,
+    /// No bucket is idle before this (a lower bound of the `tat`s), so a
+    /// full table need not be swept before then.
+    next_idle: u64,
+}
+
+/// One limit's buckets: shared by every service a layer makes, their clones
+/// and every [`RateLimitHandle`].
+struct Core {
+    service: Arc<str>,
+    config: Config,
+    epoch: Instant,
+    /// Nanoseconds between two admissions at the sustained rate.
+    interval: u64,
+    /// How far ahead of now a bucket's `tat` may be: `burst × interval`.
+    tolerance: u64,
+    /// The shared bucket's `tat`.
+    shared: AtomicU64,
+    /// Keyed buckets, behind a lock taken for one lookup (and, only when
+    /// the table is full, one sweep).
+    table: Mutex<Table>,
+    admitted: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("service", &self.service)
+            .field("config", &self.config)
+            .field("keys", &self.lock().buckets.len())
+            .finish()
+    }
+}
+
+impl Core {
+    fn new(service: Arc<str>, config: Config) -> Core {
+        let interval = ((1e9 / config.rate).round() as u64).max(1);
+        Core {
+            service,
+            interval,
+            tolerance: interval.saturating_mul(u64::from(config.burst)),
+            config,
+            epoch: Instant::now(),
+            // A `tat` at or before now is a full bucket.
+            shared: AtomicU64::new(0),
+            table: Mutex::new(Table::default()),
+            admitted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // The table is consistent between statements.
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(nanos).unwrap_or(u64::MAX)
+    }
+
+    fn limit(&self, key: Option<Arc<str>>, retry_in: u64) -> Limit {
+        Limit::Rate {
+            rate: self.config.rate,
+            burst: self.config.burst,
+            key,
+            retry_in: Duration::from_nanos(retry_in),
+        }
+    }
+
+    /// Admits a request with `key` (of a `keyed` limit) at `now`, or says
+    /// which limit it hit.
+    fn acquire(&self, key: Option<&str>, keyed: bool, now: u64) -> Result<(), Limit> {
+        let result = match key {
+            Some(key) => self.acquire_keyed(truncate(key), now),
+            None if keyed && self.config.without_key == WithoutKey::Pass => Ok(()),
+            None => self.acquire_shared(now),
+        };
+        if result.is_ok() {
+            self.admitted.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn acquire_shared(&self, now: u64) -> Result<(), Limit> {
+        let mut tat = self.shared.load(Ordering::Acquire);
+        loop {
+            let next = gcra(tat, now, self.interval, self.tolerance)
+                .map_err(|retry_in| self.limit(None, retry_in))?;
+            match self
+                .shared
+                .compare_exchange_weak(tat, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(()),
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+
+    fn acquire_keyed(&self, key: &str, now: u64) -> Result<(), Limit> {
+        let mut table = self.lock();
+        if let Some(tat) = table.buckets.get_mut(key) {
+            match gcra(*tat, now, self.interval, self.tolerance) {
+                Ok(next) => {
+                    *tat = next;
+                    return Ok(());
+                }
+                Err(retry_in) => {
+                    // Name the key with the table's copy: no allocation.
+                    let key = table.buckets.get_key_value(key).map(|(k, _)| k.clone());
+                    return Err(self.limit(key, retry_in));
+                }
+            }
+        }
+        if table.buckets.len() >= self.config.max_keys {
+            if now < table.next_idle {
+                return Err(Limit::Keys {
+                    max: self.config.max_keys,
+                });
+            }
+            // Forget the idle keys (full buckets); remember when the next
+            // one may be idle.
+            table.buckets.retain(|_, tat| *tat > now);
+            table.next_idle = table.buckets.values().copied().min().unwrap_or(u64::MAX);
+            if table.buckets.len() >= self.config.max_keys {
+                return Err(Limit::Keys {
+                    max: self.config.max_keys,
+                });
+            }
+        }
+        // A new key's bucket is full: the request is admitted.
+        let next = now.saturating_add(self.interval);
+        table.next_idle = table.next_idle.min(next);
+        table.buckets.insert(Arc::from(key), next);
+        Ok(())
+    }
+
+    fn shed(&self, limit: Limit) -> Error {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(service = %self.service, %limit, "request shed");
+        Error::Overloaded {
+            service: self.service.clone(),
+            limit,
+        }
+    }
+
+    /// Whole requests a bucket with `tat` admits at once at `now`.
+    fn available(&self, tat: u64, now: u64) -> u32 {
+        let ahead = tat.saturating_sub(now);
+        let room = self.tolerance.saturating_sub(ahead) / self.interval;
+        u32::try_from(room)
+            .unwrap_or(u32::MAX)
+            .min(self.config.burst)
+    }
+}
+
+/// `key` cut to at most [`MAX_KEY_LEN`] bytes, at a character boundary.
+fn truncate(key: &str) -> &str {
+    if key.len() <= MAX_KEY_LEN {
+        return key;
+    }
+    let mut end = MAX_KEY_LEN;
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    &key[..end]
+}
+
+/// A cheap, cloneable view of one rate limit's buckets, for snapshots and
+/// metrics.
+///
+/// ```
+/// use palisade::limit::RateLimitLayer;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let handle = RateLimitLayer::new("users", 50.0).burst(10).handle();
+/// assert_eq!(handle.available(), 10);
+/// assert_eq!((handle.rate(), handle.keys()), (50.0, 0));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RateLimitHandle {
+    core: Arc<Core>,
+}
+
+impl RateLimitHandle {
+    /// Requests the shared bucket would admit at once now.
+    pub fn available(&self) -> u32 {
+        let now = self.core.nanos(Instant::now());
+        self.core
+            .available(self.core.shared.load(Ordering::Acquire), now)
+    }
+
+    /// Requests `key`'s bucket would admit at once now (a key not tracked
+    /// has a full bucket).
+    pub fn available_for(&self, key: &str) -> u32 {
+        let now = self.core.nanos(Instant::now());
+        let tat = self
+            .core
+            .lock()
+            .buckets
+            .get(truncate(key))
+            .copied()
+            .unwrap_or(0);
+        self.core.available(tat, now)
+    }
+
+    /// Keys tracked now (idle ones included until a full table sweeps
+    /// them).
+    pub fn keys(&self) -> usize {
+        self.core.lock().buckets.len()
+    }
+
+    /// The sustained rate, in requests a second.
+    pub fn rate(&self) -> f64 {
+        self.core.config.rate
+    }
+
+    /// The burst size.
+    pub fn burst(&self) -> u32 {
+        self.core.config.burst
+    }
+
+    /// The most keys tracked.
+    pub fn max_keys(&self) -> usize {
+        self.core.config.max_keys
+    }
+
+    /// Requests admitted so far. Never decreases.
+    pub fn admitted(&self) -> u64 {
+        self.core.admitted.load(Ordering::Relaxed)
+    }
+
+    /// Requests shed so far ([`Limit::Rate`] and [`Limit::Keys`]). Never
+    /// decreases.
+    pub fn rejected(&self) -> u64 {
+        self.core.rejected.load(Ordering::Relaxed)
+    }
+
+    /// The name of the service the limit guards.
+    pub fn service(&self) -> &str {
+        &self.core.service
+    }
+}
+
+impl fmt::Debug for RateLimitHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.core.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_admits_the_burst_then_one_an_interval() {
+        let (interval, burst) = (100, 3);
+        let tolerance = interval * burst;
+        let mut tat = 0;
+        for _ in 0..burst {
+            tat = gcra(tat, 0, interval, tolerance).unwrap();
+        }
+        assert_eq!(gcra(tat, 0, interval, tolerance), Err(100));
+        assert_eq!(gcra(tat, 99, interval, tolerance), Err(1));
+        assert!(gcra(tat, 100, interval, tolerance).is_ok());
+    }
+
+    #[test]
+    fn long_keys_are_cut_at_a_char_boundary() {
+        let key = "é".repeat(200); // 400 bytes
+        let cut = truncate(&key);
+        assert!(cut.len() <= MAX_KEY_LEN && cut.len() >= MAX_KEY_LEN - 1);
+        assert!(key.starts_with(cut));
+        assert_eq!(truncate("short"), "short");
+    }
+}

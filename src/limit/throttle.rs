@@ -1,0 +1,425 @@
+//! Adaptive client throttling (Google SRE book, "Handling Overload"): reject
+//! locally, in proportion to how much the backend has been refusing.
+//!
+//! See the [module docs](super) for the rule and where it sits in the stack.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project::pin_project;
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use crate::classify::{Class, Classify, HttpClassify, Outcome, Retry};
+use crate::error::{BoxError, Error, Limit};
+use crate::rolling::RollingCount;
+
+/// Default [`k`](ThrottleLayer::k): the backend may be offered about this
+/// many times what it accepts.
+pub const DEFAULT_K: f64 = 2.0;
+/// Default [`window`](ThrottleLayer::window) requests and accepts are
+/// counted over.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(120);
+
+/// Adaptive client throttling shared by every service made from it; see the
+/// [module docs](super).
+///
+/// Clones of a layer share its counts. Each configuration method returns a
+/// layer with fresh counts, so configure first, then take
+/// [`handle`](ThrottleLayer::handle)s and make services.
+///
+/// ```
+/// use palisade::limit::ThrottleLayer;
+/// use std::time::Duration;
+///
+/// let layer = ThrottleLayer::new("users")
+///     .k(1.5)
+///     .window(Duration::from_secs(60));
+/// assert_eq!(layer.handle().k(), 1.5);
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ThrottleLayer<C = HttpClassify> {
+    core: Arc<Core>,
+    classify: C,
+}
+
+#[derive(Debug, Clone)]
+struct Config {
+    k: f64,
+    window: Duration,
+    seed: Option<u64>,
+}
+
+impl ThrottleLayer<HttpClassify> {
+    /// Adaptive throttling for the service called `service` (named in
+    /// errors), with the defaults: K = 2, a 2-minute window, the default
+    /// HTTP classifier, a random seed.
+    pub fn new(service: impl Into<Arc<str>>) -> Self {
+        let config = Config {
+            k: DEFAULT_K,
+            window: DEFAULT_WINDOW,
+            seed: None,
+        };
+        ThrottleLayer {
+            core: Arc::new(Core::new(service.into(), config)),
+            classify: HttpClassify::default(),
+        }
+    }
+}
+
+impl<C> ThrottleLayer<C> {
+    fn config(self, f: impl FnOnce(&mut Config)) -> Self {
+        let mut config = self.core.config.clone();
+        f(&mut config);
+        ThrottleLayer {
+            core: Arc::new(Core::new(self.core.service.clone(), config)),
+            classify: self.classify,
+        }
+    }
+
+    /// Renames the service (named in errors).
+    pub fn named(self, service: impl Into<Arc<str>>) -> Self {
+        ThrottleLayer {
+            core: Arc::new(Core::new(service.into(), self.core.config.clone())),
+            classify: self.classify,
+        }
+    }
+
+    /// The multiplier K (default 2): requests are rejected locally once
+    /// they exceed K times the accepted ones. Lower is more aggressive; the
+    /// book suggests 1.1 to 2. Values below 1 are taken as 1 (the backend
+    /// is always offered at least what it accepts); NaN leaves it unchanged.
+    pub fn k(self, k: f64) -> Self {
+        self.config(|c| {
+            if !k.is_nan() {
+                c.k = k.max(1.0);
+            }
+        })
+    }
+
+    /// The window requests and accepts are counted over (default 2 min;
+    /// counts expire a tenth of it at a time).
+    pub fn window(self, window: Duration) -> Self {
+        self.config(|c| c.window = window)
+    }
+
+    /// Seeds the random draws that decide rejections, so that a test (or a
+    /// simulation) sees the same rejections every run. Default: a random
+    /// seed.
+    pub fn seed(self, seed: u64) -> Self {
+        self.config(|c| c.seed = Some(seed))
+    }
+
+    /// Replaces the classifier that decides which outcomes the backend
+    /// accepted (it should be the one the rest of the stack uses). The
+    /// counts are kept.
+    pub fn classify<C2>(self, classify: C2) -> ThrottleLayer<C2> {
+        ThrottleLayer {
+            core: self.core,
+            classify,
+        }
+    }
+
+    /// A handle on this layer's counts.
+    pub fn handle(&self) -> ThrottleHandle {
+        ThrottleHandle {
+            core: self.core.clone(),
+        }
+    }
+}
+
+impl<S, C: Clone> Layer<S> for ThrottleLayer<C> {
+    type Service = Throttle<S, C>;
+
+    fn layer(&self, inner: S) -> Throttle<S, C> {
+        Throttle {
+            inner,
+            core: self.core.clone(),
+            classify: self.classify.clone(),
+        }
+    }
+}
+
+/// The service [`ThrottleLayer`] makes: rejects a share of requests locally
+/// while the backend refuses more than it accepts.
+#[derive(Debug, Clone)]
+pub struct Throttle<S, C = HttpClassify> {
+    inner: S,
+    core: Arc<Core>,
+    classify: C,
+}
+
+impl<S, C> Throttle<S, C> {
+    /// A handle on this service's counts (shared with the layer and every
+    /// other service made from it).
+    pub fn handle(&self) -> ThrottleHandle {
+        ThrottleHandle {
+            core: self.core.clone(),
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, C, Req> Service<Req> for Throttle<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response>,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| Error::inner(&self.core.service, None, e))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let now = Instant::now();
+        let probability = self.core.probability(now);
+        // Local rejections count as requests too (as in the book): while
+        // the backend accepts nothing, the probability keeps rising.
+        self.core.requests.add(now, 1);
+        if probability > 0.0 && self.core.draw() < probability {
+            self.core.rejected.fetch_add(1, Ordering::Relaxed);
+            let limit = Limit::Throttled { probability };
+            tracing::debug!(service = %self.core.service, %limit, "request shed");
+            return ResponseFuture {
+                state: State::Shed {
+                    error: Some(Error::Overloaded {
+                        service: self.core.service.clone(),
+                        limit,
+                    }),
+                },
+            };
+        }
+        ResponseFuture {
+            state: State::Running {
+                future: self.inner.call(req),
+                core: Some(self.core.clone()),
+                classify: self.classify.clone(),
+            },
+        }
+    }
+}
+
+/// Whether the backend accepted a request, by its class: it did unless it
+/// refused for load (`Outcome::Overloaded`: 429) or failed in a way the
+/// classifier calls retryable (the backend did not do the work: 502, 503,
+/// 504, transport errors). A failure that is not retryable (500, 501) was
+/// accepted: the backend took the request and answered it.
+pub(crate) fn accepted(class: &Class) -> bool {
+    match class.outcome() {
+        Outcome::Success => true,
+        Outcome::Overloaded => false,
+        Outcome::Failure => class.retry() == Retry::Never,
+    }
+}
+
+/// The response future of [`Throttle`].
+///
+/// Its outcome is counted as accepted or not when it completes; dropped
+/// before that, the request stays counted and not accepted.
+#[pin_project]
+#[must_use = "futures do nothing unless polled"]
+pub struct ResponseFuture<F, C> {
+    #[pin]
+    state: State<F, C>,
+}
+
+#[pin_project(project = StateProj)]
+enum State<F, C> {
+    Running {
+        #[pin]
+        future: F,
+        core: Option<Arc<Core>>,
+        classify: C,
+    },
+    Shed {
+        error: Option<Error>,
+    },
+}
+
+impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Running { .. } => "Running",
+            State::Shed { .. } => "Shed",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classify<T>,
+{
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Shed { error } => {
+                Poll::Ready(Err(error.take().expect("polled after completion")))
+            }
+            StateProj::Running {
+                future,
+                core,
+                classify,
+            } => {
+                let result = std::task::ready!(future.poll(cx));
+                let core = core.take().expect("polled after completion");
+                let (result, class) = match result {
+                    Ok(rsp) => {
+                        let class = classify.classify_response(&rsp);
+                        (Ok(rsp), class)
+                    }
+                    Err(e) => {
+                        let e: BoxError = e.into();
+                        let class = classify.classify_error(&*e);
+                        (Err(Error::inner(&core.service, None, e)), class)
+                    }
+                };
+                if accepted(&class) {
+                    core.accepts.add(Instant::now(), 1);
+                }
+                Poll::Ready(result)
+            }
+        }
+    }
+}
+
+/// One throttle's counts: shared by every service a layer makes, their
+/// clones, their response futures and every [`ThrottleHandle`].
+struct Core {
+    service: Arc<str>,
+    config: Config,
+    requests: RollingCount,
+    accepts: RollingCount,
+    /// A SplitMix64 counter: each draw advances it by one step, lock-free.
+    rng: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let now = Instant::now();
+        f.debug_struct("Throttle")
+            .field("service", &self.service)
+            .field("requests", &self.requests.sum(now))
+            .field("accepts", &self.accepts.sum(now))
+            .field("probability", &self.probability(now))
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl Core {
+    fn new(service: Arc<str>, config: Config) -> Core {
+        Core {
+            service,
+            requests: RollingCount::new(config.window),
+            accepts: RollingCount::new(config.window),
+            rng: AtomicU64::new(config.seed.unwrap_or_else(rand::random)),
+            rejected: AtomicU64::new(0),
+            config,
+        }
+    }
+
+    /// max(0, (requests − K·accepts) / (requests + 1)) over the window.
+    fn probability(&self, now: Instant) -> f64 {
+        let requests = self.requests.sum(now).max(0) as f64;
+        let accepts = self.accepts.sum(now).max(0) as f64;
+        ((requests - self.config.k * accepts) / (requests + 1.0)).clamp(0.0, 1.0)
+    }
+
+    /// A uniform draw in `[0, 1)`.
+    fn draw(&self) -> f64 {
+        let mut z = self
+            .rng
+            .fetch_add(GOLDEN_GAMMA, Ordering::Relaxed)
+            .wrapping_add(GOLDEN_GAMMA);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A cheap, cloneable view of one throttle's counts, for snapshots and
+/// metrics.
+///
+/// ```
+/// use palisade::limit::ThrottleLayer;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let handle = ThrottleLayer::new("users").handle();
+/// assert_eq!(handle.probability(), 0.0);
+/// assert_eq!((handle.requests(), handle.accepts()), (0, 0));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ThrottleHandle {
+    core: Arc<Core>,
+}
+
+impl ThrottleHandle {
+    /// The probability a request is rejected locally now.
+    pub fn probability(&self) -> f64 {
+        self.core.probability(Instant::now())
+    }
+
+    /// Requests counted in the window now (local rejections included).
+    pub fn requests(&self) -> u64 {
+        self.core.requests.sum(Instant::now()).max(0) as u64
+    }
+
+    /// Requests the backend accepted in the window now.
+    pub fn accepts(&self) -> u64 {
+        self.core.accepts.sum(Instant::now()).max(0) as u64
+    }
+
+    /// Requests rejected locally so far. Never decreases.
+    pub fn rejected(&self) -> u64 {
+        self.core.rejected.load(Ordering::Relaxed)
+    }
+
+    /// The multiplier K.
+    pub fn k(&self) -> f64 {
+        self.core.config.k
+    }
+
+    /// The window requests and accepts are counted over.
+    pub fn window(&self) -> Duration {
+        self.core.config.window
+    }
+
+    /// The name of the service the throttle guards.
+    pub fn service(&self) -> &str {
+        &self.core.service
+    }
+}
+
+impl fmt::Debug for ThrottleHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.core.fmt(f)
+    }
+}

@@ -33,6 +33,8 @@
 //! set; when a source ends, the balancer keeps its last set for good.
 
 mod endpoint;
+#[cfg(any(feature = "file", feature = "proxy"))]
+mod spec;
 
 #[cfg(feature = "dns")]
 pub mod dns;
@@ -42,6 +44,8 @@ pub mod file;
 pub mod kubernetes;
 
 pub use endpoint::{Address, Endpoint, EndpointError};
+#[cfg(any(feature = "file", feature = "proxy"))]
+pub use spec::EndpointSpec;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;

@@ -46,6 +46,8 @@ pub struct Behavior {
     jitter: f64,
     failure_rate: f64,
     fail_every: u64,
+    tail_rate: f64,
+    tail_latency: Duration,
 }
 
 impl Default for Behavior {
@@ -62,6 +64,8 @@ impl Behavior {
             jitter: 0.0,
             failure_rate: 0.0,
             fail_every: 0,
+            tail_rate: 0.0,
+            tail_latency: Duration::ZERO,
         }
     }
 
@@ -99,7 +103,23 @@ impl Behavior {
         self
     }
 
+    /// With probability `rate` (clamped to 0..=1), waits `latency` instead
+    /// of the usual latency and jitter: a heavy tail, as in a fleet where a
+    /// few requests hit a GC pause or a cold cache.
+    pub fn tail(mut self, rate: f64, latency: Duration) -> Behavior {
+        self.tail_rate = if rate.is_finite() {
+            rate.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self.tail_latency = latency;
+        self
+    }
+
     fn delay(&self) -> Duration {
+        if self.tail_rate > 0.0 && rand::rng().random::<f64>() < self.tail_rate {
+            return self.tail_latency;
+        }
         if self.jitter == 0.0 || self.latency.is_zero() {
             return self.latency;
         }

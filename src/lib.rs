@@ -2,10 +2,10 @@
 //!
 //! The client half of a service mesh, as [`tower`] layers: give any client
 //! `Service` (hyper-util's `Client`, reqwest, a gRPC channel, your own)
-//! endpoint discovery and latency-aware load balancing — and, as the crate
-//! grows, retry budgets, deadlines, circuit breaking, limits and metrics. The
-//! same layers, assembled from a config file, make the `palisade` sidecar
-//! binary.
+//! endpoint discovery (static, DNS, files, Kubernetes), latency-aware load
+//! balancing, outlier ejection, retry budgets, deadlines, circuit breaking,
+//! limits, hedging, metrics and tracing. The same layers, assembled from a
+//! config file, make the `palisade` sidecar binary.
 //!
 //! ```no_run
 //! use bytes::Bytes;
@@ -34,12 +34,17 @@
 //!   layers are assembled; [`Snapshot`], the client's live state.
 //! - [`metrics`]: prometheus-client metrics and tracing spans.
 //! - [`deadline`]: one absolute deadline per request, propagated per hop.
+//! - [`limit`]: a shared rate limit, a concurrency limit (bulkhead) and
+//!   adaptive client throttling; each sheds with [`Error::Overloaded`].
 //! - [`breaker`]: a Hystrix-style service breaker.
 //! - [`retry`]: policy, budget, backoff and body replay.
+//! - [`hedge`]: one backup request to another endpoint after a delay, on
+//!   its own budget.
 //! - [`balance`]: P2C over peak-EWMA load, without a buffer worker; failure
 //!   accrual.
 //! - [`classify`]: the one classifier every layer consults.
-//! - [`discover`]: endpoints, static and dynamic sources.
+//! - [`discover`]: endpoints and their sources: static, dynamic, DNS, files,
+//!   Kubernetes.
 //! - [`http`]: one shared HTTP client turned into per-endpoint services.
 //! - [`error`]: the one error type callers match on.
 //!
@@ -51,6 +56,9 @@
 //! | `demo` | yes | [`demo`]: in-process test backends on 127.0.0.1 |
 //! | `proxy` | yes | [`proxy`]: the sidecar's config, server, admin and reload |
 //! | `cli` | yes | the `palisade` binary (`palisade demo`, `proxy`, `check`) |
+//! | `dns` | yes | `discover::dns`: A/AAAA and SRV discovery through hickory-resolver |
+//! | `file` | yes | `discover::file`: a watched JSON or TOML endpoint list |
+//! | `kubernetes` | no | `discover::kubernetes`: EndpointSlices through kube-rs (pulls in kube and k8s-openapi) |
 //! | `reqwest` | no | `http::reqwest`: a `reqwest::Client` as the inner client |
 //!
 //! A library user who brings their own client can build lean with
@@ -67,6 +75,7 @@ pub mod deadline;
 pub mod demo;
 pub mod discover;
 pub mod error;
+pub mod hedge;
 pub mod http;
 pub mod limit;
 pub mod metrics;

@@ -35,16 +35,19 @@ use crate::classify::{Classify, HttpClassify};
 use crate::deadline::{self, DeadlineLayer, EnforceDeadline};
 use crate::discover::{Endpoint, Static};
 use crate::error::{BoxError, BuildError, Error};
+use crate::hedge::{Hedge, HedgeHandle, HedgeLayer};
 use crate::http::HttpEndpoints;
 use crate::limit::{
-    self, ConcurrencyHandle, ConcurrencyLimit, ConcurrencyLimitLayer, RateLimit,
-    RateLimitHandle, RateLimitLayer, Throttle, ThrottleHandle, ThrottleLayer, rate::HeaderKey,
+    self, ConcurrencyHandle, ConcurrencyLimit, ConcurrencyLimitLayer, RateLimit, RateLimitHandle,
+    RateLimitLayer, Throttle, ThrottleHandle, ThrottleLayer, rate::HeaderKey,
 };
 use crate::metrics::{self, Metrics, Observe, Telemetry, TelemetryLayer};
 use crate::retry::{self, Backoff, ReplayBody, RetryBudget, RetryLayer, RetryService};
 
+/// The balancer, with hedging when configured.
+type Hedged<S, C> = Toggle<Hedge<Balance<S, C>, C>, Balance<S, C>>;
 /// The layers of a [`Client`] below the limits: breaker, retry, balancer.
-type Guarded<S, C> = Breaker<RetryService<Balance<S, C>, C>, C>;
+type Guarded<S, C> = Breaker<RetryService<Hedged<S, C>, C>, C>;
 /// Adaptive throttling, when configured.
 type Throttled<S, C> = Toggle<Throttle<Guarded<S, C>, C>, Guarded<S, C>>;
 /// The concurrency limit, when configured.
@@ -159,12 +162,13 @@ pub struct Client<S, C = HttpClassify> {
     limits: Arc<LimitHandles>,
 }
 
-/// Handles on the limits a client was built with.
+/// Handles on the optional layers a client was built with.
 #[derive(Debug, Default)]
 struct LimitHandles {
     rate: Option<RateLimitHandle>,
     concurrency: Option<ConcurrencyHandle>,
     throttle: Option<ThrottleHandle>,
+    hedge: Option<HedgeHandle>,
 }
 
 impl<S, C: Clone> Clone for Client<S, C> {
@@ -264,6 +268,11 @@ impl<S, C> Client<S, C> {
         self.limits.throttle.as_ref()
     }
 
+    /// Hedging's counters and current delay, if the client hedges.
+    pub fn hedge(&self) -> Option<&HedgeHandle> {
+        self.limits.hedge.as_ref()
+    }
+
     /// The client's live state, as plain data: every endpoint's load and
     /// standing, the retry budget, the breaker. The demo's table, the tests
     /// and the proxy's admin endpoint read this.
@@ -338,11 +347,12 @@ pub(crate) fn snapshot<S, C>(
 }
 
 /// The response future of the breaker, retry and balancer layers.
-type GuardedFuture<S, C, B> =
-    breaker::ResponseFuture<retry::ResponseFuture<Balance<S, C>, C, B>, C>;
+type GuardedFuture<S, C, B> = breaker::ResponseFuture<retry::ResponseFuture<Hedged<S, C>, C, B>, C>;
 /// ... with adaptive throttling, when configured.
-type ThrottledFuture<S, C, B> =
-    ToggleFuture<limit::throttle::ResponseFuture<GuardedFuture<S, C, B>, C>, GuardedFuture<S, C, B>>;
+type ThrottledFuture<S, C, B> = ToggleFuture<
+    limit::throttle::ResponseFuture<GuardedFuture<S, C, B>, C>,
+    GuardedFuture<S, C, B>,
+>;
 /// ... with the concurrency limit, when configured.
 type BulkheadFuture<S, C, B> = ToggleFuture<
     limit::concurrency::ResponseFuture<Throttled<S, C>, Request<B>>,
@@ -397,12 +407,13 @@ pub struct Builder<D, N, C> {
     metrics: Option<Metrics>,
 }
 
-/// The optional limits of a [`Builder`], outside in; all off by default.
+/// The optional layers of a [`Builder`], outside in; all off by default.
 #[derive(Debug, Default)]
 struct Limits {
     rate: Option<RateLimitLayer<Option<HeaderKey>>>,
     concurrency: Option<ConcurrencyLimitLayer>,
     throttle: Option<ThrottleLayer>,
+    hedge: Option<HedgeLayer>,
 }
 
 impl<D, N, C> Builder<D, N, C> {
@@ -573,6 +584,27 @@ impl<D, N, C> Builder<D, N, C> {
         self
     }
 
+    /// Hedging (off by default): after a delay (default: the client's p95
+    /// latency), one backup of an idempotent, replayable request goes to
+    /// another endpoint; the first good answer wins and the other is
+    /// cancelled. Backups draw on the layer's own budget (default 5 % of
+    /// requests, no floor) and stop when the deadline is too close or the
+    /// client's breaker is not closed. Sits inside retries, above the
+    /// balancer. The layer's classifier is replaced by the client's and it
+    /// is given the client's breaker; read its counters with
+    /// [`Client::hedge`].
+    ///
+    /// ```
+    /// use palisade::hedge::{HedgeDelay, HedgeLayer};
+    /// # let builder = palisade::Client::builder("users");
+    /// let builder = builder.hedge(HedgeLayer::new("users").delay(HedgeDelay::Percentile(0.95)));
+    /// # let _ = builder;
+    /// ```
+    pub fn hedge(mut self, layer: HedgeLayer) -> Self {
+        self.limits.hedge = Some(layer);
+        self
+    }
+
     /// Turns the service breaker off (it never trips).
     pub fn without_breaker(mut self) -> Self {
         self.breaker = self.breaker.volume_threshold(u32::MAX);
@@ -647,12 +679,18 @@ impl<D, N, C> Builder<D, N, C> {
             .named(self.name.clone())
             .classify(self.classify.clone());
         let breaker_handle = breaker.handle();
-        let guarded = breaker.layer(retry.layer(balance.clone()));
         let Limits {
             rate,
             concurrency,
             throttle,
+            hedge,
         } = self.limits;
+        let hedge = hedge.map(|h| {
+            h.breaker(Some(breaker_handle.clone()))
+                .classify(self.classify.clone())
+        });
+        let hedged = Toggle::layer(hedge.as_ref(), balance.clone());
+        let guarded = breaker.layer(retry.layer(hedged));
         // The layers keep their own names and state: one limit may be shared
         // by several clients, and the caller's handles stay live.
         let throttle = throttle.map(|t| t.classify(self.classify.clone()));
@@ -660,6 +698,7 @@ impl<D, N, C> Builder<D, N, C> {
             rate: rate.as_ref().map(RateLimitLayer::handle),
             concurrency: concurrency.as_ref().map(ConcurrencyLimitLayer::handle),
             throttle: throttle.as_ref().map(ThrottleLayer::handle),
+            hedge: hedge.as_ref().map(HedgeLayer::handle),
         };
         let limited = Toggle::layer(
             rate.as_ref(),

@@ -3,7 +3,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use pin_project::pin_project;
+use pin_project::{pin_project, pinned_drop};
 use tokio::time::Instant;
 use tower::Service;
 
@@ -16,7 +16,12 @@ use crate::error::{BoxError, Error};
 /// On the common path it holds the chosen endpoint's service and its future
 /// inline (no allocation); only a request that has to wait for the first
 /// endpoint to appear boxes that wait.
-#[pin_project]
+///
+/// Dropped while its call is in flight (a hedge won, a per-try timeout or
+/// the deadline fired, the caller went away), it tells the endpoint's
+/// estimate that the call took at least as long as it ran: an endpoint
+/// whose calls are always cut short must not look fast.
+#[pin_project(PinnedDrop)]
 #[must_use = "futures do nothing unless polled"]
 pub struct ResponseFuture<S, C, Req>
 where
@@ -52,6 +57,28 @@ where
         error: Option<Error>,
     },
     Done,
+}
+
+#[pinned_drop]
+impl<S, C, Req> PinnedDrop for ResponseFuture<S, C, Req>
+where
+    S: Service<Req>,
+{
+    fn drop(self: Pin<&mut Self>) {
+        let this = self.project();
+        if let StateProj::Calling {
+            in_flight, start, ..
+        } = this.state.project()
+        {
+            let now = Instant::now();
+            let elapsed = now.saturating_duration_since(*start);
+            in_flight
+                .slot
+                .load
+                .ewma
+                .observe_at_least(elapsed, now, this.shared.config.decay);
+        }
+    }
 }
 
 impl<S, C, Req> ResponseFuture<S, C, Req>

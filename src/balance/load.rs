@@ -108,6 +108,24 @@ impl PeakEwma {
         s.penalty_stamp = now;
     }
 
+    /// Records that a call was still running `elapsed` after it started
+    /// when it was cancelled (a hedge won, a per-try timeout fired, the
+    /// caller went away): its latency is at least that. Raises the estimate
+    /// when `elapsed` is above it, as a finished call that slow would; never
+    /// lowers it, never adds a penalty. Without this, an endpoint whose calls
+    /// are always cut short would look as fast as its seed.
+    pub(crate) fn observe_at_least(&self, elapsed: Duration, now: Instant, tau: Duration) {
+        let mut s = self.lock();
+        let sample = elapsed.as_nanos() as f64;
+        if sample > s.latency_at(now, tau) {
+            s.latency_ns = sample;
+            s.seeded = false;
+            if now > s.stamp {
+                s.stamp = now;
+            }
+        }
+    }
+
     /// Records one outcome observed at `now`: what it took, and for a
     /// failure the penalty (`penalty` also sets how fast it fades).
     pub(crate) fn observe(

@@ -78,6 +78,46 @@ async fn prefers_the_faster_endpoint() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_cut_short_still_teaches_the_estimate() {
+    let fleet = Fleet::default();
+    let eps = vec![
+        fleet.set("127.0.0.1:1", Answer::ok(10)),
+        fleet.set("127.0.0.1:2", Answer::ok(10)),
+        fleet.set("127.0.0.1:3", Answer::ok(500)),
+    ];
+    let b = fleet.balance(Static::new(eps), BalanceConfig::default());
+    settle(&b, 3).await;
+    // Every call is cut off at 50 ms (as a hedge or a per-try timeout
+    // would): the slow endpoint's calls never finish. For 100 s, ten times
+    // the decay: without a lower bound from the cut-off calls, its estimate
+    // would fade to nothing and it would get its share again.
+    let cut = |b: &Balance<Svc, HttpClassify>| {
+        let b = b.clone();
+        async move {
+            let _ = tokio::time::timeout(Duration::from_millis(50), b.oneshot(get())).await;
+        }
+    };
+    for _ in 0..1000 {
+        cut(&b).await;
+    }
+    let before = fleet.count("127.0.0.1:3");
+    for _ in 0..1000 {
+        cut(&b).await;
+    }
+    let slow = fleet.count("127.0.0.1:3") - before;
+    let estimate = state_of(&b, "127.0.0.1:3").latency_estimate;
+    let fast = state_of(&b, "127.0.0.1:1").latency_estimate;
+    assert!(
+        estimate > 2 * fast,
+        "cut-off calls keep the estimate up: {estimate:?} against {fast:?}"
+    );
+    assert!(slow < 100, "the slow endpoint got {slow} of the last 1000 calls");
+    // Never lowered: the fast endpoints' calls finish, and their estimate
+    // is what they take.
+    assert!(fast <= Duration::from_millis(11), "{fast:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn in_flight_requests_count_against_an_endpoint() {
     let fleet = Fleet::default();
     let eps = vec![

@@ -6,11 +6,39 @@
 //! into a service with a [`NewEndpoint`](crate::balance::NewEndpoint) factory,
 //! so sources stay free of client details.
 //!
-//! Two sources ship today:
+//! The sources that ship:
 //!
-//! - [`Static`]: a fixed list.
-//! - [`dynamic`]: a [`DynamicHandle`] that inserts, removes and replaces
-//!   endpoints at run time, and the stream that feeds them to a balancer.
+//! | source | feature | what it watches |
+//! |---|---|---|
+//! | [`Static`] | — | a fixed list |
+//! | [`dynamic`] | — | a [`DynamicHandle`] your code drives: insert, remove, replace |
+//! | `dns::Dns` | `dns` (default) | A/AAAA or SRV records, re-resolved at their TTL (clamped 1 s – 60 s) |
+//! | `file::Watch` | `file` (default) | a JSON or TOML endpoint list, polled; renames and ConfigMap symlink swaps included |
+//! | `kubernetes::Kubernetes` | `kubernetes` | the ready endpoints of a Service's EndpointSlices, through kube-rs |
+//!
+//! The DNS, file and Kubernetes sources all work the same way: a builder,
+//! then `spawn()`, which starts one task on the current Tokio runtime and
+//! returns the [`Dynamic`] stream to give to
+//! [`Builder::discover`](crate::stack::Builder::discover). The task owns a
+//! [`DynamicHandle`], replaces the set with each good answer, keeps the last
+//! good set through failures (logging each, naming the source and the
+//! error), and stops when the balancer drops the stream
+//! ([`DynamicHandle::closed`]). Removed endpoints drain: their in-flight
+//! requests finish, new ones go elsewhere.
+//!
+//! ```no_run
+//! # #[cfg(feature = "dns")]
+//! # async fn f() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use palisade::discover::dns::Dns;
+//!
+//! let users = palisade::Client::builder("users")
+//!     .discover(Dns::parse("_http._tcp.users.internal")?.spawn()?)
+//!     .http(palisade::http::hyper_client())
+//!     .build()?;
+//! # let _ = users;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! Any other source plugs in as it is: a stream of
 //! `Result<Change<K, Endpoint>, E>` is a `Discover`. To adapt a source that

@@ -35,7 +35,7 @@ use crate::classify::{Classify, HttpClassify};
 use crate::deadline::{self, DeadlineLayer, EnforceDeadline};
 use crate::discover::{Endpoint, Static};
 use crate::error::{BoxError, BuildError, Error};
-use crate::hedge::{Hedge, HedgeHandle, HedgeLayer};
+use crate::hedge::{Hedge, HedgeHandle, HedgeLayer, HedgeStats};
 use crate::http::HttpEndpoints;
 use crate::limit::{
     self, ConcurrencyHandle, ConcurrencyLimit, ConcurrencyLimitLayer, RateLimit, RateLimitHandle,
@@ -277,7 +277,7 @@ impl<S, C> Client<S, C> {
     /// standing, the retry budget, the breaker. The demo's table, the tests
     /// and the proxy's admin endpoint read this.
     pub fn snapshot(&self) -> Snapshot {
-        snapshot(&self.balance, &self.budget, &self.breaker)
+        snapshot(&self.balance, &self.budget, &self.breaker, &self.limits)
     }
 }
 
@@ -299,6 +299,56 @@ pub struct Snapshot {
     pub panic_mode: bool,
     /// How many times panic mode was entered.
     pub panics: u64,
+    /// The concurrency limit, if the client has one.
+    pub concurrency: Option<ConcurrencyStats>,
+    /// The rate limit, if the client has one.
+    pub rate_limit: Option<RateLimitStats>,
+    /// Adaptive throttling, if the client has it.
+    pub throttle: Option<ThrottleStats>,
+    /// Hedging, if the client hedges.
+    pub hedges: Option<HedgeStats>,
+}
+
+/// A concurrency limit's state in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ConcurrencyStats {
+    /// Requests in flight now.
+    pub in_flight: usize,
+    /// Requests waiting for a slot now.
+    pub queued: usize,
+    /// The most in flight.
+    pub max: usize,
+    /// Requests shed because the queue was full.
+    pub shed_full: u64,
+    /// Requests shed after waiting as long as allowed.
+    pub shed_timeout: u64,
+}
+
+/// A rate limit's state in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RateLimitStats {
+    /// Requests admitted.
+    pub admitted: u64,
+    /// Requests shed.
+    pub rejected: u64,
+    /// Keys tracked now (0 for an unkeyed limit).
+    pub keys: usize,
+}
+
+/// Adaptive throttling's state in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ThrottleStats {
+    /// The probability a request is rejected locally now.
+    pub probability: f64,
+    /// Requests in the window.
+    pub requests: u64,
+    /// Of those, accepted by the service.
+    pub accepts: u64,
+    /// Requests rejected locally.
+    pub rejected: u64,
 }
 
 /// What the metrics collector holds of a client: nothing that keeps it
@@ -307,6 +357,7 @@ struct Observer<S, C> {
     balance: WeakBalance<S, C>,
     budget: RetryBudget,
     breaker: BreakerHandle,
+    limits: Arc<LimitHandles>,
     counts: Option<metrics::ClientMetrics>,
 }
 
@@ -322,17 +373,18 @@ where
             .as_ref()
             .map_or((0, 0), |m| (m.requests.get(), m.retry.attempts.get()));
         Some((
-            snapshot(&balance, &self.budget, &self.breaker),
+            snapshot(&balance, &self.budget, &self.breaker, &self.limits),
             requests,
             attempts,
         ))
     }
 }
 
-pub(crate) fn snapshot<S, C>(
+fn snapshot<S, C>(
     balance: &Balance<S, C>,
     budget: &RetryBudget,
     breaker: &BreakerHandle,
+    limits: &LimitHandles,
 ) -> Snapshot {
     let (panic_mode, panics) = balance.panic_mode();
     Snapshot {
@@ -343,6 +395,25 @@ pub(crate) fn snapshot<S, C>(
         breaker_transitions: breaker.transitions(),
         panic_mode,
         panics,
+        concurrency: limits.concurrency.as_ref().map(|c| ConcurrencyStats {
+            in_flight: c.in_flight(),
+            queued: c.queued(),
+            max: c.max(),
+            shed_full: c.shed_full(),
+            shed_timeout: c.shed_timeout(),
+        }),
+        rate_limit: limits.rate.as_ref().map(|r| RateLimitStats {
+            admitted: r.admitted(),
+            rejected: r.rejected(),
+            keys: r.keys(),
+        }),
+        throttle: limits.throttle.as_ref().map(|t| ThrottleStats {
+            probability: t.probability(),
+            requests: t.requests(),
+            accepts: t.accepts(),
+            rejected: t.rejected(),
+        }),
+        hedges: limits.hedge.as_ref().map(HedgeHandle::stats),
     }
 }
 
@@ -709,11 +780,13 @@ impl<D, N, C> Builder<D, N, C> {
         );
         let deadline = self.deadline.named(self.name);
         let stack = telemetry.layer(deadline.layer(limited));
+        let limits = Arc::new(handles);
         if let Some(registry) = &self.metrics {
             registry.observe(Box::new(Observer {
                 balance: balance.downgrade(),
                 budget: budget.clone(),
                 breaker: breaker_handle.clone(),
+                limits: limits.clone(),
                 counts: client_metrics,
             }));
         }
@@ -722,7 +795,7 @@ impl<D, N, C> Builder<D, N, C> {
             balance,
             budget,
             breaker: breaker_handle,
-            limits: Arc::new(handles),
+            limits,
         })
     }
 }

@@ -34,6 +34,10 @@
 //!   | `palisade_breaker_state` (0 closed, 1 half-open, 2 open), `palisade_breaker_transitions_total` | gauge, counter | client |
 //!   | `palisade_balancer_panic_mode`, `palisade_balancer_panics_total` | gauge, counter | client |
 //!   | `palisade_endpoint_series_dropped` | gauge | client |
+//!   | `palisade_concurrency_in_flight`, `_queued` (clients with a concurrency limit) | gauge | client |
+//!   | `palisade_throttle_probability` (clients with adaptive throttling) | gauge | client |
+//!   | `palisade_limit_shed_total` | counter | client, limit (`concurrency`, `queue_timeout`, `rate`, `throttle`) |
+//!   | `palisade_hedges_total`, `palisade_hedges_won_total`, `palisade_hedge_delay_seconds`, `palisade_hedge_budget_balance` (clients that hedge) | counter, gauge | client |
 //!
 //! Label sets are bounded: `client` is one per client you build, `endpoint`
 //! at most [`max_endpoint_series`](Metrics::register_with_limit) per client
@@ -498,6 +502,91 @@ impl Collector for Collector_ {
                 MetricType::Gauge,
                 dropped,
             )?;
+        }
+
+        // The optional layers: series only for the clients that have them.
+        type OptionalValue = fn(&Snapshot) -> Option<f64>;
+        let optional_series: [(&str, &str, MetricType, OptionalValue); 7] = [
+            (
+                "concurrency_in_flight",
+                "Requests in flight under the concurrency limit",
+                MetricType::Gauge,
+                |s| s.concurrency.as_ref().map(|c| c.in_flight as f64),
+            ),
+            (
+                "concurrency_queued",
+                "Requests waiting for a concurrency slot",
+                MetricType::Gauge,
+                |s| s.concurrency.as_ref().map(|c| c.queued as f64),
+            ),
+            (
+                "throttle_probability",
+                "Probability that adaptive throttling rejects a request now",
+                MetricType::Gauge,
+                |s| s.throttle.as_ref().map(|t| t.probability),
+            ),
+            ("hedges", "Backup requests sent", MetricType::Counter, |s| {
+                s.hedges.as_ref().map(|h| h.sent as f64)
+            }),
+            (
+                "hedges_won",
+                "Backup requests whose answer was returned",
+                MetricType::Counter,
+                |s| s.hedges.as_ref().map(|h| h.won as f64),
+            ),
+            (
+                "hedge_delay_seconds",
+                "The delay before a backup request, now",
+                MetricType::Gauge,
+                |s| s.hedges.as_ref().map(|h| seconds(h.delay)),
+            ),
+            (
+                "hedge_budget_balance",
+                "Backups the hedge budget would grant now",
+                MetricType::Gauge,
+                |s| s.hedges.as_ref().map(|h| h.budget_balance),
+            ),
+        ];
+        for (name, help, kind, value) in optional_series {
+            if !snapshots.iter().any(|s| value(&s.0).is_some()) {
+                continue;
+            }
+            let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+            for s in &snapshots {
+                if let Some(v) = value(&s.0) {
+                    encode_value(&mut metric, &[("client", s.0.service.as_str())], kind, v)?;
+                }
+            }
+        }
+        type ShedValue = fn(&Snapshot) -> Option<u64>;
+        let sheds: [(&str, ShedValue); 4] = [
+            ("concurrency", |s| {
+                s.concurrency.as_ref().map(|c| c.shed_full)
+            }),
+            ("queue_timeout", |s| {
+                s.concurrency.as_ref().map(|c| c.shed_timeout)
+            }),
+            ("rate", |s| s.rate_limit.as_ref().map(|r| r.rejected)),
+            ("throttle", |s| s.throttle.as_ref().map(|t| t.rejected)),
+        ];
+        if snapshots
+            .iter()
+            .any(|s| sheds.iter().any(|(_, v)| v(&s.0).is_some()))
+        {
+            let mut metric = encoder.encode_descriptor(
+                "limit_shed",
+                "Requests a limit shed, by limit",
+                None,
+                MetricType::Counter,
+            )?;
+            for s in &snapshots {
+                for (limit, value) in &sheds {
+                    if let Some(v) = value(&s.0) {
+                        let labels = [("client", s.0.service.as_str()), ("limit", *limit)];
+                        encode_value(&mut metric, &labels, MetricType::Counter, v as f64)?;
+                    }
+                }
+            }
         }
 
         // Per-endpoint series, at most `max` per client.

@@ -274,3 +274,98 @@ async fn endpoint_series_are_capped() {
         3.0
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn optional_layers_are_in_the_snapshot_and_the_scrape() {
+    use crate::hedge::{HedgeDelay, HedgeLayer};
+    use crate::limit::{ConcurrencyLimitLayer, RateLimitLayer, ThrottleLayer};
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let fleet = Fleet::default();
+    // One client with every optional layer, one with none.
+    let (handle, limited) = {
+        let (handle, discover) = discover::dynamic();
+        let client = Client::builder("limited")
+            .discover(discover)
+            .new_endpoint(fleet.factory())
+            .metrics(metrics.clone())
+            .rate_limit(RateLimitLayer::new("limited", 1.0).burst(3))
+            .concurrency_limit(ConcurrencyLimitLayer::new("limited").max(2).queue(0))
+            .throttle(ThrottleLayer::new("limited").seed(1))
+            .hedge(HedgeLayer::new("limited").delay(HedgeDelay::Fixed(Duration::from_millis(20))))
+            .build()
+            .unwrap();
+        (handle, client)
+    };
+    let (plain_handle, plain) = client("plain", &fleet, metrics);
+    handle.insert(fleet.set("127.0.0.1:1", Answer::ok(50)));
+    plain_handle.insert(fleet.set("127.0.0.1:1", Answer::ok(50)));
+    settled(&limited, 1).await;
+    settled(&plain, 1).await;
+
+    // Three at once: two run, the third finds no queue; a fourth is over the
+    // rate (burst 3).
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let req = Request::get("http://users/")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            limited.clone().oneshot(req)
+        })
+        .collect();
+    let results = futures::future::join_all(calls).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 2);
+
+    let snap = limited.snapshot();
+    let concurrency = snap.concurrency.expect("a concurrency limit");
+    assert_eq!((concurrency.in_flight, concurrency.shed_full), (0, 1));
+    let rate = snap.rate_limit.expect("a rate limit");
+    assert_eq!((rate.admitted, rate.rejected), (3, 1));
+    assert_eq!(snap.throttle.expect("throttling").accepts, 2);
+    // Both calls took 50 ms against a 20 ms delay; one endpoint only, so
+    // the backups had nowhere else to go.
+    let hedges = snap.hedges.expect("hedging");
+    assert_eq!(hedges.delay, Duration::from_millis(20));
+    assert!(plain.snapshot().hedges.is_none());
+
+    let text = scrape(&registry);
+    let c = r#"client="limited""#;
+    assert_eq!(
+        value(&text, &format!("palisade_concurrency_in_flight{{{c}}}")),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!(r#"palisade_limit_shed_total{{{c},limit="concurrency"}}"#)
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!(r#"palisade_limit_shed_total{{{c},limit="rate"}}"#)
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&text, &format!("palisade_hedge_delay_seconds{{{c}}}")),
+        0.02
+    );
+    assert_eq!(
+        value(&text, &format!("palisade_throttle_probability{{{c}}}")),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!(r#"palisade_errors_total{{{c},kind="overloaded"}}"#)
+        ),
+        2.0
+    );
+    assert!(
+        !text.contains(r#"palisade_hedges_total{client="plain"}"#),
+        "no hedge series for a client without hedging"
+    );
+}

@@ -7,8 +7,8 @@ use pin_project::{pin_project, pinned_drop};
 use tokio::time::Instant;
 use tower::Service;
 
-use super::{InFlight, Shared, wait_for_endpoints};
-use crate::classify::Classify;
+use super::{Hints, InFlight, Shared, Tried, wait_for_endpoints};
+use crate::classify::{Class, Classify, Retry};
 use crate::error::{BoxError, Error};
 
 /// The response future of [`Balance`](super::Balance).
@@ -17,10 +17,14 @@ use crate::error::{BoxError, Error};
 /// inline (no allocation); only a request that has to wait for the first
 /// endpoint to appear boxes that wait.
 ///
-/// Dropped while its call is in flight (a hedge won, a per-try timeout or
-/// the deadline fired, the caller went away), it tells the endpoint's
-/// estimate that the call took at least as long as it ran: an endpoint
-/// whose calls are always cut short must not look fast.
+/// Dropped while its call is in flight, it tells the endpoint what it
+/// learned: cut off by the retry layer's per-try timeout (marked in the
+/// request's [`Tried`](super::Tried)), the call is a failure of the
+/// endpoint, as if it had failed then; cancelled for any other reason (a
+/// hedge won, the deadline fired, the caller went away), it took at least
+/// as long as it ran, and the endpoint's latency estimate rises to that if
+/// it was lower. Either way an endpoint whose calls are always cut short
+/// cannot look fast.
 #[pin_project(PinnedDrop)]
 #[must_use = "futures do nothing unless polled"]
 pub struct ResponseFuture<S, C, Req>
@@ -52,6 +56,9 @@ where
         future: S::Future,
         in_flight: InFlight<S>,
         start: Instant,
+        /// The request's `Tried`, to learn on drop whether the retry layer
+        /// cut the call off with its per-try timeout.
+        tried: Option<Tried>,
     },
     Failed {
         error: Option<Error>,
@@ -67,16 +74,26 @@ where
     fn drop(self: Pin<&mut Self>) {
         let this = self.project();
         if let StateProj::Calling {
-            in_flight, start, ..
+            in_flight,
+            start,
+            tried,
+            ..
         } = this.state.project()
         {
             let now = Instant::now();
             let elapsed = now.saturating_duration_since(*start);
-            in_flight
-                .slot
-                .load
-                .ewma
-                .observe_at_least(elapsed, now, this.shared.config.decay);
+            if tried.as_ref().is_some_and(Tried::timed_out) {
+                // Cut off by the per-try timeout: a failure of this
+                // endpoint, so that one that never answers gets ejected.
+                let class = Class::failure(Retry::IfIdempotent);
+                this.shared.record(in_flight, class, elapsed, now);
+            } else {
+                in_flight
+                    .slot
+                    .load
+                    .ewma
+                    .observe_at_least(elapsed, now, this.shared.config.decay);
+            }
         }
     }
 }
@@ -120,7 +137,7 @@ where
 
 impl<S, C, Req> Future for ResponseFuture<S, C, Req>
 where
-    Req: super::Hints,
+    Req: Hints,
     S: Service<Req> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
     C: Classify<S::Response>,
@@ -181,18 +198,21 @@ where
                     }
                     let req = req.take().expect("polled after completion");
                     let in_flight = in_flight.take().expect("polled after completion");
+                    let tried = req.tried().cloned();
                     let start = Instant::now();
                     let future = service.call(req);
                     this.state.set(State::Calling {
                         future,
                         in_flight,
                         start,
+                        tried,
                     });
                 }
                 StateProj::Calling {
                     future,
                     in_flight,
                     start,
+                    ..
                 } => {
                     let result = ready!(future.poll(cx));
                     let now = Instant::now();

@@ -792,12 +792,44 @@ impl<B> Hints for http::Request<B> {
 /// The retry layer puts one in every attempt's extensions; the balancer
 /// avoids the endpoints in it whenever another is available, and appends
 /// the one it picks. Its length is bounded by the number of attempts.
+///
+/// It also carries one flag from the retry layer to the balancer: the
+/// attempt in flight was cut off by its per-try timeout. The balancer's
+/// future, dropped then, records a failure for its endpoint (an endpoint
+/// that never answers must be ejected, not only slowed down), where any
+/// other cancellation (a hedge lost, the caller went away) only raises the
+/// endpoint's latency estimate.
 #[derive(Debug, Clone, Default)]
-pub struct Tried(Arc<Mutex<Vec<Address>>>);
+pub struct Tried(Arc<TriedState>);
+
+#[derive(Debug, Default)]
+struct TriedState {
+    addresses: Mutex<Vec<Address>>,
+    timed_out: AtomicBool,
+}
 
 impl Tried {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Address>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.0
+            .addresses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the attempt in flight as cut off by its per-try timeout; the
+    /// retry layer calls this just before it drops the attempt.
+    pub(crate) fn time_out(&self) {
+        self.0.timed_out.store(true, Ordering::Release);
+    }
+
+    /// Clears the mark for a new attempt.
+    pub(crate) fn start_attempt(&self) {
+        self.0.timed_out.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the attempt in flight was cut off by its per-try timeout.
+    pub(crate) fn timed_out(&self) -> bool {
+        self.0.timed_out.load(Ordering::Acquire)
     }
 
     /// The endpoints tried so far, in order.

@@ -403,6 +403,7 @@ where
                     }
                     *this.attempts += 1;
                     let mut parts = this.parts.clone();
+                    this.tried.start_attempt();
                     parts.extensions.insert(this.tried.clone());
                     deadline::stamp_headers(&mut parts);
                     let body = match this.body.as_ref().and_then(ReplayBody::try_clone) {
@@ -453,6 +454,9 @@ where
                                 return Poll::Pending;
                             }
                             let after = config.per_try_timeout.unwrap_or_default();
+                            // The balancer's future, dropped with this
+                            // attempt, records a failure for its endpoint.
+                            this.tried.time_out();
                             Err(Error::inner(
                                 &config.service,
                                 this.tried.last().as_ref(),

@@ -324,6 +324,54 @@ async fn the_per_try_timeout_moves_on_to_another_endpoint() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_endpoint_that_never_answers_is_ejected_through_its_per_try_timeouts() {
+    let fleet = Fleet::default();
+    let b = balance(
+        &fleet,
+        &[
+            ("127.0.0.1:1", Answer::ok(60_000)),
+            ("127.0.0.1:2", Answer::ok(10)),
+            ("127.0.0.1:3", Answer::ok(10)),
+        ],
+    );
+    ready(&b, 3).await;
+    let svc = RetryLayer::new("test")
+        .per_try_timeout(Some(Duration::from_millis(100)))
+        .backoff(Backoff::new(Duration::ZERO, Duration::ZERO))
+        .layer(b.clone());
+    // The hung endpoint is tried now and then (new endpoints are seeded
+    // with the median, and its cut-off calls are its only news); each time
+    // the per-try timeout cuts it off, that is a failure of the endpoint.
+    let hung = || {
+        b.endpoint_stats()
+            .into_iter()
+            .find(|e| e.address == addr("127.0.0.1:1"))
+            .unwrap()
+    };
+    // Sixteen callers at once, so the fast endpoints carry load and the hung
+    // one keeps being drawn until it is ejected.
+    let mut n = 0;
+    while n < 4000 && hung().state == crate::balance::EndpointState::Active {
+        let calls = (0..16).map(|_| svc.clone().oneshot(req(Method::GET, "")));
+        for rsp in futures::future::join_all(calls).await {
+            assert_eq!(rsp.unwrap().status(), 200);
+        }
+        n += 16;
+    }
+    let hung = hung();
+    assert_eq!(
+        hung.failures, hung.requests,
+        "every attempt it got was cut off, and counted: {hung:?}"
+    );
+    assert_ne!(
+        hung.state,
+        crate::balance::EndpointState::Active,
+        "still active after {n} requests: {hung:?}"
+    );
+    assert!(hung.failures >= 5, "{hung:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_per_try_timeout_on_the_last_attempt_is_an_error_naming_it() {
     let fleet = Fleet::default();
     let b = balance(&fleet, &[("127.0.0.1:1", Answer::ok(10_000))]);

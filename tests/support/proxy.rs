@@ -1,0 +1,244 @@
+//! The `palisade proxy` binary as a child process, and a plain HTTP client
+//! to talk to it (used by `proxy_bin.rs`, `reliability.rs` and `soak.rs`).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+
+use super::{ID_HEADER, Outcome, Sender, read_body};
+
+/// A running `palisade proxy` process; killed when dropped.
+pub struct Proxy {
+    pub child: Child,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh temporary config file path.
+pub fn config_path() -> PathBuf {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("palisade-test-{}-{n}.toml", std::process::id()))
+}
+
+/// A config with listener and admin on free ports, a fast file watch, and
+/// `body` appended (services and routes).
+pub fn config_text(body: &str) -> String {
+    format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
+         [server]\nwatch_interval = \"100ms\"\ngrace_period = \"5s\"\nmax_header_bytes = 8192\n\n{body}"
+    )
+}
+
+/// A `[[services]]` table named `name` over `backends`.
+pub fn service(name: &str, backends: &[SocketAddr]) -> String {
+    let endpoints: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[[services]]\nname = \"{name}\"\nendpoints = [{}]\n\n",
+        endpoints.join(", ")
+    )
+}
+
+impl Proxy {
+    /// Starts the proxy on [`config_text`]`(body)`.
+    pub fn start(body: &str) -> Proxy {
+        Proxy::start_with(&config_text(body))
+    }
+
+    /// Starts the proxy on exactly `text`, and waits for its first line
+    /// (which names the addresses it bound).
+    pub fn start_with(text: &str) -> Proxy {
+        let config = config_path();
+        std::fs::write(&config, text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(["proxy", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start palisade");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        // "palisade proxy: listening on 127.0.0.1:X (admin 127.0.0.1:Y)"
+        let listen = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .parse()
+            .unwrap();
+        let admin = line
+            .split("(admin ")
+            .nth(1)
+            .and_then(|r| r.strip_suffix(")\n"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        Proxy {
+            child,
+            listen,
+            admin,
+            config,
+        }
+    }
+
+    /// Replaces the config file with [`config_text`]`(body)`.
+    pub fn rewrite(&self, body: &str) {
+        std::fs::write(&self.config, config_text(body)).unwrap();
+    }
+
+    /// Sends a signal (`"-TERM"`, `"-HUP"`) with `kill`.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The process's resident set size in KiB (`VmRSS` in
+    /// `/proc/PID/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// A plain hyper-util client (no palisade in it).
+pub type Plain = HttpClient<HttpConnector, Full<Bytes>>;
+
+/// A [`Plain`] client with hyper-util's defaults.
+pub fn plain() -> Plain {
+    HttpClient::builder(TokioExecutor::new()).build_http()
+}
+
+/// GETs `path` from `addr`: status, headers, body.
+pub async fn get(client: &Plain, addr: SocketAddr, path: &str) -> (u16, http::HeaderMap, String) {
+    let req = http::Request::get(format!("http://{addr}{path}"))
+        .body(Full::default())
+        .unwrap();
+    let rsp = client.request(req).await.expect("request");
+    let status = rsp.status().as_u16();
+    let headers = rsp.headers().clone();
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Polls `check` every 50 ms for up to 10 s.
+pub async fn eventually(mut check: impl AsyncFnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not met within 10 s");
+}
+
+/// Waits until the proxy's admin `/ready` says 200.
+pub async fn ready(client: &Plain, proxy: &Proxy) {
+    eventually(async || get(client, proxy.admin, "/ready").await.0 == 200).await;
+}
+
+/// Sends through the proxy at `addr` with a [`Plain`] client, the id in
+/// [`ID_HEADER`].
+pub fn via_proxy(client: &Plain, addr: SocketAddr) -> Sender {
+    let client = client.clone();
+    Arc::new(move |method: Method, id: String| {
+        let client = client.clone();
+        Box::pin(async move { send(&client, addr, method, &id).await })
+    })
+}
+
+/// Like [`via_proxy`], but a request whose connection was refused (nothing
+/// was sent) is sent again after 10 ms, as a client riding out a restart
+/// would; the returned map counts the refusals per id.
+pub fn via_proxy_resending_refused(
+    client: &Plain,
+    addr: SocketAddr,
+) -> (Sender, Arc<Mutex<HashMap<String, u32>>>) {
+    let refusals = Arc::new(Mutex::new(HashMap::new()));
+    let client = client.clone();
+    let counts = refusals.clone();
+    let sender: Sender = Arc::new(move |method: Method, id: String| {
+        let (client, counts) = (client.clone(), counts.clone());
+        Box::pin(async move {
+            loop {
+                match send(&client, addr, method.clone(), &id).await {
+                    Outcome::Transport { unsent: true, .. } => {
+                        *counts
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(id.clone())
+                            .or_default() += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    outcome => return outcome,
+                }
+            }
+        })
+    });
+    (sender, refusals)
+}
+
+async fn send(client: &Plain, addr: SocketAddr, method: Method, id: &str) -> Outcome {
+    let body = if method == Method::POST {
+        Bytes::from_static(b"payload")
+    } else {
+        Bytes::new()
+    };
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}/"))
+        .header(ID_HEADER, id)
+        .body(Full::new(body))
+        .expect("request");
+    match client.request(req).await {
+        Ok(rsp) => read_body(rsp).await,
+        Err(e) => Outcome::Transport {
+            unsent: e.is_connect(),
+            error: format!("{e:?}"),
+        },
+    }
+}
+
+/// A counter from the proxy's `/metrics` (`name{labels} value`), 0 if
+/// absent.
+pub async fn metric(client: &Plain, proxy: &Proxy, series: &str) -> u64 {
+    let (_, _, text) = get(client, proxy.admin, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}

@@ -309,10 +309,9 @@ impl fmt::Display for Limit {
                 f,
                 "concurrency limit reached ({max} in flight, {queue} queued)"
             ),
-            Limit::QueueTimeout { max, waited } => write!(
-                f,
-                "waited {waited:?} for one of {max} concurrency slots"
-            ),
+            Limit::QueueTimeout { max, waited } => {
+                write!(f, "waited {waited:?} for one of {max} concurrency slots")
+            }
             Limit::Rate {
                 rate,
                 burst,

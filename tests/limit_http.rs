@@ -15,14 +15,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use palisade::classify::HttpClassify;
 use palisade::demo::{Backend, Behavior};
 use palisade::discover::Endpoint;
-use palisade::classify::HttpClassify;
 use palisade::discover::Static;
-use palisade::http::{Hyper, HttpEndpoints, HyperClient, hyper_client};
+use palisade::http::{HttpEndpoints, Hyper, HyperClient, hyper_client};
+use palisade::limit::{ConcurrencyLimitLayer, RateLimitLayer, ThrottleLayer};
 use palisade::retry::ReplayBody;
 use palisade::stack::Builder;
-use palisade::limit::{ConcurrencyLimitLayer, RateLimitLayer, ThrottleLayer};
 use palisade::{Client, Error, Limit};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -39,7 +39,9 @@ fn client(addr: SocketAddr) -> Hyper<Body> {
 /// [`client`], with more builder settings (the limits).
 fn client_with(
     addr: SocketAddr,
-    settings: impl FnOnce(Builder<Static, HttpEndpoints<HyperClient<ReplayBody<Body>>>, HttpClassify>)
+    settings: impl FnOnce(
+        Builder<Static, HttpEndpoints<HyperClient<ReplayBody<Body>>>, HttpClassify>,
+    )
         -> Builder<Static, HttpEndpoints<HyperClient<ReplayBody<Body>>>, HttpClassify>,
 ) -> Hyper<Body> {
     let builder = Client::builder("test")
@@ -350,7 +352,10 @@ async fn the_builder_stacks_rate_then_concurrency_and_sheds_with_typed_errors() 
     assert_eq!((served, rate, bulkhead), (2, 1, 1), "{results:?}");
     assert_eq!(backend.requests(), 2, "sheds never reach the backend");
     let limit = svc.concurrency_limit().expect("the client has a bulkhead");
-    assert_eq!((limit.in_flight(), limit.queued(), limit.shed_full()), (0, 0, 1));
+    assert_eq!(
+        (limit.in_flight(), limit.queued(), limit.shed_full()),
+        (0, 0, 1)
+    );
     assert_eq!(svc.rate_limit().expect("and a rate limit").rejected(), 1);
     assert!(svc.throttle().is_none());
 }

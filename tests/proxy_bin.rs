@@ -3,146 +3,19 @@
 
 #![cfg(all(feature = "cli", unix))]
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use palisade::demo::{Backend, Behavior};
+use support::proxy::{Plain, Proxy, config_path, eventually, get, plain, ready, service};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
-
-/// A running `palisade proxy` process; killed when dropped.
-struct Proxy {
-    child: Child,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    config: PathBuf,
-}
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-fn config_path() -> PathBuf {
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir().join(format!("palisade-test-{}-{n}.toml", std::process::id()))
-}
-
-/// A config with listener and admin on free ports, a fast file watch, and
-/// `body` appended (services and routes).
-fn config_text(body: &str) -> String {
-    format!(
-        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
-         [server]\nwatch_interval = \"100ms\"\ngrace_period = \"5s\"\nmax_header_bytes = 8192\n\n{body}"
-    )
-}
-
-fn service(name: &str, backends: &[SocketAddr]) -> String {
-    let endpoints: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        "[[services]]\nname = \"{name}\"\nendpoints = [{}]\n\n",
-        endpoints.join(", ")
-    )
-}
-
-impl Proxy {
-    fn start(body: &str) -> Proxy {
-        let config = config_path();
-        std::fs::write(&config, config_text(body)).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-            .args(["proxy", "--config"])
-            .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start palisade");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        // "palisade proxy: listening on 127.0.0.1:X (admin 127.0.0.1:Y)"
-        let listen = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|r| r.split(' ').next())
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .parse()
-            .unwrap();
-        let admin = line
-            .split("(admin ")
-            .nth(1)
-            .and_then(|r| r.strip_suffix(")\n"))
-            .unwrap()
-            .parse()
-            .unwrap();
-        Proxy {
-            child,
-            listen,
-            admin,
-            config,
-        }
-    }
-
-    fn rewrite(&self, body: &str) {
-        std::fs::write(&self.config, config_text(body)).unwrap();
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.config);
-    }
-}
-
-type Plain = HttpClient<HttpConnector, Full<Bytes>>;
-
-fn plain() -> Plain {
-    HttpClient::builder(TokioExecutor::new()).build_http()
-}
-
-async fn get(client: &Plain, addr: SocketAddr, path: &str) -> (u16, http::HeaderMap, String) {
-    let req = http::Request::get(format!("http://{addr}{path}"))
-        .body(Full::default())
-        .unwrap();
-    let rsp = client.request(req).await.expect("request");
-    let status = rsp.status().as_u16();
-    let headers = rsp.headers().clone();
-    let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    (status, headers, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// Polls `check` every 50 ms for up to 10 s.
-async fn eventually(mut check: impl AsyncFnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < until {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("condition not met within 10 s");
-}
-
-async fn ready(client: &Plain, proxy: &Proxy) {
-    eventually(async || get(client, proxy.admin, "/ready").await.0 == 200).await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_with_the_librarys_policies() {
@@ -475,4 +348,268 @@ async fn h2c_upstreams_are_pooled_and_used() {
     let seen = backend.last_request().unwrap();
     assert_eq!(seen.version, http::Version::HTTP_2);
     assert_eq!(backend.requests(), 5);
+}
+
+/// Writes `text` to `path` atomically: a temporary file renamed over it.
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Removes a file when dropped.
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_discovery_moves_traffic_without_a_config_reload() {
+    let a = Backend::spawn(Behavior::new()).await.unwrap();
+    let b = Backend::spawn(Behavior::new()).await.unwrap();
+    // Next to the config file, named relative to it; missing at start.
+    let endpoints = config_path().with_extension("json");
+    let _cleanup = Cleanup(endpoints.clone());
+    let name = endpoints.file_name().unwrap().to_str().unwrap();
+    let proxy = Proxy::start(&format!(
+        "[[services]]\nname = \"app\"\ndiscovery = {{ file = \"{name}\", interval = \"100ms\" }}\n\n\
+         [[routes]]\nservice = \"app\"\n"
+    ));
+    let client = plain();
+
+    // No file yet: not ready, and /ready says where the endpoints should come from.
+    let (status, _, body) = get(&client, proxy.admin, "/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains(&format!(
+            "no endpoints yet for app (file {})",
+            endpoints.display()
+        )),
+        "{body}"
+    );
+
+    replace_file(&endpoints, &format!("[\"{}\"]", a.addr()));
+    ready(&client, &proxy).await;
+    assert_eq!(get(&client, proxy.listen, "/").await.0, 200);
+    assert_eq!(a.requests(), 1);
+
+    // The file changes, the config does not: traffic moves to b.
+    replace_file(
+        &endpoints,
+        &format!(
+            "{{\"endpoints\": [{{\"address\": \"{}\", \"labels\": {{\"zone\": \"b\"}}}}]}}",
+            b.addr()
+        ),
+    );
+    eventually(async || {
+        get(&client, proxy.listen, "/").await;
+        b.requests() > 0
+    })
+    .await;
+    let on_a = a.requests();
+    for _ in 0..10 {
+        assert_eq!(get(&client, proxy.listen, "/").await.0, 200);
+    }
+    assert_eq!(
+        a.requests(),
+        on_a,
+        "the removed endpoint still gets traffic"
+    );
+
+    // A bad file keeps the last good set.
+    replace_file(&endpoints, "[\"nope\"]");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&client, proxy.listen, "/").await.0, 200);
+
+    let (_, _, snapshot) = get(&client, proxy.admin, "/snapshot").await;
+    let snapshot: serde_json::Value = serde_json::from_str(&snapshot).unwrap();
+    let app = &snapshot["services"][0];
+    assert_eq!(app["discovery"]["kind"], "file", "{app}");
+    assert_eq!(app["discovery"]["file"], name);
+    assert_eq!(
+        app["discovery"]["resolved_path"],
+        endpoints.display().to_string()
+    );
+    assert_eq!(app["discovery"]["interval"], "100ms");
+    assert_eq!(app["endpoints"][0]["address"], b.addr().to_string());
+    assert_eq!(app["endpoints"][0]["labels"]["zone"], "b");
+    let (_, _, config) = get(&client, proxy.admin, "/config").await;
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(
+        config["services"][0]["discovery"],
+        serde_json::json!({ "file": name, "interval": "100ms" })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_limit_sheds_at_once_and_caps_what_the_backend_sees() {
+    let slow = Backend::spawn(Behavior::new().latency(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let proxy = Proxy::start(
+        &(service("app", &[slow.addr()])
+            + "[services.limits]\nconcurrency = { max = 2, queue = 2, max_wait = \"100ms\" }\n\n\
+           [[routes]]\nservice = \"app\"\n"),
+    );
+    let client = plain();
+    ready(&client, &proxy).await;
+
+    let started = tokio::time::Instant::now();
+    let requests: Vec<_> = (0..10)
+        .map(|_| {
+            let (client, addr) = (client.clone(), proxy.listen);
+            tokio::spawn(async move {
+                let (status, headers, body) = get(&client, addr, "/").await;
+                (status, headers, body, started.elapsed())
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for r in requests {
+        let (status, headers, body, elapsed) = r.await.unwrap();
+        if status == 200 {
+            served += 1;
+            continue;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(headers["x-palisade-error"], "overloaded");
+        assert!(headers.get("retry-after").is_none());
+        // Shed at once, or after the 100 ms wait: never after the backend's second.
+        assert!(
+            elapsed < Duration::from_millis(700),
+            "shed after {elapsed:?}: {body}"
+        );
+        assert!(
+            body.contains("concurrency limit reached (2 in flight, 2 queued)")
+                || body.contains("for one of 2 concurrency slots"),
+            "{body}"
+        );
+    }
+    assert_eq!(served, 2);
+    assert_eq!(
+        slow.requests(),
+        2,
+        "the backend saw more than max in flight"
+    );
+
+    let (_, _, snapshot) = get(&client, proxy.admin, "/snapshot").await;
+    let snapshot: serde_json::Value = serde_json::from_str(&snapshot).unwrap();
+    let limit = &snapshot["services"][0]["limits"]["concurrency"];
+    assert_eq!(limit["max"], 2, "{snapshot}");
+    assert_eq!(limit["in_flight"], 0);
+    assert_eq!(
+        limit["shed_full"].as_u64().unwrap() + limit["shed_timeout"].as_u64().unwrap(),
+        8
+    );
+    assert!(snapshot["services"][0]["limits"]["rate"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_answers_503_with_retry_after() {
+    let backend = Backend::spawn(Behavior::new()).await.unwrap();
+    let proxy = Proxy::start(
+        &(service("app", &[backend.addr()])
+            + "limits = { rate = { per_second = 1.0, burst = 2, key_header = \"x-tenant\" } }\n\n\
+           [[routes]]\nservice = \"app\"\n"),
+    );
+    let client = plain();
+    ready(&client, &proxy).await;
+    let send = async |tenant: &str| {
+        let req = http::Request::get(format!("http://{}/", proxy.listen))
+            .header("x-tenant", tenant)
+            .body(Full::default())
+            .unwrap();
+        let rsp = client.request(req).await.unwrap();
+        let (status, headers) = (rsp.status().as_u16(), rsp.headers().clone());
+        let body = http_body_util::BodyExt::collect(rsp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    };
+    assert_eq!(send("a").await.0, 200);
+    assert_eq!(send("a").await.0, 200);
+    let (status, headers, body) = send("a").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers["x-palisade-error"], "overloaded");
+    assert_eq!(headers["retry-after"], "1", "whole seconds, rounded up");
+    assert!(
+        body.contains("rate limit of 1/s (burst 2) reached for key \"a\""),
+        "{body}"
+    );
+    // Another tenant has its own bucket.
+    assert_eq!(send("b").await.0, 200);
+    assert_eq!(backend.requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_the_clients_of_unchanged_services() {
+    let (a, b, c) = (
+        Backend::spawn(Behavior::new()).await.unwrap(),
+        Backend::spawn(Behavior::new()).await.unwrap(),
+        Backend::spawn(Behavior::new()).await.unwrap(),
+    );
+    let routes = "[[routes]]\nmatch = { path_prefix = \"/a\" }\nservice = \"a\"\n\n\
+                  [[routes]]\nservice = \"b\"\n";
+    let limits = "limits = { concurrency = { max = 8 } }\n\n";
+    let proxy =
+        Proxy::start(&(service("a", &[a.addr()]) + limits + &service("b", &[b.addr()]) + routes));
+    let client = plain();
+    ready(&client, &proxy).await;
+    for _ in 0..3 {
+        assert_eq!(get(&client, proxy.listen, "/a").await.0, 200);
+        assert_eq!(get(&client, proxy.listen, "/b").await.0, 200);
+    }
+
+    // Only b changes.
+    proxy.rewrite(&(service("a", &[a.addr()]) + limits + &service("b", &[c.addr()]) + routes));
+    eventually(async || {
+        get(&client, proxy.listen, "/b").await;
+        c.requests() > 0
+    })
+    .await;
+    let (_, _, snapshot) = get(&client, proxy.admin, "/snapshot").await;
+    let snapshot: serde_json::Value = serde_json::from_str(&snapshot).unwrap();
+    let (sa, sb) = (&snapshot["services"][0], &snapshot["services"][1]);
+    assert_eq!(sa["service"], "a");
+    // a's client (with its counts and its limit) survived the reload ...
+    assert_eq!(sa["endpoints"][0]["requests"], 3, "{sa}");
+    assert_eq!(sa["limits"]["concurrency"]["max"], 8);
+    // ... b's is new: it has counted only what went to c.
+    assert_eq!(sb["endpoints"].as_array().unwrap().len(), 1, "{sb}");
+    assert_eq!(sb["endpoints"][0]["address"], c.addr().to_string());
+    assert_eq!(sb["endpoints"][0]["requests"], c.requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_renamed_over_the_old_one_is_picked_up() {
+    let a = Backend::spawn(Behavior::new()).await.unwrap();
+    let b = Backend::spawn(Behavior::new()).await.unwrap();
+    let route = "[[routes]]\nservice = \"app\"\n";
+    let proxy = Proxy::start(&(service("app", &[a.addr()]) + route));
+    let client = plain();
+    ready(&client, &proxy).await;
+
+    // A new file with the old one's modification time renamed over it: a
+    // check of the modification time alone misses it (its inode and change
+    // time say it changed), as it can miss a ConfigMap's symlink swap.
+    let old = std::fs::metadata(&proxy.config).unwrap();
+    let text = support::proxy::config_text(&(service("app", &[b.addr()]) + route));
+    let tmp = proxy.config.with_extension("new");
+    std::fs::write(&tmp, &text).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(old.modified().unwrap())
+        .unwrap();
+    std::fs::rename(&tmp, &proxy.config).unwrap();
+    eventually(async || {
+        get(&client, proxy.listen, "/").await;
+        b.requests() > 0
+    })
+    .await;
 }

@@ -810,10 +810,7 @@ struct TriedState {
 
 impl Tried {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Address>> {
-        self.0
-            .addresses
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.0.addresses.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Marks the attempt in flight as cut off by its per-try timeout; the

@@ -111,7 +111,10 @@ async fn a_call_cut_short_still_teaches_the_estimate() {
         estimate > 2 * fast,
         "cut-off calls keep the estimate up: {estimate:?} against {fast:?}"
     );
-    assert!(slow < 100, "the slow endpoint got {slow} of the last 1000 calls");
+    assert!(
+        slow < 100,
+        "the slow endpoint got {slow} of the last 1000 calls"
+    );
     // Never lowered: the fast endpoints' calls finish, and their estimate
     // is what they take.
     assert!(fast <= Duration::from_millis(11), "{fast:?}");

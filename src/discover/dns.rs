@@ -126,8 +126,10 @@ use tokio::time::Instant;
 use super::{Dynamic, DynamicHandle, Endpoint, dynamic};
 use crate::retry::Backoff;
 
-const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(1);
-const DEFAULT_MAX_REFRESH: Duration = Duration::from_secs(60);
+/// The default lower bound of [`Dns::refresh_bounds`]: 1 s.
+pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(1);
+/// The default upper bound of [`Dns::refresh_bounds`]: 60 s.
+pub const DEFAULT_MAX_REFRESH: Duration = Duration::from_secs(60);
 /// Distinct SRV targets resolved per answer.
 const MAX_SRV_TARGETS: usize = 256;
 /// SRV target lookups in flight at once.
@@ -294,10 +296,36 @@ impl Dns {
     /// feeds the returned stream. Must be called within a tokio runtime (an
     /// error otherwise); the task runs there until the stream is dropped.
     pub fn spawn(self) -> Result<Dynamic, DnsError> {
-        let name = self.status.name().to_owned();
+        let target = self.checked()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| DnsError::NoRuntime {
+            name: self.status.name().to_owned(),
+        })?;
+        let resolver = self.build_resolver()?;
+        let (handle, discover) = dynamic();
+        let schedule = Schedule {
+            min: self.min_refresh,
+            max: self.max_refresh,
+            on_nxdomain: self.on_nxdomain,
+        };
+        let lookup = Hickory {
+            resolver,
+            target,
+            family: self.ip_family,
+        };
+        runtime.spawn(run(lookup, handle, schedule, self.status));
+        Ok(discover)
+    }
+
+    /// Checks the name and the settings as [`spawn`](Dns::spawn) does,
+    /// without starting anything (the proxy's config validation uses this).
+    pub(crate) fn check(&self) -> Result<(), DnsError> {
+        self.checked().map(drop)
+    }
+
+    fn checked(&self) -> Result<Target, DnsError> {
         let target = self.query.target()?;
         let invalid = |setting, reason: String| DnsError::InvalidSetting {
-            name: name.clone(),
+            name: self.status.name().to_owned(),
             setting,
             reason,
         };
@@ -316,22 +344,7 @@ impl Dns {
         if self.nameservers.as_ref().is_some_and(Vec::is_empty) {
             return Err(invalid("nameservers", "no addresses given".into()));
         }
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| DnsError::NoRuntime { name: name.clone() })?;
-        let resolver = self.build_resolver()?;
-        let (handle, discover) = dynamic();
-        let schedule = Schedule {
-            min: self.min_refresh,
-            max: self.max_refresh,
-            on_nxdomain: self.on_nxdomain,
-        };
-        let lookup = Hickory {
-            resolver,
-            target,
-            family: self.ip_family,
-        };
-        runtime.spawn(run(lookup, handle, schedule, self.status));
-        Ok(discover)
+        Ok(target)
     }
 
     fn build_resolver(&self) -> Result<TokioResolver, DnsError> {

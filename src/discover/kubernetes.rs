@@ -291,8 +291,9 @@ impl std::error::Error for KubernetesError {
     }
 }
 
-/// Checks an RFC 1123 label (namespace, service and port names).
-fn check_label(field: &'static str, value: &str) -> Result<(), KubernetesError> {
+/// Checks an RFC 1123 label (namespace, service and port names); the
+/// proxy's config validation uses it too.
+pub(crate) fn check_label(field: &'static str, value: &str) -> Result<(), KubernetesError> {
     let reason = if value.is_empty() {
         Some("must not be empty")
     } else if value.len() > 63 {

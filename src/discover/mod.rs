@@ -29,11 +29,13 @@
 //! ```no_run
 //! # #[cfg(feature = "dns")]
 //! # async fn f() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use bytes::Bytes;
+//! use http_body_util::Full;
 //! use palisade::discover::dns::Dns;
 //!
 //! let users = palisade::Client::builder("users")
 //!     .discover(Dns::parse("_http._tcp.users.internal")?.spawn()?)
-//!     .http(palisade::http::hyper_client())
+//!     .http(palisade::http::hyper_client::<palisade::retry::ReplayBody<Full<Bytes>>>())
 //!     .build()?;
 //! # let _ = users;
 //! # Ok(())

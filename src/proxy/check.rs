@@ -79,7 +79,7 @@ pub fn check_file(path: &Path) -> CheckReport {
             config: None,
         },
         Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(text) => check_str(&file, &text),
+            Ok(text) => check_text(&file, &text, path),
             Err(e) => {
                 let offset = e.utf8_error().valid_up_to();
                 let line = super::config::line_of(&String::from_utf8_lossy(e.as_bytes()), offset);
@@ -97,9 +97,15 @@ pub fn check_file(path: &Path) -> CheckReport {
     }
 }
 
-/// Validates and lints a config file's text; `file` names it in the report.
+/// Validates and lints a config file's text; `file` names it in the
+/// report, and relative paths in the text (such as `discovery.file`) are
+/// taken relative to its directory.
 pub fn check_str(file: &str, text: &str) -> CheckReport {
-    let (config, errors, warnings) = match Config::from_toml(text) {
+    check_text(file, text, Path::new(file))
+}
+
+fn check_text(file: &str, text: &str, path: &Path) -> CheckReport {
+    let (config, errors, warnings) = match Config::from_file_text(text, path) {
         Ok(config) => {
             let warnings = config.lints();
             (Some(config), Vec::new(), warnings)
@@ -316,6 +322,35 @@ mod tests {
                 .contains("not UTF-8 text (invalid byte at line 2, byte offset 9)"),
             "{report}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn endpoints_files_are_looked_for_next_to_the_config() {
+        let dir = std::env::temp_dir().join(format!("palisade-check-files-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("proxy.toml");
+        std::fs::write(
+            &config,
+            "[[services]]\nname = \"app\"\ndiscovery = { file = \"users.json\" }\n\n[[routes]]\nservice = \"app\"\n",
+        )
+        .unwrap();
+        let report = check_file(&config);
+        assert!(!report.failed(), "{report}");
+        let users = std::path::absolute(dir.join("users.json")).unwrap();
+        assert_eq!(
+            report.to_string(),
+            format!(
+                "{}:3: warning: services[0].discovery.file: {} does not exist (yet): the service has no endpoints until it appears\n\
+                 {}: valid, 1 warning (1 service, 1 route, 1 listener)\n",
+                config.display(),
+                users.display(),
+                config.display()
+            )
+        );
+        std::fs::write(&users, r#"["127.0.0.1:8080"]"#).unwrap();
+        let report = check_file(&config);
+        assert!(report.warnings.is_empty(), "{report}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

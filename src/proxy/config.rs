@@ -45,6 +45,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +79,10 @@ pub struct Config {
     /// part of the configuration, and ignored by `==`.
     #[serde(skip)]
     source: SourceMap,
+    /// The directory relative paths in the file are relative to (the
+    /// config file's); `None`: the current directory.
+    #[serde(skip)]
+    base_dir: Option<PathBuf>,
 }
 
 fn default_listeners() -> Vec<Listener> {
@@ -174,9 +179,15 @@ pub struct Service {
     /// The name routes refer to (and metrics and errors carry): letters,
     /// digits, `.`, `_` and `-`, unique among the services.
     pub name: String,
-    /// The endpoints: `"host:port"`, or a table with `address`, `weight`
-    /// and `labels`. At least one.
+    /// A fixed list of endpoints: `"host:port"`, or a table with
+    /// `address`, `weight` and `labels`. Give either this (at least one
+    /// endpoint) or [`discovery`](Service::discovery).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointSpec>,
+    /// Where the endpoints come from when they are not listed: DNS, a file
+    /// or Kubernetes. Give either this or [`endpoints`](Service::endpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<Discovery>,
     /// How the proxy talks to the endpoints: `"http1"` (default) or `"h2c"`
     /// (HTTP/2 over plain TCP, prior knowledge). Either way connections are
     /// pooled and shared by every service with the same protocol.
@@ -200,6 +211,9 @@ pub struct Service {
     /// The service breaker.
     #[serde(default)]
     pub breaker: Breaker,
+    /// Limits: concurrency, rate, adaptive throttling. All off by default.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// The protocol to the endpoints of a service.
@@ -524,6 +538,537 @@ impl Default for Breaker {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Discovery: where a service's endpoints come from, when not listed.
+
+/// Where a service's endpoints come from when they are not listed: one
+/// source, named by its key (`dns`, `file` or `kubernetes`, whose value
+/// says what to watch), with that source's settings beside it. Each source
+/// starts empty, feeds the balancer as it learns, and keeps its last good
+/// set through failures.
+///
+/// ```toml
+/// discovery = { dns = "users.internal:8080" }
+/// discovery = { dns = "_http._tcp.users.internal", refresh_max = "30s" }
+/// discovery = { file = "endpoints.json", interval = "1s" }
+/// discovery = { kubernetes = { namespace = "shop", service = "users", port = "http" } }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "DiscoveryTable", into = "DiscoveryTable")]
+#[non_exhaustive]
+pub enum Discovery {
+    /// A/AAAA or SRV records (`palisade::discover::dns`, feature `dns`).
+    Dns(DnsDiscovery),
+    /// A JSON or TOML file of endpoints (`palisade::discover::file`).
+    File(FileDiscovery),
+    /// A Service's EndpointSlices (`palisade::discover::kubernetes`,
+    /// feature `kubernetes`).
+    Kubernetes(KubernetesDiscovery),
+}
+
+impl Discovery {
+    /// The source's key in the file: `"dns"`, `"file"` or `"kubernetes"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Discovery::Dns(_) => "dns",
+            Discovery::File(_) => "file",
+            Discovery::Kubernetes(_) => "kubernetes",
+        }
+    }
+}
+
+/// DNS discovery (`palisade::discover::dns`, feature `dns`). Settings left
+/// out take the library's defaults.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct DnsDiscovery {
+    /// `dns`: `host:port` for A/AAAA records (every address gets the port),
+    /// or `_service._proto.name` for SRV records (ports and weights from
+    /// the records).
+    pub name: String,
+    /// The shortest re-resolve interval: record TTLs are raised to it, and
+    /// retries after a failure wait at least this. Greater than 0, at most
+    /// `refresh_max`. Default: the library's (`dns::DEFAULT_MIN_REFRESH`).
+    pub refresh_min: Option<Duration>,
+    /// The longest re-resolve interval: record TTLs are cut to it, and so
+    /// is the backoff after failures. Default: the library's
+    /// (`dns::DEFAULT_MAX_REFRESH`).
+    pub refresh_max: Option<Duration>,
+    /// What NXDOMAIN (or an answer without usable records) does to the
+    /// endpoints: keep the last set (the default) or clear it.
+    pub on_nxdomain: OnNxdomain,
+    /// Which address records: A and AAAA (the default), or one of them.
+    pub ip_family: IpFamily,
+    /// Name servers to ask, instead of the system's (`/etc/resolv.conf`);
+    /// at least one when given.
+    pub nameservers: Option<Vec<SocketAddr>>,
+    /// How long one query may take. Default: the system configuration's.
+    pub query_timeout: Option<Duration>,
+}
+
+impl DnsDiscovery {
+    /// DNS discovery of `name` with the default settings.
+    pub fn new(name: impl Into<String>) -> DnsDiscovery {
+        DnsDiscovery {
+            name: name.into(),
+            refresh_min: None,
+            refresh_max: None,
+            on_nxdomain: OnNxdomain::default(),
+            ip_family: IpFamily::default(),
+            nameservers: None,
+            query_timeout: None,
+        }
+    }
+
+    /// The library's source for these settings, checked by the library
+    /// (name and settings) but not started.
+    #[cfg(feature = "dns")]
+    pub(crate) fn to_dns(
+        &self,
+    ) -> Result<crate::discover::dns::Dns, crate::discover::dns::DnsError> {
+        use crate::discover::dns;
+        let mut source = dns::Dns::parse(&self.name)?
+            .refresh_bounds(
+                self.refresh_min.unwrap_or(dns::DEFAULT_MIN_REFRESH),
+                self.refresh_max.unwrap_or(dns::DEFAULT_MAX_REFRESH),
+            )
+            .on_nxdomain(match self.on_nxdomain {
+                OnNxdomain::Keep => dns::OnNxdomain::Keep,
+                OnNxdomain::Clear => dns::OnNxdomain::Clear,
+            })
+            .ip_family(match self.ip_family {
+                IpFamily::Both => dns::IpFamily::Both,
+                IpFamily::V4 => dns::IpFamily::V4,
+                IpFamily::V6 => dns::IpFamily::V6,
+            });
+        if let Some(servers) = &self.nameservers {
+            source = source.nameservers(servers.iter().copied());
+        }
+        if let Some(timeout) = self.query_timeout {
+            source = source.query_timeout(timeout);
+        }
+        source.check()?;
+        Ok(source)
+    }
+}
+
+/// What DNS discovery does with its endpoints when the name stops
+/// resolving.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum OnNxdomain {
+    /// Keep the last good set (the default).
+    #[default]
+    Keep,
+    /// Clear it: requests fail fast until the name resolves again.
+    Clear,
+}
+
+/// Which address records DNS discovery asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum IpFamily {
+    /// A and AAAA (the default).
+    #[default]
+    Both,
+    /// A only.
+    V4,
+    /// AAAA only.
+    V6,
+}
+
+/// File discovery (`palisade::discover::file`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct FileDiscovery {
+    /// `file`: the endpoints file, JSON or TOML. A relative path is
+    /// relative to the config file's directory.
+    pub path: PathBuf,
+    /// How often the file is checked for changes; greater than 0. Default
+    /// [`file::DEFAULT_INTERVAL`](crate::discover::file::DEFAULT_INTERVAL).
+    pub interval: Duration,
+    /// The format, whatever the file's name says. Default: from the name's
+    /// extension.
+    pub format: Option<FileFormat>,
+}
+
+impl FileDiscovery {
+    /// File discovery of `path` with the default settings.
+    pub fn new(path: impl Into<PathBuf>) -> FileDiscovery {
+        FileDiscovery {
+            path: path.into(),
+            interval: crate::discover::file::DEFAULT_INTERVAL,
+            format: None,
+        }
+    }
+
+    /// The library's source for these settings (not started), with the
+    /// path resolved against `config`'s directory.
+    pub(crate) fn to_watch(&self, config: &Config) -> crate::discover::file::Watch {
+        use crate::discover::file::{Format, Watch};
+        let watch = Watch::new(config.resolve_path(&self.path)).interval(self.interval);
+        match self.format {
+            Some(FileFormat::Json) => watch.format(Format::Json),
+            Some(FileFormat::Toml) => watch.format(Format::Toml),
+            None => watch,
+        }
+    }
+}
+
+/// The format of an endpoints file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum FileFormat {
+    /// JSON.
+    Json,
+    /// TOML.
+    Toml,
+}
+
+/// Kubernetes discovery (`palisade::discover::kubernetes`, feature
+/// `kubernetes`): the ready endpoints of a Service, through the API server
+/// the proxy finds the way `kubectl` does (in a pod: its service account).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table with `namespace`, `service` and (optionally) `port`"
+)]
+#[non_exhaustive]
+pub struct KubernetesDiscovery {
+    /// The namespace.
+    pub namespace: String,
+    /// The Service's name.
+    pub service: String,
+    /// The Service port's name (e.g. `"http"`). Default: each
+    /// EndpointSlice's only TCP port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+}
+
+/// The `discovery` table as written: the source's key and every source's
+/// settings. Reading it checks that there is one source and that the
+/// settings given are that source's.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscoveryTable {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kubernetes: Option<KubernetesDiscovery>,
+    // dns
+    #[serde(
+        default,
+        with = "maybe_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    refresh_min: Option<Duration>,
+    #[serde(
+        default,
+        with = "maybe_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    refresh_max: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    on_nxdomain: Option<OnNxdomain>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip_family: Option<IpFamily>,
+    #[serde(
+        default,
+        with = "maybe_socket_addrs",
+        skip_serializing_if = "Option::is_none"
+    )]
+    nameservers: Option<Vec<SocketAddr>>,
+    #[serde(
+        default,
+        with = "maybe_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    query_timeout: Option<Duration>,
+    // file
+    #[serde(
+        default,
+        with = "maybe_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    format: Option<FileFormat>,
+}
+
+/// The settings of each source, as they are written.
+const DNS_SETTINGS: &str =
+    "`refresh_min`, `refresh_max`, `on_nxdomain`, `ip_family`, `nameservers` and `query_timeout`";
+const FILE_SETTINGS: &str = "`interval` and `format`";
+
+impl TryFrom<DiscoveryTable> for Discovery {
+    type Error = String;
+
+    fn try_from(t: DiscoveryTable) -> Result<Discovery, String> {
+        let dns_settings = [
+            ("refresh_min", t.refresh_min.is_some()),
+            ("refresh_max", t.refresh_max.is_some()),
+            ("on_nxdomain", t.on_nxdomain.is_some()),
+            ("ip_family", t.ip_family.is_some()),
+            ("nameservers", t.nameservers.is_some()),
+            ("query_timeout", t.query_timeout.is_some()),
+        ];
+        let file_settings = [
+            ("interval", t.interval.is_some()),
+            ("format", t.format.is_some()),
+        ];
+        let first = |settings: &[(&'static str, bool)]| {
+            settings
+                .iter()
+                .find_map(|(key, given)| given.then_some(*key))
+        };
+        // A setting of another source: the message names the key, so the
+        // problem is placed at it.
+        let misplaced = |source: &str, takes: &str, others: &[(&str, &[(&'static str, bool)])]| {
+            others.iter().find_map(|(other, settings)| {
+                first(settings).map(|key| {
+                    format!(
+                        "unknown field `{key}`: a setting of {other} discovery, not of {source} discovery ({takes})"
+                    )
+                })
+            })
+        };
+        let sources: Vec<&str> = [
+            ("`dns`", t.dns.is_some()),
+            ("`file`", t.file.is_some()),
+            ("`kubernetes`", t.kubernetes.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, given)| given.then_some(key))
+        .collect();
+        match (t.dns, t.file, t.kubernetes) {
+            (Some(name), None, None) => {
+                let takes = format!("which takes {DNS_SETTINGS}");
+                if let Some(e) = misplaced("dns", &takes, &[("file", &file_settings)]) {
+                    return Err(e);
+                }
+                Ok(Discovery::Dns(DnsDiscovery {
+                    name,
+                    refresh_min: t.refresh_min,
+                    refresh_max: t.refresh_max,
+                    on_nxdomain: t.on_nxdomain.unwrap_or_default(),
+                    ip_family: t.ip_family.unwrap_or_default(),
+                    nameservers: t.nameservers,
+                    query_timeout: t.query_timeout,
+                }))
+            }
+            (None, Some(path), None) => {
+                let takes = format!("which takes {FILE_SETTINGS}");
+                if let Some(e) = misplaced("file", &takes, &[("dns", &dns_settings)]) {
+                    return Err(e);
+                }
+                let mut file = FileDiscovery::new(path);
+                file.interval = t.interval.unwrap_or(file.interval);
+                file.format = t.format;
+                Ok(Discovery::File(file))
+            }
+            (None, None, Some(kubernetes)) => {
+                let takes = "whose settings are in its own table";
+                let others: [(&str, &[(&'static str, bool)]); 2] =
+                    [("dns", &dns_settings), ("file", &file_settings)];
+                if let Some(e) = misplaced("kubernetes", takes, &others) {
+                    return Err(e);
+                }
+                Ok(Discovery::Kubernetes(kubernetes))
+            }
+            (None, None, None) => Err(
+                "names no source: give one of `dns`, `file` or `kubernetes`, e.g. \
+                 `discovery = { dns = \"users.internal:8080\" }`"
+                    .into(),
+            ),
+            _ => Err(format!(
+                "give one source, not {}: {}",
+                sources.len(),
+                sources.join(" and ")
+            )),
+        }
+    }
+}
+
+impl From<Discovery> for DiscoveryTable {
+    fn from(d: Discovery) -> DiscoveryTable {
+        let mut t = DiscoveryTable {
+            dns: None,
+            file: None,
+            kubernetes: None,
+            refresh_min: None,
+            refresh_max: None,
+            on_nxdomain: None,
+            ip_family: None,
+            nameservers: None,
+            query_timeout: None,
+            interval: None,
+            format: None,
+        };
+        match d {
+            Discovery::Dns(dns) => {
+                t.dns = Some(dns.name);
+                t.refresh_min = dns.refresh_min;
+                t.refresh_max = dns.refresh_max;
+                t.on_nxdomain = Some(dns.on_nxdomain);
+                t.ip_family = Some(dns.ip_family);
+                t.nameservers = dns.nameservers;
+                t.query_timeout = dns.query_timeout;
+            }
+            Discovery::File(file) => {
+                t.file = Some(file.path);
+                t.interval = Some(file.interval);
+                t.format = file.format;
+            }
+            Discovery::Kubernetes(kubernetes) => t.kubernetes = Some(kubernetes),
+        }
+        t
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Limits.
+
+/// Limits on the requests sent to a service (see [`crate::limit`]): each is
+/// off unless its table is written, and a written table takes the library's
+/// default for every key left out (`concurrency = {}` is the default
+/// bulkhead).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Limits {
+    /// The concurrency limit (bulkhead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+    /// The rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Rate>,
+    /// Adaptive client throttling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<Throttle>,
+}
+
+/// The concurrency limit; see [`crate::limit::ConcurrencyLimitLayer`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Concurrency {
+    /// Requests in flight at once; at least 1. Default
+    /// [`DEFAULT_MAX`](crate::limit::concurrency::DEFAULT_MAX).
+    #[serde(default = "d_concurrency_max")]
+    pub max: usize,
+    /// Requests that may wait for a slot, first in first out; 0 sheds at
+    /// once. Default [`DEFAULT_QUEUE`](crate::limit::concurrency::DEFAULT_QUEUE).
+    #[serde(default = "d_concurrency_queue")]
+    pub queue: usize,
+    /// The longest a request waits in the queue (`"none"`: as long as its
+    /// deadline allows; never past it either way). Default
+    /// [`DEFAULT_MAX_WAIT`](crate::limit::concurrency::DEFAULT_MAX_WAIT).
+    #[serde(default = "d_concurrency_max_wait", with = "opt_duration")]
+    pub max_wait: Option<Duration>,
+}
+
+fn d_concurrency_max() -> usize {
+    crate::limit::concurrency::DEFAULT_MAX
+}
+fn d_concurrency_queue() -> usize {
+    crate::limit::concurrency::DEFAULT_QUEUE
+}
+fn d_concurrency_max_wait() -> Option<Duration> {
+    Some(crate::limit::concurrency::DEFAULT_MAX_WAIT)
+}
+
+impl Default for Concurrency {
+    fn default() -> Self {
+        Concurrency {
+            max: d_concurrency_max(),
+            queue: d_concurrency_queue(),
+            max_wait: d_concurrency_max_wait(),
+        }
+    }
+}
+
+/// The rate limit; see [`crate::limit::RateLimitLayer`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Rate {
+    /// Sustained requests a second; required, finite, between
+    /// [`MIN_RATE`](crate::limit::rate::MIN_RATE) and
+    /// [`MAX_RATE`](crate::limit::rate::MAX_RATE).
+    pub per_second: f64,
+    /// Requests that may go at once after a quiet spell; at least 1.
+    /// Default: the library's, one second's worth
+    /// ([`RateLimitLayer::burst`](crate::limit::RateLimitLayer::burst)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Limit each value of this request header separately (one bucket per
+    /// tenant, say). Default: one bucket for all requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_header: Option<String>,
+    /// The most keys tracked with `key_header`; at least 1. Default
+    /// [`DEFAULT_MAX_KEYS`](crate::limit::rate::DEFAULT_MAX_KEYS).
+    #[serde(default = "d_max_keys")]
+    pub max_keys: usize,
+    /// With `key_header`, what requests without the header do: `"shared"`
+    /// (one bucket between them, the default) or `"pass"` (not limited).
+    #[serde(default)]
+    pub without_key: WithoutKey,
+}
+
+fn d_max_keys() -> usize {
+    crate::limit::rate::DEFAULT_MAX_KEYS
+}
+
+/// What a keyed rate limit does with requests that have no key; see
+/// [`crate::limit::WithoutKey`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum WithoutKey {
+    /// They share one bucket (the default).
+    #[default]
+    Shared,
+    /// They are not limited.
+    Pass,
+}
+
+/// Adaptive client throttling; see [`crate::limit::ThrottleLayer`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Throttle {
+    /// The multiplier K: requests are rejected locally once they exceed K
+    /// times the accepted ones; finite, at least 1. Default
+    /// [`DEFAULT_K`](crate::limit::throttle::DEFAULT_K).
+    #[serde(default = "d_k")]
+    pub k: f64,
+    /// The window requests and accepts are counted over; greater than 0.
+    /// Default [`DEFAULT_WINDOW`](crate::limit::throttle::DEFAULT_WINDOW).
+    #[serde(default = "d_throttle_window", with = "duration")]
+    pub window: Duration,
+}
+
+fn d_k() -> f64 {
+    crate::limit::throttle::DEFAULT_K
+}
+fn d_throttle_window() -> Duration {
+    crate::limit::throttle::DEFAULT_WINDOW
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle {
+            k: d_k(),
+            window: d_throttle_window(),
+        }
+    }
+}
+
 /// How requests find a service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -640,6 +1185,15 @@ impl Config {
         Ok(config)
     }
 
+    /// Like [`from_toml`](Config::from_toml), for the text of the file at
+    /// `path`: relative paths in it (such as `discovery.file`) are taken
+    /// relative to the file's directory (see
+    /// [`with_base_dir`](Config::with_base_dir)).
+    pub fn from_file_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::from_toml(text)?;
+        Ok(config.with_base_dir(dir_of(path)))
+    }
+
     /// Checks what serde cannot: names, references, ranges, addresses.
     /// [`from_toml`](Config::from_toml) calls it; a config changed in code
     /// can be checked again with it.
@@ -658,8 +1212,11 @@ impl Config {
     /// that do not fit in the deadline, budgets above 1, retries where no
     /// route sends an idempotent method, backoff as long as the deadline,
     /// default deadlines above `max_timeout`, routes that can never match,
-    /// services no route reaches. Each names the field and line. Meant for a
-    /// config that [`validate`](Config::validate)s.
+    /// services no route reaches, discovery polled more than 10 times a
+    /// second, endpoints files that are missing or bad now (read, relative
+    /// to the [`base_dir`](Config::base_dir)), queue waits longer than the
+    /// deadline, throttling windows under 10 s. Each names the field and
+    /// line. Meant for a config that [`validate`](Config::validate)s.
     pub fn lints(&self) -> Vec<Problem> {
         let mut report = Report::new(&self.source);
         lint(self, &mut report);
@@ -672,6 +1229,37 @@ impl Config {
     pub fn line_of(&self, field: &str) -> Option<usize> {
         self.source.line_of_rendered(field)
     }
+
+    /// The same config, with relative paths in it (such as
+    /// `discovery.file`) taken relative to `dir`: the config file's
+    /// directory. Without it they are relative to the current directory.
+    pub fn with_base_dir(mut self, dir: impl Into<PathBuf>) -> Config {
+        self.base_dir = Some(dir.into());
+        self
+    }
+
+    /// The directory relative paths are taken relative to, when set with
+    /// [`with_base_dir`](Config::with_base_dir).
+    pub fn base_dir(&self) -> Option<&Path> {
+        self.base_dir.as_deref()
+    }
+
+    /// `path` as the config means it: relative paths are joined to the
+    /// [`base_dir`](Config::base_dir).
+    pub fn resolve_path(&self, path: &Path) -> PathBuf {
+        match &self.base_dir {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_owned(),
+        }
+    }
+}
+
+/// The directory of the file at `path`, made absolute (against the
+/// current directory) when it can be, so that it stays right if the
+/// current directory changes.
+fn dir_of(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned())
 }
 
 /// The 1-based line of a byte offset.
@@ -753,6 +1341,73 @@ mod opt_duration {
             }
         }
         d.deserialize_str(Visit)
+    }
+}
+
+/// A duration that may be left out (then `None`: the library's default).
+mod maybe_duration {
+    use super::*;
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        duration::deserialize(d).map(Some)
+    }
+}
+
+/// A list of socket addresses that may be left out, each checked (and its
+/// problem placed) like [`socket_addr`].
+mod maybe_socket_addrs {
+    use super::*;
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        addrs: &Option<Vec<SocketAddr>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match addrs {
+            Some(addrs) => s.collect_seq(addrs.iter().map(ToString::to_string)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<SocketAddr>>, D::Error> {
+        struct One;
+        impl<'de> serde::de::DeserializeSeed<'de> for One {
+            type Value = SocketAddr;
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<SocketAddr, D::Error> {
+                socket_addr::deserialize(d)
+            }
+        }
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Vec<SocketAddr>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a list of socket addresses such as ["127.0.0.1:53"]"#)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<SocketAddr>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(addr) = seq.next_element_seed(One)? {
+                    out.push(addr);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Visit).map(Some)
     }
 }
 
@@ -1052,11 +1707,16 @@ fn place<'n>(
     let node = span.as_ref().and_then(|s| node_at(nodes, s));
     let message = e.message().trim().replace('\n', "; ");
     let mut path = node.map(|n| n.path.clone()).unwrap_or_default();
-    if let Some(missing) = message
-        .strip_prefix("missing field `")
-        .and_then(|m| m.split('`').next())
+    // A message about a key of the table it was raised on (serde's missing
+    // fields; a `discovery` setting of another source) is placed at the key.
+    let named = ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|m| m.split('`').next());
+    if let Some(key) = named
+        && path.0.last() != Some(&Seg::Key(key.to_owned()))
     {
-        path = path.key(missing);
+        path = path.key(key);
     }
     let field = if path.0.is_empty() {
         unplaced.to_owned()
@@ -1110,8 +1770,14 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
             Err(e) => e,
         };
         let (problem, node) = place(text, &nodes, &e, "(file)");
-        // A key we took out is then missing: not news.
-        let ours = removed.iter().any(|r| r.to_string() == problem.field);
+        // A key we took out is then missing, and the table it was in may
+        // then be incomplete (`discovery = {}`): not news.
+        let ours = removed.iter().any(|r| {
+            let r = r.to_string();
+            r == problem.field
+                || (r.starts_with(&problem.field)
+                    && matches!(r.as_bytes().get(problem.field.len()), Some(b'.' | b'[')))
+        });
         if !ours && !problems.contains(&problem) {
             problems.push(problem);
         }
@@ -1148,6 +1814,15 @@ impl<'a> Report<'a> {
             line: self.source.line(path),
             message: message.into(),
         });
+    }
+
+    /// Whether `path` itself was written in the file (not just a table
+    /// around it).
+    fn written(&self, path: &FieldPath) -> bool {
+        self.source
+            .lines
+            .as_ref()
+            .is_some_and(|lines| lines.contains_key(path))
     }
 
     /// `path` for a message, with its line when known: `routes[0] (line 7)`.
@@ -1427,13 +2102,24 @@ fn validate(c: &Config, r: &mut Report<'_>) {
 }
 
 fn validate_service(s: &Service, sp: &FieldPath, r: &mut Report<'_>) {
-    // Endpoints.
-    if s.endpoints.is_empty() {
-        r.add(
+    // Endpoints or discovery: exactly one.
+    match (&s.discovery, s.endpoints.is_empty()) {
+        (Some(_), false) => r.add(sp, "give either `endpoints` or `discovery`, not both"),
+        (None, true) if r.written(&sp.key("endpoints")) => r.add(
             &sp.key("endpoints"),
-            "a service needs at least one endpoint",
-        );
+            "a service needs at least one endpoint (or a `discovery` table instead of `endpoints`)",
+        ),
+        (None, true) => r.add(
+            sp,
+            "a service needs `endpoints = [\"host:port\", …]` or a `discovery` table \
+             (`discovery = { dns = \"users.internal:8080\" }`)",
+        ),
+        _ => {}
     }
+    if let Some(discovery) = &s.discovery {
+        validate_discovery(discovery, &sp.key("discovery"), r);
+    }
+    validate_limits(&s.limits, &sp.key("limits"), r);
     let mut seen: HashMap<Address, FieldPath> = HashMap::new();
     for (j, spec) in s.endpoints.iter().enumerate() {
         let ep = sp.key("endpoints").index(j);
@@ -1548,6 +2234,141 @@ fn validate_service(s: &Service, sp: &FieldPath, r: &mut Report<'_>) {
     }
     if br.half_open_probes < 1 {
         r.add(&sp.at("breaker.half_open_probes"), "must be at least 1");
+    }
+}
+
+/// Checks a discovery source with the source's own checks (names, settings,
+/// format detection), each problem at its field.
+fn validate_discovery(d: &Discovery, dp: &FieldPath, r: &mut Report<'_>) {
+    let at = dp.key(d.kind());
+    match d {
+        #[cfg(feature = "dns")]
+        Discovery::Dns(dns) => {
+            use crate::discover::dns::DnsError;
+            if let Err(e) = dns.to_dns() {
+                match &e {
+                    DnsError::InvalidSetting {
+                        setting, reason, ..
+                    } => {
+                        let field = match *setting {
+                            "refresh_bounds" if dns.refresh_min.is_some() => "refresh_min",
+                            "refresh_bounds" => "refresh_max",
+                            other => other,
+                        };
+                        let message = if *setting == "refresh_bounds" {
+                            format!("refresh_min and refresh_max: {reason}")
+                        } else {
+                            reason.clone()
+                        };
+                        r.add(&dp.key(field), message);
+                    }
+                    _ => r.add(&at, e.to_string()),
+                }
+            }
+        }
+        #[cfg(not(feature = "dns"))]
+        Discovery::Dns(_) => r.add(
+            &at,
+            "this build has no DNS support: rebuild with --features dns",
+        ),
+        Discovery::File(file) => {
+            if file.path.as_os_str().is_empty() {
+                r.add(&at, "the path must not be empty");
+            } else if file.format.is_none()
+                && crate::discover::file::Format::from_path(&file.path).is_none()
+            {
+                r.add(
+                    &at,
+                    format!(
+                        "cannot tell the format of {:?} from its name: name it *.json or *.toml, \
+                         or set `format = \"json\"` or `\"toml\"`",
+                        file.path
+                    ),
+                );
+            }
+            if file.interval.is_zero() {
+                r.add(&dp.key("interval"), "must be greater than 0");
+            }
+        }
+        #[cfg(feature = "kubernetes")]
+        Discovery::Kubernetes(k) => {
+            use crate::discover::kubernetes::check_label;
+            let names = [
+                ("namespace", Some(&k.namespace)),
+                ("service", Some(&k.service)),
+                ("port", k.port.as_ref()),
+            ];
+            for (field, value) in names {
+                let Some(value) = value else { continue };
+                if let Err(e) = check_label(field, value) {
+                    r.add(&at.key(field), e.to_string());
+                }
+            }
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        Discovery::Kubernetes(_) => r.add(
+            &at,
+            "this build has no Kubernetes support: rebuild with --features kubernetes",
+        ),
+    }
+}
+
+/// Checks the limits' ranges (the layers would silently clamp them).
+fn validate_limits(l: &Limits, lp: &FieldPath, r: &mut Report<'_>) {
+    use crate::limit::rate::{MAX_RATE, MIN_RATE};
+    if let Some(c) = &l.concurrency {
+        let cp = lp.key("concurrency");
+        if c.max < 1 {
+            r.add(&cp.key("max"), "must be at least 1");
+        }
+        if c.max_wait == Some(Duration::ZERO) {
+            r.add(
+                &cp.key("max_wait"),
+                "must be greater than 0 (\"none\" waits as long as the request's deadline allows; \
+                 `queue = 0` sheds instead of queueing)",
+            );
+        }
+    }
+    if let Some(rate) = &l.rate {
+        let rp = lp.key("rate");
+        let per_second = rate.per_second;
+        if !(per_second.is_finite() && (MIN_RATE..=MAX_RATE).contains(&per_second)) {
+            r.add(
+                &rp.key("per_second"),
+                format!(
+                    "must be a finite number of requests a second from {MIN_RATE:e} to {MAX_RATE:e}, got {per_second}"
+                ),
+            );
+        }
+        if rate.burst == Some(0) {
+            r.add(&rp.key("burst"), "must be at least 1");
+        }
+        if let Some(name) = &rate.key_header
+            && http::HeaderName::from_bytes(name.as_bytes()).is_err()
+        {
+            r.add(
+                &rp.key("key_header"),
+                format!("{name:?} is not a valid header name"),
+            );
+        }
+        if rate.max_keys < 1 {
+            r.add(&rp.key("max_keys"), "must be at least 1");
+        }
+    }
+    if let Some(t) = &l.throttle {
+        let tp = lp.key("throttle");
+        if !(t.k.is_finite() && t.k >= 1.0) {
+            r.add(
+                &tp.key("k"),
+                format!(
+                    "must be a finite number at least 1 (the backend is offered at least what it accepts), got {}",
+                    t.k
+                ),
+            );
+        }
+        if t.window.is_zero() {
+            r.add(&tp.key("window"), "must be greater than 0");
+        }
     }
 }
 
@@ -1750,6 +2571,11 @@ fn lint(c: &Config, r: &mut Report<'_>) {
             );
         }
 
+        if let Some(discovery) = &s.discovery {
+            lint_discovery(c, discovery, &sp.key("discovery"), r);
+        }
+        lint_limits(s, &sp.key("limits"), r);
+
         match reaching.get(s.name.as_str()) {
             None => {
                 r.add(
@@ -1784,6 +2610,113 @@ fn lint(c: &Config, r: &mut Report<'_>) {
             }
             Some(_) => {}
         }
+    }
+}
+
+/// Refreshes and polls more often than this are lints: they load DNS
+/// servers and file systems for changes that rarely come that fast.
+const FAST_REFRESH: Duration = Duration::from_millis(100);
+
+/// A throttle window shorter than this reacts to a handful of refusals.
+const SHORT_THROTTLE_WINDOW: Duration = Duration::from_secs(10);
+
+fn lint_discovery(c: &Config, d: &Discovery, dp: &FieldPath, r: &mut Report<'_>) {
+    let at = dp.key(d.kind());
+    match d {
+        Discovery::Dns(dns) => {
+            for (key, value) in [
+                ("refresh_min", dns.refresh_min),
+                ("refresh_max", dns.refresh_max),
+            ] {
+                if let Some(value) = value
+                    && value < FAST_REFRESH
+                {
+                    r.add(
+                        &dp.key(key),
+                        format!(
+                            "{key} of {} re-resolves more than 10 times a second: a load on the DNS servers for changes that rarely come that fast",
+                            format_duration(value)
+                        ),
+                    );
+                }
+            }
+        }
+        Discovery::File(file) => {
+            if file.interval < FAST_REFRESH {
+                r.add(
+                    &dp.key("interval"),
+                    format!(
+                        "an interval of {} checks the file more than 10 times a second",
+                        format_duration(file.interval)
+                    ),
+                );
+            }
+            let path = c.resolve_path(&file.path);
+            match std::fs::metadata(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => r.add(
+                    &at,
+                    format!(
+                        "{} does not exist (yet): the service has no endpoints until it appears",
+                        path.display()
+                    ),
+                ),
+                // The file as the source would read it now.
+                _ => {
+                    if let Err(e) = file.to_watch(c).load() {
+                        r.add(
+                            &at,
+                            format!("{e}: the service has no endpoints until it is fixed"),
+                        );
+                    }
+                }
+            }
+        }
+        Discovery::Kubernetes(_) => {}
+    }
+}
+
+fn lint_limits(s: &Service, lp: &FieldPath, r: &mut Report<'_>) {
+    let timeout = s.deadline.timeout;
+    if let Some(c) = &s.limits.concurrency {
+        let cp = lp.key("concurrency");
+        match (c.max_wait, timeout) {
+            (Some(wait), Some(timeout)) if wait > timeout => r.add(
+                &cp.key("max_wait"),
+                format!(
+                    "max_wait ({}) is longer than deadline.timeout ({}): a queued request without a deadline header is shed at its deadline first",
+                    format_duration(wait),
+                    format_duration(timeout)
+                ),
+            ),
+            (None, None) if c.queue > 0 => r.add(
+                &cp.key("max_wait"),
+                "max_wait and deadline.timeout are both \"none\": a queued request without a deadline header may wait for a slot for ever",
+            ),
+            _ => {}
+        }
+    }
+    if let Some(rate) = &s.limits.rate
+        && rate.key_header.is_none()
+        && rate.without_key != WithoutKey::default()
+    {
+        r.add(
+            &lp.at("rate.without_key"),
+            "has no effect without key_header: every request shares the one bucket",
+        );
+    }
+    if let Some(t) = &s.limits.throttle
+        && !t.window.is_zero()
+        && t.window < SHORT_THROTTLE_WINDOW
+    {
+        r.add(
+            &lp.at("throttle.window"),
+            format!(
+                "a window of {} is shorter than {}: a handful of refusals swings the rejection probability (the default is {})",
+                format_duration(t.window),
+                format_duration(SHORT_THROTTLE_WINDOW),
+                format_duration(crate::limit::throttle::DEFAULT_WINDOW)
+            ),
+        );
     }
 }
 
@@ -1835,10 +2768,15 @@ mod tests {
 
     const ROUTE: &str = "\n[[routes]]\nservice = \"app\"\n";
 
+    fn examples_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+    }
+
     #[test]
     fn examples_parse_and_have_no_lints() {
         for (name, text) in [("palisade.toml", PALISADE), ("minimal.toml", MINIMAL)] {
-            let config = Config::from_toml(text).unwrap_or_else(|e| panic!("{name}:\n{e}"));
+            let config = Config::from_file_text(text, &examples_dir().join(name))
+                .unwrap_or_else(|e| panic!("{name}:\n{e}"));
             assert_eq!(config.lints(), vec![], "{name}");
         }
         let config = Config::from_toml(PALISADE).unwrap();
@@ -1852,6 +2790,22 @@ mod tests {
         assert_eq!(web.deadline, Deadline::default());
         assert_eq!(web.ejection, Ejection::default());
         assert_eq!(web.breaker, Breaker::default());
+        assert_eq!(web.limits.concurrency, Some(Concurrency::default()));
+        assert_eq!(web.limits.throttle, Some(Throttle::default()));
+        let staging = &config.services[1];
+        assert!(staging.endpoints.is_empty());
+        assert!(
+            matches!(&staging.discovery, Some(Discovery::File(f)) if f.path == Path::new("staging-endpoints.json")),
+            "{:?}",
+            staging.discovery
+        );
+        // Its endpoints file is good.
+        let file = match &staging.discovery {
+            Some(Discovery::File(f)) => f,
+            _ => unreachable!(),
+        };
+        let config = config.clone().with_base_dir(examples_dir());
+        assert_eq!(file.to_watch(&config).load().unwrap().len(), 2);
         assert_eq!(config.server, Server::default());
         assert_eq!(config.admin, Admin::default());
         assert_eq!(config.listeners, vec![Listener::default()]);
@@ -1905,6 +2859,854 @@ mod tests {
         assert_eq!(
             crate::retry::Backoff::default(),
             crate::retry::Backoff::new(Retry::default().backoff_base, Retry::default().backoff_cap)
+        );
+
+        // Limits: a table written empty is the layer's defaults.
+        let limits = Config::from_toml(&format!(
+            "{TWO}limits = {{ concurrency = {{}}, rate = {{ per_second = 7.5 }}, throttle = {{}} }}\n{ROUTE}"
+        ))
+        .unwrap()
+        .services[0]
+            .limits
+            .clone();
+        let c = limits.concurrency.unwrap();
+        let lib = crate::limit::ConcurrencyLimitLayer::new("x").handle();
+        assert_eq!(
+            (c.max, c.queue, c.max_wait),
+            (lib.max(), lib.queue(), lib.max_wait())
+        );
+        let rate = limits.rate.unwrap();
+        let lib = crate::limit::RateLimitLayer::new("x", 7.5)
+            .keyed_by_header(http::HeaderName::from_static("x-k"))
+            .handle();
+        assert_eq!((rate.burst, rate.max_keys), (None, lib.max_keys()));
+        assert_eq!(lib.burst(), 8, "the library's burst: one second's worth");
+        assert_eq!(WithoutKey::default(), WithoutKey::Shared);
+        assert_eq!(
+            crate::limit::WithoutKey::default(),
+            crate::limit::WithoutKey::Shared
+        );
+        let t = limits.throttle.unwrap();
+        let lib = crate::limit::ThrottleLayer::new("x").handle();
+        assert_eq!((t.k, t.window), (lib.k(), lib.window()));
+
+        // Discovery: the file source's interval; DNS's enums.
+        assert_eq!(
+            FileDiscovery::new("x.json").interval,
+            crate::discover::file::DEFAULT_INTERVAL
+        );
+        #[cfg(feature = "dns")]
+        {
+            use crate::discover::dns;
+            assert_eq!(
+                (dns::OnNxdomain::default(), dns::IpFamily::default()),
+                (dns::OnNxdomain::Keep, dns::IpFamily::Both)
+            );
+            assert_eq!(
+                (OnNxdomain::default(), IpFamily::default()),
+                (OnNxdomain::Keep, IpFamily::Both)
+            );
+        }
+    }
+
+    /// The defaults docs/config.md states for discovery and limits are the
+    /// library's constants.
+    #[test]
+    fn docs_state_the_library_defaults() {
+        let doc = include_str!("../../docs/config.md");
+        let row = |section: &str, key: &str| -> &str {
+            let start = doc.find(section).unwrap_or_else(|| panic!("{section}"));
+            let rest = &doc[start..];
+            let end = rest[section.len()..]
+                .find("\n#")
+                .map_or(rest.len(), |e| e + section.len());
+            let rows = &rest[..end];
+            let at = rows
+                .find(&format!("\n| `{key}` "))
+                .unwrap_or_else(|| panic!("{section}: no row for {key}"));
+            rows[at + 1..].lines().next().unwrap()
+        };
+        let has = |section: &str, key: &str, default: String| {
+            let row = row(section, key);
+            assert!(
+                row.contains(&default),
+                "{section} {key}: {default} not in {row}"
+            );
+        };
+        let d = |d: Duration| format!("`\"{}\"`", format_duration(d));
+        use crate::limit::{concurrency, rate, throttle};
+        let c = "#### `concurrency`";
+        has(c, "max", format!("`{}`", concurrency::DEFAULT_MAX));
+        has(c, "queue", format!("`{}`", concurrency::DEFAULT_QUEUE));
+        has(c, "max_wait", d(concurrency::DEFAULT_MAX_WAIT));
+        let r = "#### `rate`";
+        has(r, "max_keys", format!("`{}`", rate::DEFAULT_MAX_KEYS));
+        has(r, "per_second", format!("({:e})", rate::MIN_RATE));
+        has(r, "per_second", format!("({:e})", rate::MAX_RATE));
+        let t = "#### `throttle`";
+        has(t, "k", format!("`{:?}`", throttle::DEFAULT_K));
+        has(t, "window", d(throttle::DEFAULT_WINDOW));
+        has(
+            "#### File",
+            "interval",
+            d(crate::discover::file::DEFAULT_INTERVAL),
+        );
+        #[cfg(feature = "dns")]
+        {
+            use crate::discover::dns;
+            has("#### DNS", "refresh_min", d(dns::DEFAULT_MIN_REFRESH));
+            has("#### DNS", "refresh_max", d(dns::DEFAULT_MAX_REFRESH));
+        }
+    }
+
+    #[test]
+    fn discovery_sources_parse() {
+        let text = r#"[[services]]
+name = "a"
+discovery = { dns = "users.internal:8080" }
+
+[[services]]
+name = "b"
+[services.discovery]
+dns = "_http._tcp.users.internal"
+refresh_min = "2s"
+refresh_max = "30s"
+on_nxdomain = "clear"
+ip_family = "v4"
+nameservers = ["127.0.0.1:5353", "[::1]:53"]
+query_timeout = "500ms"
+
+[[services]]
+name = "c"
+discovery = { file = "users.json" }
+
+[[services]]
+name = "d"
+discovery = { file = "/etc/users", format = "toml", interval = "250ms" }
+
+[[services]]
+name = "e"
+discovery = { kubernetes = { namespace = "shop", service = "users", port = "http" } }
+
+[[routes]]
+split = [{ service = "a", weight = 1 }, { service = "b", weight = 1 }, { service = "c", weight = 1 }, { service = "d", weight = 1 }, { service = "e", weight = 1 }]
+"#;
+        let config = match Config::from_toml(text) {
+            Ok(config) => config,
+            // Only the sources this build lacks may be refused.
+            Err(e) => {
+                assert!(
+                    e.problems
+                        .iter()
+                        .all(|p| p.message.contains("rebuild with --features")),
+                    "{e}"
+                );
+                parse(text).unwrap()
+            }
+        };
+        let d: Vec<&Discovery> = config
+            .services
+            .iter()
+            .map(|s| s.discovery.as_ref().unwrap())
+            .collect();
+        assert_eq!(
+            d[0],
+            &Discovery::Dns(DnsDiscovery::new("users.internal:8080"))
+        );
+        let Discovery::Dns(b) = d[1] else { panic!() };
+        assert_eq!(b.name, "_http._tcp.users.internal");
+        assert_eq!(
+            (b.refresh_min, b.refresh_max, b.query_timeout),
+            (
+                Some(Duration::from_secs(2)),
+                Some(Duration::from_secs(30)),
+                Some(Duration::from_millis(500))
+            )
+        );
+        assert_eq!(
+            (b.on_nxdomain, b.ip_family),
+            (OnNxdomain::Clear, IpFamily::V4)
+        );
+        assert_eq!(
+            b.nameservers.as_deref().unwrap(),
+            [
+                "127.0.0.1:5353".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        assert_eq!(d[2], &Discovery::File(FileDiscovery::new("users.json")));
+        let Discovery::File(f) = d[3] else { panic!() };
+        assert_eq!(
+            (f.path.as_path(), f.format, f.interval),
+            (
+                Path::new("/etc/users"),
+                Some(FileFormat::Toml),
+                Duration::from_millis(250)
+            )
+        );
+        let Discovery::Kubernetes(k) = d[4] else {
+            panic!()
+        };
+        assert_eq!(
+            (k.namespace.as_str(), k.service.as_str(), k.port.as_deref()),
+            ("shop", "users", Some("http"))
+        );
+        assert!(config.services.iter().all(|s| s.endpoints.is_empty()));
+
+        // Through TOML and JSON and back, as `/config` shows it.
+        let again = parse(&toml::to_string(&config).unwrap()).unwrap();
+        assert_eq!(again, config);
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(
+            json["services"][0]["discovery"],
+            serde_json::json!({ "dns": "users.internal:8080", "on_nxdomain": "keep", "ip_family": "both" })
+        );
+        assert_eq!(json["services"][1]["discovery"]["refresh_max"], "30s");
+        assert_eq!(
+            json["services"][1]["discovery"]["nameservers"],
+            serde_json::json!(["127.0.0.1:5353", "[::1]:53"])
+        );
+        assert_eq!(
+            json["services"][2]["discovery"],
+            serde_json::json!({ "file": "users.json", "interval": "1s" })
+        );
+        assert_eq!(
+            json["services"][4]["discovery"],
+            serde_json::json!({ "kubernetes": { "namespace": "shop", "service": "users", "port": "http" } })
+        );
+        assert!(json["services"][2].get("endpoints").is_none());
+    }
+
+    #[test]
+    fn discovery_or_endpoints_exactly_one() {
+        let p = errors(&format!(
+            "[[services]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\ndiscovery = {{ file = \"x.json\" }}\n\
+             [[services]]\nname = \"idle\"\n\
+             [[services]]\nname = \"empty\"\nendpoints = []\n{ROUTE}"
+        ));
+        assert_has(
+            &p,
+            "services[0]",
+            Some(1),
+            "give either `endpoints` or `discovery`, not both",
+        );
+        assert_has(
+            &p,
+            "services[1]",
+            Some(5),
+            "a service needs `endpoints = [\"host:port\", …]` or a `discovery` table",
+        );
+        assert_has(
+            &p,
+            "services[2].endpoints",
+            Some(9),
+            "at least one endpoint (or a `discovery` table instead of `endpoints`)",
+        );
+        assert_eq!(p.len(), 3, "{p:#?}");
+    }
+
+    #[test]
+    fn discovery_shape_errors_name_the_field() {
+        let svc = |d: &str| format!("[[services]]\nname = \"app\"\ndiscovery = {d}\n{ROUTE}");
+        let p = errors(&svc(r#"{ dns = "a.example:80", file = "x.json" }"#));
+        assert_has(
+            &p,
+            "services[0].discovery",
+            Some(3),
+            "give one source, not 2: `dns` and `file`",
+        );
+        assert_eq!(p.len(), 1, "{p:#?}");
+        let p = errors(&svc("{}"));
+        assert_has(
+            &p,
+            "services[0].discovery",
+            Some(3),
+            "names no source: give one of `dns`, `file` or `kubernetes`",
+        );
+        // The follow-on "no source" is not reported after the real problem.
+        let p = errors(&svc(r#"{ dsn = "a.example:80" }"#));
+        assert_has(
+            &p,
+            "services[0].discovery.dsn",
+            Some(3),
+            "unknown field `dsn`, expected one of `dns`, `file`, `kubernetes`",
+        );
+        assert_eq!(p.len(), 1, "{p:#?}");
+        // Another source's settings are named as such.
+        let p = errors(&svc(r#"{ dns = "a.example:80", interval = "1s" }"#));
+        assert_has(
+            &p,
+            "services[0].discovery.interval",
+            Some(3),
+            "unknown field `interval`: a setting of file discovery, not of dns discovery (which takes `refresh_min`, `refresh_max`, `on_nxdomain`, `ip_family`, `nameservers` and `query_timeout`)",
+        );
+        assert_eq!(p.len(), 1, "{p:#?}");
+        let p = errors(
+            "[[services]]\nname = \"app\"\n[services.discovery]\nfile = \"x.json\"\n\
+             refresh_max = \"1s\"\n[[routes]]\nservice = \"app\"\n",
+        );
+        assert_has(
+            &p,
+            "services[0].discovery.refresh_max",
+            Some(3),
+            "a setting of dns discovery, not of file discovery (which takes `interval` and `format`)",
+        );
+        let p = errors(&svc(
+            r#"{ kubernetes = { namespace = "shop", service = "users" }, format = "json" }"#,
+        ));
+        assert_has(
+            &p,
+            "services[0].discovery.format",
+            Some(3),
+            "a setting of file discovery, not of kubernetes discovery (whose settings are in its own table)",
+        );
+        let p = errors(&svc(r#"{ interval = "1s" }"#));
+        assert_has(&p, "services[0].discovery", Some(3), "names no source");
+        let p = errors(&svc(r#"{ kubernetes = { namespace = "shop" } }"#));
+        assert_has(
+            &p,
+            "services[0].discovery.kubernetes.service",
+            Some(3),
+            "missing field `service`",
+        );
+        assert_eq!(p.len(), 1, "{p:#?}");
+        let p = errors(&svc("{ dns = 5 }"));
+        assert_has(
+            &p,
+            "services[0].discovery.dns",
+            Some(3),
+            "invalid type: integer `5`, expected a string",
+        );
+        let p = errors(&svc(r#"{ kubernetes = "users" }"#));
+        assert_has(
+            &p,
+            "services[0].discovery.kubernetes",
+            Some(3),
+            "expected a table with `namespace`, `service` and (optionally) `port`",
+        );
+        let p = errors(&svc(r#"{ file = "x", format = "yaml" }"#));
+        assert_has(
+            &p,
+            "services[0].discovery.format",
+            Some(3),
+            "unknown variant `yaml`, expected `json` or `toml`",
+        );
+        let p = errors(
+            "[[services]]\nname = \"app\"\n[services.discovery]\ndns = \"a.example:80\"\n\
+             nameservers = [\"127.0.0.1:53\", \"ns.example:53\"]\nrefresh_min = \"soon\"\n\
+             on_nxdomain = \"drop\"\n[[routes]]\nservice = \"app\"\n",
+        );
+        assert_has(
+            &p,
+            "services[0].discovery.nameservers[1]",
+            Some(5),
+            "invalid socket address \"ns.example:53\"",
+        );
+        assert_has(
+            &p,
+            "services[0].discovery.refresh_min",
+            Some(6),
+            "invalid duration \"soon\"",
+        );
+        assert_has(
+            &p,
+            "services[0].discovery.on_nxdomain",
+            Some(7),
+            "unknown variant `drop`, expected `keep` or `clear`",
+        );
+        assert_eq!(p.len(), 3, "{p:#?}");
+    }
+
+    #[cfg(feature = "dns")]
+    #[test]
+    fn dns_discovery_is_checked_by_the_dns_source() {
+        let text = r#"[[services]]
+name = "a"
+discovery = { dns = "users..internal:8080" }
+
+[[services]]
+name = "b"
+discovery = { dns = "10.0.0.1:80" }
+
+[[services]]
+name = "c"
+[services.discovery]
+dns = "_http._tcp.users.internal"
+refresh_min = "10s"
+refresh_max = "5s"
+query_timeout = "0s"
+
+[[services]]
+name = "d"
+discovery = { dns = "users.internal:80", refresh_max = "500ms", nameservers = [] }
+
+[[routes]]
+split = [{ service = "a", weight = 1 }, { service = "b", weight = 1 }, { service = "c", weight = 1 }, { service = "d", weight = 1 }]
+"#;
+        let p = errors(text);
+        assert_has(
+            &p,
+            "services[0].discovery.dns",
+            Some(3),
+            "dns discovery: invalid name \"users..internal:8080\": empty label (two dots in a row)",
+        );
+        assert_has(
+            &p,
+            "services[1].discovery.dns",
+            Some(7),
+            "is an IP address, not a DNS name",
+        );
+        assert_has(
+            &p,
+            "services[2].discovery.refresh_min",
+            Some(13),
+            "refresh_min and refresh_max: min must be above zero and at most max, got min 10s, max 5s",
+        );
+        // The default refresh_min (1 s) is above this refresh_max.
+        assert_has(
+            &p,
+            "services[3].discovery.refresh_max",
+            Some(19),
+            "got min 1s, max 500ms",
+        );
+        assert_eq!(
+            p.len(),
+            4,
+            "one problem per source, the first its check finds: {p:#?}"
+        );
+        let p = errors(
+            "[[services]]\nname = \"app\"\ndiscovery = { dns = \"a.example:80\", query_timeout = \"0s\" }\n\
+             [[routes]]\nservice = \"app\"\n",
+        );
+        assert_has(
+            &p,
+            "services[0].discovery.query_timeout",
+            Some(3),
+            "must be above zero",
+        );
+        let p = errors(
+            "[[services]]\nname = \"app\"\ndiscovery = { dns = \"a.example:80\", nameservers = [] }\n\
+             [[routes]]\nservice = \"app\"\n",
+        );
+        assert_has(
+            &p,
+            "services[0].discovery.nameservers",
+            Some(3),
+            "no addresses given",
+        );
+    }
+
+    #[cfg(not(feature = "dns"))]
+    #[test]
+    fn dns_discovery_needs_the_feature() {
+        let p = errors(&format!(
+            "[[services]]\nname = \"app\"\ndiscovery = {{ dns = \"a.example:80\" }}\n{ROUTE}"
+        ));
+        assert_has(
+            &p,
+            "services[0].discovery.dns",
+            Some(3),
+            "this build has no DNS support: rebuild with --features dns",
+        );
+    }
+
+    #[cfg(feature = "kubernetes")]
+    #[test]
+    fn kubernetes_names_are_checked_by_the_kubernetes_source() {
+        let p = errors(&format!(
+            "[[services]]\nname = \"app\"\n[services.discovery.kubernetes]\nnamespace = \"Shop\"\n\
+             service = \"users-\"\nport = \"http_alt\"\n{ROUTE}"
+        ));
+        assert_has(
+            &p,
+            "services[0].discovery.kubernetes.namespace",
+            Some(4),
+            "invalid namespace \"Shop\": must consist of lowercase letters, digits and '-'",
+        );
+        assert_has(
+            &p,
+            "services[0].discovery.kubernetes.service",
+            Some(5),
+            "must start and end with a letter or digit",
+        );
+        assert_has(
+            &p,
+            "services[0].discovery.kubernetes.port",
+            Some(6),
+            "invalid port \"http_alt\"",
+        );
+        assert_eq!(p.len(), 3, "{p:#?}");
+        lints(&format!(
+            "[[services]]\nname = \"app\"\ndiscovery = {{ kubernetes = {{ namespace = \"shop\", service = \"users\" }} }}\n{ROUTE}"
+        ));
+    }
+
+    #[cfg(not(feature = "kubernetes"))]
+    #[test]
+    fn kubernetes_discovery_needs_the_feature() {
+        let p = errors(&format!(
+            "[[services]]\nname = \"app\"\ndiscovery = {{ kubernetes = {{ namespace = \"shop\", service = \"users\" }} }}\n{ROUTE}"
+        ));
+        assert_has(
+            &p,
+            "services[0].discovery.kubernetes",
+            Some(3),
+            "this build has no Kubernetes support: rebuild with --features kubernetes",
+        );
+        assert_eq!(p.len(), 1, "{p:#?}");
+    }
+
+    #[test]
+    fn file_discovery_is_checked() {
+        let text = r#"[[services]]
+name = "a"
+discovery = { file = "endpoints.yaml" }
+
+[[services]]
+name = "b"
+discovery = { file = "endpoints", format = "json", interval = "0s" }
+
+[[services]]
+name = "c"
+discovery = { file = "" }
+
+[[routes]]
+split = [{ service = "a", weight = 1 }, { service = "b", weight = 1 }, { service = "c", weight = 1 }]
+"#;
+        let p = errors(text);
+        assert_has(
+            &p,
+            "services[0].discovery.file",
+            Some(3),
+            "cannot tell the format of \"endpoints.yaml\" from its name: name it *.json or *.toml, or set `format = \"json\"` or `\"toml\"`",
+        );
+        assert_has(
+            &p,
+            "services[1].discovery.interval",
+            Some(7),
+            "must be greater than 0",
+        );
+        assert_has(
+            &p,
+            "services[2].discovery.file",
+            Some(11),
+            "the path must not be empty",
+        );
+        assert_eq!(p.len(), 3, "{p:#?}");
+    }
+
+    /// A fresh directory under the system's temporary one.
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("palisade-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn file_discovery_lints_read_the_file_relative_to_the_config() {
+        let dir = temp_dir("lints");
+        std::fs::write(dir.join("good.json"), r#"["127.0.0.1:1"]"#).unwrap();
+        std::fs::write(
+            dir.join("bad.toml"),
+            "endpoints = [\"127.0.0.1:1\", \"nope\"]\n",
+        )
+        .unwrap();
+        let text = format!(
+            r#"[[services]]
+name = "good"
+discovery = {{ file = "good.json" }}
+
+[[services]]
+name = "missing"
+discovery = {{ file = "missing.json" }}
+
+[[services]]
+name = "bad"
+discovery = {{ file = "{}", interval = "50ms" }}
+
+[[routes]]
+split = [{{ service = "good", weight = 1 }}, {{ service = "missing", weight = 1 }}, {{ service = "bad", weight = 1 }}]
+"#,
+            dir.join("bad.toml").display()
+        );
+        let config = Config::from_file_text(&text, &dir.join("proxy.toml")).unwrap();
+        let p: Vec<_> = config
+            .lints()
+            .into_iter()
+            .map(|p| (p.field, p.line, p.message))
+            .collect();
+        assert_has(
+            &p,
+            "services[1].discovery.file",
+            Some(7),
+            &format!(
+                "{} does not exist (yet): the service has no endpoints until it appears",
+                dir.join("missing.json").display()
+            ),
+        );
+        assert_has(
+            &p,
+            "services[2].discovery.file",
+            Some(11),
+            "line 1, column 29: endpoints[1]: endpoint \"nope\": expected host:port: the service has no endpoints until it is fixed",
+        );
+        assert_has(
+            &p,
+            "services[2].discovery.interval",
+            Some(11),
+            "an interval of 50ms checks the file more than 10 times a second",
+        );
+        assert_eq!(p.len(), 3, "{p:#?}");
+        assert_eq!(config.base_dir(), Some(dir.as_path()));
+        assert_eq!(config.resolve_path(Path::new("a.json")), dir.join("a.json"));
+        assert_eq!(
+            config.resolve_path(Path::new("/a.json")),
+            Path::new("/a.json")
+        );
+
+        // Without a base directory, relative paths are the current directory's.
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(
+            config.resolve_path(Path::new("good.json")),
+            Path::new("good.json")
+        );
+        assert!(
+            config
+                .lints()
+                .iter()
+                .any(|p| p.field == "services[0].discovery.file"),
+            "good.json is not in the current directory"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(feature = "dns")]
+    #[test]
+    fn dns_refresh_lints() {
+        let p = lints(&format!(
+            "[[services]]\nname = \"app\"\ndiscovery = {{ dns = \"a.example:80\", refresh_min = \"10ms\", refresh_max = \"50ms\" }}\n{ROUTE}"
+        ));
+        assert_has(
+            &p,
+            "services[0].discovery.refresh_min",
+            Some(3),
+            "refresh_min of 10ms re-resolves more than 10 times a second",
+        );
+        assert_has(
+            &p,
+            "services[0].discovery.refresh_max",
+            Some(3),
+            "refresh_max of 50ms",
+        );
+        assert_eq!(p.len(), 2, "{p:#?}");
+    }
+
+    #[test]
+    fn limits_parse() {
+        let config = Config::from_toml(&format!(
+            r#"{TWO}[services.limits]
+concurrency = {{ max = 32, queue = 0, max_wait = "none" }}
+rate = {{ per_second = 0.5, burst = 3, key_header = "X-Tenant", max_keys = 10, without_key = "pass" }}
+throttle = {{ k = 1.5, window = "30s" }}
+{ROUTE}"#
+        ))
+        .unwrap();
+        let l = &config.services[0].limits;
+        let c = l.concurrency.as_ref().unwrap();
+        assert_eq!((c.max, c.queue, c.max_wait), (32, 0, None));
+        let r = l.rate.as_ref().unwrap();
+        assert_eq!(
+            (
+                r.per_second,
+                r.burst,
+                r.key_header.as_deref(),
+                r.max_keys,
+                r.without_key
+            ),
+            (0.5, Some(3), Some("X-Tenant"), 10, WithoutKey::Pass)
+        );
+        let t = l.throttle.as_ref().unwrap();
+        assert_eq!((t.k, t.window), (1.5, Duration::from_secs(30)));
+        // Off unless written.
+        let config = Config::from_toml(&format!("{TWO}{ROUTE}")).unwrap();
+        assert_eq!(config.services[0].limits, Limits::default());
+        assert_eq!(
+            (
+                Limits::default().concurrency,
+                Limits::default().rate,
+                Limits::default().throttle
+            ),
+            (None, None, None)
+        );
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(json["services"][0]["limits"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn limits_are_range_checked() {
+        let text = r#"[[services]]
+name = "app"
+endpoints = ["127.0.0.1:1"]
+[services.limits.concurrency]
+max = 0
+max_wait = "0s"
+[services.limits.rate]
+per_second = 0.0
+burst = 0
+key_header = "x tenant"
+max_keys = 0
+[services.limits.throttle]
+k = 0.5
+window = "0s"
+
+[[services]]
+name = "other"
+endpoints = ["127.0.0.1:2"]
+limits = { rate = { per_second = nan }, throttle = { k = inf } }
+
+[[services]]
+name = "third"
+endpoints = ["127.0.0.1:3"]
+limits = { rate = { per_second = 2e9 } }
+
+[[routes]]
+split = [{ service = "app", weight = 1 }, { service = "other", weight = 1 }, { service = "third", weight = 1 }]
+"#;
+        let p = errors(text);
+        let l = "services[0].limits";
+        assert_has(
+            &p,
+            &format!("{l}.concurrency.max"),
+            Some(5),
+            "must be at least 1",
+        );
+        assert_has(
+            &p,
+            &format!("{l}.concurrency.max_wait"),
+            Some(6),
+            "must be greater than 0 (\"none\" waits as long as the request's deadline allows",
+        );
+        assert_has(
+            &p,
+            &format!("{l}.rate.per_second"),
+            Some(8),
+            "must be a finite number of requests a second from 1e-6 to 1e9, got 0",
+        );
+        assert_has(
+            &p,
+            &format!("{l}.rate.burst"),
+            Some(9),
+            "must be at least 1",
+        );
+        assert_has(
+            &p,
+            &format!("{l}.rate.key_header"),
+            Some(10),
+            "\"x tenant\" is not a valid header name",
+        );
+        assert_has(
+            &p,
+            &format!("{l}.rate.max_keys"),
+            Some(11),
+            "must be at least 1",
+        );
+        assert_has(
+            &p,
+            &format!("{l}.throttle.k"),
+            Some(13),
+            "must be a finite number at least 1 (the backend is offered at least what it accepts), got 0.5",
+        );
+        assert_has(
+            &p,
+            &format!("{l}.throttle.window"),
+            Some(14),
+            "must be greater than 0",
+        );
+        assert_has(
+            &p,
+            "services[1].limits.rate.per_second",
+            Some(19),
+            "got NaN",
+        );
+        assert_has(&p, "services[1].limits.throttle.k", Some(19), "got inf");
+        assert_has(
+            &p,
+            "services[2].limits.rate.per_second",
+            Some(24),
+            "got 2000000000",
+        );
+        assert_eq!(p.len(), 11, "{p:#?}");
+
+        let p = errors(&format!(
+            "{TWO}limits = {{ rate = {{ burst = 5 }}, bulkhead = {{}} }}\n{ROUTE}"
+        ));
+        assert_has(
+            &p,
+            "services[0].limits.bulkhead",
+            Some(4),
+            "unknown field `bulkhead`, expected one of `concurrency`, `rate`, `throttle`",
+        );
+        assert_has(
+            &p,
+            "services[0].limits.rate.per_second",
+            Some(4),
+            "missing field `per_second`",
+        );
+    }
+
+    #[test]
+    fn limit_lints() {
+        let p = lints(&format!(
+            r#"{TWO}deadline = {{ timeout = "1s" }}
+[services.limits]
+concurrency = {{ max_wait = "2s" }}
+rate = {{ per_second = 10.0, without_key = "pass" }}
+throttle = {{ window = "5s" }}
+{ROUTE}"#
+        ));
+        assert_has(
+            &p,
+            "services[0].limits.concurrency.max_wait",
+            Some(6),
+            "max_wait (2s) is longer than deadline.timeout (1s): a queued request without a deadline header is shed at its deadline first",
+        );
+        assert_has(
+            &p,
+            "services[0].limits.rate.without_key",
+            Some(7),
+            "has no effect without key_header",
+        );
+        assert_has(
+            &p,
+            "services[0].limits.throttle.window",
+            Some(8),
+            "a window of 5s is shorter than 10s: a handful of refusals swings the rejection probability (the default is 2m)",
+        );
+        assert_eq!(p.len(), 3, "{p:#?}");
+        let p = lints(&format!(
+            "{TWO}deadline = {{ timeout = \"none\" }}\nlimits = {{ concurrency = {{ max_wait = \"none\" }} }}\n{ROUTE}"
+        ));
+        assert_has(
+            &p,
+            "services[0].limits.concurrency.max_wait",
+            Some(5),
+            "may wait for a slot for ever",
+        );
+        assert_eq!(p.len(), 1, "{p:#?}");
+        // Fine: a wait within the deadline; no queue to wait in.
+        assert_eq!(
+            lints(&format!(
+                "{TWO}limits = {{ concurrency = {{}}, throttle = {{ window = \"10s\" }} }}\n{ROUTE}"
+            )),
+            vec![]
+        );
+        assert_eq!(
+            lints(&format!(
+                "{TWO}deadline = {{ timeout = \"none\" }}\nlimits = {{ concurrency = {{ queue = 0, max_wait = \"none\" }} }}\n{ROUTE}"
+            )),
+            vec![]
         );
     }
 

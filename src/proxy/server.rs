@@ -29,15 +29,18 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use super::config::{self, Config, ConfigError};
+use super::config::{self, Config, ConfigError, Discovery};
 use crate::balance::EjectionConfig;
 use crate::breaker::BreakerLayer;
 use crate::classify::HttpClassify;
 use crate::deadline::DeadlineLayer;
+use crate::discover::file::Watched;
+use crate::discover::{self, Dynamic, DynamicHandle};
 use crate::http::{Hyper, HyperClient, hyper_client, hyper_h2c_client};
+use crate::limit::{ConcurrencyLimitLayer, RateLimitLayer, ThrottleLayer, WithoutKey};
 use crate::metrics::Metrics;
 use crate::retry::{Backoff, ReplayBody, RetryBudget};
-use crate::{Client, Error};
+use crate::{Client, Error, Limit};
 
 /// The body of every response the proxy sends: the upstream's, streamed, or
 /// one of its own.
@@ -48,12 +51,28 @@ pub const ERROR_HEADER: &str = "x-palisade-error";
 
 type ServiceClient = Hyper<Incoming>;
 
+/// The largest config file a reload reads.
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
 /// What requests are routed with: swapped whole on reload, so a request
 /// keeps the routing it started with.
 struct Routing {
     config: Arc<Config>,
-    services: HashMap<String, ServiceClient>,
+    services: HashMap<String, Upstream>,
     routes: Vec<CompiledRoute>,
+}
+
+/// One service's client, and what keeps its endpoint source going. Kept
+/// whole across reloads that do not change the service.
+#[derive(Clone)]
+struct Upstream {
+    client: ServiceClient,
+    /// The handle of a static list's source: held as long as the client,
+    /// so that its stream stays open.
+    _endpoints: Option<DynamicHandle>,
+    /// A DNS source's live state, for `/snapshot` and `/ready`.
+    #[cfg(feature = "dns")]
+    dns: Option<crate::discover::dns::DnsStatus>,
 }
 
 struct CompiledRoute {
@@ -156,10 +175,11 @@ struct State {
     path: PathBuf,
 }
 
-/// Reads and validates a config file.
+/// Reads and validates a config file; relative paths in it are relative
+/// to its directory.
 pub fn load(path: &Path) -> Result<Config, StartError> {
     let text = std::fs::read_to_string(path).map_err(|e| StartError::Read(path.to_owned(), e))?;
-    Config::from_toml(&text).map_err(|e| StartError::Config(path.to_owned(), e))
+    Config::from_file_text(&text, path).map_err(|e| StartError::Config(path.to_owned(), e))
 }
 
 /// Runs the proxy on `config` (read from `path`, which is watched for
@@ -178,7 +198,7 @@ pub async fn run(
         http1: hyper_client(),
         h2c: hyper_h2c_client(),
     };
-    let routing = build_routing(Arc::new(config), None, &http, &metrics)?;
+    let routing = build_routing(Arc::new(config), None, &http, &metrics).await?;
     let config = routing.config.clone();
     let state = Arc::new(State {
         routing: ArcSwap::from_pointee(routing),
@@ -243,8 +263,11 @@ pub async fn run(
 }
 
 /// Builds the clients and routes for `config`, reusing clients of services
-/// whose settings did not change (so their load estimates survive).
-fn build_routing(
+/// whose settings (discovery and limits included) did not change, so their
+/// load estimates, limits and discovery tasks survive. The clients of
+/// services changed or removed are dropped with the old routing; their
+/// discovery tasks stop with them.
+async fn build_routing(
     config: Arc<Config>,
     old: Option<&Routing>,
     http: &Upstreams,
@@ -256,11 +279,11 @@ fn build_routing(
             let before = old.config.services.iter().find(|s| s.name == svc.name)?;
             (before == svc).then(|| old.services.get(&svc.name).cloned())?
         });
-        let client = match reused {
-            Some(client) => client,
-            None => build_client(svc, http, metrics)?,
+        let upstream = match reused {
+            Some(upstream) => upstream,
+            None => build_upstream(svc, &config, http, metrics).await?,
         };
-        services.insert(svc.name.clone(), client);
+        services.insert(svc.name.clone(), upstream);
     }
     let routes = config
         .routes
@@ -316,10 +339,72 @@ fn compile_route(index: usize, r: &config::Route) -> CompiledRoute {
     }
 }
 
+/// One service's endpoint source, started, and its client.
+async fn build_upstream(
+    svc: &config::Service,
+    config: &Config,
+    http: &Upstreams,
+    metrics: &Metrics,
+) -> Result<Upstream, StartError> {
+    let bad = |e: &dyn std::fmt::Display| StartError::Build(format!("service {:?}: {e}", svc.name));
+    let mut upstream_endpoints = None;
+    #[cfg(feature = "dns")]
+    let mut dns = None;
+    let discover = match &svc.discovery {
+        // A static list through the same kind of source as the others: one
+        // client type, one builder chain.
+        None => {
+            let endpoints = svc
+                .endpoints
+                .iter()
+                .map(config::EndpointSpec::to_endpoint)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(&e))?;
+            let (handle, discover) = discover::dynamic();
+            handle.replace(endpoints);
+            upstream_endpoints = Some(handle);
+            discover
+        }
+        #[cfg(feature = "dns")]
+        Some(Discovery::Dns(d)) => {
+            let source = d.to_dns().map_err(|e| bad(&e))?;
+            dns = Some(source.status());
+            source.spawn().map_err(|e| bad(&e))?
+        }
+        Some(Discovery::File(f)) => f.to_watch(config).spawn().map_err(|e| bad(&e))?,
+        #[cfg(feature = "kubernetes")]
+        Some(Discovery::Kubernetes(k)) => {
+            let mut source =
+                crate::discover::kubernetes::Kubernetes::infer(&k.namespace, &k.service)
+                    .await
+                    .map_err(|e| bad(&e))?;
+            if let Some(port) = &k.port {
+                source = source.port_name(port);
+            }
+            source.spawn().map_err(|e| bad(&e))?
+        }
+        // Validation refuses the sources this build has no support for.
+        #[cfg(not(all(feature = "dns", feature = "kubernetes")))]
+        Some(other) => {
+            return Err(bad(&format!(
+                "this build has no {} discovery",
+                other.kind()
+            )));
+        }
+    };
+    Ok(Upstream {
+        client: build_client(svc, discover, http, metrics)?,
+        _endpoints: upstream_endpoints,
+        #[cfg(feature = "dns")]
+        dns,
+    })
+}
+
 /// One service of the config as a library client: nothing but builder
 /// calls.
 fn build_client(
     svc: &config::Service,
+    discover: Dynamic,
     http: &Upstreams,
     metrics: &Metrics,
 ) -> Result<ServiceClient, StartError> {
@@ -328,12 +413,6 @@ fn build_client(
         _ => &http.http1,
     };
     let bad = |e: &dyn std::fmt::Display| StartError::Build(format!("service {:?}: {e}", svc.name));
-    let endpoints = svc
-        .endpoints
-        .iter()
-        .map(config::EndpointSpec::to_endpoint)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(&e))?;
     let mut ejection = EjectionConfig::default();
     let e = &svc.ejection;
     ejection.enabled = e.enabled;
@@ -371,8 +450,9 @@ fn build_client(
         .reserve(d.reserve)
         .propagate(d.propagate);
     let bal = &svc.balancer;
-    Client::builder(svc.name.as_str())
-        .endpoints(endpoints)
+    let name = svc.name.as_str();
+    let mut builder = Client::builder(name)
+        .discover(discover)
         .http(pool.clone())
         .classify(classify)
         .decay(bal.decay)
@@ -390,9 +470,38 @@ fn build_client(
             svc.budget.min_per_sec,
             svc.budget.ratio,
         ))
-        .metrics(metrics.clone())
-        .build()
-        .map_err(|e| bad(&e))
+        .metrics(metrics.clone());
+    let limits = &svc.limits;
+    if let Some(c) = &limits.concurrency {
+        builder = builder.concurrency_limit(
+            ConcurrencyLimitLayer::new(name)
+                .max(c.max)
+                .queue(c.queue)
+                .max_wait(c.max_wait),
+        );
+    }
+    if let Some(r) = &limits.rate {
+        let mut rate = RateLimitLayer::new(name, r.per_second)
+            .max_keys(r.max_keys)
+            .without_key(match r.without_key {
+                config::WithoutKey::Shared => WithoutKey::Shared,
+                config::WithoutKey::Pass => WithoutKey::Pass,
+            });
+        if let Some(burst) = r.burst {
+            rate = rate.burst(burst);
+        }
+        builder = match &r.key_header {
+            Some(header) => {
+                let header = HeaderName::try_from(header.as_str()).map_err(|e| bad(&e))?;
+                builder.rate_limit(rate.keyed_by_header(header))
+            }
+            None => builder.rate_limit(rate),
+        };
+    }
+    if let Some(t) = &limits.throttle {
+        builder = builder.throttle(ThrottleLayer::new(name).k(t.k).window(t.window));
+    }
+    builder.build().map_err(|e| bad(&e))
 }
 
 /// Accepts connections on `listener` until told to stop; each connection is
@@ -576,7 +685,7 @@ async fn handle(
         );
     };
     let service = route.pick();
-    let Some(client) = routing.services.get(service) else {
+    let Some(Upstream { client, .. }) = routing.services.get(service) else {
         return own(
             StatusCode::BAD_GATEWAY,
             "no-service",
@@ -628,7 +737,19 @@ fn error_response(service: &str, e: &Error) -> Response<ProxyBody> {
         source = cause.source();
     }
     tracing::debug!(service, error = %text, "answering with an error status");
-    own(status, reason, text)
+    let mut rsp = own(status, reason, text);
+    if let Some(Limit::Rate { retry_in, .. }) = e.limit() {
+        rsp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_secs(*retry_in)),
+        );
+    }
+    rsp
+}
+
+/// `Retry-After` for a wait: whole seconds, rounded up, at least 1.
+fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 /// The admin server: `/metrics`, `/ready`, `/live`, `/config`, `/snapshot`.
@@ -659,11 +780,17 @@ fn admin(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "text/plain", "live\n".into()),
         "/ready" => {
-            let waiting: Vec<&str> = routing
+            // Services in the order of the file, each with where its
+            // endpoints should come from.
+            let waiting: Vec<String> = routing
+                .config
                 .services
                 .iter()
-                .filter(|(_, c)| c.endpoint_count() == 0)
-                .map(|(n, _)| n.as_str())
+                .filter_map(|svc| {
+                    let upstream = routing.services.get(&svc.name)?;
+                    (upstream.client.endpoint_count() == 0)
+                        .then(|| waiting_for(svc, upstream, &routing.config))
+                })
                 .collect();
             if waiting.is_empty() {
                 text(StatusCode::OK, "text/plain", "ready\n".into())
@@ -700,11 +827,17 @@ fn admin(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             ),
         },
         "/snapshot" => {
-            let mut names: Vec<&String> = routing.services.keys().collect();
-            names.sort();
-            let services: Vec<serde_json::Value> = names
+            let mut services: Vec<&config::Service> = routing.config.services.iter().collect();
+            services.sort_by(|a, b| a.name.cmp(&b.name));
+            let services: Vec<serde_json::Value> = services
                 .into_iter()
-                .map(|name| snapshot_json(&routing.services[name].snapshot()))
+                .filter_map(|svc| {
+                    let upstream = routing.services.get(&svc.name)?;
+                    let mut json = snapshot_json(&upstream.client.snapshot());
+                    json["discovery"] = discovery_json(svc, upstream, &routing.config);
+                    json["limits"] = limits_json(&upstream.client);
+                    Some(json)
+                })
                 .collect();
             let json = serde_json::json!({ "services": services });
             text(StatusCode::OK, "application/json", format!("{json:#}\n"))
@@ -756,11 +889,114 @@ fn snapshot_json(s: &crate::Snapshot) -> serde_json::Value {
     })
 }
 
+/// A service with no endpoints, for `/ready`: its name and where its
+/// endpoints should come from (with a DNS source's last error).
+#[cfg_attr(not(feature = "dns"), allow(unused_variables))]
+fn waiting_for(svc: &config::Service, upstream: &Upstream, config: &Config) -> String {
+    match &svc.discovery {
+        None => svc.name.clone(),
+        #[cfg(feature = "dns")]
+        Some(Discovery::Dns(d)) => match upstream.dns.as_ref().and_then(|s| s.last_error()) {
+            Some(error) => format!("{} (dns {:?}: {error})", svc.name, d.name),
+            None => format!("{} (dns {:?}: no answer yet)", svc.name, d.name),
+        },
+        Some(Discovery::File(f)) => format!(
+            "{} (file {})",
+            svc.name,
+            config.resolve_path(&f.path).display()
+        ),
+        Some(Discovery::Kubernetes(k)) => format!(
+            "{} (kubernetes service {}/{})",
+            svc.name, k.namespace, k.service
+        ),
+        #[cfg(not(feature = "dns"))]
+        Some(other) => format!("{} ({})", svc.name, other.kind()),
+    }
+}
+
+/// Where a service's endpoints come from, for `/snapshot`: `kind`, the
+/// settings as configured (a file's path resolved), and a DNS source's live
+/// state.
+#[cfg_attr(not(feature = "dns"), allow(unused_variables))]
+fn discovery_json(
+    svc: &config::Service,
+    upstream: &Upstream,
+    config: &Config,
+) -> serde_json::Value {
+    let Some(discovery) = &svc.discovery else {
+        return serde_json::json!({ "kind": "endpoints" });
+    };
+    // The settings as `/config` shows them, and `kind`.
+    let mut json = match serde_json::to_value(discovery) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    json.insert("kind".into(), discovery.kind().into());
+    if let Discovery::File(f) = discovery {
+        let path = config.resolve_path(&f.path).display().to_string();
+        json.insert("resolved_path".into(), path.into());
+    }
+    #[cfg(feature = "dns")]
+    if let Some(status) = &upstream.dns {
+        json.insert(
+            "status".into(),
+            serde_json::json!({
+                "endpoints": status.endpoints().len(),
+                "lookups": status.lookups(),
+                "consecutive_failures": status.consecutive_failures(),
+                "last_error": status.last_error(),
+            }),
+        );
+    }
+    json.into()
+}
+
+/// The limits' settings and live state, for `/snapshot`; `null` for a limit
+/// that is off.
+fn limits_json(client: &ServiceClient) -> serde_json::Value {
+    let concurrency = client.concurrency_limit().map(|c| {
+        serde_json::json!({
+            "max": c.max(),
+            "queue": c.queue(),
+            "max_wait_ms": c.max_wait().map(|w| w.as_secs_f64() * 1e3),
+            "in_flight": c.in_flight(),
+            "queued": c.queued(),
+            "shed_full": c.shed_full(),
+            "shed_timeout": c.shed_timeout(),
+        })
+    });
+    let rate = client.rate_limit().map(|r| {
+        serde_json::json!({
+            "per_second": r.rate(),
+            "burst": r.burst(),
+            "available": r.available(),
+            "keys": r.keys(),
+            "admitted": r.admitted(),
+            "rejected": r.rejected(),
+        })
+    });
+    let throttle = client.throttle().map(|t| {
+        serde_json::json!({
+            "k": t.k(),
+            "window_ms": t.window().as_secs_f64() * 1e3,
+            "probability": t.probability(),
+            "requests": t.requests(),
+            "accepts": t.accepts(),
+            "rejected": t.rejected(),
+        })
+    });
+    serde_json::json!({ "concurrency": concurrency, "rate": rate, "throttle": throttle })
+}
+
 /// Reloads the config when the file changes (polled) or on SIGHUP. A bad
 /// file is logged, naming the field and line, and the running config stays.
+///
+/// Changes are seen by the change detector file discovery uses: not only a
+/// new modification time but a new inode, size or change time too, so an
+/// atomic rename over the file and a Kubernetes ConfigMap's symlink swap
+/// are reloads; content identical to the last read is not.
 async fn watch_config(state: Arc<State>, mut stop: watch::Receiver<bool>, interval: Duration) {
-    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let mut last = modified(&state.path);
+    let mut watched = Watched::new(state.path.clone(), MAX_CONFIG_BYTES);
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -780,30 +1016,45 @@ async fn watch_config(state: Arc<State>, mut stop: watch::Receiver<bool>, interv
             _ = tokio::time::sleep(interval) => false,
             _ = hangup => true,
         };
-        let now = modified(&state.path);
-        if !forced && now == last {
-            continue;
+        if forced {
+            watched.forget();
         }
-        last = now;
-        reload(&state);
+        // The first check reads the file whatever it is: a config equal to
+        // the running one is no reload.
+        let config = match watched.check() {
+            Ok(None) => continue,
+            Ok(Some(bytes)) => parse_config(&state.path, bytes),
+            Err(e) => Err(StartError::Read(state.path.clone(), e)),
+        };
+        match config {
+            Ok(config) => {
+                reload(&state, config).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config reload rejected; the running config stays");
+            }
+        }
     }
 }
 
-/// Reads, validates and swaps in the config file; keeps the old one on any
-/// error.
-fn reload(state: &State) -> bool {
-    let config = match load(&state.path) {
-        Ok(config) => config,
-        Err(e) => {
-            tracing::error!(error = %e, "config reload rejected; the running config stays");
-            return false;
-        }
-    };
+/// Validates a config file's content, read from `path`.
+fn parse_config(path: &Path, bytes: &[u8]) -> Result<Config, StartError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        StartError::Read(
+            path.to_owned(),
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })?;
+    Config::from_file_text(text, path).map_err(|e| StartError::Config(path.to_owned(), e))
+}
+
+/// Swaps in a new config; keeps the old one if a client cannot be built.
+async fn reload(state: &State, config: Config) -> bool {
     let old = state.routing.load_full();
     if *old.config == config {
         return false;
     }
-    match build_routing(Arc::new(config), Some(&old), &state.http, &state.metrics) {
+    match build_routing(Arc::new(config), Some(&old), &state.http, &state.metrics).await {
         Ok(routing) => {
             state.routing.store(Arc::new(routing));
             tracing::info!(path = %state.path.display(), "config reloaded");
@@ -843,6 +1094,100 @@ mod tests {
         ] {
             assert_eq!(split_host(bad), Err(()), "{bad:?} must be rejected");
         }
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_at_least_one() {
+        for (wait, secs) in [
+            (Duration::ZERO, 1),
+            (Duration::from_millis(1), 1),
+            (Duration::from_secs(1), 1),
+            (Duration::from_millis(1001), 2),
+            (Duration::from_secs(90), 90),
+        ] {
+            assert_eq!(retry_after_secs(wait), secs, "{wait:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_source_feeds_a_client_and_says_where_endpoints_come_from() {
+        let dir = std::env::temp_dir().join(format!("palisade-server-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut text = String::from(
+            "[[services]]\nname = \"listed\"\nendpoints = [\"127.0.0.1:1\"]\n\
+             [[services]]\nname = \"filed\"\ndiscovery = { file = \"missing.json\" }\n",
+        );
+        if cfg!(feature = "dns") {
+            // Nothing answers there: the source keeps trying.
+            text += "[[services]]\nname = \"named\"\n\
+                     discovery = { dns = \"users.internal:80\", nameservers = [\"127.0.0.1:9\"], query_timeout = \"50ms\" }\n";
+        }
+        text += "[[routes]]\nsplit = [{ service = \"listed\", weight = 1 }, { service = \"filed\", weight = 1 }]\n";
+        let config = Config::from_file_text(&text, &dir.join("proxy.toml")).unwrap();
+        let metrics = Metrics::register(&mut Registry::default());
+        let http = Upstreams {
+            http1: hyper_client(),
+            h2c: hyper_h2c_client(),
+        };
+        let routing = build_routing(Arc::new(config), None, &http, &metrics)
+            .await
+            .unwrap();
+        let upstream = |name: &str| &routing.services[name];
+        let svc = |name: &str| {
+            let config = &routing.config;
+            config.services.iter().find(|s| s.name == name).unwrap()
+        };
+
+        // The static list reaches the balancer through its source.
+        let listed = upstream("listed");
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            listed.client.wait_until(|c| c.endpoint_count() == 1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            discovery_json(svc("listed"), listed, &routing.config),
+            serde_json::json!({ "kind": "endpoints" })
+        );
+
+        let filed = upstream("filed");
+        assert_eq!(filed.client.endpoint_count(), 0);
+        let missing = std::path::absolute(dir.join("missing.json")).unwrap();
+        assert_eq!(
+            waiting_for(svc("filed"), filed, &routing.config),
+            format!("filed (file {})", missing.display())
+        );
+        let json = discovery_json(svc("filed"), filed, &routing.config);
+        assert_eq!(json["kind"], "file");
+        assert_eq!(json["file"], "missing.json");
+        assert_eq!(json["resolved_path"], missing.display().to_string());
+
+        #[cfg(feature = "dns")]
+        {
+            let named = upstream("named");
+            let status = named.dns.clone().unwrap();
+            let waiting = waiting_for(svc("named"), named, &routing.config);
+            assert!(
+                waiting.starts_with("named (dns \"users.internal:80\": "),
+                "{waiting}"
+            );
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while status.lookups() == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .unwrap();
+            let json = discovery_json(svc("named"), named, &routing.config);
+            assert_eq!(json["kind"], "dns");
+            assert_eq!(json["dns"], "users.internal:80");
+            assert_eq!(json["status"]["endpoints"], 0);
+            assert!(json["status"]["last_error"].is_string(), "{json}");
+            let waiting = waiting_for(svc("named"), named, &routing.config);
+            assert!(!waiting.ends_with("no answer yet)"), "{waiting}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

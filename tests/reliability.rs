@@ -22,9 +22,11 @@ mod support;
 use std::error::Error as _;
 use std::time::Duration;
 
+use palisade::Limit;
 use palisade::breaker::{BreakerLayer, BreakerState};
 use palisade::demo::Behavior;
 use palisade::discover::Address;
+use palisade::limit::ConcurrencyLimitLayer;
 use palisade::retry::{AttemptTimedOut, RetryStop};
 use support::{
     Fault, Fleet, Ledger, Load, Outcome, Plan, Record, Run, account, client, eventually_within, ms,
@@ -480,6 +482,127 @@ async fn d_every_backend_down_then_back() {
 }
 
 #[cfg(all(feature = "cli", unix))]
+/// This process's resident memory, in KiB (`VmRSS`).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f_ten_times_overload_against_limits_sheds_fast_and_stays_bounded() {
+    let _serial = serial().await;
+    // Two backends answering in 20 ms; the bulkhead lets 8 requests in
+    // flight and 8 wait, so the fleet serves about 8 / 20 ms = 400 a second.
+    // 40 callers each send one every 10 ms: 4000 a second, 10x that.
+    const MAX: usize = 8;
+    eprintln!(
+        "f: 10x overload (4000/s offered, ~400/s served) against a bulkhead of {MAX} + queue {MAX}"
+    );
+    let fleet = Fleet::spawn(2, Behavior::new().latency(Duration::from_millis(20))).await;
+    let ledger = Ledger::default();
+    let client = client(&fleet, &ledger, |b| {
+        b.timeout(Some(Duration::from_secs(2))).concurrency_limit(
+            ConcurrencyLimitLayer::new("svc")
+                .max(MAX)
+                .queue(MAX)
+                .max_wait(Some(Duration::from_millis(100))),
+        )
+    })
+    .await;
+    // The healthy phase stays within the bulkhead: 8 callers.
+    let healthy = Load::start(via_client(&client), Plan::new("healthy", 200, MAX))
+        .finish()
+        .await;
+    assert_eq!(healthy.ok(), 200, "healthy phase: {}", healthy.summary());
+    eprintln!("  healthy: {}", healthy.summary());
+    let limit = client.concurrency_limit().expect("a bulkhead").clone();
+
+    // Two overload runs: memory after the second must not have grown with
+    // the number of requests (everything is bounded, nothing accumulates).
+    let mut rss = vec![rss_kib()];
+    let mut runs = Vec::new();
+    for round in 0..2 {
+        let plan =
+            Plan::new(&format!("overload{round}"), 8000, 40).paced(Duration::from_millis(10));
+        let load = Load::start(via_client(&client), plan);
+        // Sample the bulkhead while the load runs.
+        let mut peak = (0, 0);
+        while load.done() < 8000 {
+            peak = (peak.0.max(limit.in_flight()), peak.1.max(limit.queued()));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if load.done() >= 7990 {
+                break;
+            }
+        }
+        let run = load.finish().await;
+        eprintln!(
+            "  overload {round}: {}; peak in flight {} queued {}",
+            run.summary(),
+            peak.0,
+            peak.1
+        );
+        assert!(
+            peak.0 <= MAX && peak.1 <= MAX,
+            "bulkhead exceeded: {peak:?}"
+        );
+        run.assert_each_answered_once(8000);
+        rss.push(rss_kib());
+        runs.push(run);
+    }
+
+    let (healthy_p50, _) = healthy.p50_p99();
+    for run in &runs {
+        // Every request is served or shed by the bulkhead; nothing else.
+        for r in run.failures() {
+            let e = error_of(r);
+            assert!(e.is_overloaded(), "{r:?}");
+            assert!(
+                matches!(
+                    e.limit(),
+                    Some(Limit::Concurrency { .. } | Limit::QueueTimeout { .. })
+                ),
+                "{e}"
+            );
+        }
+        let shed = run.records.len() - run.ok();
+        assert!(
+            shed as f64 > 0.5 * run.records.len() as f64,
+            "10x overload shed only {shed}"
+        );
+        assert!(run.ok() > 0);
+        // Sheds are fast: the bulk of them is faster than a served request.
+        let shed_p90 = run.quantile(0.9, |r| !r.outcome.is_ok());
+        assert!(
+            shed_p90 < healthy_p50,
+            "shed p90 {shed_p90:?} vs served p50 {healthy_p50:?}"
+        );
+        // Served requests waited at most max_wait in the queue.
+        let served_p99 = run.quantile(0.99, |r| r.outcome.is_ok());
+        assert!(
+            served_p99 <= Duration::from_millis(100) + healthy_p50 * 3 + Duration::from_millis(100),
+            "served p99 {served_p99:?}"
+        );
+    }
+    let acc = account(&[&healthy, &runs[0], &runs[1]], &ledger, &fleet, &client);
+    assert_eq!(
+        limit.in_flight() + limit.queued(),
+        0,
+        "every slot came back"
+    );
+    eprintln!("  RSS {} -> {} -> {} KiB; {acc:?}", rss[0], rss[1], rss[2]);
+    // The second run adds nothing the first did not: growth within 4 MiB
+    // (allocator noise), against 8000 requests of records kept by the test.
+    assert!(
+        rss[2] <= rss[1] + 4096,
+        "RSS grew {} KiB in the second run",
+        rss[2] - rss[1]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e_proxy_restarted_with_sigterm_under_load_drains() {
     use support::proxy::{Proxy, plain, ready, service, via_proxy_resending_refused};

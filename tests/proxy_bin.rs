@@ -613,3 +613,43 @@ async fn a_config_renamed_over_the_old_one_is_picked_up() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedging_answers_from_the_fast_endpoint_when_the_first_is_slow() {
+    // One endpoint answers in 2 s, the other at once; a fixed 50 ms delay
+    // and a generous budget, so every GET that lands on the slow one is
+    // hedged to the fast one and answered long before 2 s.
+    let slow = Backend::spawn(Behavior::new().latency(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let fast = Backend::spawn(Behavior::new()).await.unwrap();
+    let proxy = Proxy::start(
+        &(service("app", &[slow.addr(), fast.addr()])
+            + "[services.hedge]\ndelay = \"50ms\"\nbudget_ratio = 1.0\n\n\
+           [[routes]]\nservice = \"app\"\n"),
+    );
+    let client = plain();
+    ready(&client, &proxy).await;
+
+    let started = tokio::time::Instant::now();
+    for _ in 0..20 {
+        let (status, _, _) = get(&client, proxy.listen, "/").await;
+        assert_eq!(status, 200);
+    }
+    // Twenty requests, none waiting for the slow endpoint's 2 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    let (_, _, snapshot) = get(&client, proxy.admin, "/snapshot").await;
+    let snapshot: serde_json::Value = serde_json::from_str(&snapshot).unwrap();
+    let hedge = &snapshot["services"][0]["limits"]["hedge"];
+    assert!(hedge["sent"].as_u64().unwrap() >= 1, "{snapshot}");
+    assert_eq!(
+        hedge["sent"], hedge["won"],
+        "every backup beat the slow endpoint: {hedge}"
+    );
+    assert_eq!(hedge["delay_ms"], 50.0);
+    assert!(slow.requests() >= 1, "the slow endpoint was tried");
+}

@@ -191,9 +191,23 @@ pub enum HedgeDelay {
 
 impl Default for HedgeDelay {
     fn default() -> Self {
-        HedgeDelay::Percentile(0.95)
+        HedgeDelay::Percentile(DEFAULT_PERCENTILE)
     }
 }
+
+/// The default delay's quantile: p95.
+pub const DEFAULT_PERCENTILE: f64 = 0.95;
+/// Latency samples needed before the percentile is used (default 100).
+pub const DEFAULT_MIN_SAMPLES: u64 = 100;
+/// The delay while there are fewer samples (default 100 ms).
+pub const DEFAULT_FALLBACK_DELAY: Duration = Duration::from_millis(100);
+/// The window the percentile is taken over (default 10 s).
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
+/// The share of requests that may be hedged, over the budget's 10 s
+/// (default 0.05: 5 % extra load at most; no minimum per second).
+pub const DEFAULT_BUDGET_RATIO: f64 = 0.05;
+/// How long the hedge budget remembers requests (default 10 s).
+pub const DEFAULT_BUDGET_TTL: Duration = Duration::from_secs(10);
 
 /// Why a request was not hedged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -413,10 +427,10 @@ impl HedgeLayer<HttpClassify> {
             Settings {
                 service: service.into(),
                 delay: HedgeDelay::default(),
-                min_samples: 100,
-                fallback: Duration::from_millis(100),
-                window: Duration::from_secs(10),
-                budget: RetryBudget::new(Duration::from_secs(10), 0, 0.05),
+                min_samples: DEFAULT_MIN_SAMPLES,
+                fallback: DEFAULT_FALLBACK_DELAY,
+                window: DEFAULT_WINDOW,
+                budget: RetryBudget::new(DEFAULT_BUDGET_TTL, 0, DEFAULT_BUDGET_RATIO),
                 breaker: None,
                 enabled: true,
             },

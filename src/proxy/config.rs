@@ -214,6 +214,10 @@ pub struct Service {
     /// Limits: concurrency, rate, adaptive throttling. All off by default.
     #[serde(default)]
     pub limits: Limits,
+    /// Hedging: one backup request to another endpoint after a delay. Off
+    /// unless written (`hedge = {}` hedges with the defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<Hedge>,
 }
 
 /// The protocol to the endpoints of a service.
@@ -1066,6 +1070,114 @@ impl Default for Throttle {
             k: d_k(),
             window: d_throttle_window(),
         }
+    }
+}
+
+/// Hedging; see [`crate::hedge::HedgeLayer`]. Only idempotent requests
+/// whose body fits the retry replay limit are hedged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Hedge {
+    /// When the backup goes: `"p95"` (that percentile of the service's
+    /// recent latencies, from `"p1"` to `"p99.99"`) or a duration such as
+    /// `"20ms"`. Default `"p95"`
+    /// ([`DEFAULT_PERCENTILE`](crate::hedge::DEFAULT_PERCENTILE)).
+    #[serde(default, with = "hedge_delay")]
+    pub delay: crate::hedge::HedgeDelay,
+    /// Latency samples needed before a percentile is used; at least 1.
+    /// Default [`DEFAULT_MIN_SAMPLES`](crate::hedge::DEFAULT_MIN_SAMPLES).
+    #[serde(default = "d_hedge_min_samples")]
+    pub min_samples: u64,
+    /// The delay until then; greater than 0. Default
+    /// [`DEFAULT_FALLBACK_DELAY`](crate::hedge::DEFAULT_FALLBACK_DELAY).
+    #[serde(default = "d_hedge_fallback", with = "duration")]
+    pub fallback_delay: Duration,
+    /// The window the percentile is taken over; greater than 0. Default
+    /// [`DEFAULT_WINDOW`](crate::hedge::DEFAULT_WINDOW).
+    #[serde(default = "d_hedge_window", with = "duration")]
+    pub window: Duration,
+    /// Backups as a share of requests (over 10 s, no minimum per second):
+    /// the most extra load hedging may add. Greater than 0, at most 1.
+    /// Default [`DEFAULT_BUDGET_RATIO`](crate::hedge::DEFAULT_BUDGET_RATIO).
+    #[serde(default = "d_hedge_ratio")]
+    pub budget_ratio: f64,
+}
+
+fn d_hedge_min_samples() -> u64 {
+    crate::hedge::DEFAULT_MIN_SAMPLES
+}
+fn d_hedge_fallback() -> Duration {
+    crate::hedge::DEFAULT_FALLBACK_DELAY
+}
+fn d_hedge_window() -> Duration {
+    crate::hedge::DEFAULT_WINDOW
+}
+fn d_hedge_ratio() -> f64 {
+    crate::hedge::DEFAULT_BUDGET_RATIO
+}
+
+impl Default for Hedge {
+    fn default() -> Self {
+        Hedge {
+            delay: crate::hedge::HedgeDelay::default(),
+            min_samples: d_hedge_min_samples(),
+            fallback_delay: d_hedge_fallback(),
+            window: d_hedge_window(),
+            budget_ratio: d_hedge_ratio(),
+        }
+    }
+}
+
+/// A hedge delay: `"p95"` or a duration.
+mod hedge_delay {
+    use super::*;
+    use crate::hedge::HedgeDelay;
+
+    pub(super) fn serialize<S: serde::Serializer>(d: &HedgeDelay, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            HedgeDelay::Fixed(d) => s.serialize_str(&format_duration(*d)),
+            HedgeDelay::Percentile(q) => {
+                s.collect_str(&format_args!("p{}", (q * 100_000.0).round() / 1000.0))
+            }
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HedgeDelay, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = HedgeDelay;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(
+                    f,
+                    r#"a percentile such as "p95" or a duration ({DURATION_HINT})"#
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HedgeDelay, E> {
+                if let Some(p) = v.strip_prefix('p').or_else(|| v.strip_prefix('P')) {
+                    let pct: f64 = p.parse().map_err(|_| {
+                        E::custom(format!(
+                            r#"invalid percentile {v:?}: write "p" and a number, such as "p95" or "p99.9""#
+                        ))
+                    })?;
+                    if !(pct.is_finite() && (1.0..=99.99).contains(&pct)) {
+                        return Err(E::custom(format!(
+                            "percentile {v:?} is out of range: from p1 to p99.99"
+                        )));
+                    }
+                    // Thousandths of a percent: "p99.9" is exactly 0.999.
+                    return Ok(HedgeDelay::Percentile((pct * 1000.0).round() / 100_000.0));
+                }
+                let d = parse_duration(v)?;
+                if d.is_zero() {
+                    return Err(E::custom(
+                        "a fixed hedge delay must be greater than 0 (every request would be sent twice)",
+                    ));
+                }
+                Ok(HedgeDelay::Fixed(d))
+            }
+        }
+        d.deserialize_str(Visit)
     }
 }
 
@@ -2120,6 +2232,9 @@ fn validate_service(s: &Service, sp: &FieldPath, r: &mut Report<'_>) {
         validate_discovery(discovery, &sp.key("discovery"), r);
     }
     validate_limits(&s.limits, &sp.key("limits"), r);
+    if let Some(h) = &s.hedge {
+        validate_hedge(h, &sp.key("hedge"), r);
+    }
     let mut seen: HashMap<Address, FieldPath> = HashMap::new();
     for (j, spec) in s.endpoints.iter().enumerate() {
         let ep = sp.key("endpoints").index(j);
@@ -2310,6 +2425,31 @@ fn validate_discovery(d: &Discovery, dp: &FieldPath, r: &mut Report<'_>) {
             &at,
             "this build has no Kubernetes support: rebuild with --features kubernetes",
         ),
+    }
+}
+
+/// Checks hedging's ranges (the layer would silently clamp them).
+fn validate_hedge(h: &Hedge, hp: &FieldPath, r: &mut Report<'_>) {
+    if h.min_samples < 1 {
+        r.add(&hp.key("min_samples"), "must be at least 1");
+    }
+    if h.fallback_delay.is_zero() {
+        r.add(
+            &hp.key("fallback_delay"),
+            "must be greater than 0 (every request would be sent twice)",
+        );
+    }
+    if h.window.is_zero() {
+        r.add(&hp.key("window"), "must be greater than 0");
+    }
+    let ratio = h.budget_ratio;
+    if !(ratio.is_finite() && ratio > 0.0 && ratio <= 1.0) {
+        r.add(
+            &hp.key("budget_ratio"),
+            format!(
+                "must be a number greater than 0 and at most 1 (a share of requests), got {ratio}"
+            ),
+        );
     }
 }
 
@@ -2575,6 +2715,9 @@ fn lint(c: &Config, r: &mut Report<'_>) {
             lint_discovery(c, discovery, &sp.key("discovery"), r);
         }
         lint_limits(s, &sp.key("limits"), r);
+        if let Some(h) = &s.hedge {
+            lint_hedge(s, h, &sp.key("hedge"), r);
+        }
 
         match reaching.get(s.name.as_str()) {
             None => {
@@ -2672,6 +2815,54 @@ fn lint_discovery(c: &Config, d: &Discovery, dp: &FieldPath, r: &mut Report<'_>)
             }
         }
         Discovery::Kubernetes(_) => {}
+    }
+}
+
+/// Hedging that cannot work, or costs more than it looks.
+fn lint_hedge(s: &Service, h: &Hedge, hp: &FieldPath, r: &mut Report<'_>) {
+    use crate::hedge::HedgeDelay;
+    let first = match h.delay {
+        HedgeDelay::Fixed(d) => d,
+        _ => h.fallback_delay,
+    };
+    if let Some(timeout) = s.deadline.timeout
+        && first >= timeout
+    {
+        let key = if matches!(h.delay, HedgeDelay::Fixed(_)) {
+            "delay"
+        } else {
+            "fallback_delay"
+        };
+        r.add(
+            &hp.key(key),
+            format!(
+                "{} is not shorter than deadline.timeout ({}): no backup would ever be sent",
+                format_duration(first),
+                format_duration(timeout)
+            ),
+        );
+    }
+    if h.budget_ratio.is_finite() && h.budget_ratio > 0.2 {
+        r.add(
+            &hp.key("budget_ratio"),
+            format!(
+                "{} lets hedging add up to {:.0} % load; hedges are meant to be rare (the default is {})",
+                h.budget_ratio,
+                h.budget_ratio * 100.0,
+                crate::hedge::DEFAULT_BUDGET_RATIO
+            ),
+        );
+    }
+    if let crate::hedge::HedgeDelay::Percentile(q) = h.delay
+        && q < 0.5
+    {
+        r.add(
+            &hp.key("delay"),
+            format!(
+                "p{} hedges more than half of all requests whenever the budget allows",
+                q * 100.0
+            ),
+        );
     }
 }
 
@@ -2946,6 +3137,21 @@ mod tests {
         let t = "#### `throttle`";
         has(t, "k", format!("`{:?}`", throttle::DEFAULT_K));
         has(t, "window", d(throttle::DEFAULT_WINDOW));
+        let h = "### `services.hedge`";
+        let pct = crate::hedge::DEFAULT_PERCENTILE * 100.0;
+        has(h, "delay", format!("`\"p{pct}\"`"));
+        has(
+            h,
+            "min_samples",
+            format!("`{}`", crate::hedge::DEFAULT_MIN_SAMPLES),
+        );
+        has(h, "fallback_delay", d(crate::hedge::DEFAULT_FALLBACK_DELAY));
+        has(h, "window", d(crate::hedge::DEFAULT_WINDOW));
+        has(
+            h,
+            "budget_ratio",
+            format!("`{}`", crate::hedge::DEFAULT_BUDGET_RATIO),
+        );
         has(
             "#### File",
             "interval",
@@ -3654,6 +3860,82 @@ split = [{ service = "app", weight = 1 }, { service = "other", weight = 1 }, { s
             Some(4),
             "missing field `per_second`",
         );
+    }
+
+    #[test]
+    fn hedge_parses_checks_and_lints() {
+        use crate::hedge::HedgeDelay;
+        // Off unless written; `hedge = {}` is the defaults.
+        let config = Config::from_toml(&format!("{TWO}{ROUTE}")).unwrap();
+        assert_eq!(config.services[0].hedge, None);
+        let config = Config::from_toml(&format!("{TWO}hedge = {{}}\n{ROUTE}")).unwrap();
+        assert_eq!(config.services[0].hedge, Some(Hedge::default()));
+        assert_eq!(Hedge::default().delay, HedgeDelay::Percentile(0.95));
+
+        let config = Config::from_toml(&format!(
+            "{TWO}[services.hedge]\ndelay = \"p99.9\"\nmin_samples = 50\nfallback_delay = \"40ms\"\nbudget_ratio = 0.02\n{ROUTE}"
+        ))
+        .unwrap();
+        let h = config.services[0].hedge.clone().unwrap();
+        assert_eq!(h.delay, HedgeDelay::Percentile(0.999));
+        assert_eq!(
+            (h.min_samples, h.fallback_delay, h.budget_ratio),
+            (50, Duration::from_millis(40), 0.02)
+        );
+        // Round trip through the effective config (`/config`).
+        let text = toml::to_string(&config).unwrap();
+        assert!(text.contains("delay = \"p99.9\""), "{text}");
+        let again = Config::from_toml(&text).unwrap();
+        assert_eq!(again.services[0].hedge, Some(h));
+
+        let fixed =
+            Config::from_toml(&format!("{TWO}hedge = {{ delay = \"20ms\" }}\n{ROUTE}")).unwrap();
+        assert_eq!(
+            fixed.services[0].hedge.as_ref().unwrap().delay,
+            HedgeDelay::Fixed(Duration::from_millis(20))
+        );
+
+        for (value, needle) in [
+            ("\"p0\"", "out of range"),
+            ("\"p100\"", "out of range"),
+            ("\"pNaN\"", "out of range"),
+            ("\"p9x\"", "invalid percentile"),
+            ("\"0s\"", "must be greater than 0"),
+            ("\"soon\"", "invalid duration"),
+        ] {
+            let e = errors(&format!("{TWO}[services.hedge]\ndelay = {value}\n{ROUTE}"));
+            assert_has(&e, "services[0].hedge.delay", Some(5), needle);
+        }
+        let e = errors(&format!(
+            "{TWO}[services.hedge]\nmin_samples = 0\nfallback_delay = \"0s\"\nwindow = \"0s\"\nbudget_ratio = 1.5\n{ROUTE}"
+        ));
+        assert_has(&e, "services[0].hedge.min_samples", Some(5), "at least 1");
+        assert_has(
+            &e,
+            "services[0].hedge.fallback_delay",
+            Some(6),
+            "greater than 0",
+        );
+        assert_has(&e, "services[0].hedge.window", Some(7), "greater than 0");
+        assert_has(&e, "services[0].hedge.budget_ratio", Some(8), "at most 1");
+
+        let p = lints(&format!(
+            "{TWO}deadline = {{ timeout = \"1s\" }}\n[services.hedge]\ndelay = \"2s\"\nbudget_ratio = 0.5\n{ROUTE}"
+        ));
+        assert_has(
+            &p,
+            "services[0].hedge.delay",
+            Some(6),
+            "2s is not shorter than deadline.timeout (1s): no backup would ever be sent",
+        );
+        assert_has(
+            &p,
+            "services[0].hedge.budget_ratio",
+            Some(7),
+            "up to 50 % load",
+        );
+        let p = lints(&format!("{TWO}hedge = {{ delay = \"p20\" }}\n{ROUTE}"));
+        assert_has(&p, "services[0].hedge.delay", Some(4), "more than half");
     }
 
     #[test]

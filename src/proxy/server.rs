@@ -36,6 +36,7 @@ use crate::classify::HttpClassify;
 use crate::deadline::DeadlineLayer;
 use crate::discover::file::Watched;
 use crate::discover::{self, Dynamic, DynamicHandle};
+use crate::hedge::HedgeLayer;
 use crate::http::{Hyper, HyperClient, hyper_client, hyper_h2c_client};
 use crate::limit::{ConcurrencyLimitLayer, RateLimitLayer, ThrottleLayer, WithoutKey};
 use crate::metrics::Metrics;
@@ -500,6 +501,20 @@ fn build_client(
     }
     if let Some(t) = &limits.throttle {
         builder = builder.throttle(ThrottleLayer::new(name).k(t.k).window(t.window));
+    }
+    if let Some(h) = &svc.hedge {
+        builder = builder.hedge(
+            HedgeLayer::new(name)
+                .delay(h.delay)
+                .min_samples(h.min_samples)
+                .fallback_delay(h.fallback_delay)
+                .window(h.window)
+                .budget(RetryBudget::new(
+                    crate::hedge::DEFAULT_BUDGET_TTL,
+                    0,
+                    h.budget_ratio,
+                )),
+        );
     }
     builder.build().map_err(|e| bad(&e))
 }
@@ -985,7 +1000,27 @@ fn limits_json(client: &ServiceClient) -> serde_json::Value {
             "rejected": t.rejected(),
         })
     });
-    serde_json::json!({ "concurrency": concurrency, "rate": rate, "throttle": throttle })
+    let hedge = client.hedge().map(|h| {
+        let s = h.stats();
+        let skipped: serde_json::Map<String, serde_json::Value> = crate::hedge::HedgeSkip::ALL
+            .iter()
+            .map(|r| (r.as_str().to_owned(), s.skipped(*r).into()))
+            .collect();
+        serde_json::json!({
+            "sent": s.sent,
+            "won": s.won,
+            "delay_ms": s.delay.as_secs_f64() * 1e3,
+            "samples": s.samples,
+            "budget_balance": s.budget_balance,
+            "skipped": skipped,
+        })
+    });
+    serde_json::json!({
+        "concurrency": concurrency,
+        "rate": rate,
+        "throttle": throttle,
+        "hedge": hedge,
+    })
 }
 
 /// Reloads the config when the file changes (polled) or on SIGHUP. A bad

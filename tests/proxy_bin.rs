@@ -618,14 +618,17 @@ async fn a_config_renamed_over_the_old_one_is_picked_up() {
 async fn hedging_answers_from_the_fast_endpoint_when_the_first_is_slow() {
     // One endpoint answers in 2 s, the other at once; a fixed 50 ms delay
     // and a generous budget, so every GET that lands on the slow one is
-    // hedged to the fast one and answered long before 2 s.
+    // hedged to the fast one and answered long before 2 s. A 1 ms decay
+    // forgets latencies between requests, so the balancer's choice is a
+    // coin flip each time and the slow endpoint does get requests.
     let slow = Backend::spawn(Behavior::new().latency(Duration::from_secs(2)))
         .await
         .unwrap();
     let fast = Backend::spawn(Behavior::new()).await.unwrap();
     let proxy = Proxy::start(
         &(service("app", &[slow.addr(), fast.addr()])
-            + "[services.hedge]\ndelay = \"50ms\"\nbudget_ratio = 1.0\n\n\
+            + "[services.balancer]\ndecay = \"1ms\"\n\
+           [services.hedge]\ndelay = \"50ms\"\nbudget_ratio = 1.0\n\n\
            [[routes]]\nservice = \"app\"\n"),
     );
     let client = plain();
@@ -635,6 +638,8 @@ async fn hedging_answers_from_the_fast_endpoint_when_the_first_is_slow() {
     for _ in 0..20 {
         let (status, _, _) = get(&client, proxy.listen, "/").await;
         assert_eq!(status, 200);
+        // Spread the requests out a little, so the estimates fade.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Twenty requests, none waiting for the slow endpoint's 2 s.
     assert!(

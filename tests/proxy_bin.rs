@@ -658,3 +658,66 @@ async fn hedging_answers_from_the_fast_endpoint_when_the_first_is_slow() {
     assert_eq!(hedge["delay_ms"], 50.0);
     assert!(slow.requests() >= 1, "the slow endpoint was tried");
 }
+
+#[cfg(feature = "dns")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_discovery_moves_traffic_when_the_zone_changes() {
+    use support::dns::{DnsServer, Zone};
+
+    let a = Backend::spawn(Behavior::new()).await.unwrap();
+    let b = Backend::spawn(Behavior::new()).await.unwrap();
+    // A real DNS server on 127.0.0.1: SRV for the service, pointing at a's
+    // port; the target resolves to 127.0.0.1.
+    let zone = Zone::new();
+    zone.a("host.app.test");
+    zone.srv(
+        "_http._tcp.app.test",
+        &[(0, 1, a.addr().port(), "host.app.test")],
+    );
+    let server = DnsServer::start(&zone).await;
+    let proxy = Proxy::start(&format!(
+        "[[services]]\nname = \"app\"\n\
+         discovery = {{ dns = \"_http._tcp.app.test\", nameservers = [\"{}\"], \
+         refresh_min = \"100ms\", refresh_max = \"1s\", query_timeout = \"200ms\" }}\n\n\
+         [[routes]]\nservice = \"app\"\n",
+        server.addr
+    ));
+    let client = plain();
+    ready(&client, &proxy).await;
+    assert_eq!(get(&client, proxy.listen, "/").await.0, 200);
+    assert_eq!(a.requests(), 1);
+
+    // The zone changes, the config does not: traffic moves to b.
+    zone.srv(
+        "_http._tcp.app.test",
+        &[(0, 1, b.addr().port(), "host.app.test")],
+    );
+    eventually(async || {
+        get(&client, proxy.listen, "/").await;
+        b.requests() > 0
+    })
+    .await;
+    let on_a = a.requests();
+    for _ in 0..10 {
+        assert_eq!(get(&client, proxy.listen, "/").await.0, 200);
+    }
+    assert_eq!(
+        a.requests(),
+        on_a,
+        "the removed endpoint still gets traffic"
+    );
+
+    let (_, _, snapshot) = get(&client, proxy.admin, "/snapshot").await;
+    let snapshot: serde_json::Value = serde_json::from_str(&snapshot).unwrap();
+    let app = &snapshot["services"][0];
+    assert_eq!(app["discovery"]["kind"], "dns", "{app}");
+    assert_eq!(
+        app["endpoints"][0]["address"],
+        b.addr().to_string(),
+        "{app}"
+    );
+    assert_eq!(
+        app["endpoints"][0]["labels"]["srv_target"], "host.app.test",
+        "{app}"
+    );
+}

@@ -1,5 +1,5 @@
 //! Shared by the integration tests (`mod support;`): a fault-injecting TCP
-//! proxy ([`faulty`]), the `palisade proxy` binary as a child process
+//! proxy ([`faulty`]), a real DNS server whose zone a test changes ([`dns`]), the `palisade proxy` binary as a child process
 //! ([`proxy`]), and the bookkeeping the reliability tests share:
 //!
 //! - [`Fleet`]: demo backends, each behind a [`Faulty`] that records which
@@ -13,6 +13,7 @@
 // Each test crate uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod faulty;
 #[cfg(all(feature = "cli", unix))]
 pub mod proxy;

@@ -366,6 +366,25 @@ impl Drop for Cleanup {
     }
 }
 
+/// Waits until the proxy's requests reach `to`, then checks that ten more
+/// all succeed and none reaches `from` (a removed endpoint gets nothing new).
+async fn traffic_moves(client: &Plain, proxy: &Proxy, from: &Backend, to: &Backend) {
+    eventually(async || {
+        get(client, proxy.listen, "/").await;
+        to.requests() > 0
+    })
+    .await;
+    let on_from = from.requests();
+    for _ in 0..10 {
+        assert_eq!(get(client, proxy.listen, "/").await.0, 200);
+    }
+    assert_eq!(
+        from.requests(),
+        on_from,
+        "the removed endpoint still gets traffic"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_discovery_moves_traffic_without_a_config_reload() {
     let a = Backend::spawn(Behavior::new()).await.unwrap();
@@ -404,20 +423,7 @@ async fn file_discovery_moves_traffic_without_a_config_reload() {
             b.addr()
         ),
     );
-    eventually(async || {
-        get(&client, proxy.listen, "/").await;
-        b.requests() > 0
-    })
-    .await;
-    let on_a = a.requests();
-    for _ in 0..10 {
-        assert_eq!(get(&client, proxy.listen, "/").await.0, 200);
-    }
-    assert_eq!(
-        a.requests(),
-        on_a,
-        "the removed endpoint still gets traffic"
-    );
+    traffic_moves(&client, &proxy, &a, &b).await;
 
     // A bad file keeps the last good set.
     replace_file(&endpoints, "[\"nope\"]");
@@ -692,20 +698,7 @@ async fn dns_discovery_moves_traffic_when_the_zone_changes() {
         "_http._tcp.app.test",
         &[(0, 1, b.addr().port(), "host.app.test")],
     );
-    eventually(async || {
-        get(&client, proxy.listen, "/").await;
-        b.requests() > 0
-    })
-    .await;
-    let on_a = a.requests();
-    for _ in 0..10 {
-        assert_eq!(get(&client, proxy.listen, "/").await.0, 200);
-    }
-    assert_eq!(
-        a.requests(),
-        on_a,
-        "the removed endpoint still gets traffic"
-    );
+    traffic_moves(&client, &proxy, &a, &b).await;
 
     let (_, _, snapshot) = get(&client, proxy.admin, "/snapshot").await;
     let snapshot: serde_json::Value = serde_json::from_str(&snapshot).unwrap();

@@ -26,8 +26,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::discover::Address;
-use crate::retry::RetryStop;
+use crate::endpoint::Address;
 
 /// A type-erased error, as tower uses: `Box<dyn Error + Send + Sync>`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -383,6 +382,35 @@ impl fmt::Display for BuildError {
 }
 
 impl std::error::Error for BuildError {}
+
+/// Why a retryable failure was not retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RetryStop {
+    /// The retry budget was spent.
+    Budget,
+    /// The deadline would pass before the next attempt could finish.
+    Deadline,
+    /// The maximum number of attempts (this many) was made.
+    Attempts(u32),
+    /// The failure is only retryable for idempotent methods, and this
+    /// request's method is not one.
+    Method,
+    /// The request body outgrew the replay buffer.
+    Body,
+}
+
+impl fmt::Display for RetryStop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RetryStop::Budget => f.write_str("retry budget exhausted"),
+            RetryStop::Deadline => f.write_str("no time left before the deadline"),
+            RetryStop::Attempts(n) => write!(f, "{n} attempts made"),
+            RetryStop::Method => f.write_str("method is not idempotent"),
+            RetryStop::Body => f.write_str("request body too large to replay"),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

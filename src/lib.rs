@@ -1,7 +1,8 @@
 //! # palisade
 //!
 //! The client half of a service mesh, as [`tower`] layers: give any client
-//! `Service` (hyper-util's `Client`, reqwest, a gRPC channel, your own)
+//! `Service` (hyper-util's `Client`, reqwest's, your own; a tonic `Channel`
+//! does not fit yet: gRPC support is planned)
 //! endpoint discovery (static, DNS, files, Kubernetes), latency-aware load
 //! balancing, outlier ejection, retry budgets, deadlines, circuit breaking,
 //! limits, hedging, metrics and tracing. The same layers, assembled from a
@@ -42,11 +43,21 @@
 //!   its own budget.
 //! - [`balance`]: P2C over peak-EWMA load, without a buffer worker; failure
 //!   accrual.
-//! - [`classify`]: the one classifier every layer consults.
-//! - [`discover`]: endpoints and their sources: static, dynamic, DNS, files,
-//!   Kubernetes.
 //! - [`http`]: one shared HTTP client turned into per-endpoint services.
+//! - [`discover`]: the sources of endpoints: static, dynamic, DNS, files,
+//!   Kubernetes.
+//!
+//! Shared by all of them (a layer imports only the layers below it and
+//! these; `docs/ARCHITECTURE.md` draws the graph):
+//!
 //! - [`error`]: the one error type callers match on.
+//! - [`classify`]: the one classifier every layer consults.
+//! - [`facts`]: what a layer tells the layers below about a request (its
+//!   [`Deadline`](facts::Deadline), the endpoints it [`Tried`](facts::Tried)).
+//! - [`endpoint`]: an endpoint and the factory that turns it into a service.
+//! - [`backoff`], [`budget`], [`replay`]: backoff with jitter, the token
+//!   budget of retries and hedges, the replayable request body.
+//! - [`snapshot`]: a client's live state as plain data.
 //!
 //! ## Cargo features
 //!
@@ -67,25 +78,35 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
+pub mod backoff;
 pub mod balance;
 pub mod breaker;
+pub mod budget;
 pub mod classify;
 pub mod deadline;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod discover;
+pub mod endpoint;
 pub mod error;
+pub mod facts;
 pub mod hedge;
 pub mod http;
 pub mod limit;
 pub mod metrics;
 #[cfg(feature = "proxy")]
 pub mod proxy;
+pub mod replay;
 pub mod retry;
 mod rolling;
+pub mod snapshot;
 pub mod stack;
 #[cfg(test)]
 mod testing;
 
 pub use error::{BoxError, BuildError, Error, Limit};
+#[cfg(feature = "http")]
+pub use stack::Hyper;
+#[cfg(feature = "reqwest")]
+pub use stack::Reqwest;
 pub use stack::{Client, Snapshot};

@@ -30,19 +30,22 @@ use tower::{Layer, Service};
 use crate::balance::{
     Balance, BalanceConfig, Choice, EjectionConfig, EndpointStats, NewEndpoint, WeakBalance,
 };
-use crate::breaker::{self, Breaker, BreakerHandle, BreakerLayer, BreakerState};
+use crate::breaker::{self, Breaker, BreakerHandle, BreakerLayer};
 use crate::classify::{Classify, HttpClassify};
 use crate::deadline::{self, DeadlineLayer, EnforceDeadline};
 use crate::discover::{Endpoint, Static};
 use crate::error::{BoxError, BuildError, Error};
-use crate::hedge::{Hedge, HedgeHandle, HedgeLayer, HedgeStats};
+use crate::hedge::{Hedge, HedgeHandle, HedgeLayer};
 use crate::http::HttpEndpoints;
 use crate::limit::{
     self, ConcurrencyHandle, ConcurrencyLimit, ConcurrencyLimitLayer, RateLimit, RateLimitHandle,
     RateLimitLayer, Throttle, ThrottleHandle, ThrottleLayer, rate::HeaderKey,
 };
 use crate::metrics::{self, Metrics, Observe, Telemetry, TelemetryLayer};
-use crate::retry::{self, Backoff, ReplayBody, RetryBudget, RetryLayer, RetryService};
+use crate::retry::{
+    self, Backoff, ReplayBody, RetryBudget, RetryCounters, RetryLayer, RetryService,
+};
+pub use crate::snapshot::Snapshot;
 
 /// The balancer, with hedging when configured.
 type Hedged<S, C> = Toggle<Hedge<Balance<S, C>, C>, Balance<S, C>>;
@@ -158,6 +161,7 @@ pub struct Client<S, C = HttpClassify> {
     stack: Stack<S, C>,
     balance: Balance<S, C>,
     budget: RetryBudget,
+    retries: RetryCounters,
     breaker: BreakerHandle,
     limits: Arc<LimitHandles>,
 }
@@ -177,6 +181,7 @@ impl<S, C: Clone> Clone for Client<S, C> {
             stack: self.stack.clone(),
             balance: self.balance.clone(),
             budget: self.budget.clone(),
+            retries: self.retries.clone(),
             breaker: self.breaker.clone(),
             limits: self.limits.clone(),
         }
@@ -277,78 +282,14 @@ impl<S, C> Client<S, C> {
     /// standing, the retry budget, the breaker. The demo's table, the tests
     /// and the proxy's admin endpoint read this.
     pub fn snapshot(&self) -> Snapshot {
-        snapshot(&self.balance, &self.budget, &self.breaker, &self.limits)
+        snapshot(
+            &self.balance,
+            &self.budget,
+            &self.retries,
+            &self.breaker,
+            &self.limits,
+        )
     }
-}
-
-/// A client's live state at one moment; see [`Client::snapshot`].
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct Snapshot {
-    /// The service name.
-    pub service: String,
-    /// Every current endpoint: address, state, estimates, in-flight, counts.
-    pub endpoints: Vec<EndpointStats>,
-    /// Retries the budget would grant right now.
-    pub retry_budget: f64,
-    /// The service breaker's state.
-    pub breaker: BreakerState,
-    /// How many times the breaker changed state.
-    pub breaker_transitions: u64,
-    /// Whether the balancer is in panic mode (ejections ignored).
-    pub panic_mode: bool,
-    /// How many times panic mode was entered.
-    pub panics: u64,
-    /// The concurrency limit, if the client has one.
-    pub concurrency: Option<ConcurrencyStats>,
-    /// The rate limit, if the client has one.
-    pub rate_limit: Option<RateLimitStats>,
-    /// Adaptive throttling, if the client has it.
-    pub throttle: Option<ThrottleStats>,
-    /// Hedging, if the client hedges.
-    pub hedges: Option<HedgeStats>,
-}
-
-/// A concurrency limit's state in a [`Snapshot`].
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct ConcurrencyStats {
-    /// Requests in flight now.
-    pub in_flight: usize,
-    /// Requests waiting for a slot now.
-    pub queued: usize,
-    /// The most in flight.
-    pub max: usize,
-    /// Requests shed because the queue was full.
-    pub shed_full: u64,
-    /// Requests shed after waiting as long as allowed.
-    pub shed_timeout: u64,
-}
-
-/// A rate limit's state in a [`Snapshot`].
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct RateLimitStats {
-    /// Requests admitted.
-    pub admitted: u64,
-    /// Requests shed.
-    pub rejected: u64,
-    /// Keys tracked now (0 for an unkeyed limit).
-    pub keys: usize,
-}
-
-/// Adaptive throttling's state in a [`Snapshot`].
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct ThrottleStats {
-    /// The probability a request is rejected locally now.
-    pub probability: f64,
-    /// Requests in the window.
-    pub requests: u64,
-    /// Of those, accepted by the service.
-    pub accepts: u64,
-    /// Requests rejected locally.
-    pub rejected: u64,
 }
 
 /// What the metrics collector holds of a client: nothing that keeps it
@@ -356,6 +297,7 @@ pub struct ThrottleStats {
 struct Observer<S, C> {
     balance: WeakBalance<S, C>,
     budget: RetryBudget,
+    retries: RetryCounters,
     breaker: BreakerHandle,
     limits: Arc<LimitHandles>,
     counts: Option<metrics::ClientMetrics>,
@@ -366,23 +308,24 @@ where
     S: Send + Sync + 'static,
     C: Send + Sync + 'static,
 {
-    fn snapshot(&self) -> Option<(Snapshot, u64, u64)> {
+    fn snapshot(&self) -> Option<(Snapshot, u64)> {
         let balance = self.balance.upgrade()?;
-        let (requests, attempts) = self
-            .counts
-            .as_ref()
-            .map_or((0, 0), |m| (m.requests.get(), m.retry.attempts.get()));
-        Some((
-            snapshot(&balance, &self.budget, &self.breaker, &self.limits),
-            requests,
-            attempts,
-        ))
+        let requests = self.counts.as_ref().map_or(0, |m| m.requests.get());
+        let s = snapshot(
+            &balance,
+            &self.budget,
+            &self.retries,
+            &self.breaker,
+            &self.limits,
+        );
+        Some((s, requests))
     }
 }
 
 fn snapshot<S, C>(
     balance: &Balance<S, C>,
     budget: &RetryBudget,
+    retries: &RetryCounters,
     breaker: &BreakerHandle,
     limits: &LimitHandles,
 ) -> Snapshot {
@@ -391,28 +334,14 @@ fn snapshot<S, C>(
         service: balance.name().to_owned(),
         endpoints: balance.endpoint_stats(),
         retry_budget: budget.balance(),
+        retries: retries.stats(),
         breaker: breaker.state(),
         breaker_transitions: breaker.transitions(),
         panic_mode,
         panics,
-        concurrency: limits.concurrency.as_ref().map(|c| ConcurrencyStats {
-            in_flight: c.in_flight(),
-            queued: c.queued(),
-            max: c.max(),
-            shed_full: c.shed_full(),
-            shed_timeout: c.shed_timeout(),
-        }),
-        rate_limit: limits.rate.as_ref().map(|r| RateLimitStats {
-            admitted: r.admitted(),
-            rejected: r.rejected(),
-            keys: r.keys(),
-        }),
-        throttle: limits.throttle.as_ref().map(|t| ThrottleStats {
-            probability: t.probability(),
-            requests: t.requests(),
-            accepts: t.accepts(),
-            rejected: t.rejected(),
-        }),
+        concurrency: limits.concurrency.as_ref().map(ConcurrencyHandle::stats),
+        rate_limit: limits.rate.as_ref().map(RateLimitHandle::stats),
+        throttle: limits.throttle.as_ref().map(ThrottleHandle::stats),
         hedges: limits.hedge.as_ref().map(HedgeHandle::stats),
     }
 }
@@ -457,6 +386,36 @@ where
         self.stack.call(req)
     }
 }
+
+/// A palisade [`Client`] over one shared hyper-util client,
+/// taking `http::Request<B>`: the type [`Client::builder`]
+/// `.http(`[`hyper_client()`](crate::http::hyper_client)`)` builds.
+#[cfg(feature = "http")]
+pub type Hyper<B> = Client<crate::http::HttpEndpoint<crate::http::HyperClient<ReplayBody<B>>>>;
+
+#[cfg(feature = "reqwest")]
+/// A palisade [`Client`] over one shared reqwest client: the
+/// type `Client::builder(..).http(ReqwestService::new(..)).build()` returns.
+///
+/// Unlike [`Hyper<B>`](Hyper) it takes no body type parameter:
+/// one client accepts any `Send + 'static` request body whose error is
+/// `Into<`[`BoxError`]`>`.
+///
+/// ```no_run
+/// use palisade::Client;
+/// use palisade::discover::Endpoint;
+/// use palisade::Reqwest;
+/// use palisade::http::reqwest::{ReqwestService, client_builder};
+///
+/// fn users(addrs: Vec<std::net::SocketAddr>) -> Result<Reqwest, Box<dyn std::error::Error>> {
+///     Ok(Client::builder("users")
+///         .endpoints(addrs.into_iter().map(Endpoint::from))
+///         .http(ReqwestService::new(client_builder().build()?))
+///         .build()?)
+/// }
+/// # let _ = users;
+/// ```
+pub type Reqwest = Client<crate::http::HttpEndpoint<crate::http::reqwest::ReqwestService>>;
 
 /// A part of the [`Builder`] that has not been set yet.
 #[derive(Debug, Clone, Copy, Default)]
@@ -742,9 +701,9 @@ impl<D, N, C> Builder<D, N, C> {
         let retry = self
             .retry
             .named(self.name.clone())
-            .classify(self.classify.clone())
-            .metrics(client_metrics.as_ref().map(|m| m.retry.clone()));
+            .classify(self.classify.clone());
         let budget = retry.retry_budget().clone();
+        let retries = retry.counters().clone();
         let breaker = self
             .breaker
             .named(self.name.clone())
@@ -757,7 +716,7 @@ impl<D, N, C> Builder<D, N, C> {
             hedge,
         } = self.limits;
         let hedge = hedge.map(|h| {
-            h.breaker(Some(breaker_handle.clone()))
+            h.breaker(breaker_handle.clone())
                 .classify(self.classify.clone())
         });
         let hedged = Toggle::layer(hedge.as_ref(), balance.clone());
@@ -785,6 +744,7 @@ impl<D, N, C> Builder<D, N, C> {
             registry.observe(Box::new(Observer {
                 balance: balance.downgrade(),
                 budget: budget.clone(),
+                retries: retries.clone(),
                 breaker: breaker_handle.clone(),
                 limits: limits.clone(),
                 counts: client_metrics,
@@ -794,6 +754,7 @@ impl<D, N, C> Builder<D, N, C> {
             stack,
             balance,
             budget,
+            retries,
             breaker: breaker_handle,
             limits,
         })

@@ -9,11 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use palisade::Client;
+use palisade::Hyper;
 use palisade::balance::EndpointState;
 use palisade::breaker::{BreakerLayer, BreakerState};
 use palisade::demo::{Backend, Behavior};
 use palisade::discover::Endpoint;
-use palisade::http::{Hyper, hyper_client};
+use palisade::http::hyper_client;
 use tokio::time::Instant;
 use tower::ServiceExt;
 

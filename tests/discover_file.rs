@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use palisade::Hyper;
 use palisade::demo::{BACKEND_HEADER, Backend, Behavior};
 use palisade::discover::file::Watch;
-use palisade::http::{Hyper, hyper_client};
+use palisade::http::hyper_client;
 use palisade::{Client, Error};
 use tokio::time::Instant;
 use tower::ServiceExt;

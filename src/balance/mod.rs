@@ -153,7 +153,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -169,9 +169,10 @@ use self::health::Verdict;
 use self::load::Load;
 use self::set::{CostModel, EndpointSet, Slot};
 use crate::classify::{Class, Classify};
-use crate::deadline::Deadline;
 use crate::discover::{Address, Endpoint};
+pub use crate::endpoint::NewEndpoint;
 use crate::error::{BoxError, BuildError, Error};
+pub use crate::facts::{Hints, Tried};
 
 /// How the balancer picks an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -227,43 +228,6 @@ impl Default for BalanceConfig {
             choice: Choice::PeakEwmaP2c,
             ejection: EjectionConfig::default(),
         }
-    }
-}
-
-/// Builds the service for one endpoint: the user-supplied factory.
-///
-/// Any `FnMut(&Endpoint) -> Result<S, E>` is one. For HTTP,
-/// [`http::HttpEndpoints`](crate::http::HttpEndpoints) wraps one shared
-/// client. An `Err` leaves that endpoint out (logged with its address); the
-/// others keep serving.
-///
-/// ```
-/// use palisade::balance::NewEndpoint;
-/// use palisade::discover::Endpoint;
-///
-/// let mut factory = |ep: &Endpoint| Ok::<_, std::io::Error>(ep.address().to_string());
-/// let svc = factory.new_endpoint(&Endpoint::parse("127.0.0.1:80").unwrap()).unwrap();
-/// assert_eq!(svc, "127.0.0.1:80");
-/// ```
-pub trait NewEndpoint: Send + 'static {
-    /// The per-endpoint service.
-    type Service;
-    /// Why a service could not be built.
-    type Error: Into<BoxError>;
-    /// Builds the service for `endpoint`.
-    fn new_endpoint(&mut self, endpoint: &Endpoint) -> Result<Self::Service, Self::Error>;
-}
-
-impl<F, S, E> NewEndpoint for F
-where
-    F: FnMut(&Endpoint) -> Result<S, E> + Send + 'static,
-    E: Into<BoxError>,
-{
-    type Service = S;
-    type Error = E;
-
-    fn new_endpoint(&mut self, endpoint: &Endpoint) -> Result<S, E> {
-        self(endpoint)
     }
 }
 
@@ -754,89 +718,6 @@ impl<S, C> Shared<S, C> {
                 self.ejected.fetch_sub(1, Ordering::Relaxed);
             }
         }
-    }
-}
-
-/// What the balancer reads from a request: the endpoints its earlier
-/// attempts tried, and its deadline.
-///
-/// Implemented for `http::Request<B>` (both live in its extensions). A
-/// custom request type opts in with an empty impl, which gives no hints:
-///
-/// ```
-/// struct MyRequest(u64);
-/// impl palisade::balance::Hints for MyRequest {}
-/// ```
-pub trait Hints {
-    /// The endpoints earlier attempts of this request were sent to.
-    fn tried(&self) -> Option<&Tried> {
-        None
-    }
-    /// The request's deadline.
-    fn deadline(&self) -> Option<Deadline> {
-        None
-    }
-}
-
-impl<B> Hints for http::Request<B> {
-    fn tried(&self) -> Option<&Tried> {
-        self.extensions().get::<Tried>()
-    }
-    fn deadline(&self) -> Option<Deadline> {
-        Deadline::of(self)
-    }
-}
-
-/// The endpoints a request's attempts went to, shared between attempts.
-///
-/// The retry layer puts one in every attempt's extensions; the balancer
-/// avoids the endpoints in it whenever another is available, and appends
-/// the one it picks. Its length is bounded by the number of attempts.
-///
-/// It also carries one flag from the retry layer to the balancer: the
-/// attempt in flight was cut off by its per-try timeout. The balancer's
-/// future, dropped then, records a failure for its endpoint (an endpoint
-/// that never answers must be ejected, not only slowed down), where any
-/// other cancellation (a hedge lost, the caller went away) only raises the
-/// endpoint's latency estimate.
-#[derive(Debug, Clone, Default)]
-pub struct Tried(Arc<TriedState>);
-
-#[derive(Debug, Default)]
-struct TriedState {
-    addresses: Mutex<Vec<Address>>,
-    timed_out: AtomicBool,
-}
-
-impl Tried {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Address>> {
-        self.0.addresses.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Marks the attempt in flight as cut off by its per-try timeout; the
-    /// retry layer calls this just before it drops the attempt.
-    pub(crate) fn time_out(&self) {
-        self.0.timed_out.store(true, Ordering::Release);
-    }
-
-    /// Clears the mark for a new attempt.
-    pub(crate) fn start_attempt(&self) {
-        self.0.timed_out.store(false, Ordering::Relaxed);
-    }
-
-    /// Whether the attempt in flight was cut off by its per-try timeout.
-    pub(crate) fn timed_out(&self) -> bool {
-        self.0.timed_out.load(Ordering::Acquire)
-    }
-
-    /// The endpoints tried so far, in order.
-    pub fn addresses(&self) -> Vec<Address> {
-        self.lock().clone()
-    }
-
-    /// The endpoint the latest attempt went to.
-    pub fn last(&self) -> Option<Address> {
-        self.lock().last().cloned()
     }
 }
 

@@ -384,6 +384,12 @@ impl BreakerHandle {
     }
 }
 
+impl crate::facts::Circuit for BreakerHandle {
+    fn is_closed(&self) -> bool {
+        self.state() == BreakerState::Closed
+    }
+}
+
 impl fmt::Debug for BreakerHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.core.fmt(f)

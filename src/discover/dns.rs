@@ -12,7 +12,7 @@
 //! use http_body_util::Full;
 //! use palisade::Client;
 //! use palisade::discover::dns::{Dns, OnNxdomain};
-//! use palisade::http::Hyper;
+//! use palisade::Hyper;
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -124,7 +124,7 @@ use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use tokio::time::Instant;
 
 use super::{Dynamic, DynamicHandle, Endpoint, dynamic};
-use crate::retry::Backoff;
+use crate::backoff::Backoff;
 
 /// The default lower bound of [`Dns::refresh_bounds`]: 1 s.
 pub const DEFAULT_MIN_REFRESH: Duration = Duration::from_secs(1);

@@ -62,7 +62,6 @@
 //! When a source fails (yields `Err`) the balancer logs it and keeps its last
 //! set; when a source ends, the balancer keeps its last set for good.
 
-mod endpoint;
 #[cfg(any(feature = "file", feature = "proxy"))]
 mod spec;
 
@@ -73,7 +72,7 @@ pub mod file;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 
-pub use endpoint::{Address, Endpoint, EndpointError};
+pub use crate::endpoint::{Address, Endpoint, EndpointError};
 #[cfg(any(feature = "file", feature = "proxy"))]
 pub use spec::EndpointSpec;
 

@@ -16,10 +16,9 @@ use tracing::Instrument as _;
 use tracing::instrument::Instrumented;
 
 use super::{HedgeSkip, Inner};
-use crate::balance::Tried;
 use crate::classify::Classify;
-use crate::deadline;
-use crate::retry::ReplayBody;
+use crate::facts::{self, Tried};
+use crate::replay::ReplayBody;
 
 /// What the backup is made of, kept until it is sent or given up.
 pub(super) struct Backup<S, B> {
@@ -228,7 +227,7 @@ where
         mut parts,
         body,
     } = backup;
-    deadline::stamp_headers(&mut parts);
+    facts::stamp_headers(&mut parts);
     let tried = parts.extensions.get::<Tried>().cloned();
     let before = tried.as_ref().map(Tried::addresses);
     let span = tracing::debug_span!("palisade.hedge", endpoint = tracing::field::Empty);

@@ -12,7 +12,7 @@
 //! # When a backup is sent
 //!
 //! Only requests that may safely be sent twice are hedged — those the retry
-//! layer could retry: an [idempotent](crate::retry::is_idempotent) method
+//! layer could retry: an [idempotent](crate::classify::is_idempotent) method
 //! and a body that can still be replayed
 //! ([`ReplayBody::try_clone`] gives a handle). Both are checked when the
 //! request arrives (no timer is armed otherwise). When the delay has passed
@@ -144,7 +144,7 @@
 //!
 //! [`Deadline`]: crate::deadline::Deadline
 //! [`Tried`]: crate::balance::Tried
-//! [`RetryBudget`]: crate::retry::RetryBudget
+//! [`RetryBudget`]: crate::budget::RetryBudget
 
 mod future;
 mod latency;
@@ -162,11 +162,11 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use self::latency::LatencyTracker;
-use crate::balance::Tried;
-use crate::breaker::{BreakerHandle, BreakerState};
+use crate::budget::RetryBudget;
+use crate::classify::is_idempotent;
 use crate::classify::{Classify, HttpClassify};
-use crate::deadline::Deadline;
-use crate::retry::{ReplayBody, RetryBudget, is_idempotent};
+use crate::facts::{Circuit, Deadline, Tried};
+use crate::replay::ReplayBody;
 
 /// How long to wait for an answer before sending the backup.
 ///
@@ -279,7 +279,7 @@ struct Settings {
     fallback: Duration,
     window: Duration,
     budget: RetryBudget,
-    breaker: Option<BreakerHandle>,
+    breaker: Option<Arc<dyn Circuit>>,
     enabled: bool,
 }
 
@@ -350,7 +350,7 @@ impl State {
             return Err(HedgeSkip::Deadline);
         }
         if let Some(breaker) = &self.settings.breaker
-            && breaker.state() != BreakerState::Closed
+            && !breaker.is_closed()
         {
             return Err(HedgeSkip::Breaker);
         }
@@ -512,10 +512,12 @@ impl<C: Clone> HedgeLayer<C> {
         self.configure(|s| s.budget = budget)
     }
 
-    /// The service breaker to consult: no backup is sent while it is not
-    /// closed. Default none.
-    pub fn breaker(self, breaker: Option<BreakerHandle>) -> Self {
-        self.configure(|s| s.breaker = breaker)
+    /// The service breaker to consult (any [`Circuit`] view, such as a
+    /// [`BreakerHandle`](crate::breaker::BreakerHandle)): no backup is sent
+    /// while it is not closed. Default none.
+    pub fn breaker(self, breaker: impl Circuit + 'static) -> Self {
+        let breaker: Arc<dyn Circuit> = Arc::new(breaker);
+        self.configure(|s| s.breaker = Some(breaker))
     }
 
     /// Whether to hedge at all (default true). A disabled layer passes

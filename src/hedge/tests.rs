@@ -15,7 +15,7 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 
 use super::*;
 use crate::balance::{BalanceConfig, Tried};
-use crate::breaker::BreakerLayer;
+use crate::breaker::{BreakerLayer, BreakerState};
 use crate::discover::Static;
 use crate::error::BoxError;
 use crate::testing::{Answer, Fleet, settle_until};
@@ -334,7 +334,7 @@ async fn no_hedge_while_the_breaker_is_not_closed() {
 
     let script = Script::default();
     script.set_default(ms(100));
-    let layer = fixed(10).breaker(Some(handle.clone()));
+    let layer = fixed(10).breaker(handle.clone());
     let hedges = layer.handle();
     let svc = layer.layer(script.service());
     svc.clone().oneshot(get()).await.unwrap();

@@ -42,19 +42,12 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Uri};
 use tower::Service;
 
-use crate::balance::NewEndpoint;
-use crate::discover::{Endpoint, EndpointError};
+use crate::endpoint::{Endpoint, EndpointError, NewEndpoint};
 
 /// The hyper-util client [`hyper_client`] builds.
 #[cfg(feature = "http")]
 pub type HyperClient<B> =
     hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, B>;
-
-/// A palisade [`Client`](crate::Client) over one shared hyper-util client,
-/// taking `http::Request<B>`: the type [`Client::builder`](crate::Client::builder)
-/// `.http(hyper_client())` builds.
-#[cfg(feature = "http")]
-pub type Hyper<B> = crate::Client<HttpEndpoint<HyperClient<crate::retry::ReplayBody<B>>>>;
 
 /// A hyper-util legacy client over plain TCP with palisade's defaults:
 /// HTTP/1.1, `TCP_NODELAY`, idle connections kept 90 s and at most 64 idle

@@ -80,29 +80,6 @@ use pin_project::pin_project;
 use tower::Service;
 
 use crate::BoxError;
-use crate::http::HttpEndpoint;
-
-/// A palisade [`Client`](crate::Client) over one shared reqwest client: the
-/// type `Client::builder(..).http(ReqwestService::new(..)).build()` returns.
-///
-/// Unlike `palisade::http::Hyper<B>` it takes no body type parameter:
-/// one client accepts any `Send + 'static` request body whose error is
-/// `Into<`[`BoxError`]`>`.
-///
-/// ```no_run
-/// use palisade::Client;
-/// use palisade::discover::Endpoint;
-/// use palisade::http::reqwest::{Reqwest, ReqwestService, client_builder};
-///
-/// fn users(addrs: Vec<std::net::SocketAddr>) -> Result<Reqwest, Box<dyn std::error::Error>> {
-///     Ok(Client::builder("users")
-///         .endpoints(addrs.into_iter().map(Endpoint::from))
-///         .http(ReqwestService::new(client_builder().build()?))
-///         .build()?)
-/// }
-/// # let _ = users;
-/// ```
-pub type Reqwest = crate::Client<HttpEndpoint<ReqwestService>>;
 
 /// A `reqwest::ClientBuilder` with palisade's defaults, to adjust further
 /// (TLS roots, default headers, ...) and then `build()`.
@@ -394,8 +371,8 @@ mod tests {
             }
         }
         fn is_service<S: Service<Request<B>>, B>() {}
-        is_service::<Reqwest, NotSync>();
-        is_service::<Reqwest, http_body_util::Full<Bytes>>();
+        is_service::<crate::Reqwest, NotSync>();
+        is_service::<crate::Reqwest, http_body_util::Full<Bytes>>();
         let _ = NotSync(std::cell::Cell::new(false)).0.get();
     }
 

@@ -16,8 +16,8 @@ use pin_project::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
-use crate::balance::Hints;
 use crate::error::{BoxError, Error, Limit};
+use crate::facts::Hints;
 
 /// Default [`max`](ConcurrencyLimitLayer::max): requests in flight.
 pub const DEFAULT_MAX: usize = 256;
@@ -603,6 +603,35 @@ impl ConcurrencyHandle {
     /// The name of the service the limit guards.
     pub fn service(&self) -> &str {
         &self.core.service
+    }
+}
+
+/// A concurrency limit's state in a [`Snapshot`](crate::Snapshot).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ConcurrencyStats {
+    /// Requests in flight now.
+    pub in_flight: usize,
+    /// Requests waiting for a slot now.
+    pub queued: usize,
+    /// The most in flight.
+    pub max: usize,
+    /// Requests shed because the queue was full.
+    pub shed_full: u64,
+    /// Requests shed after waiting as long as allowed.
+    pub shed_timeout: u64,
+}
+
+impl ConcurrencyHandle {
+    /// The limit's state now, as plain data.
+    pub fn stats(&self) -> ConcurrencyStats {
+        ConcurrencyStats {
+            in_flight: self.in_flight(),
+            queued: self.queued(),
+            max: self.max(),
+            shed_full: self.shed_full(),
+            shed_timeout: self.shed_timeout(),
+        }
     }
 }
 

@@ -168,11 +168,14 @@ pub mod concurrency;
 pub mod rate;
 pub mod throttle;
 
-pub use concurrency::{ConcurrencyHandle, ConcurrencyLimit, ConcurrencyLimitLayer};
-pub use rate::{
-    HeaderKey, KeyFn, NoKey, RateKey, RateLimit, RateLimitHandle, RateLimitLayer, WithoutKey,
+pub use concurrency::{
+    ConcurrencyHandle, ConcurrencyLimit, ConcurrencyLimitLayer, ConcurrencyStats,
 };
-pub use throttle::{Throttle, ThrottleHandle, ThrottleLayer};
+pub use rate::{
+    HeaderKey, KeyFn, NoKey, RateKey, RateLimit, RateLimitHandle, RateLimitLayer, RateLimitStats,
+    WithoutKey,
+};
+pub use throttle::{Throttle, ThrottleHandle, ThrottleLayer, ThrottleStats};
 
 #[cfg(test)]
 mod tests;

@@ -680,6 +680,29 @@ impl RateLimitHandle {
     }
 }
 
+/// A rate limit's state in a [`Snapshot`](crate::Snapshot).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RateLimitStats {
+    /// Requests admitted.
+    pub admitted: u64,
+    /// Requests shed.
+    pub rejected: u64,
+    /// Keys tracked now (0 for an unkeyed limit).
+    pub keys: usize,
+}
+
+impl RateLimitHandle {
+    /// The limit's state now, as plain data.
+    pub fn stats(&self) -> RateLimitStats {
+        RateLimitStats {
+            admitted: self.admitted(),
+            rejected: self.rejected(),
+            keys: self.keys(),
+        }
+    }
+}
+
 impl fmt::Debug for RateLimitHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.core.fmt(f)

@@ -418,6 +418,32 @@ impl ThrottleHandle {
     }
 }
 
+/// Adaptive throttling's state in a [`Snapshot`](crate::Snapshot).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ThrottleStats {
+    /// The probability a request is rejected locally now.
+    pub probability: f64,
+    /// Requests in the window.
+    pub requests: u64,
+    /// Of those, accepted by the service.
+    pub accepts: u64,
+    /// Requests rejected locally.
+    pub rejected: u64,
+}
+
+impl ThrottleHandle {
+    /// Throttling's state now, as plain data.
+    pub fn stats(&self) -> ThrottleStats {
+        ThrottleStats {
+            probability: self.probability(),
+            requests: self.requests(),
+            accepts: self.accepts(),
+            rejected: self.rejected(),
+        }
+    }
+}
+
 impl fmt::Debug for ThrottleHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.core.fmt(f)

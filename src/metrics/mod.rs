@@ -99,8 +99,7 @@ use prometheus_client::registry::Registry;
 use crate::balance::EndpointState;
 use crate::breaker::BreakerState;
 use crate::classify::Outcome;
-use crate::retry::RetryStop;
-use crate::stack::Snapshot;
+use crate::snapshot::Snapshot;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -131,8 +130,6 @@ struct Inner {
     duration: Family<Labels, LatencyHistogram>,
     in_flight: Family<Labels, Gauge>,
     errors: Family<Labels, Counter>,
-    attempts: Family<Labels, Counter>,
-    refusals: Family<Labels, Counter>,
     observed: Arc<Observed>,
 }
 
@@ -150,7 +147,8 @@ impl fmt::Debug for Observed {
 
 /// A client, as the collector sees it: `None` once the client is gone.
 pub(crate) trait Observe: Send + Sync + 'static {
-    fn snapshot(&self) -> Option<(Snapshot, u64, u64)>;
+    /// The client's snapshot and its request count; `None` once it is gone.
+    fn snapshot(&self) -> Option<(Snapshot, u64)>;
 }
 
 impl Metrics {
@@ -169,8 +167,6 @@ impl Metrics {
             duration: Family::default(),
             in_flight: Family::default(),
             errors: Family::default(),
-            attempts: Family::default(),
-            refusals: Family::default(),
             observed: Arc::new(Observed {
                 max_endpoint_series,
                 clients: Mutex::new(Vec::new()),
@@ -202,16 +198,6 @@ impl Metrics {
             "Requests that failed with an error, by kind",
             inner.errors.clone(),
         );
-        r.register(
-            "retry_attempts",
-            "Attempts sent to endpoints, first attempts included",
-            inner.attempts.clone(),
-        );
-        r.register(
-            "retry_refusals",
-            "Retryable failures returned without a retry, by reason",
-            inner.refusals.clone(),
-        );
         r.register_collector(Box::new(Collector_(inner.observed.clone())));
         Metrics { inner }
     }
@@ -239,21 +225,12 @@ impl Metrics {
                 .get_or_create(&labels(&[("kind", ERRORS[k])]))
                 .clone()
         });
-        let refusals = std::array::from_fn(|k| {
-            i.refusals
-                .get_or_create(&labels(&[("reason", REFUSALS[k])]))
-                .clone()
-        });
         ClientMetrics {
             requests: i.requests.get_or_create(&labels(&[])).clone(),
             in_flight: i.in_flight.get_or_create(&labels(&[])).clone(),
             duration: i.duration.get_or_create(&labels(&[])).clone(),
             responses: Arc::new(responses),
             errors: Arc::new(errors),
-            retry: RetryMetrics {
-                attempts: i.attempts.get_or_create(&labels(&[])).clone(),
-                refusals: Arc::new(refusals),
-            },
         }
     }
 
@@ -277,7 +254,6 @@ const ERRORS: [&str; 5] = [
     "inner",
     "overloaded",
 ];
-const REFUSALS: [&str; 5] = ["budget", "deadline", "attempts", "method", "body"];
 
 /// One client's per-request handles (each an `Arc` around atomics).
 #[derive(Clone, Debug)]
@@ -288,7 +264,6 @@ pub(crate) struct ClientMetrics {
     /// `[class][status class]`.
     responses: Arc<[[Counter; 6]; 4]>,
     errors: Arc<[Counter; ERRORS.len()]>,
-    pub(crate) retry: RetryMetrics,
 }
 
 impl ClientMetrics {
@@ -385,26 +360,6 @@ impl EncodeMetric for LatencyHistogram {
     }
 }
 
-/// The retry layer's handles.
-#[derive(Clone, Debug)]
-pub(crate) struct RetryMetrics {
-    pub(crate) attempts: Counter,
-    refusals: Arc<[Counter; 5]>,
-}
-
-impl RetryMetrics {
-    pub(crate) fn refused(&self, stop: RetryStop) {
-        let i = match stop {
-            RetryStop::Budget => 0,
-            RetryStop::Deadline => 1,
-            RetryStop::Attempts(_) => 2,
-            RetryStop::Method => 3,
-            RetryStop::Body => 4,
-        };
-        self.refusals[i].inc();
-    }
-}
-
 /// The scrape-time collector (named with a trailing underscore to keep the
 /// trait's name free).
 #[derive(Debug)]
@@ -417,7 +372,7 @@ fn seconds(d: std::time::Duration) -> f64 {
 impl Collector for Collector_ {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
         let max = self.0.max_endpoint_series;
-        let snapshots: Vec<(Snapshot, u64, u64)> = {
+        let snapshots: Vec<(Snapshot, u64)> = {
             let mut clients = self.0.clients.lock().unwrap_or_else(|p| p.into_inner());
             let mut out = Vec::with_capacity(clients.len());
             // Clients that are gone are forgotten: their series disappear.
@@ -432,8 +387,14 @@ impl Collector for Collector_ {
         };
 
         // Per-client gauges and counters.
-        type ClientValue = fn(&(Snapshot, u64, u64)) -> f64;
-        let client_series: [(&str, &str, MetricType, ClientValue); 6] = [
+        type ClientValue = fn(&(Snapshot, u64)) -> f64;
+        let client_series: [(&str, &str, MetricType, ClientValue); 7] = [
+            (
+                "retry_attempts",
+                "Attempts sent to endpoints, first attempts included",
+                MetricType::Counter,
+                |s| s.0.retries.attempts as f64,
+            ),
             (
                 "retry_budget_balance",
                 "Retries the budget would grant now",
@@ -448,7 +409,7 @@ impl Collector for Collector_ {
                     if s.1 == 0 {
                         0.0
                     } else {
-                        s.2 as f64 / s.1 as f64
+                        s.0.retries.attempts as f64 / s.1 as f64
                     }
                 },
             ),
@@ -486,6 +447,18 @@ impl Collector for Collector_ {
             for s in &snapshots {
                 let labels = [("client", s.0.service.as_str())];
                 encode_value(&mut metric, &labels, kind, value(s))?;
+            }
+        }
+        let mut metric = encoder.encode_descriptor(
+            "retry_refusals",
+            "Retryable failures returned without a retry, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &snapshots {
+            for (reason, n) in s.0.retries.refusals() {
+                let labels = [("client", s.0.service.as_str()), ("reason", reason)];
+                encode_value(&mut metric, &labels, MetricType::Counter, n as f64)?;
             }
         }
         let mut metric = encoder.encode_descriptor(

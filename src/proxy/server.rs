@@ -37,10 +37,11 @@ use crate::deadline::DeadlineLayer;
 use crate::discover::file::Watched;
 use crate::discover::{self, Dynamic, DynamicHandle};
 use crate::hedge::HedgeLayer;
-use crate::http::{Hyper, HyperClient, hyper_client, hyper_h2c_client};
+use crate::http::{HyperClient, hyper_client, hyper_h2c_client};
 use crate::limit::{ConcurrencyLimitLayer, RateLimitLayer, ThrottleLayer, WithoutKey};
 use crate::metrics::Metrics;
 use crate::retry::{Backoff, ReplayBody, RetryBudget};
+use crate::stack::Hyper;
 use crate::{Client, Error, Limit};
 
 /// The body of every response the proxy sends: the upstream's, streamed, or

@@ -43,11 +43,15 @@
 //! # let _ = layer;
 //! ```
 
-mod budget;
-mod replay;
+mod stats;
 
-pub use budget::RetryBudget;
-pub use replay::ReplayBody;
+pub use stats::{RetryCounters, RetryStats};
+
+pub use crate::backoff::Backoff;
+pub use crate::budget::RetryBudget;
+pub use crate::classify::is_idempotent;
+pub use crate::error::RetryStop;
+pub use crate::replay::ReplayBody;
 
 use std::fmt;
 use std::future::Future;
@@ -56,97 +60,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use pin_project::pin_project;
-use rand::RngExt;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 use tracing::Instrument as _;
 use tracing::instrument::Instrumented;
 
-use crate::balance::Tried;
 use crate::classify::{Classify, HttpClassify, Retry};
-use crate::deadline::{self, Deadline};
 use crate::error::{BoxError, Error};
-use crate::metrics::RetryMetrics;
-
-/// Why a retryable failure was not retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RetryStop {
-    /// The retry budget was spent.
-    Budget,
-    /// The deadline would pass before the next attempt could finish.
-    Deadline,
-    /// The maximum number of attempts (this many) was made.
-    Attempts(u32),
-    /// The failure is only retryable for idempotent methods, and this
-    /// request's method is not one.
-    Method,
-    /// The request body outgrew the replay buffer.
-    Body,
-}
-
-impl fmt::Display for RetryStop {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RetryStop::Budget => f.write_str("retry budget exhausted"),
-            RetryStop::Deadline => f.write_str("no time left before the deadline"),
-            RetryStop::Attempts(n) => write!(f, "{n} attempts made"),
-            RetryStop::Method => f.write_str("method is not idempotent"),
-            RetryStop::Body => f.write_str("request body too large to replay"),
-        }
-    }
-}
-
-/// Whether a method is idempotent (RFC 9110 §9.2.2).
-pub fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
-}
-
-/// Exponential backoff with full jitter.
-///
-/// ```
-/// use palisade::retry::Backoff;
-/// use std::time::Duration;
-///
-/// let b = Backoff::new(Duration::from_millis(25), Duration::from_millis(250));
-/// assert!(b.delay(1) <= Duration::from_millis(25));
-/// assert!(b.delay(10) <= Duration::from_millis(250));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new(Duration::from_millis(25), Duration::from_millis(250))
-    }
-}
-
-impl Backoff {
-    /// Backoff starting at `base`, doubling per retry, never above `cap`.
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff { base, cap }
-    }
-
-    /// A random delay before retry number `retry` (1 for the first retry):
-    /// uniform between zero and `min(cap, base × 2^(retry − 1))`.
-    pub fn delay(&self, retry: u32) -> Duration {
-        let exp = retry.saturating_sub(1).min(30);
-        let ceiling = self.base.saturating_mul(1 << exp).min(self.cap);
-        if ceiling.is_zero() {
-            return Duration::ZERO;
-        }
-        let nanos = ceiling.as_nanos().min(u128::from(u64::MAX)) as u64;
-        Duration::from_nanos(rand::rng().random_range(0..=nanos))
-    }
-}
+use crate::facts::{self, Deadline, Tried};
 
 /// The error of an attempt cut off by the per-try timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +95,7 @@ struct Config<C> {
     per_try_timeout: Option<Duration>,
     body_limit: usize,
     classify: C,
-    metrics: Option<RetryMetrics>,
+    counters: RetryCounters,
 }
 
 /// Retries failed HTTP requests; see the [module docs](self).
@@ -197,7 +120,7 @@ impl RetryLayer<HttpClassify> {
                 per_try_timeout: None,
                 body_limit: 64 * 1024,
                 classify: HttpClassify::default(),
-                metrics: None,
+                counters: RetryCounters::default(),
             }),
         }
     }
@@ -255,15 +178,14 @@ impl<C: Clone> RetryLayer<C> {
                 per_try_timeout: c.per_try_timeout,
                 body_limit: c.body_limit,
                 classify,
-                metrics: c.metrics,
+                counters: c.counters,
             }),
         }
     }
 
-    /// Counts attempts and refusals (the client builder passes its
-    /// metrics here).
-    pub(crate) fn metrics(self, metrics: Option<RetryMetrics>) -> Self {
-        self.config(|c| c.metrics = metrics)
+    /// The attempts and refusals this layer counts, shared by its clones.
+    pub fn counters(&self) -> &RetryCounters {
+        &self.config.counters
     }
 
     /// The budget this layer draws on.
@@ -405,7 +327,7 @@ where
                     let mut parts = this.parts.clone();
                     this.tried.start_attempt();
                     parts.extensions.insert(this.tried.clone());
-                    deadline::stamp_headers(&mut parts);
+                    facts::stamp_headers(&mut parts);
                     let body = match this.body.as_ref().and_then(ReplayBody::try_clone) {
                         Some(body) => body,
                         // Not replayable (its size is known to exceed the
@@ -426,9 +348,7 @@ where
                         }
                         tokio::time::sleep_until(until)
                     });
-                    if let Some(m) = &config.metrics {
-                        m.attempts.inc();
-                    }
+                    config.counters.attempt();
                     // The balancer records the endpoint it picks in this span.
                     let span = tracing::debug_span!(
                         "palisade.attempt",
@@ -513,9 +433,7 @@ fn annotate<C, RB>(
     stop: RetryStop,
 ) -> Result<Response<RB>, Error> {
     tracing::debug!(reason = %stop, "retryable failure not retried");
-    if let Some(m) = &config.metrics {
-        m.refused(stop);
-    }
+    config.counters.refused(stop);
     match outcome {
         Ok(mut rsp) => {
             rsp.extensions_mut().insert(stop);

@@ -122,7 +122,7 @@ fn behavior(index: usize) -> (Behavior, String) {
 }
 
 /// The client type the demo builds.
-type DemoClient = palisade::http::Hyper<Full<Bytes>>;
+type DemoClient = palisade::Hyper<Full<Bytes>>;
 
 /// The logical service every request is addressed to.
 const SERVICE_URI: &str = "http://demo/";

@@ -1,8 +1,9 @@
 //! The `palisade` command line.
 //!
-//! Today it has one subcommand, `palisade demo`, which shows the balancer at
-//! work against in-process backends. Logs go to stderr, filtered by
-//! `RUST_LOG` (default `warn`).
+//! `palisade demo` shows the client at work against in-process backends;
+//! `palisade proxy -c FILE` runs the sidecar; `palisade check FILE`
+//! validates a config. Logs go to stderr, filtered by `RUST_LOG` (default
+//! `warn`).
 
 mod demo;
 
@@ -20,7 +21,7 @@ use tracing_subscriber::filter::LevelFilter;
 #[command(
     name = "palisade",
     version,
-    about = "The client half of a service mesh: discovery and P2C peak-EWMA load balancing as tower layers.",
+    about = "The client half of a service mesh as tower layers, and a sidecar proxy built from them.",
     after_help = "Logs go to stderr. Set RUST_LOG to change the level (default: warn), e.g. RUST_LOG=palisade=debug."
 )]
 struct Cli {

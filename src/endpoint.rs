@@ -1,3 +1,8 @@
+//! Endpoints: an address plus the metadata the balancer uses (weight, zone,
+//! labels), and [`NewEndpoint`], the factory that turns one into a service.
+//! Shared by discovery (which yields endpoints), the balancer (which builds
+//! a service per endpoint) and the HTTP glue (which is such a factory).
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -220,6 +225,43 @@ impl fmt::Display for EndpointError {
 }
 
 impl std::error::Error for EndpointError {}
+
+/// Builds the service for one endpoint: the user-supplied factory.
+///
+/// Any `FnMut(&Endpoint) -> Result<S, E>` is one. For HTTP,
+/// `palisade::http::HttpEndpoints` wraps one shared
+/// client. An `Err` leaves that endpoint out (logged with its address); the
+/// others keep serving.
+///
+/// ```
+/// use palisade::balance::NewEndpoint;
+/// use palisade::discover::Endpoint;
+///
+/// let mut factory = |ep: &Endpoint| Ok::<_, std::io::Error>(ep.address().to_string());
+/// let svc = factory.new_endpoint(&Endpoint::parse("127.0.0.1:80").unwrap()).unwrap();
+/// assert_eq!(svc, "127.0.0.1:80");
+/// ```
+pub trait NewEndpoint: Send + 'static {
+    /// The per-endpoint service.
+    type Service;
+    /// Why a service could not be built.
+    type Error: Into<Box<dyn std::error::Error + Send + Sync>>;
+    /// Builds the service for `endpoint`.
+    fn new_endpoint(&mut self, endpoint: &Endpoint) -> Result<Self::Service, Self::Error>;
+}
+
+impl<F, S, E> NewEndpoint for F
+where
+    F: FnMut(&Endpoint) -> Result<S, E> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Service = S;
+    type Error = E;
+
+    fn new_endpoint(&mut self, endpoint: &Endpoint) -> Result<S, E> {
+        self(endpoint)
+    }
+}
 
 #[cfg(test)]
 mod tests {

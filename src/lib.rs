@@ -98,6 +98,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod replay;
 pub mod retry;
+pub mod settings;
 mod rolling;
 pub mod snapshot;
 pub mod stack;

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use palisade::balance::{Balance, BalanceConfig, Choice, Hints};
+use palisade::balance::{Balance, BalanceSettings, Choice, Hints};
 use palisade::classify::{Class, Classify};
 use palisade::discover::{Address, Endpoint, Static};
 use rand::rngs::SmallRng;
@@ -430,7 +430,8 @@ fn setup(threads: usize) -> Setup {
             Static::parse(addresses()).expect("addresses"),
             new_endpoint,
             AlwaysOk,
-            BalanceConfig::default(),
+            BalanceSettings::default(),
+            palisade::balance::EjectionSettings::default(),
         )
         .expect("balance");
         wait_for_set(&balance).await;
@@ -687,14 +688,17 @@ fn fleet_run(choice: Choice, seed: u64, requests: usize, concurrency: usize) -> 
                 }
             }))
         };
-        let mut config = BalanceConfig::default();
-        config.choice = choice;
+        let config = BalanceSettings {
+            choice,
+            ..BalanceSettings::default()
+        };
         let balance = Balance::new(
             "fleet",
             Static::parse(&addrs).expect("addresses"),
             new_endpoint,
             AlwaysOk,
             config,
+            palisade::balance::EjectionSettings::default(),
         )
         .expect("balance");
         wait_for_set(&balance).await;

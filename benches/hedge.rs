@@ -40,7 +40,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use palisade::Error;
-use palisade::balance::{Balance, BalanceConfig, Tried};
+use palisade::balance::{Balance, BalanceSettings, Tried};
 use palisade::classify::HttpClassify;
 use palisade::deadline::DeadlineLayer;
 use palisade::demo::{Backend, Behavior};
@@ -105,7 +105,8 @@ async fn stack(addrs: &[SocketAddr], hedge: Option<HedgeLayer>) -> Stack {
         Static::new(addrs.iter().copied().map(Endpoint::from)),
         HttpEndpoints::new(hyper_client()),
         HttpClassify::default(),
-        BalanceConfig::default(),
+        BalanceSettings::default(),
+        palisade::balance::EjectionSettings::default(),
     )
     .expect("balance");
     tokio::time::timeout(
@@ -115,7 +116,7 @@ async fn stack(addrs: &[SocketAddr], hedge: Option<HedgeLayer>) -> Stack {
     .await
     .expect("endpoints discovered");
     let deadline = DeadlineLayer::new("bench");
-    let retry = RetryLayer::new("bench");
+    let retry = RetryLayer::new("bench", palisade::retry::RetrySettings::default()).unwrap();
     match hedge {
         Some(hedge) => BoxCloneService::new(deadline.layer(retry.layer(hedge.layer(balance)))),
         None => BoxCloneService::new(deadline.layer(retry.layer(balance))),

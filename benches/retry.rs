@@ -16,10 +16,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use palisade::balance::{Balance, BalanceConfig};
+use palisade::balance::{Balance, BalanceSettings};
 use palisade::classify::HttpClassify;
 use palisade::discover::{Endpoint, Static};
-use palisade::retry::{ReplayBody, RetryBudget, RetryLayer};
+use palisade::retry::{BudgetSettings, ReplayBody, RetryBudget, RetryLayer, RetrySettings};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use tower::{Layer, ServiceExt, service_fn};
@@ -77,7 +77,8 @@ fn run(failure: f64, budget: RetryBudget, seed: u64) -> Outcome {
             endpoints,
             factory,
             HttpClassify::default(),
-            BalanceConfig::default(),
+            BalanceSettings::default(),
+            palisade::balance::EjectionSettings::default(),
         )
         .expect("balance");
         tokio::time::timeout(
@@ -86,7 +87,10 @@ fn run(failure: f64, budget: RetryBudget, seed: u64) -> Outcome {
         )
         .await
         .expect("endpoints");
-        let client = RetryLayer::new("bench").budget(budget).layer(balance);
+        let client = RetryLayer::new("bench", RetrySettings::default())
+            .unwrap()
+            .budget(budget)
+            .layer(balance);
 
         let total = RATE * SECONDS;
         let mut tick = tokio::time::interval(Duration::from_secs(1) / RATE);
@@ -126,7 +130,12 @@ fn main() {
         // "No budget": a floor far above anything this run can use.
         let naive = run(
             failure,
-            RetryBudget::new(Duration::from_secs(10), 1_000_000, 0.0),
+            RetryBudget::from_settings(&BudgetSettings {
+                ratio: 0.0,
+                min_per_sec: 1_000_000,
+                ttl: Duration::from_secs(10),
+            })
+            .unwrap(),
             7,
         );
         println!(

@@ -1,4 +1,5 @@
-//! A retry budget with Finagle's semantics.
+//! A token budget with Finagle's semantics: retries spend one, and hedges
+//! spend their own.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,12 +7,71 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::rolling::RollingCount;
+use crate::settings::{Problems, SettingsError};
+
+/// A budget's settings: `ratio` tokens per request plus `min_per_sec`
+/// a second, over a window of `ttl`. `Default` is Finagle's (and the
+/// library's): 0.2, 10 a second, 10 s.
+///
+/// ```
+/// use palisade::budget::{BudgetSettings, RetryBudget};
+///
+/// let budget = RetryBudget::from_settings(&BudgetSettings { ratio: 0.1, ..Default::default() })?;
+/// assert_eq!(budget.settings().min_per_sec, 10);
+/// # Ok::<(), palisade::settings::SettingsError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+pub struct BudgetSettings {
+    /// Tokens per request: a finite number, at least 0. Default 0.2.
+    pub ratio: f64,
+    /// Tokens a second regardless of traffic. Default 10.
+    pub min_per_sec: u32,
+    /// The window deposits and withdrawals are counted over; at least
+    /// 10 ms. Default 10 s.
+    #[cfg_attr(feature = "serde", serde(with = "crate::settings::duration"))]
+    pub ttl: Duration,
+}
+
+impl Default for BudgetSettings {
+    fn default() -> Self {
+        BudgetSettings {
+            ratio: 0.2,
+            min_per_sec: 10,
+            ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The shortest window a budget counts over.
+const MIN_TTL: Duration = Duration::from_millis(10);
+
+impl BudgetSettings {
+    /// Every problem with these settings, each at its field.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let mut p = Problems::new();
+        if !(self.ratio.is_finite() && self.ratio >= 0.0) {
+            p.add(
+                "ratio",
+                format!("must be a finite number at least 0, got {}", self.ratio),
+            );
+        }
+        if self.ttl < MIN_TTL {
+            p.add("ttl", "must be at least 10ms");
+        }
+        p.finish()
+    }
+}
 
 /// How many retries a client may make: a share of its recent requests plus a
 /// floor for quiet periods. One budget is shared by every clone of a client.
 ///
 /// Each original request *deposits* one token; each retry *withdraws* one.
-/// Over the last [`ttl`](RetryBudget::new) a retry is allowed while
+/// Over the last [`ttl`](BudgetSettings::ttl) a retry is allowed while
 ///
 /// ```text
 /// withdrawals < ratio × deposits + min_per_sec × ttl
@@ -22,19 +82,24 @@ use crate::rolling::RollingCount;
 /// as in Finagle, are a ratio of 0.2, 10 retries a second and a 10 s ttl.
 ///
 /// ```
-/// use palisade::retry::RetryBudget;
+/// use palisade::budget::{BudgetSettings, RetryBudget};
 /// use std::time::Duration;
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
-/// # async fn main() {
+/// # async fn main() -> Result<(), palisade::settings::SettingsError> {
 /// // No floor: one retry per five requests.
-/// let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.2);
+/// let budget = RetryBudget::from_settings(&BudgetSettings {
+///     ratio: 0.2,
+///     min_per_sec: 0,
+///     ttl: Duration::from_secs(10),
+/// })?;
 /// for _ in 0..10 {
 ///     budget.deposit();
 /// }
 /// assert!(budget.withdraw());
 /// assert!(budget.withdraw());
 /// assert!(!budget.withdraw(), "the third retry in ten requests is refused");
+/// # Ok(())
 /// # }
 /// ```
 #[derive(Debug, Clone)]
@@ -44,6 +109,7 @@ pub struct RetryBudget {
 
 #[derive(Debug)]
 struct Inner {
+    settings: BudgetSettings,
     ratio: f64,
     /// `min_per_sec × ttl`: retries allowed in any window regardless of
     /// traffic.
@@ -54,29 +120,45 @@ struct Inner {
 
 impl Default for RetryBudget {
     fn default() -> Self {
-        RetryBudget::new(Duration::from_secs(10), 10, 0.2)
+        let s = BudgetSettings::default();
+        RetryBudget::new(s.ttl, s.min_per_sec, s.ratio)
     }
 }
 
 impl RetryBudget {
-    /// A budget over a window of `ttl`, allowing `min_per_sec` retries a
-    /// second plus `ratio` retries per request. A ratio that is negative or
-    /// not finite is taken as 0; a ttl under 10 ms as 10 ms.
-    pub fn new(ttl: Duration, min_per_sec: u32, ratio: f64) -> Self {
-        let ttl = ttl.max(Duration::from_millis(10));
-        let ratio = if ratio.is_finite() {
-            ratio.max(0.0)
-        } else {
-            0.0
-        };
+    /// A budget from its settings, refused with every problem named if
+    /// they are invalid. The budget is shared state: clones share it.
+    pub fn from_settings(settings: &BudgetSettings) -> Result<Self, SettingsError> {
+        settings.validate()?;
+        Ok(RetryBudget::new(
+            settings.ttl,
+            settings.min_per_sec,
+            settings.ratio,
+        ))
+    }
+
+    /// A budget from values already known to be valid (the layers' own
+    /// defaults and validated settings).
+    pub(crate) fn new(ttl: Duration, min_per_sec: u32, ratio: f64) -> Self {
+        debug_assert!(ttl >= MIN_TTL && ratio.is_finite() && ratio >= 0.0);
         RetryBudget {
             inner: Arc::new(Inner {
+                settings: BudgetSettings {
+                    ratio,
+                    min_per_sec,
+                    ttl,
+                },
                 ratio,
                 reserve: f64::from(min_per_sec) * ttl.as_secs_f64(),
                 deposits: RollingCount::new(ttl),
                 withdrawals: RollingCount::new(ttl),
             }),
         }
+    }
+
+    /// The settings this budget was made from.
+    pub fn settings(&self) -> &BudgetSettings {
+        &self.inner.settings
     }
 
     /// Records an original request.
@@ -158,10 +240,23 @@ mod tests {
         assert_eq!(a.balance(), 0.0);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn bad_parameters_are_tamed() {
-        let b = RetryBudget::new(Duration::ZERO, 0, f64::NAN);
-        b.deposit();
-        assert!(!b.withdraw());
+    #[test]
+    fn bad_settings_are_refused_not_tamed() {
+        let bad = BudgetSettings {
+            ratio: f64::NAN,
+            min_per_sec: 0,
+            ttl: Duration::ZERO,
+        };
+        let err = RetryBudget::from_settings(&bad).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "ratio: must be a finite number at least 0, got NaN; ttl: must be at least 10ms"
+        );
+        let negative = BudgetSettings {
+            ratio: -0.5,
+            ..BudgetSettings::default()
+        };
+        assert!(negative.validate().is_err());
+        assert_eq!(BudgetSettings::default().validate(), Ok(()));
     }
 }

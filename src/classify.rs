@@ -196,11 +196,20 @@ impl Default for HttpClassify {
 
 impl HttpClassify {
     /// Replaces the statuses that may be retried (for idempotent methods).
-    /// Default: 502, 503, 504. A listed status below 500 other than 429 is
-    /// still a success for load purposes; it is only made retryable.
+    /// Default: 502, 503, 504. A listed 429 or 5xx is retried for
+    /// idempotent methods; any other status is a success, so listing it has
+    /// no effect (settings refuse it: see
+    /// [`RetrySettings`](crate::retry::RetrySettings)).
     pub fn retryable_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.retryable = statuses.into_iter().collect();
         self
+    }
+
+    /// [`retryable_statuses`](Self::retryable_statuses) from numbers, as
+    /// settings write them; numbers that are not statuses are skipped
+    /// (validated settings have none).
+    pub fn retryable_codes(self, codes: &[u16]) -> Self {
+        self.retryable_statuses(codes.iter().filter_map(|c| StatusCode::from_u16(*c).ok()))
     }
 
     /// Caps how long a `Retry-After` header may keep an endpoint busy.

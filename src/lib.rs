@@ -98,8 +98,8 @@ pub mod metrics;
 pub mod proxy;
 pub mod replay;
 pub mod retry;
-pub mod settings;
 mod rolling;
+pub mod settings;
 pub mod snapshot;
 pub mod stack;
 #[cfg(test)]
@@ -110,4 +110,4 @@ pub use error::{BoxError, BuildError, Error, Limit};
 pub use stack::Hyper;
 #[cfg(feature = "reqwest")]
 pub use stack::Reqwest;
-pub use stack::{Client, Snapshot};
+pub use stack::{Client, ClientConfig, Snapshot};

@@ -9,8 +9,7 @@
 //! a default is written once and a bad value gets the same message from
 //! both.
 //!
-//! ```ignore
-
+//! ```
 //! use palisade::retry::RetrySettings;
 //! use std::time::Duration;
 //!

@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use tower::discover::Discover;
 use tower::service_fn;
 
-use crate::balance::{Balance, BalanceConfig};
+use crate::balance::{Balance, BalanceSettings, EjectionSettings};
 use crate::classify::HttpClassify;
 use crate::discover::{Address, Endpoint};
 use crate::error::BoxError;
@@ -147,7 +147,25 @@ impl Fleet {
     pub(crate) fn balance<B, D>(
         &self,
         discover: D,
-        config: BalanceConfig,
+        config: BalanceSettings,
+    ) -> Balance<Svc<B>, HttpClassify>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        D: Discover<Service = Endpoint> + Send + 'static,
+        D::Key: Hash + Eq + Clone + fmt::Debug + Send,
+        D::Error: Into<BoxError>,
+    {
+        self.balance_with(discover, config, EjectionSettings::default())
+    }
+
+    /// [`balance`](Self::balance) with failure accrual settings too.
+    pub(crate) fn balance_with<B, D>(
+        &self,
+        discover: D,
+        config: BalanceSettings,
+        ejection: EjectionSettings,
     ) -> Balance<Svc<B>, HttpClassify>
     where
         B: http_body::Body + Send + 'static,
@@ -163,6 +181,7 @@ impl Fleet {
             self.factory(),
             HttpClassify::default(),
             config,
+            ejection,
         )
         .unwrap()
     }

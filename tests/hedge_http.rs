@@ -198,11 +198,14 @@ async fn a_non_idempotent_request_is_sent_once() {
     let addrs: Vec<SocketAddr> = fleet.iter().map(Backend::addr).collect();
     let layer = HedgeLayer::new("hedge-test")
         .delay(palisade::hedge::HedgeDelay::Fixed(Duration::from_millis(1)))
-        .budget(palisade::retry::RetryBudget::new(
-            Duration::from_secs(10),
-            1000,
-            1.0,
-        ));
+        .budget(
+            palisade::retry::RetryBudget::from_settings(&palisade::retry::BudgetSettings {
+                ratio: 1.0,
+                min_per_sec: 1000,
+                ttl: Duration::from_secs(10),
+            })
+            .unwrap(),
+        );
     let (hedged, hedges) = stack(&addrs, Some(layer)).await;
     let hedges = hedges.expect("the client hedges");
     drive(&hedged, 200, 4, Method::POST).await;

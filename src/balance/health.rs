@@ -11,88 +11,9 @@ use tokio::time::Instant;
 use crate::classify::{Class, Outcome};
 use crate::rolling::RollingCount;
 
-/// When endpoints are ejected, for how long, and how many may be.
-///
-/// An endpoint is ejected after [`consecutive_failures`](Self::consecutive_failures)
-/// failures in a row, or when its success rate over
-/// [`window`](Self::window) falls below [`success_rate`](Self::success_rate)
-/// with at least [`min_requests`](Self::min_requests) requests in it. A 429
-/// (an [`Outcome::Overloaded`]) counts against the success rate but does not
-/// break or extend a run of consecutive failures: an overloaded endpoint is
-/// busy, not broken.
-///
-/// An ejected endpoint gets no requests. After its penalty (starting at
-/// [`base_penalty`](Self::base_penalty), ± [`jitter`](Self::jitter)/2) it
-/// gets exactly one probe request at a time; a successful probe restores it
-/// (its load estimate restarts from the probe's latency, so it gets its fair
-/// share back at once), a failed one ejects it again for twice the penalty,
-/// up to [`max_penalty`](Self::max_penalty).
-///
-/// Fleet guards, as Envoy has them: at most
-/// [`max_ejection_percent`](Self::max_ejection_percent) of the endpoints are
-/// ejected at once (always allowing one); and when fewer than
-/// [`panic_threshold`](Self::panic_threshold) of them are available, the
-/// balancer ignores ejections and uses every endpoint (logged on entering and
-/// leaving that *panic mode*).
-///
-/// ```
-/// use palisade::balance::EjectionConfig;
-/// use std::time::Duration;
-///
-/// let mut ejection = EjectionConfig::default();
-/// ejection.consecutive_failures = 3;
-/// ejection.max_penalty = Duration::from_secs(30);
-/// assert_eq!(ejection.success_rate, 0.8);
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct EjectionConfig {
-    /// Whether endpoints are ejected at all. Default on.
-    pub enabled: bool,
-    /// Failures in a row that eject an endpoint. Default 5; 0 turns this
-    /// trigger off.
-    pub consecutive_failures: u32,
-    /// The success rate below which an endpoint is ejected. Default 0.8; 0
-    /// turns this trigger off.
-    pub success_rate: f64,
-    /// The window the success rate is measured over. Default 10 s.
-    pub window: Duration,
-    /// Requests needed in the window before the success rate counts.
-    /// Default 5.
-    pub min_requests: u32,
-    /// The first ejection's length. Default 1 s.
-    pub base_penalty: Duration,
-    /// The longest ejection. Default 1 min.
-    pub max_penalty: Duration,
-    /// Each penalty is scaled by a random factor in `1 ± jitter/2`.
-    /// Default 0.5.
-    pub jitter: f64,
-    /// The largest share of endpoints ejected at once (at least one is
-    /// always allowed). Default 0.5.
-    pub max_ejection_percent: f64,
-    /// When the share of available (not ejected) endpoints is below this,
-    /// ejections are ignored. Default 0.5.
-    pub panic_threshold: f64,
-}
+use super::settings::EjectionSettings;
 
-impl Default for EjectionConfig {
-    fn default() -> Self {
-        EjectionConfig {
-            enabled: true,
-            consecutive_failures: 5,
-            success_rate: 0.8,
-            window: Duration::from_secs(10),
-            min_requests: 5,
-            base_penalty: Duration::from_secs(1),
-            max_penalty: Duration::from_secs(60),
-            jitter: 0.5,
-            max_ejection_percent: 0.5,
-            panic_threshold: 0.5,
-        }
-    }
-}
-
-impl EjectionConfig {
+impl EjectionSettings {
     /// How many of `n` endpoints may be ejected at once.
     pub(crate) fn max_ejected(&self, n: usize) -> usize {
         let share = if self.max_ejection_percent.is_finite() {
@@ -166,7 +87,7 @@ pub(crate) struct Health {
 }
 
 impl Health {
-    pub(crate) fn new(config: &EjectionConfig) -> Self {
+    pub(crate) fn new(config: &EjectionSettings) -> Self {
         Health {
             consecutive: AtomicU32::new(0),
             successes: RollingCount::new(config.window),
@@ -225,7 +146,7 @@ impl Health {
         &self,
         class: Class,
         probe: bool,
-        config: &EjectionConfig,
+        config: &EjectionSettings,
         now: Instant,
     ) -> Verdict {
         let outcome = class.outcome();
@@ -271,7 +192,7 @@ impl Health {
     pub(crate) fn eject(
         &self,
         now_ns: u64,
-        config: &EjectionConfig,
+        config: &EjectionSettings,
         reprobe: bool,
     ) -> Option<Duration> {
         let mut penalty = self.penalty.lock().unwrap_or_else(|p| p.into_inner());
@@ -293,7 +214,7 @@ impl Health {
     }
 
     /// Puts the endpoint back: counts and penalty start afresh.
-    pub(crate) fn restore(&self, config: &EjectionConfig) {
+    pub(crate) fn restore(&self, config: &EjectionSettings) {
         *self.penalty.lock().unwrap_or_else(|p| p.into_inner()) = config.base_penalty;
         self.consecutive.store(0, Ordering::Relaxed);
         self.successes.clear();
@@ -308,10 +229,10 @@ mod tests {
     use super::*;
     use crate::classify::Retry;
 
-    fn config() -> EjectionConfig {
-        EjectionConfig {
+    fn config() -> EjectionSettings {
+        EjectionSettings {
             jitter: 0.0,
-            ..EjectionConfig::default()
+            ..EjectionSettings::default()
         }
     }
 
@@ -343,7 +264,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_low_success_rate_ejects_with_enough_requests() {
-        let c = EjectionConfig {
+        let c = EjectionSettings {
             consecutive_failures: 0,
             ..config()
         };
@@ -361,7 +282,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn overload_counts_for_the_rate_but_not_the_run() {
-        let c = EjectionConfig {
+        let c = EjectionSettings {
             success_rate: 0.0,
             ..config()
         };
@@ -386,7 +307,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn old_failures_expire_with_the_window() {
-        let c = EjectionConfig {
+        let c = EjectionSettings {
             consecutive_failures: 0,
             ..config()
         };
@@ -403,7 +324,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn penalties_double_up_to_the_cap_and_reset_on_restore() {
-        let c = EjectionConfig {
+        let c = EjectionSettings {
             max_penalty: Duration::from_secs(5),
             ..config()
         };
@@ -435,15 +356,15 @@ mod tests {
 
     #[test]
     fn fleet_guard_arithmetic() {
-        let c = EjectionConfig::default();
+        let c = EjectionSettings::default();
         assert_eq!(c.max_ejected(1), 1, "always one");
         assert_eq!(c.max_ejected(5), 2);
         assert_eq!(c.max_ejected(10), 5);
         assert!(c.panics(1, 3));
         assert!(!c.panics(2, 3));
-        let odd = EjectionConfig {
+        let odd = EjectionSettings {
             max_ejection_percent: f64::NAN,
-            ..EjectionConfig::default()
+            ..EjectionSettings::default()
         };
         assert_eq!(odd.max_ejected(10), 1);
     }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::health::{EjectionConfig, Health};
+use super::health::Health;
+use super::settings::EjectionSettings;
 
 /// A peak-sensitive, exponentially weighted moving average of latency, plus
 /// a fading penalty for failures.
@@ -174,7 +175,7 @@ pub(crate) struct Load {
 }
 
 impl Load {
-    pub(crate) fn new(seed: Duration, now: Instant, ejection: &EjectionConfig) -> Self {
+    pub(crate) fn new(seed: Duration, now: Instant, ejection: &EjectionSettings) -> Self {
         Load {
             health: Health::new(ejection),
             ewma: PeakEwma::new(seed, now),
@@ -309,7 +310,7 @@ mod tests {
         let l = Load::new(
             Duration::from_millis(1),
             Instant::now(),
-            &EjectionConfig::default(),
+            &EjectionSettings::default(),
         );
         l.mark_busy(100);
         l.mark_busy(50);

@@ -23,7 +23,7 @@
 //! (such differences between latency estimates are noise), settled by a coin
 //! weighted by the two weights. The choice is O(1): two random draws, two
 //! cost reads (each a short, uncontended per-endpoint lock), no allocation.
-//! Ejected endpoints (see [`EjectionConfig`]) are not drawn, except for
+//! Ejected endpoints (see [`EjectionSettings`]) are not drawn, except for
 //! their probes.
 //!
 //! # Peak-EWMA
@@ -31,7 +31,7 @@
 //! Each endpoint keeps a latency estimate that
 //!
 //! - **decays** toward zero with time constant
-//!   [`decay`](BalanceConfig::decay) (default 10 s) while nothing is observed,
+//!   [`decay`](BalanceSettings::decay) (default 10 s) while nothing is observed,
 //!   so a slow endpoint is eventually given another chance;
 //! - jumps to any sample **above** the current estimate at once (the *peak*),
 //!   so a slowdown is noticed on the first slow response;
@@ -40,8 +40,8 @@
 //!   independent of request rate bursts.
 //!
 //! A new endpoint starts at the median estimate of the current set (or
-//! [`default_rtt`](BalanceConfig::default_rtt), 30 ms, when the set is
-//! empty), never below [`min_rtt`](BalanceConfig::min_rtt) (1 ms), so it is
+//! [`default_rtt`](BalanceSettings::default_rtt), 30 ms, when the set is
+//! empty), never below [`min_rtt`](BalanceSettings::min_rtt) (1 ms), so it is
 //! neither flooded nor starved while it earns a real estimate. Its first
 //! sample replaces the seed outright; blending starts from the second.
 //!
@@ -52,7 +52,7 @@
 //! span. The sample is then classified by the [`Classify`]. A failure (5xx,
 //! transport error, 429 with the default HTTP classifier) enters the latency
 //! estimate at the latency it really had, and also raises the endpoint's
-//! *penalty* to [`failure_penalty`](BalanceConfig::failure_penalty) (1 s).
+//! *penalty* to [`failure_penalty`](BalanceSettings::failure_penalty) (1 s).
 //! The penalty is added to the latency in the cost and fades with its own
 //! length as time constant (368 ms a second later, 18 ms four seconds
 //! later): an endpoint that fails fast looks slow rather than attractive,
@@ -89,7 +89,7 @@
 //! endpoint (same key, new metadata) keeps its load estimate. When the
 //! endpoint factory fails for one endpoint, that endpoint is left out (with an
 //! error log naming it) and the others keep serving. When the set is empty, a
-//! request waits up to [`endpoint_wait`](BalanceConfig::endpoint_wait)
+//! request waits up to [`endpoint_wait`](BalanceSettings::endpoint_wait)
 //! (default 3 s) for one to appear, then fails with
 //! [`Error::NoEndpoints`].
 //!
@@ -103,7 +103,7 @@
 //! # Example
 //!
 //! ```
-//! use palisade::balance::{Balance, BalanceConfig};
+//! use palisade::balance::{Balance, BalanceSettings, EjectionSettings};
 //! use palisade::classify::{Class, Classify};
 //! use palisade::discover::{Endpoint, Static};
 //! use tower::{Service, ServiceExt, service_fn};
@@ -133,7 +133,8 @@
 //!         async move { Ok::<_, std::convert::Infallible>(format!("{addr} got {}", req.0)) }
 //!     }))
 //! };
-//! let balance = Balance::new("echo", endpoints, new_endpoint, AlwaysOk, BalanceConfig::default())?;
+//! let settings = (BalanceSettings::default(), EjectionSettings::default());
+//! let balance = Balance::new("echo", endpoints, new_endpoint, AlwaysOk, settings.0, settings.1)?;
 //! let reply = balance.clone().oneshot(Echo("hi".into())).await?;
 //! assert!(reply.ends_with("got hi"));
 //! # Ok(())
@@ -146,7 +147,10 @@ mod load;
 mod set;
 
 pub use future::ResponseFuture;
-pub use health::{EjectionConfig, EndpointState};
+mod settings;
+
+pub use health::EndpointState;
+pub use settings::{BalanceSettings, Choice, EjectionSettings};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -173,63 +177,7 @@ use crate::discover::{Address, Endpoint};
 pub use crate::endpoint::NewEndpoint;
 use crate::error::{BoxError, BuildError, Error};
 pub use crate::facts::{Hints, Tried};
-
-/// How the balancer picks an endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Choice {
-    /// Power of two choices over peak-EWMA cost (the default).
-    #[default]
-    PeakEwmaP2c,
-    /// One weighted random draw, ignoring load: a baseline to measure the
-    /// default against (the demo and the benchmarks use it).
-    Random,
-}
-
-/// The balancer's knobs; every field has a documented default.
-///
-/// ```
-/// use palisade::balance::BalanceConfig;
-/// use std::time::Duration;
-///
-/// let mut config = BalanceConfig::default();
-/// config.failure_penalty = Duration::from_secs(2);
-/// assert_eq!(config.decay, Duration::from_secs(10));
-/// ```
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct BalanceConfig {
-    /// Time constant of the EWMA decay. Default 10 s.
-    pub decay: Duration,
-    /// Seed estimate for an endpoint when the set is empty. Default 30 ms.
-    pub default_rtt: Duration,
-    /// Floor of every estimate used in the cost. Default 1 ms.
-    pub min_rtt: Duration,
-    /// What a failure adds to an endpoint's cost; it fades with this as its
-    /// time constant. Default 1 s.
-    pub failure_penalty: Duration,
-    /// How long a request waits for an endpoint when there is none.
-    /// Default 3 s.
-    pub endpoint_wait: Duration,
-    /// The selection strategy. Default [`Choice::PeakEwmaP2c`].
-    pub choice: Choice,
-    /// Failure accrual and fleet guards; see [`EjectionConfig`].
-    pub ejection: EjectionConfig,
-}
-
-impl Default for BalanceConfig {
-    fn default() -> Self {
-        BalanceConfig {
-            decay: Duration::from_secs(10),
-            default_rtt: Duration::from_millis(30),
-            min_rtt: Duration::from_millis(1),
-            failure_penalty: Duration::from_secs(1),
-            endpoint_wait: Duration::from_secs(3),
-            choice: Choice::PeakEwmaP2c,
-            ejection: EjectionConfig::default(),
-        }
-    }
-}
+use crate::settings::Problems;
 
 /// A P2C peak-EWMA load balancer; see the [module docs](self).
 pub struct Balance<S, C> {
@@ -258,7 +206,8 @@ pub(crate) struct Shared<S, C> {
     set: ArcSwap<EndpointSet<S>>,
     changed: Notify,
     classify: C,
-    config: BalanceConfig,
+    config: BalanceSettings,
+    ejection: EjectionSettings,
     cost: CostModel,
     epoch: Instant,
     /// Endpoints of the current set that are ejected (recounted whenever the
@@ -325,7 +274,8 @@ where
         discover: D,
         new_endpoint: N,
         classify: C,
-        config: BalanceConfig,
+        config: BalanceSettings,
+        ejection: EjectionSettings,
     ) -> Result<Self, BuildError>
     where
         D: Discover<Service = Endpoint> + Send + 'static,
@@ -334,6 +284,12 @@ where
         N: NewEndpoint<Service = S>,
     {
         let name = name.into();
+        let mut problems = Problems::new();
+        problems.nested("balancer", config.validate());
+        problems.nested("ejection", ejection.validate());
+        problems
+            .finish()
+            .map_err(|e| BuildError::settings(&name, e))?;
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| BuildError::no_runtime(&name))?;
         let (close_tx, close_rx) = oneshot::channel();
@@ -350,6 +306,7 @@ where
                 min_rtt_ns: config.min_rtt.as_nanos() as f64,
             },
             config,
+            ejection,
             epoch: Instant::now(),
             ejected: AtomicUsize::new(0),
             panicking: AtomicBool::new(false),
@@ -538,7 +495,7 @@ impl<S, C> Shared<S, C> {
             return chosen(0, health(0).try_claim_probe(now_ns));
         }
         let ejected = self.ejected.load(Ordering::Relaxed).min(n);
-        let panic = ejected > 0 && self.config.ejection.panics(n - ejected, n);
+        let panic = ejected > 0 && self.ejection.panics(n - ejected, n);
         self.note_panic(panic, n - ejected, n);
         let tried = |i: usize| avoid.contains(set.slots[i].endpoint.address());
         // Ejected endpoints, and for a little while endpoints that just
@@ -677,7 +634,7 @@ impl<S, C> Shared<S, C> {
         }
         // The probe (if this was one) is resolved here, not on drop.
         let probe = std::mem::take(&mut in_flight.probe);
-        let config = &self.config.ejection;
+        let config = &self.ejection;
         let endpoint = slot.endpoint.address();
         match load.health.observe(class, probe, config, now) {
             Verdict::Unchanged => {}
@@ -699,7 +656,7 @@ impl<S, C> Shared<S, C> {
     /// Ejects an endpoint unless the fleet guard says too many already are.
     fn eject(&self, slot: &Slot<S>, now_ns: u64) {
         let n = self.set.load().len();
-        let max = self.config.ejection.max_ejected(n);
+        let max = self.ejection.max_ejected(n);
         let endpoint = slot.endpoint.address();
         let reserved = self
             .ejected
@@ -710,7 +667,7 @@ impl<S, C> Shared<S, C> {
             tracing::debug!(service = %self.name, %endpoint, max, "not ejecting: the fleet guard's limit is reached");
             return;
         }
-        match slot.load.health.eject(now_ns, &self.config.ejection, false) {
+        match slot.load.health.eject(now_ns, &self.ejection, false) {
             Some(penalty) => {
                 tracing::warn!(service = %self.name, %endpoint, ?penalty, "endpoint ejected after repeated failures")
             }
@@ -901,7 +858,7 @@ fn apply<K, N, S, C>(
                 _ => Arc::new(Load::new(
                     seed_rtt(shared, slots.values()),
                     Instant::now(),
-                    &shared.config.ejection,
+                    &shared.ejection,
                 )),
             };
             tracing::debug!(service = %shared.name, endpoint = %endpoint.address(), weight = endpoint.weight(), "endpoint added");

@@ -66,7 +66,7 @@ async fn prefers_the_faster_endpoint() {
         fleet.set("127.0.0.1:3", Answer::ok(10)),
         fleet.set("127.0.0.1:4", Answer::ok(200)),
     ];
-    let b = fleet.balance(Static::new(eps), BalanceConfig::default());
+    let b = fleet.balance(Static::new(eps), BalanceSettings::default());
     settle(&b, 4).await;
     load(&b, 4000, 8).await;
     let slow = fleet.count("127.0.0.1:4");
@@ -85,7 +85,7 @@ async fn a_call_cut_short_still_teaches_the_estimate() {
         fleet.set("127.0.0.1:2", Answer::ok(10)),
         fleet.set("127.0.0.1:3", Answer::ok(500)),
     ];
-    let b = fleet.balance(Static::new(eps), BalanceConfig::default());
+    let b = fleet.balance(Static::new(eps), BalanceSettings::default());
     settle(&b, 3).await;
     // Every call is cut off at 50 ms (as a hedge or a per-try timeout
     // would): the slow endpoint's calls never finish. For 100 s, ten times
@@ -131,7 +131,7 @@ async fn in_flight_requests_count_against_an_endpoint() {
         fleet.set("127.0.0.1:1", Answer::ok(10)),
         fleet.set("127.0.0.1:2", Answer::ok(10)),
     ];
-    let b = fleet.balance(Static::new(eps), BalanceConfig::default());
+    let b = fleet.balance(Static::new(eps), BalanceSettings::default());
     settle(&b, 2).await;
     // Many concurrent requests with equal latency spread evenly: every pick
     // sees the other's in-flight count (to within the 10 % tie tolerance).
@@ -159,7 +159,7 @@ async fn failures_carry_a_penalty() {
         // Fails instantly: without the penalty it would look fastest.
         fleet.set("127.0.0.1:4", Answer::ok(0).status(503)),
     ];
-    let b = fleet.balance(Static::new(eps), BalanceConfig::default());
+    let b = fleet.balance(Static::new(eps), BalanceSettings::default());
     settle(&b, 4).await;
     load(&b, 4000, 8).await;
     let bad = fleet.count("127.0.0.1:4");
@@ -189,9 +189,9 @@ async fn failures_carry_a_penalty() {
 async fn failure_penalty_is_configurable() {
     let fleet = Fleet::default();
     let eps = vec![fleet.set("127.0.0.1:1", Answer::ok(0).status(500))];
-    let config = BalanceConfig {
+    let config = BalanceSettings {
         failure_penalty: Duration::from_millis(250),
-        ..BalanceConfig::default()
+        ..BalanceSettings::default()
     };
     let b = fleet.balance(Static::new(eps), config);
     settle(&b, 1).await;
@@ -218,9 +218,9 @@ async fn retry_after_marks_an_endpoint_busy() {
         fleet.set("127.0.0.1:2", busy),
     ];
     // Make the 429 cheap so that only the busy mark keeps it away.
-    let config = BalanceConfig {
+    let config = BalanceSettings {
         failure_penalty: Duration::ZERO,
-        ..BalanceConfig::default()
+        ..BalanceSettings::default()
     };
     let b = fleet.balance(Static::new(eps), config);
     settle(&b, 2).await;
@@ -261,7 +261,7 @@ async fn weights_split_light_traffic_roughly_in_proportion() {
             .with_weight(2.0)
             .unwrap(),
     ];
-    let b = fleet.balance(Static::new(eps), BalanceConfig::default());
+    let b = fleet.balance(Static::new(eps), BalanceSettings::default());
     settle(&b, 3).await;
     // Sequential: no in-flight differences, identical latencies.
     load(&b, 4000, 1).await;
@@ -284,7 +284,7 @@ async fn weights_scale_the_in_flight_share() {
             .with_weight(3.0)
             .unwrap(),
     ];
-    let b = fleet.balance(Static::new(eps), BalanceConfig::default());
+    let b = fleet.balance(Static::new(eps), BalanceSettings::default());
     settle(&b, 2).await;
     let futures: Vec<_> = (0..400).map(|_| start(&b)).collect();
     let stats = b.endpoint_stats();
@@ -300,7 +300,7 @@ async fn weights_scale_the_in_flight_share() {
 async fn new_endpoints_are_seeded_with_the_median() {
     let fleet = Fleet::default();
     let (handle, discover) = discover::dynamic();
-    let b = fleet.balance::<Body, _>(discover, BalanceConfig::default());
+    let b = fleet.balance::<Body, _>(discover, BalanceSettings::default());
 
     // The first endpoint starts at the default.
     handle.insert(fleet.set("127.0.0.1:1", Answer::ok(100)));
@@ -328,9 +328,9 @@ async fn new_endpoints_are_seeded_with_the_median() {
 #[tokio::test(start_paused = true)]
 async fn seeds_respect_the_floor() {
     let fleet = Fleet::default();
-    let config = BalanceConfig {
+    let config = BalanceSettings {
         default_rtt: Duration::ZERO,
-        ..BalanceConfig::default()
+        ..BalanceSettings::default()
     };
     let b = fleet.balance::<Body, _>(
         Static::new([fleet.set("127.0.0.1:1", Answer::ok(1))]),
@@ -344,7 +344,7 @@ async fn seeds_respect_the_floor() {
 async fn removed_endpoints_drain_and_get_nothing_new() {
     let fleet = Fleet::default();
     let (handle, discover) = discover::dynamic();
-    let b = fleet.balance::<Body, _>(discover, BalanceConfig::default());
+    let b = fleet.balance::<Body, _>(discover, BalanceSettings::default());
     handle.insert(fleet.set("127.0.0.1:1", Answer::ok(1000)));
     settle(&b, 1).await;
 
@@ -379,7 +379,7 @@ async fn removed_endpoints_drain_and_get_nothing_new() {
 #[tokio::test(start_paused = true)]
 async fn no_endpoints_fails_after_the_wait() {
     let fleet = Fleet::default();
-    let b = fleet.balance(Static::new([]), BalanceConfig::default());
+    let b = fleet.balance(Static::new([]), BalanceSettings::default());
     let start = Instant::now();
     let err = b.clone().oneshot(get()).await.unwrap_err();
     assert_eq!(start.elapsed(), Duration::from_secs(3));
@@ -394,7 +394,7 @@ async fn no_endpoints_fails_after_the_wait() {
 async fn a_waiting_request_takes_an_endpoint_that_appears() {
     let fleet = Fleet::default();
     let (handle, discover) = discover::dynamic();
-    let b = fleet.balance::<Body, _>(discover, BalanceConfig::default());
+    let b = fleet.balance::<Body, _>(discover, BalanceSettings::default());
     let start = Instant::now();
     let waiting = tokio::spawn(b.clone().oneshot(get()));
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -423,7 +423,8 @@ async fn a_failing_factory_leaves_the_others_serving() {
         Static::new(eps),
         factory,
         HttpClassify::default(),
-        BalanceConfig::default(),
+        BalanceSettings::default(),
+        EjectionSettings::default(),
     )
     .unwrap();
     settle(&b, 1).await;
@@ -442,7 +443,7 @@ async fn a_failing_source_keeps_the_last_set() {
         Err::<_, BoxError>("resolver exploded".into()),
     ])
     .chain(futures::stream::pending());
-    let b = fleet.balance(source, BalanceConfig::default());
+    let b = fleet.balance(source, BalanceSettings::default());
     settle(&b, 1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(b.len(), 1);
@@ -457,7 +458,7 @@ async fn an_ended_source_keeps_the_last_set() {
         ep.address().clone(),
         ep,
     ))]);
-    let b = fleet.balance(source, BalanceConfig::default());
+    let b = fleet.balance(source, BalanceSettings::default());
     settle(&b, 1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     b.clone().oneshot(get()).await.unwrap();
@@ -473,9 +474,9 @@ async fn random_choice_follows_weights_exactly() {
             .with_weight(3.0)
             .unwrap(),
     ];
-    let config = BalanceConfig {
+    let config = BalanceSettings {
         choice: Choice::Random,
-        ..BalanceConfig::default()
+        ..BalanceSettings::default()
     };
     let b = fleet.balance(Static::new(eps), config);
     settle(&b, 2).await;
@@ -491,9 +492,9 @@ async fn random_choice_ignores_load() {
         fleet.set("127.0.0.1:1", Answer::ok(10)),
         fleet.set("127.0.0.1:2", Answer::ok(1000)),
     ];
-    let config = BalanceConfig {
+    let config = BalanceSettings {
         choice: Choice::Random,
-        ..BalanceConfig::default()
+        ..BalanceSettings::default()
     };
     let b = fleet.balance(Static::new(eps), config);
     settle(&b, 2).await;
@@ -509,7 +510,7 @@ async fn random_choice_ignores_load() {
 async fn the_discovery_task_ends_with_the_balancer() {
     let fleet = Fleet::default();
     let (handle, discover) = discover::dynamic();
-    let b = fleet.balance::<Body, _>(discover, BalanceConfig::default());
+    let b = fleet.balance::<Body, _>(discover, BalanceSettings::default());
     let weak = Arc::downgrade(&b.shared);
     drop(b);
     assert!(weak.upgrade().is_none());
@@ -518,13 +519,10 @@ async fn the_discovery_task_ends_with_the_balancer() {
 }
 
 /// No jitter: ejection penalties are exact.
-fn exact_ejection() -> BalanceConfig {
-    BalanceConfig {
-        ejection: EjectionConfig {
-            jitter: 0.0,
-            ..EjectionConfig::default()
-        },
-        ..BalanceConfig::default()
+fn exact_ejection() -> EjectionSettings {
+    EjectionSettings {
+        jitter: 0.0,
+        ..EjectionSettings::default()
     }
 }
 
@@ -550,7 +548,11 @@ async fn a_failing_endpoint_is_ejected_probed_and_restored() {
         fleet.set("127.0.0.1:3", Answer::ok(10)),
         fleet.set("127.0.0.1:4", Answer::ok(10)),
     ];
-    let b = fleet.balance(Static::new(eps), exact_ejection());
+    let b = fleet.balance_with(
+        Static::new(eps),
+        BalanceSettings::default(),
+        exact_ejection(),
+    );
     settle(&b, 4).await;
     load_for(&b, Duration::from_secs(2), 4).await;
     let healthy_share = fleet.count("127.0.0.1:4");
@@ -620,7 +622,11 @@ async fn the_fleet_guard_keeps_half_the_endpoints_in_play() {
     let eps: Vec<_> = (1..=4)
         .map(|p| fleet.set(&format!("127.0.0.1:{p}"), Answer::ok(1).status(503)))
         .collect();
-    let b = fleet.balance(Static::new(eps), exact_ejection());
+    let b = fleet.balance_with(
+        Static::new(eps),
+        BalanceSettings::default(),
+        exact_ejection(),
+    );
     settle(&b, 4).await;
     load_for(&b, Duration::from_millis(500), 2).await;
     let stats = b.endpoint_stats();
@@ -642,10 +648,10 @@ async fn panic_mode_uses_every_endpoint_when_too_few_are_left() {
     let eps: Vec<_> = (1..=2)
         .map(|p| fleet.set(&format!("127.0.0.1:{p}"), Answer::ok(1).status(503)))
         .collect();
-    let mut config = exact_ejection();
-    config.ejection.max_ejection_percent = 1.0;
-    config.ejection.base_penalty = Duration::from_secs(60);
-    let b = fleet.balance(Static::new(eps), config);
+    let mut ejection = exact_ejection();
+    ejection.max_ejection_percent = 1.0;
+    ejection.base_penalty = Duration::from_secs(60);
+    let b = fleet.balance_with(Static::new(eps), BalanceSettings::default(), ejection);
     settle(&b, 2).await;
     load_for(&b, Duration::from_millis(200), 1).await;
     assert!(
@@ -667,7 +673,11 @@ async fn a_cancelled_probe_does_not_block_the_next_one() {
         fleet.set("127.0.0.1:1", Answer::ok(1)),
         fleet.set("127.0.0.1:2", Answer::ok(1).status(503)),
     ];
-    let b = fleet.balance(Static::new(eps), exact_ejection());
+    let b = fleet.balance_with(
+        Static::new(eps),
+        BalanceSettings::default(),
+        exact_ejection(),
+    );
     settle(&b, 2).await;
     while state_of(&b, "127.0.0.1:2").state == EndpointState::Active {
         b.clone().oneshot(get()).await.unwrap();
@@ -709,10 +719,13 @@ async fn ejection_can_be_turned_off() {
         fleet.set("127.0.0.1:2", Answer::ok(1).status(503)),
     ];
     // No penalty either: nothing but ejection could keep it away.
-    let mut config = exact_ejection();
-    config.ejection.enabled = false;
-    config.failure_penalty = Duration::ZERO;
-    let b = fleet.balance(Static::new(eps), config);
+    let mut ejection = exact_ejection();
+    ejection.enabled = false;
+    let config = BalanceSettings {
+        failure_penalty: Duration::ZERO,
+        ..BalanceSettings::default()
+    };
+    let b = fleet.balance_with(Static::new(eps), config, ejection);
     settle(&b, 2).await;
     load_for(&b, Duration::from_secs(1), 2).await;
     assert_eq!(state_of(&b, "127.0.0.1:2").state, EndpointState::Active);

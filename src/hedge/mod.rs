@@ -128,7 +128,7 @@
 //!     .delay(HedgeDelay::Fixed(Duration::from_millis(50)))
 //!     // A floor of one hedge a second, so that the very first request may
 //!     // be hedged (the default budget has no floor).
-//!     .budget(RetryBudget::new(Duration::from_secs(10), 1, 0.05));
+//!     .budget(RetryBudget::from_settings(&palisade::budget::BudgetSettings { ratio: 0.05, min_per_sec: 1, ttl: Duration::from_secs(10) }).unwrap());
 //! let hedges = layer.handle();
 //! let svc = layer.layer(backend);
 //!
@@ -402,7 +402,7 @@ impl<C> Inner<C> {
 ///     .delay(HedgeDelay::Percentile(0.99))
 ///     .min_samples(200)
 ///     .fallback_delay(Duration::from_millis(250))
-///     .budget(RetryBudget::new(Duration::from_secs(10), 0, 0.02));
+///     .budget(RetryBudget::from_settings(&palisade::budget::BudgetSettings { ratio: 0.02, min_per_sec: 0, ttl: Duration::from_secs(10) }).unwrap());
 /// # let _ = layer;
 /// ```
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use tokio_test::{assert_pending, assert_ready_ok};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 use super::*;
-use crate::balance::{BalanceConfig, Tried};
+use crate::balance::{BalanceSettings, Tried};
 use crate::breaker::{BreakerLayer, BreakerState};
 use crate::discover::Static;
 use crate::error::BoxError;
@@ -503,7 +503,7 @@ async fn fleet_balance(
         .enumerate()
         .map(|(i, ms)| fleet.set(&format!("127.0.0.1:{}", i + 1), Answer::ok(*ms)))
         .collect();
-    let b = fleet.balance(Static::new(eps), BalanceConfig::default());
+    let b = fleet.balance(Static::new(eps), BalanceSettings::default());
     settle_until(&b, |b| b.len() == latencies.len()).await;
     b
 }

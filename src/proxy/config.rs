@@ -235,7 +235,7 @@ pub enum Protocol {
 // One endpoint of a service: the shape file discovery reads too.
 pub use crate::discover::EndpointSpec;
 
-/// Load balancing settings; see [`crate::balance::BalanceConfig`].
+/// Load balancing settings; see [`crate::balance::BalanceSettings`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -416,7 +416,7 @@ impl Default for Deadline {
     }
 }
 
-/// Failure accrual settings; see [`crate::balance::EjectionConfig`].
+/// Failure accrual settings; see [`crate::balance::EjectionSettings`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -3007,7 +3007,7 @@ mod tests {
 
     #[test]
     fn defaults_match_the_library() {
-        let lib = crate::balance::EjectionConfig::default();
+        let lib = crate::balance::EjectionSettings::default();
         let ours = Ejection::default();
         assert_eq!(
             (
@@ -3031,7 +3031,7 @@ mod tests {
             (lib.jitter, lib.max_ejection_percent, lib.panic_threshold),
             (ours.jitter, ours.max_ejection_percent, ours.panic_threshold)
         );
-        let lib = crate::balance::BalanceConfig::default();
+        let lib = crate::balance::BalanceSettings::default();
         let ours = Balancer::default();
         assert_eq!(
             (

@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use super::config::{self, Config, ConfigError, Discovery};
-use crate::balance::EjectionConfig;
+use crate::balance::EjectionSettings;
 use crate::breaker::BreakerLayer;
 use crate::classify::HttpClassify;
 use crate::deadline::DeadlineLayer;
@@ -40,7 +40,7 @@ use crate::hedge::HedgeLayer;
 use crate::http::{HyperClient, hyper_client, hyper_h2c_client};
 use crate::limit::{ConcurrencyLimitLayer, RateLimitLayer, ThrottleLayer, WithoutKey};
 use crate::metrics::Metrics;
-use crate::retry::{Backoff, ReplayBody, RetryBudget};
+use crate::retry::{ReplayBody, RetryBudget};
 use crate::stack::Hyper;
 use crate::{Client, Error, Limit};
 
@@ -415,7 +415,7 @@ fn build_client(
         _ => &http.http1,
     };
     let bad = |e: &dyn std::fmt::Display| StartError::Build(format!("service {:?}: {e}", svc.name));
-    let mut ejection = EjectionConfig::default();
+    let mut ejection = EjectionSettings::default();
     let e = &svc.ejection;
     ejection.enabled = e.enabled;
     ejection.consecutive_failures = e.consecutive_failures;
@@ -464,7 +464,7 @@ fn build_client(
         .breaker(breaker)
         .deadline(deadline)
         .max_attempts(svc.retry.max_attempts)
-        .backoff(Backoff::new(svc.retry.backoff_base, svc.retry.backoff_cap))
+        .backoff(svc.retry.backoff_base, svc.retry.backoff_cap)
         .per_try_timeout(svc.retry.per_try_timeout)
         .body_limit(svc.retry.body_limit)
         .retry_budget(RetryBudget::new(

@@ -8,10 +8,10 @@
 //!    idempotent method (GET, HEAD, OPTIONS, PUT, DELETE, TRACE);
 //!    [`Retry::Always`] (the request provably never reached the server, e.g.
 //!    connection refused) allows any;
-//! 2. **attempts**: fewer than [`max_attempts`](RetryLayer::max_attempts)
+//! 2. **attempts**: fewer than [`max_attempts`](RetrySettings::max_attempts)
 //!    (3, counting the first) were made;
 //! 3. **body**: the body is still replayable — it is buffered up to
-//!    [`body_limit`](RetryLayer::body_limit) (64 KiB) while it streams to
+//!    [`body_limit`](RetrySettings::body_limit) (64 KiB) while it streams to
 //!    the first attempt; a larger body is sent once and not retried;
 //! 4. **deadline**: the backoff sleep ends before the request's
 //!    [`Deadline`]; and the balancer will not start the next attempt on an
@@ -29,26 +29,34 @@
 //! 25 ms and 250 ms by default), and tells the balancer which endpoints were
 //! tried (through the request's extensions) so that a retry goes elsewhere
 //! whenever another endpoint is available. An optional
-//! [`per_try_timeout`](RetryLayer::per_try_timeout), capped by what remains
+//! [`per_try_timeout`](RetrySettings::per_try_timeout), capped by what remains
 //! of the deadline, bounds each attempt.
 //!
 //! ```
-//! use palisade::retry::{RetryBudget, RetryLayer};
+//! use palisade::retry::{BudgetSettings, RetryBudget, RetryLayer, RetrySettings};
 //! use std::time::Duration;
 //!
-//! let layer = RetryLayer::new("users")
-//!     .max_attempts(2)
-//!     .per_try_timeout(Some(Duration::from_millis(300)))
-//!     .budget(RetryBudget::new(Duration::from_secs(10), 5, 0.1));
+//! let settings = RetrySettings {
+//!     max_attempts: 2,
+//!     per_try_timeout: Some(Duration::from_millis(300)),
+//!     ..RetrySettings::default()
+//! };
+//! // The budget is shared state: clones of one budget, given to several
+//! // layers, are one budget.
+//! let budget = RetryBudget::from_settings(&BudgetSettings { ratio: 0.1, ..Default::default() })?;
+//! let layer = RetryLayer::new("users", settings)?.budget(budget);
 //! # let _ = layer;
+//! # Ok::<(), palisade::settings::SettingsError>(())
 //! ```
 
+mod settings;
 mod stats;
 
+pub use settings::RetrySettings;
 pub use stats::{RetryCounters, RetryStats};
 
 pub use crate::backoff::Backoff;
-pub use crate::budget::RetryBudget;
+pub use crate::budget::{BudgetSettings, RetryBudget};
 pub use crate::classify::is_idempotent;
 pub use crate::error::RetryStop;
 pub use crate::replay::ReplayBody;
@@ -89,6 +97,7 @@ impl std::error::Error for AttemptTimedOut {}
 #[derive(Debug, Clone)]
 struct Config<C> {
     service: Arc<str>,
+    settings: RetrySettings,
     max_attempts: u32,
     backoff: Backoff,
     budget: RetryBudget,
@@ -106,63 +115,52 @@ pub struct RetryLayer<C = HttpClassify> {
 }
 
 impl RetryLayer<HttpClassify> {
-    /// A retry layer for the service called `service`, with the defaults:
-    /// 3 attempts, backoff 25 ms → 250 ms, a budget of 20 % plus 10/s over
-    /// 10 s, no per-try timeout, 64 KiB replay buffer, the default HTTP
-    /// classifier.
-    pub fn new(service: impl Into<Arc<str>>) -> Self {
-        RetryLayer {
+    /// A retry layer for the service called `service`, from its settings
+    /// (refused with every problem named if they are invalid), with the
+    /// default budget (20 % plus 10/s over 10 s) and the HTTP classifier
+    /// retrying the settings' `retryable_statuses`.
+    ///
+    /// ```
+    /// use palisade::retry::{RetryLayer, RetrySettings};
+    ///
+    /// let layer = RetryLayer::new("users", RetrySettings { max_attempts: 2, ..Default::default() })?;
+    /// assert_eq!(layer.settings().max_attempts, 2);
+    /// assert!(RetryLayer::new("users", RetrySettings { max_attempts: 0, ..Default::default() }).is_err());
+    /// # Ok::<(), palisade::settings::SettingsError>(())
+    /// ```
+    pub fn new(
+        service: impl Into<Arc<str>>,
+        settings: RetrySettings,
+    ) -> Result<Self, crate::settings::SettingsError> {
+        settings.validate()?;
+        Ok(RetryLayer {
             config: Arc::new(Config {
                 service: service.into(),
-                max_attempts: 3,
-                backoff: Backoff::default(),
+                max_attempts: settings.max_attempts,
+                backoff: settings.backoff(),
                 budget: RetryBudget::default(),
-                per_try_timeout: None,
-                body_limit: 64 * 1024,
-                classify: HttpClassify::default(),
+                per_try_timeout: settings.per_try_timeout,
+                body_limit: settings.body_limit,
+                classify: HttpClassify::default().retryable_codes(&settings.retryable_statuses),
                 counters: RetryCounters::default(),
+                settings,
             }),
-        }
+        })
     }
 }
 
 impl<C: Clone> RetryLayer<C> {
-    fn config(mut self, f: impl FnOnce(&mut Config<C>)) -> Self {
-        f(Arc::make_mut(&mut self.config));
+    /// The budget retries draw on (default: 20 % of requests plus 10 a
+    /// second, over 10 s). It is shared state: pass clones of one
+    /// [`RetryBudget`] to several layers to share it between clients.
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        Arc::make_mut(&mut self.config).budget = budget;
         self
     }
 
-    /// Renames the service (named in errors).
-    pub fn named(self, service: impl Into<Arc<str>>) -> Self {
-        let service = service.into();
-        self.config(|c| c.service = service)
-    }
-
-    /// Attempts in total, the first included (default 3; 1 disables
-    /// retries; 0 is taken as 1).
-    pub fn max_attempts(self, n: u32) -> Self {
-        self.config(|c| c.max_attempts = n.max(1))
-    }
-
-    /// The backoff between attempts (default 25 ms base, 250 ms cap).
-    pub fn backoff(self, backoff: Backoff) -> Self {
-        self.config(|c| c.backoff = backoff)
-    }
-
-    /// The budget; share one between layers to share it between clients.
-    pub fn budget(self, budget: RetryBudget) -> Self {
-        self.config(|c| c.budget = budget)
-    }
-
-    /// A timeout for each attempt, capped by what remains of the deadline.
-    /// Default none.
-    pub fn per_try_timeout(self, timeout: Option<Duration>) -> Self {
-        self.config(|c| c.per_try_timeout = timeout)
-    }
-
-    /// How much of a request body is kept for replay (default 64 KiB).
-    pub fn body_limit(self, bytes: usize) -> Self {
-        self.config(|c| c.body_limit = bytes)
+    /// The settings this layer was built from.
+    pub fn settings(&self) -> &RetrySettings {
+        &self.config.settings
     }
 
     /// Replaces the classifier (it must be the one the rest of the stack
@@ -172,6 +170,7 @@ impl<C: Clone> RetryLayer<C> {
         RetryLayer {
             config: Arc::new(Config {
                 service: c.service,
+                settings: c.settings,
                 max_attempts: c.max_attempts,
                 backoff: c.backoff,
                 budget: c.budget,

@@ -10,12 +10,13 @@ use crate::error::RetryStop;
 /// proxy's admin server read these, not a second count of their own.
 ///
 /// ```
-/// use palisade::retry::RetryLayer;
+/// use palisade::retry::{RetryLayer, RetrySettings};
 ///
-/// let layer = RetryLayer::new("users");
+/// let layer = RetryLayer::new("users", RetrySettings::default())?;
 /// let stats = layer.counters().stats();
 /// assert_eq!(stats.attempts, 0);
 /// assert_eq!(stats.refused_budget, 0);
+/// # Ok::<(), palisade::settings::SettingsError>(())
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct RetryCounters(Arc<Counts>);

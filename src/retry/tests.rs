@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 
 use super::*;
-use crate::balance::{Balance, BalanceConfig};
+use crate::balance::{Balance, BalanceSettings};
 use crate::deadline::{DeadlineLayer, header};
 use crate::discover::{Address, Static};
 use crate::testing::{Answer, Fleet, Svc, settle_until};
@@ -23,7 +23,7 @@ fn balance(fleet: &Fleet, endpoints: &[(&str, Answer)]) -> Inner {
         .iter()
         .map(|(a, ans)| fleet.set(a, *ans))
         .collect();
-    fleet.balance(Static::new(eps), BalanceConfig::default())
+    fleet.balance(Static::new(eps), BalanceSettings::default())
 }
 
 async fn ready(b: &Inner, n: usize) {
@@ -53,7 +53,9 @@ async fn a_503_is_retried_on_another_endpoint() {
         ],
     );
     ready(&b, 2).await;
-    let svc = RetryLayer::new("test").layer(b);
+    let svc = RetryLayer::new("test", RetrySettings::default())
+        .unwrap()
+        .layer(b);
     for _ in 0..20 {
         let rsp = svc
             .clone()
@@ -80,7 +82,9 @@ async fn retries_avoid_every_endpoint_already_tried() {
         ],
     );
     ready(&b, 3).await;
-    let svc = RetryLayer::new("test").layer(b);
+    let svc = RetryLayer::new("test", RetrySettings::default())
+        .unwrap()
+        .layer(b);
     let rsp = svc.oneshot(req(Method::GET, "")).await.unwrap();
     assert_eq!(rsp.status(), 503);
     assert_eq!(
@@ -104,7 +108,8 @@ async fn a_single_endpoint_is_retried_when_it_is_all_there_is() {
     let fleet = Fleet::default();
     let b = balance(&fleet, &[("127.0.0.1:1", Answer::ok(1).status(502))]);
     ready(&b, 1).await;
-    let rsp = RetryLayer::new("test")
+    let rsp = RetryLayer::new("test", RetrySettings::default())
+        .unwrap()
         .layer(b)
         .oneshot(req(Method::GET, ""))
         .await
@@ -118,7 +123,9 @@ async fn post_is_not_retried_on_503() {
     let fleet = Fleet::default();
     let b = balance(&fleet, &[("127.0.0.1:1", Answer::ok(1).status(503))]);
     ready(&b, 1).await;
-    let svc = RetryLayer::new("test").layer(b);
+    let svc = RetryLayer::new("test", RetrySettings::default())
+        .unwrap()
+        .layer(b);
     for _ in 0..20 {
         let rsp = svc.clone().oneshot(req(Method::POST, "x")).await.unwrap();
         assert_eq!(rsp.status(), 503);
@@ -143,7 +150,9 @@ async fn post_is_retried_when_the_connection_was_refused() {
         ],
     );
     ready(&b, 2).await;
-    let svc = RetryLayer::new("test").layer(b);
+    let svc = RetryLayer::new("test", RetrySettings::default())
+        .unwrap()
+        .layer(b);
     for _ in 0..20 {
         let rsp = svc
             .clone()
@@ -167,8 +176,16 @@ async fn a_spent_budget_returns_the_real_failure_and_says_why() {
     let b = balance(&fleet, &[("127.0.0.1:1", Answer::ok(1).status(503))]);
     ready(&b, 1).await;
     // No floor, one retry per ten requests.
-    let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.1);
-    let svc = RetryLayer::new("test").budget(budget.clone()).layer(b);
+    let budget = RetryBudget::from_settings(&BudgetSettings {
+        ratio: 0.1,
+        min_per_sec: 0,
+        ttl: Duration::from_secs(10),
+    })
+    .unwrap();
+    let svc = RetryLayer::new("test", RetrySettings::default())
+        .unwrap()
+        .budget(budget.clone())
+        .layer(b);
     let mut stops = Vec::new();
     for _ in 0..10 {
         let rsp = svc.clone().oneshot(req(Method::GET, "")).await.unwrap();
@@ -190,7 +207,15 @@ async fn errors_carry_the_reason_they_were_not_retried() {
     let fleet = Fleet::default();
     let b = balance(&fleet, &[("127.0.0.1:1", Answer::refused())]);
     ready(&b, 1).await;
-    let svc = RetryLayer::new("test").max_attempts(2).layer(b);
+    let svc = RetryLayer::new(
+        "test",
+        RetrySettings {
+            max_attempts: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .layer(b);
     let err = svc.oneshot(req(Method::GET, "")).await.unwrap_err();
     assert_eq!(err.retry_stop(), Some(RetryStop::Attempts(2)));
     assert_eq!(err.endpoint(), Some(&addr("127.0.0.1:1")));
@@ -233,9 +258,16 @@ async fn backoff_never_sleeps_past_the_deadline() {
         ],
     );
     ready(&b, 2).await;
-    let retry = RetryLayer::new("test")
-        .max_attempts(10)
-        .backoff(Backoff::new(Duration::from_secs(1), Duration::from_secs(1)));
+    let retry = RetryLayer::new(
+        "test",
+        RetrySettings {
+            max_attempts: 10,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let deadline = DeadlineLayer::new("test").default_timeout(Some(Duration::from_millis(1500)));
     let svc = deadline.layer(retry.layer(b));
     let start = Instant::now();
@@ -259,15 +291,15 @@ async fn no_retry_starts_on_an_endpoint_that_cannot_answer_in_time() {
     ];
     // No failure penalty and no ejection: the failing endpoint stays the
     // cheaper one, so it gets every first attempt.
-    let config = BalanceConfig {
+    let config = BalanceSettings {
         failure_penalty: Duration::ZERO,
-        ejection: crate::balance::EjectionConfig {
-            enabled: false,
-            ..Default::default()
-        },
-        ..BalanceConfig::default()
+        ..BalanceSettings::default()
     };
-    let b: Inner = fleet.balance(Static::new(eps), config);
+    let ejection = crate::balance::EjectionSettings {
+        enabled: false,
+        ..Default::default()
+    };
+    let b: Inner = fleet.balance_with(Static::new(eps), config, ejection);
     ready(&b, 2).await;
     // Teach the balancer that :2 takes 400 ms.
     while fleet.count("127.0.0.1:2") == 0 {
@@ -276,7 +308,15 @@ async fn no_retry_starts_on_an_endpoint_that_cannot_answer_in_time() {
     }
     let on_2 = fleet.count("127.0.0.1:2");
 
-    let retry = RetryLayer::new("test").backoff(Backoff::new(Duration::ZERO, Duration::ZERO));
+    let retry = RetryLayer::new(
+        "test",
+        RetrySettings {
+            backoff_base: Duration::ZERO,
+            backoff_cap: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let deadline = DeadlineLayer::new("test").default_timeout(Some(Duration::from_millis(200)));
     let svc = deadline.layer(retry.layer(b));
     for _ in 0..20 {
@@ -307,10 +347,17 @@ async fn the_per_try_timeout_moves_on_to_another_endpoint() {
         ],
     );
     ready(&b, 2).await;
-    let svc = RetryLayer::new("test")
-        .per_try_timeout(Some(Duration::from_millis(100)))
-        .backoff(Backoff::new(Duration::ZERO, Duration::ZERO))
-        .layer(b);
+    let svc = RetryLayer::new(
+        "test",
+        RetrySettings {
+            per_try_timeout: Some(Duration::from_millis(100)),
+            backoff_base: Duration::ZERO,
+            backoff_cap: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .layer(b);
     for _ in 0..10 {
         let start = Instant::now();
         let rsp = svc.clone().oneshot(req(Method::GET, "")).await.unwrap();
@@ -335,14 +382,23 @@ async fn an_endpoint_that_never_answers_is_ejected_through_its_per_try_timeouts(
     // penalty) the balancer rarely draws the hung endpoint again, so the
     // default five could take longer than the test runs; what is tested is
     // that timed-out attempts count towards ejection at all.
-    let mut config = BalanceConfig::default();
-    config.ejection.consecutive_failures = 2;
-    let b = fleet.balance(Static::new(eps), config);
+    let ejection = crate::balance::EjectionSettings {
+        consecutive_failures: 2,
+        ..Default::default()
+    };
+    let b = fleet.balance_with(Static::new(eps), BalanceSettings::default(), ejection);
     ready(&b, 3).await;
-    let svc = RetryLayer::new("test")
-        .per_try_timeout(Some(Duration::from_millis(100)))
-        .backoff(Backoff::new(Duration::ZERO, Duration::ZERO))
-        .layer(b.clone());
+    let svc = RetryLayer::new(
+        "test",
+        RetrySettings {
+            per_try_timeout: Some(Duration::from_millis(100)),
+            backoff_base: Duration::ZERO,
+            backoff_cap: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .layer(b.clone());
     // The hung endpoint is tried now and then (new endpoints are seeded
     // with the median, and its cut-off calls are its only news); each time
     // the per-try timeout cuts it off, that is a failure of the endpoint.
@@ -380,10 +436,16 @@ async fn a_per_try_timeout_on_the_last_attempt_is_an_error_naming_it() {
     let fleet = Fleet::default();
     let b = balance(&fleet, &[("127.0.0.1:1", Answer::ok(10_000))]);
     ready(&b, 1).await;
-    let svc = RetryLayer::new("test")
-        .max_attempts(2)
-        .per_try_timeout(Some(Duration::from_millis(100)))
-        .layer(b);
+    let svc = RetryLayer::new(
+        "test",
+        RetrySettings {
+            max_attempts: 2,
+            per_try_timeout: Some(Duration::from_millis(100)),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .layer(b);
     let start = Instant::now();
     let err = svc.oneshot(req(Method::GET, "")).await.unwrap_err();
     assert!(start.elapsed() < Duration::from_millis(500));
@@ -397,7 +459,15 @@ async fn a_body_over_the_limit_is_sent_once_and_not_retried() {
     let fleet = Fleet::default();
     let b = balance(&fleet, &[("127.0.0.1:1", Answer::ok(1).status(503))]);
     ready(&b, 1).await;
-    let svc = RetryLayer::new("test").body_limit(4).layer(b);
+    let svc = RetryLayer::new(
+        "test",
+        RetrySettings {
+            body_limit: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .layer(b);
     let rsp = svc
         .clone()
         .oneshot(req(Method::PUT, "12345"))
@@ -438,7 +508,15 @@ async fn each_attempt_carries_the_deadline_that_remains() {
         ],
     );
     ready(&b, 2).await;
-    let retry = RetryLayer::new("test").backoff(Backoff::new(Duration::ZERO, Duration::ZERO));
+    let retry = RetryLayer::new(
+        "test",
+        RetrySettings {
+            backoff_base: Duration::ZERO,
+            backoff_cap: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let deadline = DeadlineLayer::new("test").default_timeout(Some(Duration::from_secs(1)));
     let svc = deadline.layer(retry.layer(b));
     svc.oneshot(req(Method::GET, "")).await.unwrap();
@@ -461,7 +539,9 @@ async fn each_attempt_carries_the_deadline_that_remains() {
 async fn no_endpoints_is_not_retried() {
     let fleet = Fleet::default();
     let b = balance(&fleet, &[]);
-    let svc = RetryLayer::new("test").layer(b);
+    let svc = RetryLayer::new("test", RetrySettings::default())
+        .unwrap()
+        .layer(b);
     let start = Instant::now();
     let err = svc.oneshot(req(Method::GET, "")).await.unwrap_err();
     assert!(err.is_no_endpoints());
@@ -500,7 +580,9 @@ async fn the_budget_bounds_amplification_when_everything_fails() {
         ],
     );
     ready(&b, 2).await;
-    let svc = RetryLayer::new("test").layer(b);
+    let svc = RetryLayer::new("test", RetrySettings::default())
+        .unwrap()
+        .layer(b);
     // A steady 100 requests a second for a minute, every attempt failing.
     let (rate, seconds) = (100u32, 60u32);
     let mut requests = Vec::new();

@@ -18,7 +18,7 @@ use clap::Args;
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Full};
 use palisade::Client;
-use palisade::balance::{BalanceConfig, Choice, EndpointStats};
+use palisade::balance::{BalanceSettings, Choice, EndpointStats};
 use palisade::demo::{Backend, Behavior};
 use palisade::discover::{Address, Endpoint};
 use rand::RngExt;
@@ -262,7 +262,7 @@ fn intro(args: &DemoArgs, baseline: Option<Duration>, fleet: &[Member]) -> Strin
          included), palisade's cost estimate for it (peak-EWMA latency, plus a \
          {:?} penalty per failure that fades over seconds), failures, and requests \
          in flight.",
-        BalanceConfig::default().failure_penalty
+        BalanceSettings::default().failure_penalty
     ));
     s.push('\n');
     s

@@ -1,0 +1,450 @@
+//! [`Builder`]: settings in, a [`Client`] out.
+
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::ServiceBuilder;
+use tower::discover::Discover;
+
+use super::{Client, ClientConfig, LimitHandles, Observer};
+use crate::balance::{Balance, BalanceSettings, Choice, EjectionSettings, NewEndpoint};
+use crate::breaker::BreakerLayer;
+use crate::budget::RetryBudget;
+use crate::classify::HttpClassify;
+use crate::deadline::DeadlineLayer;
+use crate::discover::{Endpoint, Static};
+use crate::error::{BoxError, BuildError};
+use crate::hedge::HedgeLayer;
+use crate::http::HttpEndpoints;
+use crate::limit::{ConcurrencyLimitLayer, RateLimitLayer, ThrottleLayer, rate::HeaderKey};
+use crate::metrics::{Metrics, TelemetryLayer};
+use crate::retry::{RetryLayer, RetrySettings};
+use crate::settings::Problems;
+
+/// A part of the [`Builder`] that has not been set yet.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unset;
+
+/// Builds a [`Client`]; see [`Client::builder`].
+///
+/// Settings are plain data: [`config`](Self::config) takes every layer's
+/// at once (a [`ClientConfig`], which serde can read from a file), and the
+/// per-layer methods replace one table or one field of it. Nothing is
+/// checked until [`build`](Self::build), which refuses invalid settings
+/// with every problem named at its path (`retry.max_attempts`). The parts
+/// that are code, not data, stay methods: discovery, the inner client, the
+/// classifier, metrics, and state you want to share between clients (a
+/// [`RetryBudget`], a limit layer).
+#[derive(Debug)]
+#[must_use = "a builder does nothing until .build() is called"]
+pub struct Builder<D, N, C> {
+    discover: D,
+    new_endpoint: N,
+    classify: C,
+    parts: Parts,
+}
+
+/// What a [`Builder`] holds besides its three type parameters.
+#[derive(Debug)]
+struct Parts {
+    name: Arc<str>,
+    config: ClientConfig,
+    /// A budget shared with other clients, instead of one of its own.
+    budget: Option<RetryBudget>,
+    deadline: DeadlineLayer,
+    breaker: BreakerLayer,
+    limits: Limits,
+    metrics: Option<Metrics>,
+}
+
+/// The optional layers of a [`Builder`], outside in; all off by default.
+#[derive(Debug, Default)]
+struct Limits {
+    rate: Option<RateLimitLayer<Option<HeaderKey>>>,
+    concurrency: Option<ConcurrencyLimitLayer>,
+    throttle: Option<ThrottleLayer>,
+    hedge: Option<HedgeLayer>,
+}
+
+impl Builder<Unset, Unset, HttpClassify> {
+    pub(super) fn new(name: Arc<str>) -> Self {
+        Builder {
+            discover: Unset,
+            new_endpoint: Unset,
+            classify: HttpClassify::default(),
+            parts: Parts {
+                name,
+                config: ClientConfig::default(),
+                budget: None,
+                deadline: DeadlineLayer::new(""),
+                breaker: BreakerLayer::new(""),
+                limits: Limits::default(),
+                metrics: None,
+            },
+        }
+    }
+}
+
+impl<D, N> Builder<D, N, HttpClassify> {
+    /// Applies every layer's settings at once (see [`ClientConfig`]),
+    /// replacing what was set before. The default classifier retries
+    /// `config.retry.retryable_statuses`; a classifier set later with
+    /// [`classify`](Self::classify) replaces it.
+    ///
+    /// ```
+    /// use palisade::{Client, ClientConfig};
+    ///
+    /// let mut config = ClientConfig::default();
+    /// config.retry.max_attempts = 2;
+    /// let builder = Client::builder("users").config(&config);
+    /// assert_eq!(builder.settings().retry.max_attempts, 2);
+    /// ```
+    pub fn config(mut self, config: &ClientConfig) -> Self {
+        self.parts.config = config.clone();
+        self.with_retry_statuses()
+    }
+
+    /// The retry settings (see [`RetrySettings`]); the default classifier
+    /// retries their `retryable_statuses`.
+    pub fn retry(mut self, retry: RetrySettings) -> Self {
+        self.parts.config.retry = retry;
+        self.with_retry_statuses()
+    }
+
+    fn with_retry_statuses(mut self) -> Self {
+        self.classify =
+            HttpClassify::default().retryable_codes(&self.parts.config.retry.retryable_statuses);
+        self
+    }
+}
+
+impl<D, N, C> Builder<D, N, C> {
+    /// The settings the client will be built with.
+    pub fn settings(&self) -> &ClientConfig {
+        &self.parts.config
+    }
+
+    /// Where endpoints come from: any `Discover` of [`Endpoint`]s (see
+    /// [`discover`](crate::discover)).
+    pub fn discover<D2>(self, discover: D2) -> Builder<D2, N, C> {
+        Builder {
+            discover,
+            new_endpoint: self.new_endpoint,
+            classify: self.classify,
+            parts: self.parts,
+        }
+    }
+
+    /// A fixed list of endpoints (shorthand for `.discover(Static::new(..))`).
+    pub fn endpoints(self, endpoints: impl IntoIterator<Item = Endpoint>) -> Builder<Static, N, C> {
+        self.discover(Static::new(endpoints))
+    }
+
+    /// How each endpoint's service is built: any [`NewEndpoint`].
+    pub fn new_endpoint<N2>(self, new_endpoint: N2) -> Builder<D, N2, C> {
+        Builder {
+            discover: self.discover,
+            new_endpoint,
+            classify: self.classify,
+            parts: self.parts,
+        }
+    }
+
+    /// Sends requests through one shared HTTP client (for example
+    /// [`http::hyper_client`](crate::http::hyper_client)), with the URI
+    /// authority rewritten per endpoint; see [`HttpEndpoints`].
+    pub fn http<S>(self, client: S) -> Builder<D, HttpEndpoints<S>, C> {
+        self.new_endpoint(HttpEndpoints::new(client))
+    }
+
+    /// Replaces the classifier (default [`HttpClassify`], retrying the
+    /// retry settings' `retryable_statuses`): every layer asks this one.
+    pub fn classify<C2>(self, classify: C2) -> Builder<D, N, C2> {
+        Builder {
+            discover: self.discover,
+            new_endpoint: self.new_endpoint,
+            classify,
+            parts: self.parts,
+        }
+    }
+
+    /// The balancer's settings (see [`BalanceSettings`]).
+    pub fn balance(mut self, settings: BalanceSettings) -> Self {
+        self.parts.config.balancer = settings;
+        self
+    }
+
+    /// How long a request waits for an endpoint when there is none
+    /// (default 3 s) before failing with
+    /// [`Error::NoEndpoints`](crate::Error::NoEndpoints).
+    pub fn endpoint_wait(mut self, wait: Duration) -> Self {
+        self.parts.config.balancer.endpoint_wait = wait;
+        self
+    }
+
+    /// Latency charged for a failed request (default 1 s).
+    pub fn failure_penalty(mut self, penalty: Duration) -> Self {
+        self.parts.config.balancer.failure_penalty = penalty;
+        self
+    }
+
+    /// Time constant of the latency estimate's decay (default 10 s).
+    pub fn decay(mut self, decay: Duration) -> Self {
+        self.parts.config.balancer.decay = decay;
+        self
+    }
+
+    /// The endpoint selection strategy (default P2C over peak-EWMA).
+    pub fn choice(mut self, choice: Choice) -> Self {
+        self.parts.config.balancer.choice = choice;
+        self
+    }
+
+    /// Failure accrual: when endpoints are ejected and probed, and the fleet
+    /// guards (see [`EjectionSettings`]; on by default).
+    pub fn ejection(mut self, ejection: EjectionSettings) -> Self {
+        self.parts.config.ejection = ejection;
+        self
+    }
+
+    /// The timeout for requests that bring no deadline (default 15 s;
+    /// `None` for none). See [`DeadlineLayer`].
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.parts.deadline = self.parts.deadline.default_timeout(timeout);
+        self
+    }
+
+    /// Replaces the deadline settings (reserve, propagation, header cap).
+    /// The layer's own service name is replaced by the client's.
+    pub fn deadline(mut self, layer: DeadlineLayer) -> Self {
+        self.parts.deadline = layer;
+        self
+    }
+
+    /// Replaces the service breaker's settings (see [`BreakerLayer`]; on by
+    /// default: 50 % errors over 10 s with at least 20 requests opens it for
+    /// 5 s). The layer's service name and classifier are replaced by the
+    /// client's.
+    pub fn breaker(mut self, breaker: BreakerLayer) -> Self {
+        self.parts.breaker = breaker;
+        self
+    }
+
+    /// Turns the service breaker off (it never trips).
+    pub fn without_breaker(mut self) -> Self {
+        self.parts.breaker = self.parts.breaker.volume_threshold(u32::MAX);
+        self
+    }
+
+    /// Counts this client's requests, retries and live state in `metrics`
+    /// (see [`Metrics`]); series carry `client="<name>"`. Off by default.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.parts.metrics = Some(metrics);
+        self
+    }
+
+    /// A rate limit shared by every clone of the client (off by default):
+    /// requests over it fail at once with
+    /// [`Error::Overloaded`](crate::Error::Overloaded). Pass
+    /// `RateLimitLayer::new(name, rate)`, optionally
+    /// [`keyed_by_header`](RateLimitLayer::keyed_by_header); for another
+    /// key, wrap the client in your own [`RateLimitLayer::keyed`]. The
+    /// layer keeps its name and state: pass clones of one layer to several
+    /// clients to share one limit.
+    ///
+    /// ```
+    /// use palisade::limit::RateLimitLayer;
+    /// # let builder = palisade::Client::builder("users");
+    /// let builder = builder.rate_limit(RateLimitLayer::new("users", 500.0).burst(50));
+    /// # let _ = builder;
+    /// ```
+    pub fn rate_limit(mut self, layer: impl Into<RateLimitLayer<Option<HeaderKey>>>) -> Self {
+        self.parts.limits.rate = Some(layer.into());
+        self
+    }
+
+    /// A concurrency limit (bulkhead) shared by every clone of the client
+    /// (off by default): at most `max` requests in flight and `queue`
+    /// waiting, never past their deadline; the rest fail at once with
+    /// [`Error::Overloaded`](crate::Error::Overloaded). The layer keeps its
+    /// name and state: clones of one layer given to several clients share
+    /// one bulkhead.
+    pub fn concurrency_limit(mut self, layer: ConcurrencyLimitLayer) -> Self {
+        self.parts.limits.concurrency = Some(layer);
+        self
+    }
+
+    /// Adaptive client throttling (off by default): when the service
+    /// refuses requests for overload, reject locally with probability
+    /// max(0, (requests − K·accepts) / (requests + 1)). The layer's
+    /// classifier is replaced by the client's; its name and state stay.
+    pub fn throttle(mut self, layer: ThrottleLayer) -> Self {
+        self.parts.limits.throttle = Some(layer);
+        self
+    }
+
+    /// Hedging (off by default): after a delay (default: the client's p95
+    /// latency), one backup of an idempotent, replayable request goes to
+    /// another endpoint; the first good answer wins and the other is
+    /// cancelled. Backups draw on the layer's own budget (default 5 % of
+    /// requests, no floor) and stop when the deadline is too close or the
+    /// client's breaker is not closed. Sits inside retries, above the
+    /// balancer. The layer's classifier is replaced by the client's and it
+    /// is given the client's breaker; read its counters with
+    /// [`Client::hedge`].
+    ///
+    /// ```
+    /// use palisade::hedge::{HedgeDelay, HedgeLayer};
+    /// # let builder = palisade::Client::builder("users");
+    /// let builder = builder.hedge(HedgeLayer::new("users").delay(HedgeDelay::Percentile(0.95)));
+    /// # let _ = builder;
+    /// ```
+    pub fn hedge(mut self, layer: HedgeLayer) -> Self {
+        self.parts.limits.hedge = Some(layer);
+        self
+    }
+
+    /// Attempts per request, the first included (default 3; 1 disables
+    /// retries).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.parts.config.retry.max_attempts = attempts;
+        self
+    }
+
+    /// The backoff between attempts: up to `base` before the first retry,
+    /// doubling per retry, never above `cap` (default 25 ms → 250 ms, full
+    /// jitter).
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.parts.config.retry.backoff_base = base;
+        self.parts.config.retry.backoff_cap = cap;
+        self
+    }
+
+    /// A timeout for each attempt, capped by the deadline (default none).
+    pub fn per_try_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.parts.config.retry.per_try_timeout = timeout;
+        self
+    }
+
+    /// How much of each request body is kept so it can be replayed
+    /// (default 64 KiB); larger bodies are sent once and not retried.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.parts.config.retry.body_limit = bytes;
+        self
+    }
+
+    /// A retry budget shared with other clients, instead of one of the
+    /// client's own made from the `budget` settings: pass clones of one
+    /// [`RetryBudget`] to share it.
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.parts.budget = Some(budget);
+        self
+    }
+
+    /// Builds the client. Must be called inside a Tokio runtime: discovery
+    /// runs on a task spawned there. Fails with every settings problem
+    /// named at its path, or outside a runtime.
+    pub fn build(self) -> Result<Client<N::Service, C>, BuildError>
+    where
+        D: Discover<Service = Endpoint> + Send + 'static,
+        D::Key: Hash + Eq + Clone + fmt::Debug + Send,
+        D::Error: Into<BoxError>,
+        N: NewEndpoint,
+        N::Service: Send + Sync + 'static,
+        C: Clone + Send + Sync + 'static,
+    {
+        let Builder {
+            discover,
+            new_endpoint,
+            classify,
+            parts,
+        } = self;
+        let Parts {
+            name,
+            config,
+            budget,
+            deadline,
+            breaker,
+            limits,
+            metrics,
+        } = parts;
+        let invalid = |e| BuildError::settings(&name, e);
+        config.validate().map_err(invalid)?;
+
+        // Shared state, each made once: handles read it, layers use it.
+        let budget = match budget {
+            Some(shared) => shared,
+            None => RetryBudget::from_settings(&config.budget).map_err(invalid)?,
+        };
+        let retry = RetryLayer::new(name.clone(), config.retry.clone())
+            .map_err(|e| {
+                let mut p = Problems::new();
+                p.nested("retry", Err(e));
+                invalid(p.finish().unwrap_err())
+            })?
+            .classify(classify.clone())
+            .budget(budget.clone());
+        let retries = retry.counters().clone();
+        let breaker = breaker.named(name.clone()).classify(classify.clone());
+        let breaker_handle = breaker.handle();
+        let Limits {
+            rate,
+            concurrency,
+            throttle,
+            hedge,
+        } = limits;
+        // The limits keep their own names and state: one limit may be
+        // shared by several clients, and the caller's handles stay live.
+        let hedge = hedge.map(|h| h.breaker(breaker_handle.clone()).classify(classify.clone()));
+        let throttle = throttle.map(|t| t.classify(classify.clone()));
+        let handles = Arc::new(LimitHandles {
+            rate: rate.as_ref().map(RateLimitLayer::handle),
+            concurrency: concurrency.as_ref().map(ConcurrencyLimitLayer::handle),
+            throttle: throttle.as_ref().map(ThrottleLayer::handle),
+            hedge: hedge.as_ref().map(HedgeLayer::handle),
+        });
+        let telemetry = TelemetryLayer::new(name.clone(), metrics.as_ref(), classify.clone());
+        let counts = telemetry.client_metrics().cloned();
+
+        let balance = Balance::new(
+            name.clone(),
+            discover,
+            new_endpoint,
+            classify,
+            config.balancer,
+            config.ejection,
+        )?;
+        // The request path, outside in.
+        let stack = ServiceBuilder::new()
+            .layer(telemetry)
+            .layer(deadline.named(name))
+            .option_layer(rate)
+            .option_layer(concurrency)
+            .option_layer(throttle)
+            .layer(breaker)
+            .layer(retry)
+            .option_layer(hedge)
+            .service(balance.clone());
+
+        if let Some(registry) = &metrics {
+            registry.observe(Box::new(Observer {
+                balance: balance.downgrade(),
+                budget: budget.clone(),
+                retries: retries.clone(),
+                breaker: breaker_handle.clone(),
+                limits: handles.clone(),
+                counts,
+            }));
+        }
+        Ok(Client {
+            stack,
+            balance,
+            budget,
+            retries,
+            breaker: breaker_handle,
+            limits: handles,
+        })
+    }
+}

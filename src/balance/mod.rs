@@ -357,6 +357,16 @@ impl<S, C> Balance<S, C> {
         &self.shared.name
     }
 
+    /// The settings the balancer was built with.
+    pub fn settings(&self) -> &BalanceSettings {
+        &self.shared.config
+    }
+
+    /// The failure accrual settings the balancer was built with.
+    pub fn ejection_settings(&self) -> &EjectionSettings {
+        &self.shared.ejection
+    }
+
     /// A handle that does not keep the balancer alive.
     pub fn downgrade(&self) -> WeakBalance<S, C> {
         WeakBalance {

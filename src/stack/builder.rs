@@ -8,7 +8,7 @@ use std::time::Duration;
 use tower::ServiceBuilder;
 use tower::discover::Discover;
 
-use super::{Client, ClientConfig, LimitHandles, Observer};
+use super::{Client, ClientConfig, Handles, Observer};
 use crate::balance::{Balance, BalanceSettings, Choice, EjectionSettings, NewEndpoint};
 use crate::breaker::BreakerLayer;
 use crate::budget::RetryBudget;
@@ -399,7 +399,8 @@ impl<D, N, C> Builder<D, N, C> {
         // shared by several clients, and the caller's handles stay live.
         let hedge = hedge.map(|h| h.breaker(breaker_handle.clone()).classify(classify.clone()));
         let throttle = throttle.map(|t| t.classify(classify.clone()));
-        let handles = Arc::new(LimitHandles {
+        let handles = Arc::new(Handles {
+            retry: retry.settings().clone(),
             rate: rate.as_ref().map(RateLimitLayer::handle),
             concurrency: concurrency.as_ref().map(ConcurrencyLimitLayer::handle),
             throttle: throttle.as_ref().map(ThrottleLayer::handle),

@@ -48,7 +48,7 @@ use crate::limit::{
     ThrottleHandle, rate::HeaderKey,
 };
 use crate::metrics::{self, Observe, Telemetry};
-use crate::retry::{self, ReplayBody, RetryBudget, RetryCounters, RetryService};
+use crate::retry::{self, ReplayBody, RetryBudget, RetryCounters, RetryService, RetrySettings};
 pub use crate::snapshot::Snapshot;
 
 /// The balancer, with hedging when configured.
@@ -97,12 +97,14 @@ pub struct Client<S, C = HttpClassify> {
     budget: RetryBudget,
     retries: RetryCounters,
     breaker: BreakerHandle,
-    limits: Arc<LimitHandles>,
+    limits: Arc<Handles>,
 }
 
-/// Handles on the optional layers a client was built with.
-#[derive(Debug, Default)]
-struct LimitHandles {
+/// What a client keeps of its layers besides the balancer, budget and
+/// breaker: the retry layer's settings, handles on the optional layers.
+#[derive(Debug)]
+struct Handles {
+    retry: RetrySettings,
     rate: Option<RateLimitHandle>,
     concurrency: Option<ConcurrencyHandle>,
     throttle: Option<ThrottleHandle>,
@@ -201,6 +203,18 @@ impl<S, C> Client<S, C> {
         self.limits.hedge.as_ref()
     }
 
+    /// The settings the client runs with, read back from its layers (not
+    /// a copy of what was asked for): what the proxy's `/config` shows, and
+    /// how a test proves that every setting reached its layer.
+    pub fn settings(&self) -> ClientConfig {
+        ClientConfig {
+            balancer: self.balance.settings().clone(),
+            retry: self.limits.retry.clone(),
+            budget: self.budget.settings().clone(),
+            ejection: self.balance.ejection_settings().clone(),
+        }
+    }
+
     /// The client's live state, as plain data: every endpoint's load and
     /// standing, the retry budget, the breaker. The demo's table, the tests
     /// and the proxy's admin endpoint read this.
@@ -222,7 +236,7 @@ struct Observer<S, C> {
     budget: RetryBudget,
     retries: RetryCounters,
     breaker: BreakerHandle,
-    limits: Arc<LimitHandles>,
+    limits: Arc<Handles>,
     counts: Option<metrics::ClientMetrics>,
 }
 
@@ -250,7 +264,7 @@ fn snapshot<S, C>(
     budget: &RetryBudget,
     retries: &RetryCounters,
     breaker: &BreakerHandle,
-    limits: &LimitHandles,
+    limits: &Handles,
 ) -> Snapshot {
     let (panic_mode, panics) = balance.panic_mode();
     Snapshot {

@@ -48,6 +48,30 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
+    /// The tables of a `ClientConfig`, as a file names them.
+    pub const KEYS: &'static [&'static str] = &["balancer", "retry", "budget", "ejection"];
+
+    /// Reads the value of one of [`KEYS`](Self::KEYS) (`"retry"`) from a map
+    /// being deserialized, into this config; `Ok(false)` if `key` is not
+    /// one of them. A struct that embeds a `ClientConfig` beside keys of
+    /// its own (the proxy's `[[services]]` entries) reads its map with this
+    /// instead of `#[serde(flatten)]`, which would buffer the values and
+    /// lose the positions that errors are reported at.
+    #[cfg(feature = "serde")]
+    pub fn read_key<'de, A>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error>
+    where
+        A: serde::de::MapAccess<'de>,
+    {
+        match key {
+            "balancer" => self.balancer = map.next_value()?,
+            "retry" => self.retry = map.next_value()?,
+            "budget" => self.budget = map.next_value()?,
+            "ejection" => self.ejection = map.next_value()?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
     /// Every problem in every table, each at its path (`retry.max_attempts`).
     ///
     /// ```
@@ -67,5 +91,53 @@ impl ClientConfig {
         p.nested("budget", self.budget.validate());
         p.nested("ejection", self.ejection.validate());
         p.finish()
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod tests {
+    use super::*;
+
+    /// `KEYS` and `read_key` list the tables by hand; serde's derive lists
+    /// them too. They must agree, or a table would be readable one way and
+    /// not the other.
+    #[test]
+    fn keys_are_the_serialized_tables() {
+        let value = serde_json::to_value(ClientConfig::default()).unwrap();
+        let mut serialized: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        serialized.sort_unstable();
+        let mut keys = ClientConfig::KEYS.to_vec();
+        keys.sort_unstable();
+        assert_eq!(serialized, keys);
+
+        struct Probe;
+        impl<'de> serde::de::Visitor<'de> for Probe {
+            type Value = ClientConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ClientConfig, A::Error> {
+                let mut config = ClientConfig::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    assert!(config.read_key(&key, &mut map)?, "read_key misses {key}");
+                }
+                Ok(config)
+            }
+        }
+        let mut written = ClientConfig::default();
+        written.retry.max_attempts = 7;
+        written.budget.min_per_sec = 3;
+        let text = serde_json::to_string(&written).unwrap();
+        let mut de = serde_json::Deserializer::from_str(&text);
+        let read = serde::Deserializer::deserialize_map(&mut de, Probe).unwrap();
+        assert_eq!(read, written);
     }
 }

@@ -18,18 +18,84 @@ use tower::{Layer, Service};
 
 use crate::error::{BoxError, Error, Limit};
 use crate::facts::Hints;
+use crate::settings::{Problems, SettingsError};
 
-/// Default [`max`](ConcurrencyLimitLayer::max): requests in flight.
+/// Default [`max`](ConcurrencySettings::max): requests in flight.
 pub const DEFAULT_MAX: usize = 256;
-/// Default [`queue`](ConcurrencyLimitLayer::queue): requests waiting for a
+/// Default [`queue`](ConcurrencySettings::queue): requests waiting for a
 /// slot.
 pub const DEFAULT_QUEUE: usize = 64;
-/// Default [`max_wait`](ConcurrencyLimitLayer::max_wait) in the queue.
+/// Default [`max_wait`](ConcurrencySettings::max_wait) in the queue.
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// The waiter table is allocated up front up to this many entries; a larger
 /// `queue` grows it on demand, never past `queue`.
 const PREALLOCATE: usize = 1024;
+
+/// The settings of a [`ConcurrencyLimitLayer`]; `Default` is the library's
+/// default bulkhead.
+///
+/// ```
+/// use palisade::limit::ConcurrencySettings;
+/// use std::time::Duration;
+///
+/// let settings = ConcurrencySettings {
+///     max: 0,
+///     max_wait: Some(Duration::ZERO),
+///     ..ConcurrencySettings::default()
+/// };
+/// let err = settings.validate().unwrap_err();
+/// assert_eq!(err.problems().len(), 2);
+/// assert_eq!(err.problems()[0].to_string(), "max: must be at least 1");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+pub struct ConcurrencySettings {
+    /// Requests allowed in flight at once, across every clone; at least 1.
+    /// Default [`DEFAULT_MAX`].
+    pub max: usize,
+    /// Requests allowed to wait, first in first out, for a slot; 0 sheds
+    /// every request that finds all slots taken. Default [`DEFAULT_QUEUE`].
+    pub queue: usize,
+    /// The longest a request waits in the queue before it is shed with
+    /// [`Limit::QueueTimeout`]; greater than 0. `None` (`"none"`) waits as
+    /// long as the request's deadline allows; a request never waits past
+    /// its [`Deadline`](crate::deadline::Deadline) either way. Default
+    /// [`DEFAULT_MAX_WAIT`].
+    #[cfg_attr(feature = "serde", serde(with = "crate::settings::opt_duration"))]
+    pub max_wait: Option<Duration>,
+}
+
+impl Default for ConcurrencySettings {
+    fn default() -> Self {
+        ConcurrencySettings {
+            max: DEFAULT_MAX,
+            queue: DEFAULT_QUEUE,
+            max_wait: Some(DEFAULT_MAX_WAIT),
+        }
+    }
+}
+
+impl ConcurrencySettings {
+    /// Every problem with these settings, each at its field (`"max"`).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let mut p = Problems::new();
+        p.at_least("max", self.max, 1, "");
+        if let Some(wait) = self.max_wait {
+            p.positive(
+                "max_wait",
+                wait,
+                "\"none\" waits as long as the request's deadline allows; \
+                 `queue = 0` sheds instead of queueing",
+            );
+        }
+        p.finish()
+    }
+}
 
 /// A bulkhead shared by every service made from it; see the
 /// [module docs](super).

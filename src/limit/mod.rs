@@ -169,13 +169,14 @@ pub mod rate;
 pub mod throttle;
 
 pub use concurrency::{
-    ConcurrencyHandle, ConcurrencyLimit, ConcurrencyLimitLayer, ConcurrencyStats,
+    ConcurrencyHandle, ConcurrencyLimit, ConcurrencyLimitLayer, ConcurrencySettings,
+    ConcurrencyStats,
 };
 pub use rate::{
-    HeaderKey, KeyFn, NoKey, RateKey, RateLimit, RateLimitHandle, RateLimitLayer, RateLimitStats,
-    WithoutKey,
+    HeaderKey, KeyFn, NoKey, RateKey, RateLimit, RateLimitHandle, RateLimitLayer,
+    RateLimitSettings, RateLimitStats, WithoutKey,
 };
-pub use throttle::{Throttle, ThrottleHandle, ThrottleLayer, ThrottleStats};
+pub use throttle::{Throttle, ThrottleHandle, ThrottleLayer, ThrottleSettings, ThrottleStats};
 
 #[cfg(test)]
 mod tests;

@@ -18,8 +18,9 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::error::{BoxError, Error, Limit};
+use crate::settings::{Problems, SettingsError};
 
-/// Default [`max_keys`](RateLimitLayer::max_keys) of a keyed limit.
+/// Default [`max_keys`](RateLimitSettings::max_keys) of a keyed limit.
 pub const DEFAULT_MAX_KEYS: usize = 10_000;
 
 /// Keys longer than this many bytes are cut to it (at a character
@@ -32,6 +33,108 @@ pub const MAX_KEY_LEN: usize = 256;
 pub const MIN_RATE: f64 = 1e-6;
 /// The fastest rate a limit accepts (one request a nanosecond).
 pub const MAX_RATE: f64 = 1e9;
+
+/// The settings of a [`RateLimitLayer`].
+///
+/// A rate limit has no sensible default rate, so `per_second` is required:
+/// `Default` leaves it 0 (not set), which [`validate`](Self::validate)
+/// refuses; every other field's `Default` is the library's default.
+///
+/// ```
+/// use palisade::limit::RateLimitSettings;
+///
+/// let settings = RateLimitSettings { per_second: 500.0, ..Default::default() };
+/// assert!(settings.validate().is_ok());
+/// assert_eq!(
+///     RateLimitSettings::default().validate().unwrap_err().to_string(),
+///     "per_second: is required (0 is not a rate): a finite number of requests \
+///      a second from 1e-6 to 1e9"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+pub struct RateLimitSettings {
+    /// Sustained requests a second: finite, from [`MIN_RATE`] to
+    /// [`MAX_RATE`]. Required: the default, 0, is "not set" and is refused.
+    pub per_second: f64,
+    /// Requests that may go at once after a quiet spell; at least 1.
+    /// Default `None`: one second's worth, `per_second` rounded up, at
+    /// least 1.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub burst: Option<u32>,
+    /// Limit each value of this request header separately (one bucket per
+    /// tenant, say); a valid header name. Default `None`: one bucket for
+    /// every request.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub key_header: Option<String>,
+    /// The most keys a keyed limit tracks; at least 1. A key whose bucket
+    /// is full again is idle and may be forgotten to make room; a new key
+    /// that finds the table full of busy keys is shed with [`Limit::Keys`].
+    /// Default [`DEFAULT_MAX_KEYS`].
+    pub max_keys: usize,
+    /// What a keyed limit does with requests that have no key. An unkeyed
+    /// limit ignores it: it limits every request. Default
+    /// [`WithoutKey::Shared`].
+    pub without_key: WithoutKey,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            per_second: 0.0,
+            burst: None,
+            key_header: None,
+            max_keys: DEFAULT_MAX_KEYS,
+            without_key: WithoutKey::default(),
+        }
+    }
+}
+
+impl RateLimitSettings {
+    /// Every problem with these settings, each at its field
+    /// (`"per_second"`).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let mut p = Problems::new();
+        let per_second = self.per_second;
+        if per_second == 0.0 {
+            p.add(
+                "per_second",
+                format!(
+                    "is required (0 is not a rate): a finite number of requests a second from {MIN_RATE:e} to {MAX_RATE:e}"
+                ),
+            );
+        } else if !(per_second.is_finite() && (MIN_RATE..=MAX_RATE).contains(&per_second)) {
+            p.add(
+                "per_second",
+                format!(
+                    "must be a finite number of requests a second from {MIN_RATE:e} to {MAX_RATE:e}, got {per_second}"
+                ),
+            );
+        }
+        if let Some(burst) = self.burst {
+            p.at_least("burst", burst, 1, "");
+        }
+        if let Err(why) = self.key() {
+            p.add("key_header", why);
+        }
+        p.at_least("max_keys", self.max_keys, 1, "");
+        p.finish()
+    }
+
+    /// The key `key_header` names, or why it names none.
+    fn key(&self) -> Result<Option<HeaderKey>, String> {
+        match &self.key_header {
+            None => Ok(None),
+            Some(name) => HeaderName::from_bytes(name.as_bytes())
+                .map(|name| Some(HeaderKey(name)))
+                .map_err(|_| format!("{name:?} is not a valid header name")),
+        }
+    }
+}
 
 /// Rate-limits requests, shared by every service made from it; see the
 /// [module docs](super).
@@ -63,6 +166,11 @@ pub struct RateLimitLayer<K = NoKey> {
 
 /// What a keyed limit does with a request that has no key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 #[non_exhaustive]
 pub enum WithoutKey {
     /// Requests without a key share one bucket of the same rate and burst

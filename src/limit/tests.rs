@@ -19,6 +19,7 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 use super::*;
 use crate::deadline::Deadline;
 use crate::error::{BoxError, Error, Limit};
+use crate::settings::SettingsError;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -1079,4 +1080,288 @@ fn layers_and_services_are_clone_send_sync() {
     send::<LimitedFuture>();
     send::<throttle::ResponseFuture<BackendFuture, crate::classify::HttpClassify>>();
     send::<rate::ResponseFuture<BackendFuture>>();
+}
+
+// ---------------------------------------------------------------------------
+// Settings.
+
+/// Each problem as `field: message`, in field order.
+fn problems(result: Result<(), SettingsError>) -> Vec<String> {
+    match result {
+        Ok(()) => Vec::new(),
+        Err(err) => err.problems().iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// `per_second` with bursts of `burst`.
+fn rate(per_second: f64, burst: u32) -> RateLimitSettings {
+    RateLimitSettings {
+        per_second,
+        burst: Some(burst),
+        ..RateLimitSettings::default()
+    }
+}
+
+const NO_PROBLEM: [&str; 0] = [];
+
+const RATE_REQUIRED: &str = "per_second: is required (0 is not a rate): a finite number of \
+                             requests a second from 1e-6 to 1e9";
+
+#[test]
+fn the_defaults_are_valid() {
+    assert_eq!(
+        problems(ConcurrencySettings::default().validate()),
+        NO_PROBLEM
+    );
+    assert_eq!(problems(ThrottleSettings::default().validate()), NO_PROBLEM);
+    // A rate has no sensible default: it is the one field to set.
+    assert_eq!(
+        problems(RateLimitSettings::default().validate()),
+        [RATE_REQUIRED]
+    );
+    let settings = RateLimitSettings {
+        per_second: 7.5,
+        ..RateLimitSettings::default()
+    };
+    assert_eq!(problems(settings.validate()), NO_PROBLEM);
+}
+
+#[test]
+fn each_bad_concurrency_setting_is_refused_at_its_field() {
+    let cases = [
+        (
+            ConcurrencySettings {
+                max: 0,
+                ..ConcurrencySettings::default()
+            },
+            "max: must be at least 1",
+        ),
+        (
+            ConcurrencySettings {
+                max_wait: Some(Duration::ZERO),
+                ..ConcurrencySettings::default()
+            },
+            "max_wait: must be greater than 0 (\"none\" waits as long as the request's \
+             deadline allows; `queue = 0` sheds instead of queueing)",
+        ),
+    ];
+    for (settings, problem) in cases {
+        assert_eq!(problems(settings.validate()), [problem]);
+    }
+    // A queue of 0 and no wait limit are settings, not mistakes.
+    let edge = ConcurrencySettings {
+        max: 1,
+        queue: 0,
+        max_wait: None,
+    };
+    assert_eq!(problems(edge.validate()), NO_PROBLEM);
+
+    let all = ConcurrencySettings {
+        max: 0,
+        queue: 0,
+        max_wait: Some(Duration::ZERO),
+    };
+    let err = all.validate().unwrap_err();
+    let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["max", "max_wait"]);
+}
+
+#[test]
+fn each_bad_rate_setting_is_refused_at_its_field() {
+    let range = "must be a finite number of requests a second from 1e-6 to 1e9, got";
+    let per_second = |per_second| RateLimitSettings {
+        per_second,
+        ..RateLimitSettings::default()
+    };
+    let cases = [
+        (per_second(0.0), RATE_REQUIRED.to_owned()),
+        (per_second(-1.0), format!("per_second: {range} -1")),
+        (per_second(f64::NAN), format!("per_second: {range} NaN")),
+        (
+            per_second(f64::INFINITY),
+            format!("per_second: {range} inf"),
+        ),
+        (per_second(1e-7), format!("per_second: {range} 0.0000001")),
+        (per_second(2e9), format!("per_second: {range} 2000000000")),
+        (
+            RateLimitSettings {
+                burst: Some(0),
+                ..rate(1.0, 1)
+            },
+            "burst: must be at least 1".to_owned(),
+        ),
+        (
+            RateLimitSettings {
+                key_header: Some("x tenant".into()),
+                ..rate(1.0, 1)
+            },
+            "key_header: \"x tenant\" is not a valid header name".to_owned(),
+        ),
+        (
+            RateLimitSettings {
+                max_keys: 0,
+                ..rate(1.0, 1)
+            },
+            "max_keys: must be at least 1".to_owned(),
+        ),
+    ];
+    for (settings, problem) in cases {
+        assert_eq!(problems(settings.validate()), [problem.as_str()]);
+    }
+    // The ends of the range are rates.
+    for per_second in [rate::MIN_RATE, rate::MAX_RATE] {
+        assert_eq!(problems(rate(per_second, 1).validate()), NO_PROBLEM);
+    }
+
+    let all = RateLimitSettings {
+        per_second: f64::NAN,
+        burst: Some(0),
+        key_header: Some("x tenant".into()),
+        max_keys: 0,
+        without_key: WithoutKey::Pass,
+    };
+    let err = all.validate().unwrap_err();
+    let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["per_second", "burst", "key_header", "max_keys"]);
+}
+
+#[test]
+fn each_bad_throttle_setting_is_refused_at_its_field() {
+    let k = |k| ThrottleSettings {
+        k,
+        ..ThrottleSettings::default()
+    };
+    let at_least = "k: must be a finite number at least 1 (the backend is offered at least \
+                    what it accepts), got";
+    let cases = [
+        (k(0.5), format!("{at_least} 0.5")),
+        (k(-2.0), format!("{at_least} -2")),
+        (k(f64::NAN), format!("{at_least} NaN")),
+        (k(f64::INFINITY), format!("{at_least} inf")),
+        (
+            ThrottleSettings {
+                window: Duration::ZERO,
+                ..ThrottleSettings::default()
+            },
+            "window: must be greater than 0".to_owned(),
+        ),
+    ];
+    for (settings, problem) in cases {
+        assert_eq!(problems(settings.validate()), [problem.as_str()]);
+    }
+    assert_eq!(problems(k(1.0).validate()), NO_PROBLEM);
+
+    let both = ThrottleSettings {
+        k: f64::NAN,
+        window: Duration::ZERO,
+    };
+    let err = both.validate().unwrap_err();
+    let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["k", "window"]);
+}
+
+/// Settings files: durations as strings, unknown fields refused. The
+/// formats come with the `file` feature.
+#[cfg(all(feature = "serde", feature = "file"))]
+mod files {
+    use super::*;
+
+    #[test]
+    fn settings_read_and_write_durations_as_strings() {
+        let c: ConcurrencySettings = toml::from_str("max = 32\nmax_wait = \"250ms\"").unwrap();
+        assert_eq!(
+            c,
+            ConcurrencySettings {
+                max: 32,
+                max_wait: Some(ms(250)),
+                ..ConcurrencySettings::default()
+            }
+        );
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("max_wait = \"250ms\""), "{text}");
+        assert_eq!(toml::from_str::<ConcurrencySettings>(&text).unwrap(), c);
+        let none: ConcurrencySettings = toml::from_str("max_wait = \"none\"").unwrap();
+        assert_eq!(none.max_wait, None);
+        let json = serde_json::to_string(&none).unwrap();
+        assert!(json.contains(r#""max_wait":"none""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<ConcurrencySettings>(&json).unwrap(),
+            none
+        );
+
+        let t: ThrottleSettings = toml::from_str("window = \"1m 30s\"").unwrap();
+        assert_eq!(
+            t,
+            ThrottleSettings {
+                window: secs(90),
+                ..ThrottleSettings::default()
+            }
+        );
+        let json = serde_json::to_string(&t).unwrap();
+        assert!(json.contains(r#""window":"1m 30s""#), "{json}");
+        assert_eq!(serde_json::from_str::<ThrottleSettings>(&json).unwrap(), t);
+        assert_eq!(
+            toml::from_str::<ThrottleSettings>(&toml::to_string(&t).unwrap()).unwrap(),
+            t
+        );
+
+        let r: RateLimitSettings = toml::from_str(
+            "per_second = 0.5\nburst = 3\nkey_header = \"X-Tenant\"\nmax_keys = 10\n\
+             without_key = \"pass\"",
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            RateLimitSettings {
+                per_second: 0.5,
+                burst: Some(3),
+                key_header: Some("X-Tenant".into()),
+                max_keys: 10,
+                without_key: WithoutKey::Pass,
+            }
+        );
+        assert_eq!(
+            toml::from_str::<RateLimitSettings>(&toml::to_string(&r).unwrap()).unwrap(),
+            r
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<RateLimitSettings>(&json).unwrap(), r);
+
+        let bad = toml::from_str::<ThrottleSettings>("window = \"2 fortnights\"").unwrap_err();
+        assert!(
+            bad.to_string().contains("\"250ms\""),
+            "says how to write one: {bad}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let errors = [
+            toml::from_str::<ConcurrencySettings>("max = 1\nmax_wiat = \"1s\"")
+                .unwrap_err()
+                .to_string(),
+            toml::from_str::<RateLimitSettings>("per_second = 1.0\nburts = 3")
+                .unwrap_err()
+                .to_string(),
+            serde_json::from_str::<ThrottleSettings>(r#"{"k": 2.0, "windw": "1s"}"#)
+                .unwrap_err()
+                .to_string(),
+        ];
+        for (err, field) in errors.iter().zip(["max_wiat", "burts", "windw"]) {
+            assert!(err.contains(&format!("unknown field `{field}`")), "{err}");
+        }
+        let err = toml::from_str::<RateLimitSettings>("per_second = 1.0\nwithout_key = \"drop\"")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown variant `drop`, expected `shared` or `pass`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_per_second_is_refused_by_name() {
+        let r: RateLimitSettings = toml::from_str("burst = 3").unwrap();
+        assert_eq!(problems(r.validate()), [RATE_REQUIRED]);
+    }
 }

@@ -18,13 +18,72 @@ use tower::{Layer, Service};
 use crate::classify::{Class, Classify, HttpClassify, Outcome, Retry};
 use crate::error::{BoxError, Error, Limit};
 use crate::rolling::RollingCount;
+use crate::settings::{Problems, SettingsError};
 
-/// Default [`k`](ThrottleLayer::k): the backend may be offered about this
-/// many times what it accepts.
+/// Default [`k`](ThrottleSettings::k): the backend may be offered about
+/// this many times what it accepts.
 pub const DEFAULT_K: f64 = 2.0;
-/// Default [`window`](ThrottleLayer::window) requests and accepts are
+/// Default [`window`](ThrottleSettings::window) requests and accepts are
 /// counted over.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(120);
+
+/// The settings of a [`ThrottleLayer`]; `Default` is the library's
+/// default.
+///
+/// ```
+/// use palisade::limit::ThrottleSettings;
+///
+/// let settings = ThrottleSettings { k: 0.5, ..ThrottleSettings::default() };
+/// assert_eq!(
+///     settings.validate().unwrap_err().to_string(),
+///     "k: must be a finite number at least 1 (the backend is offered at least \
+///      what it accepts), got 0.5"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+pub struct ThrottleSettings {
+    /// The multiplier K: requests are rejected locally once they exceed K
+    /// times the accepted ones. Lower is more aggressive; the book suggests
+    /// 1.1 to 2. Finite, at least 1 (the backend is always offered at least
+    /// what it accepts). Default [`DEFAULT_K`].
+    pub k: f64,
+    /// The window requests and accepts are counted over (counts expire a
+    /// tenth of it at a time); greater than 0. Default [`DEFAULT_WINDOW`].
+    #[cfg_attr(feature = "serde", serde(with = "crate::settings::duration"))]
+    pub window: Duration,
+}
+
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        ThrottleSettings {
+            k: DEFAULT_K,
+            window: DEFAULT_WINDOW,
+        }
+    }
+}
+
+impl ThrottleSettings {
+    /// Every problem with these settings, each at its field (`"k"`).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let mut p = Problems::new();
+        if !(self.k.is_finite() && self.k >= 1.0) {
+            p.add(
+                "k",
+                format!(
+                    "must be a finite number at least 1 (the backend is offered at least what it accepts), got {}",
+                    self.k
+                ),
+            );
+        }
+        p.positive("window", self.window, "");
+        p.finish()
+    }
+}
 
 /// Adaptive client throttling shared by every service made from it; see the
 /// [module docs](super).

@@ -578,17 +578,23 @@ impl<D, N, C> Builder<D, N, C> {
 
     /// A rate limit shared by every clone of the client (off by default):
     /// requests over it fail at once with [`Error::Overloaded`]. Pass
-    /// `RateLimitLayer::new(name, rate)`, optionally
+    /// `RateLimitLayer::new(name, settings)`, optionally
     /// [`keyed_by_header`](RateLimitLayer::keyed_by_header); for another
     /// key, wrap the client in your own [`RateLimitLayer::keyed`]. The
     /// layer keeps its name and state: pass clones of one layer to several
     /// clients to share one limit.
     ///
     /// ```
-    /// use palisade::limit::RateLimitLayer;
+    /// use palisade::limit::{RateLimitLayer, RateLimitSettings};
     /// # let builder = palisade::Client::builder("users");
-    /// let builder = builder.rate_limit(RateLimitLayer::new("users", 500.0).burst(50));
+    /// let settings = RateLimitSettings {
+    ///     per_second: 500.0,
+    ///     burst: Some(50),
+    ///     ..Default::default()
+    /// };
+    /// let builder = builder.rate_limit(RateLimitLayer::new("users", settings)?);
     /// # let _ = builder;
+    /// # Ok::<(), palisade::settings::SettingsError>(())
     /// ```
     pub fn rate_limit(mut self, layer: impl Into<RateLimitLayer<Option<HeaderKey>>>) -> Self {
         self.limits.rate = Some(layer.into());

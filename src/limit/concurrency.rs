@@ -100,19 +100,39 @@ impl ConcurrencySettings {
 /// A bulkhead shared by every service made from it; see the
 /// [module docs](super).
 ///
-/// Clones of a layer share its limit. Each configuration method returns a
-/// layer with a fresh limit (nothing in flight), so configure first, then
-/// take [`handle`](ConcurrencyLimitLayer::handle)s and make services.
+/// The limit is created once, by [`new`](ConcurrencyLimitLayer::new).
+/// Every service the layer makes, every clone of the layer and every
+/// [`handle`](ConcurrencyLimitLayer::handle) shares it: clone one layer to
+/// share one bulkhead between clients.
 ///
 /// ```
-/// use palisade::limit::ConcurrencyLimitLayer;
+/// use palisade::limit::{ConcurrencyLimitLayer, ConcurrencySettings};
 /// use std::time::Duration;
+/// use tower::{Layer, Service, ServiceExt, service_fn};
 ///
-/// let layer = ConcurrencyLimitLayer::new("users")
-///     .max(32)
-///     .queue(8)
-///     .max_wait(Some(Duration::from_millis(250)));
-/// assert_eq!(layer.handle().max(), 32);
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let settings = ConcurrencySettings {
+///     max: 32,
+///     queue: 8,
+///     max_wait: Some(Duration::from_millis(250)),
+/// };
+/// let layer = ConcurrencyLimitLayer::new("users", settings)?;
+/// let handle = layer.handle();
+///
+/// // Two clients, one bulkhead: each is given a clone of the layer.
+/// let backend = service_fn(|_req: http::Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+/// });
+/// let mut a = layer.clone().layer(backend.clone());
+/// let mut b = layer.layer(backend);
+/// let first = a.ready().await?.call(http::Request::new(()));
+/// let second = b.ready().await?.call(http::Request::new(()));
+/// assert_eq!((handle.in_flight(), handle.max()), (2, 32));
+/// drop((first, second));
+/// assert_eq!(handle.in_flight(), 0);
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
@@ -120,66 +140,22 @@ pub struct ConcurrencyLimitLayer {
     core: Arc<Core>,
 }
 
-#[derive(Debug, Clone)]
-struct Config {
-    max: usize,
-    queue: usize,
-    max_wait: Option<Duration>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            max: DEFAULT_MAX,
-            queue: DEFAULT_QUEUE,
-            max_wait: Some(DEFAULT_MAX_WAIT),
-        }
-    }
-}
-
 impl ConcurrencyLimitLayer {
     /// A concurrency limit for the service called `service` (named in
-    /// errors), with the defaults: 256 in flight, a queue of 64, at most
-    /// 1 s in the queue.
-    pub fn new(service: impl Into<Arc<str>>) -> Self {
-        ConcurrencyLimitLayer {
-            core: Arc::new(Core::new(service.into(), Config::default())),
-        }
+    /// errors), or every problem with `settings`.
+    pub fn new(
+        service: impl Into<Arc<str>>,
+        settings: ConcurrencySettings,
+    ) -> Result<Self, SettingsError> {
+        settings.validate()?;
+        Ok(ConcurrencyLimitLayer {
+            core: Arc::new(Core::new(service.into(), settings)),
+        })
     }
 
-    fn config(self, f: impl FnOnce(&mut Config)) -> Self {
-        let mut config = self.core.config.clone();
-        f(&mut config);
-        ConcurrencyLimitLayer {
-            core: Arc::new(Core::new(self.core.service.clone(), config)),
-        }
-    }
-
-    /// Renames the service (named in errors).
-    pub fn named(self, service: impl Into<Arc<str>>) -> Self {
-        ConcurrencyLimitLayer {
-            core: Arc::new(Core::new(service.into(), self.core.config.clone())),
-        }
-    }
-
-    /// Requests allowed in flight at once, across every clone (default 256;
-    /// 0 is taken as 1).
-    pub fn max(self, max: usize) -> Self {
-        self.config(|c| c.max = max.max(1))
-    }
-
-    /// Requests allowed to wait, first in first out, for a slot (default 64;
-    /// 0 sheds every request that finds all slots taken).
-    pub fn queue(self, queue: usize) -> Self {
-        self.config(|c| c.queue = queue)
-    }
-
-    /// The longest a request waits in the queue before it is shed with
-    /// [`Limit::QueueTimeout`] (default 1 s); `None` waits as long as the
-    /// request's deadline allows. A request never waits past its
-    /// [`Deadline`](crate::deadline::Deadline) either way.
-    pub fn max_wait(self, wait: Option<Duration>) -> Self {
-        self.config(|c| c.max_wait = wait)
+    /// The settings the limit was built from.
+    pub fn settings(&self) -> &ConcurrencySettings {
+        &self.core.config
     }
 
     /// A handle on this layer's limit.
@@ -433,7 +409,7 @@ struct Slots {
 /// response futures and every [`ConcurrencyHandle`].
 struct Core {
     service: Arc<str>,
-    config: Config,
+    config: ConcurrencySettings,
     /// Taken for a few instructions per acquire and release, never across
     /// an await.
     slots: Mutex<Slots>,
@@ -454,7 +430,7 @@ impl fmt::Debug for Core {
 }
 
 impl Core {
-    fn new(service: Arc<str>, config: Config) -> Core {
+    fn new(service: Arc<str>, config: ConcurrencySettings) -> Core {
         Core {
             service,
             slots: Mutex::new(Slots {
@@ -616,12 +592,14 @@ impl Drop for Ticket {
 /// snapshots and metrics.
 ///
 /// ```
-/// use palisade::limit::ConcurrencyLimitLayer;
+/// use palisade::limit::{ConcurrencyLimitLayer, ConcurrencySettings};
 ///
-/// let handle = ConcurrencyLimitLayer::new("users").handle();
+/// let layer = ConcurrencyLimitLayer::new("users", ConcurrencySettings::default())?;
+/// let handle = layer.handle();
 /// assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
 /// assert_eq!((handle.max(), handle.queue()), (256, 64));
 /// assert_eq!(handle.service(), "users");
+/// # Ok::<(), palisade::settings::SettingsError>(())
 /// ```
 #[derive(Clone)]
 pub struct ConcurrencyHandle {

@@ -141,7 +141,8 @@ struct Bulkhead {
 }
 
 impl Bulkhead {
-    fn new(layer: ConcurrencyLimitLayer) -> Self {
+    fn new(settings: ConcurrencySettings) -> Self {
+        let layer = ConcurrencyLimitLayer::new("users", settings).unwrap();
         let backend = Backend::default();
         Bulkhead {
             svc: layer.layer(backend.clone()),
@@ -186,11 +187,12 @@ fn shed(poll: Poll<Result<Response<()>, Error>>) -> Limit {
     }
 }
 
-fn bulkhead(max: usize, queue: usize) -> ConcurrencyLimitLayer {
-    ConcurrencyLimitLayer::new("users")
-        .max(max)
-        .queue(queue)
-        .max_wait(None)
+fn bulkhead(max: usize, queue: usize) -> ConcurrencySettings {
+    ConcurrencySettings {
+        max,
+        queue,
+        max_wait: None,
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -315,7 +317,10 @@ async fn a_waiter_dropped_after_its_slot_came_passes_the_slot_on() {
 
 #[tokio::test(start_paused = true)]
 async fn the_queue_wait_is_bounded() {
-    let h = Bulkhead::new(bulkhead(1, 4).max_wait(Some(ms(100))));
+    let h = Bulkhead::new(ConcurrencySettings {
+        max_wait: Some(ms(100)),
+        ..bulkhead(1, 4)
+    });
     let _first = h.begin(req(0));
     let mut waiting = h.begin(req(1));
 
@@ -337,7 +342,10 @@ async fn the_queue_wait_is_bounded() {
 
 #[tokio::test(start_paused = true)]
 async fn a_waiter_never_waits_past_its_deadline() {
-    let h = Bulkhead::new(bulkhead(1, 4).max_wait(Some(secs(1))));
+    let h = Bulkhead::new(ConcurrencySettings {
+        max_wait: Some(secs(1)),
+        ..bulkhead(1, 4)
+    });
     let _first = h.begin(req(0));
     let mut waiting = h.begin(req_within(1, ms(30)));
     let mut patient = h.begin(req(2));
@@ -391,7 +399,10 @@ async fn a_spent_deadline_is_not_queued_but_may_take_a_free_slot() {
 
 #[tokio::test(start_paused = true)]
 async fn a_slot_freed_as_the_wait_ends_is_taken() {
-    let h = Bulkhead::new(bulkhead(1, 1).max_wait(Some(ms(10))));
+    let h = Bulkhead::new(ConcurrencySettings {
+        max_wait: Some(ms(10)),
+        ..bulkhead(1, 1)
+    });
     let mut first = h.begin(req(0));
     let mut waiting = h.begin(req(1));
     tokio::time::advance(ms(10)).await;
@@ -434,7 +445,7 @@ async fn many_tasks_never_exceed_max_and_all_finish() {
             }
         }
     });
-    let layer = bulkhead(4, 100);
+    let layer = ConcurrencyLimitLayer::new("users", bulkhead(4, 100)).unwrap();
     let handle = layer.handle();
     let svc = layer.layer(backend);
     let start = Instant::now();
@@ -482,7 +493,10 @@ mod interleavings {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let h = Bulkhead::new(bulkhead(max, queue).max_wait(wait.map(ms)));
+            let h = Bulkhead::new(ConcurrencySettings {
+                max_wait: wait.map(ms),
+                ..bulkhead(max, queue)
+            });
             let mut live: Vec<(u32, Spawn<LimitedFuture>)> = Vec::new();
             let mut next = 0;
             for op in ops {
@@ -587,6 +601,10 @@ where
     }
 }
 
+fn rate_limit(settings: RateLimitSettings) -> RateLimitLayer {
+    RateLimitLayer::new("users", settings).unwrap()
+}
+
 fn retry_in(limit: &Limit) -> Duration {
     match limit {
         Limit::Rate { retry_in, .. } => *retry_in,
@@ -596,7 +614,7 @@ fn retry_in(limit: &Limit) -> Duration {
 
 #[tokio::test(start_paused = true)]
 async fn rate_admits_the_burst_then_exactly_the_rate() {
-    let layer = RateLimitLayer::new("users", 10.0).burst(5);
+    let layer = rate_limit(rate(10.0, 5));
     let handle = layer.handle();
     let svc = layer.layer(answering());
     for _ in 0..5 {
@@ -634,7 +652,11 @@ async fn rate_admits_the_burst_then_exactly_the_rate() {
 
 #[tokio::test(start_paused = true)]
 async fn retry_in_says_exactly_when_the_next_is_admitted() {
-    let svc = RateLimitLayer::new("users", 4.0).layer(answering());
+    let svc = rate_limit(RateLimitSettings {
+        per_second: 4.0,
+        ..RateLimitSettings::default()
+    })
+    .layer(answering());
     for _ in 0..4 {
         send(&svc, Request::new(())).await.unwrap();
     }
@@ -650,7 +672,7 @@ async fn retry_in_says_exactly_when_the_next_is_admitted() {
 
 #[tokio::test(start_paused = true)]
 async fn the_bucket_is_shared_by_every_clone_and_service() {
-    let layer = RateLimitLayer::new("users", 1.0).burst(3);
+    let layer = rate_limit(rate(1.0, 3));
     let a = layer.layer(answering());
     let b = layer.clone().layer(answering());
     send(&a, Request::new(())).await.unwrap();
@@ -662,9 +684,10 @@ async fn the_bucket_is_shared_by_every_clone_and_service() {
 
 #[tokio::test(start_paused = true)]
 async fn keys_have_their_own_buckets() {
-    let layer = RateLimitLayer::new("users", 1.0)
-        .burst(2)
-        .keyed_by_header(http::HeaderName::from_static("x-tenant"));
+    let layer = rate_limit(RateLimitSettings {
+        key_header: Some("X-Tenant".into()),
+        ..rate(1.0, 2)
+    });
     let handle = layer.handle();
     let svc = layer.layer(answering());
     send(&svc, tenant("a")).await.unwrap();
@@ -701,9 +724,11 @@ async fn keys_have_their_own_buckets() {
 
 #[tokio::test(start_paused = true)]
 async fn requests_without_a_key_may_pass() {
-    let svc = RateLimitLayer::new("users", 1.0)
-        .burst(1)
-        .without_key(WithoutKey::Pass)
+    let pass = RateLimitSettings {
+        without_key: WithoutKey::Pass,
+        ..rate(1.0, 1)
+    };
+    let svc = rate_limit(pass.clone())
         .keyed(|req: &Plain| {
             req.headers()
                 .get("x-tenant")
@@ -718,10 +743,7 @@ async fn requests_without_a_key_may_pass() {
     send(&svc, tenant("a")).await.unwrap_err();
 
     // An unkeyed limit has no "missing key": it limits everything.
-    let svc = RateLimitLayer::new("users", 1.0)
-        .burst(1)
-        .without_key(WithoutKey::Pass)
-        .layer(answering());
+    let svc = rate_limit(pass).layer(answering());
     send(&svc, Request::new(())).await.unwrap();
     send(&svc, Request::new(())).await.unwrap_err();
 }
@@ -729,10 +751,11 @@ async fn requests_without_a_key_may_pass() {
 #[tokio::test(start_paused = true)]
 async fn the_key_table_is_bounded_and_forgets_idle_keys() {
     // Two keys at most; a bucket refills in 2 s (burst 2 at 1/s).
-    let layer = RateLimitLayer::new("users", 1.0)
-        .burst(2)
-        .max_keys(2)
-        .keyed_by_header(http::HeaderName::from_static("x-tenant"));
+    let layer = rate_limit(RateLimitSettings {
+        max_keys: 2,
+        ..rate(1.0, 2)
+    })
+    .keyed_by_header(http::HeaderName::from_static("x-tenant"));
     let handle = layer.handle();
     let svc = layer.layer(answering());
     send(&svc, tenant("a")).await.unwrap();
@@ -774,10 +797,11 @@ async fn the_key_table_is_bounded_and_forgets_idle_keys() {
 
 #[tokio::test(start_paused = true)]
 async fn a_full_table_of_busy_keys_does_not_sweep_on_every_request() {
-    let layer = RateLimitLayer::new("users", 0.5)
-        .burst(1)
-        .max_keys(1000)
-        .keyed_by_header(http::HeaderName::from_static("x-tenant"));
+    let layer = rate_limit(RateLimitSettings {
+        max_keys: 1000,
+        ..rate(0.5, 1)
+    })
+    .keyed_by_header(http::HeaderName::from_static("x-tenant"));
     let handle = layer.handle();
     let svc = layer.layer(answering());
     for i in 0..1000 {
@@ -887,13 +911,17 @@ where
     throttled
 }
 
+fn throttling() -> ThrottleLayer {
+    ThrottleLayer::new("users", ThrottleSettings::default()).unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn throttling_keeps_offered_load_within_k_times_accepts() {
     for refusal in [503, 429] {
         // The backend can take 10 a second; it is offered 100 a second, so
         // unthrottled it would accept 1 in 10.
         let backend = Capacity::new(10, refusal);
-        let layer = ThrottleLayer::new("users").seed(7);
+        let layer = throttling().seed(7);
         let handle = layer.handle();
         let svc = layer.layer(backend.clone());
 
@@ -925,7 +953,7 @@ async fn throttling_keeps_offered_load_within_k_times_accepts() {
 #[tokio::test(start_paused = true)]
 async fn throttling_recovers_once_the_backend_accepts_again() {
     let backend = Capacity::new(10, 503);
-    let layer = ThrottleLayer::new("users").seed(11);
+    let layer = throttling().seed(11);
     let handle = layer.handle();
     let svc = layer.layer(backend.clone());
     offer(&svc, 100, secs(240)).await;
@@ -958,7 +986,7 @@ async fn throttling_recovers_once_the_backend_accepts_again() {
 
 #[tokio::test(start_paused = true)]
 async fn no_throttling_while_the_backend_accepts() {
-    let layer = ThrottleLayer::new("users");
+    let layer = throttling();
     let handle = layer.handle();
     // 500s are failures, but the backend took the requests: accepted.
     let svc = layer.layer(service_fn(|_: Plain| async {
@@ -970,7 +998,7 @@ async fn no_throttling_while_the_backend_accepts() {
 
 #[tokio::test(start_paused = true)]
 async fn rejections_count_as_requests_and_carry_the_probability() {
-    let layer = ThrottleLayer::new("users").seed(1);
+    let layer = throttling().seed(1);
     let handle = layer.handle();
     let svc = layer.layer(service_fn(|_: Plain| async {
         Ok::<_, io::Error>(Response::builder().status(503).body(()).unwrap())
@@ -1006,11 +1034,9 @@ async fn rejections_count_as_requests_and_carry_the_probability() {
 #[tokio::test(start_paused = true)]
 async fn the_same_seed_throttles_the_same_requests() {
     async fn pattern(seed: u64) -> Vec<bool> {
-        let svc = ThrottleLayer::new("users")
-            .seed(seed)
-            .layer(service_fn(|_: Plain| async {
-                Ok::<_, io::Error>(Response::builder().status(429).body(()).unwrap())
-            }));
+        let svc = throttling().seed(seed).layer(service_fn(|_: Plain| async {
+            Ok::<_, io::Error>(Response::builder().status(429).body(()).unwrap())
+        }));
         let mut out = Vec::new();
         for _ in 0..200 {
             out.push(send(&svc, Request::new(())).await.is_err());
@@ -1037,7 +1063,7 @@ async fn what_counts_as_accepted() {
     ];
     for (reply, accepted) in cases {
         let backend = Backend::default();
-        let layer = ThrottleLayer::new("users");
+        let layer = throttling();
         let handle = layer.handle();
         let mut fut = spawn(layer.layer(backend.clone()).oneshot(req(0)));
         assert!(fut.poll().is_pending());
@@ -1055,7 +1081,7 @@ async fn what_counts_as_accepted() {
 
     // Cancelled: a request, not accepted.
     let backend = Backend::default();
-    let layer = ThrottleLayer::new("users");
+    let layer = throttling();
     let handle = layer.handle();
     let mut fut = spawn(layer.layer(backend).oneshot(req(0)));
     assert!(fut.poll().is_pending());
@@ -1070,8 +1096,7 @@ fn layers_and_services_are_clone_send_sync() {
     check::<ConcurrencyLimit<Backend>>();
     check::<ConcurrencyHandle>();
     check::<RateLimitLayer>();
-    check::<RateLimitLayer<HeaderKey>>();
-    check::<RateLimit<Backend, HeaderKey>>();
+    check::<RateLimit<Backend>>();
     check::<RateLimitHandle>();
     check::<ThrottleLayer>();
     check::<Throttle<Backend>>();
@@ -1083,7 +1108,7 @@ fn layers_and_services_are_clone_send_sync() {
 }
 
 // ---------------------------------------------------------------------------
-// Settings.
+// Settings, and the one shared state `new` creates.
 
 /// Each problem as `field: message`, in field order.
 fn problems(result: Result<(), SettingsError>) -> Vec<String> {
@@ -1108,7 +1133,7 @@ const RATE_REQUIRED: &str = "per_second: is required (0 is not a rate): a finite
                              requests a second from 1e-6 to 1e9";
 
 #[test]
-fn the_defaults_are_valid() {
+fn the_defaults_are_valid_and_are_what_the_layers_use() {
     assert_eq!(
         problems(ConcurrencySettings::default().validate()),
         NO_PROBLEM
@@ -1124,6 +1149,29 @@ fn the_defaults_are_valid() {
         ..RateLimitSettings::default()
     };
     assert_eq!(problems(settings.validate()), NO_PROBLEM);
+
+    let c = ConcurrencyLimitLayer::new("users", ConcurrencySettings::default())
+        .unwrap()
+        .handle();
+    assert_eq!(
+        (c.max(), c.queue(), c.max_wait()),
+        (
+            concurrency::DEFAULT_MAX,
+            concurrency::DEFAULT_QUEUE,
+            Some(concurrency::DEFAULT_MAX_WAIT)
+        )
+    );
+    let r = rate_limit(settings).handle();
+    assert_eq!(
+        (r.rate(), r.burst(), r.max_keys()),
+        (7.5, 8, rate::DEFAULT_MAX_KEYS),
+        "the burst: one second's worth, rounded up"
+    );
+    let t = throttling().handle();
+    assert_eq!(
+        (t.k(), t.window()),
+        (throttle::DEFAULT_K, throttle::DEFAULT_WINDOW)
+    );
 }
 
 #[test]
@@ -1147,6 +1195,9 @@ fn each_bad_concurrency_setting_is_refused_at_its_field() {
     ];
     for (settings, problem) in cases {
         assert_eq!(problems(settings.validate()), [problem]);
+        // Refused, not adjusted.
+        let err = ConcurrencyLimitLayer::new("users", settings).unwrap_err();
+        assert_eq!(err.to_string(), problem);
     }
     // A queue of 0 and no wait limit are settings, not mistakes.
     let edge = ConcurrencySettings {
@@ -1207,6 +1258,9 @@ fn each_bad_rate_setting_is_refused_at_its_field() {
     ];
     for (settings, problem) in cases {
         assert_eq!(problems(settings.validate()), [problem.as_str()]);
+        // Refused, not clamped.
+        let err = RateLimitLayer::new("users", settings).unwrap_err();
+        assert_eq!(err.to_string(), problem);
     }
     // The ends of the range are rates.
     for per_second in [rate::MIN_RATE, rate::MAX_RATE] {
@@ -1248,6 +1302,9 @@ fn each_bad_throttle_setting_is_refused_at_its_field() {
     ];
     for (settings, problem) in cases {
         assert_eq!(problems(settings.validate()), [problem.as_str()]);
+        // Refused, not raised to 1 or left as it was.
+        let err = ThrottleLayer::new("users", settings).unwrap_err();
+        assert_eq!(err.to_string(), problem);
     }
     assert_eq!(problems(k(1.0).validate()), NO_PROBLEM);
 
@@ -1258,6 +1315,70 @@ fn each_bad_throttle_setting_is_refused_at_its_field() {
     let err = both.validate().unwrap_err();
     let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
     assert_eq!(fields, ["k", "window"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_concurrency_handle_taken_right_after_new_sees_the_traffic() {
+    let layer = ConcurrencyLimitLayer::new("users", bulkhead(1, 0)).unwrap();
+    let handle = layer.handle();
+    assert_eq!(layer.settings(), &bulkhead(1, 0));
+    let backend = Backend::default();
+    let mut first = spawn(layer.layer(backend.clone()).oneshot(req(0)));
+    assert!(first.poll().is_pending());
+    // Another client's clone of the layer shares the one slot.
+    let mut second = spawn(layer.clone().layer(backend.clone()).oneshot(req(1)));
+    assert_eq!(shed(second.poll()), Limit::Concurrency { max: 1, queue: 0 });
+    assert_eq!((handle.in_flight(), handle.shed_full()), (1, 1));
+    backend.answer(0, Ok(200));
+    assert_eq!(ok_status(first.poll()), 200);
+    assert_eq!(handle.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_handle_taken_right_after_new_sees_the_traffic() {
+    let layer = rate_limit(rate(1.0, 1));
+    let handle = layer.handle();
+    // Keying afterwards keeps the buckets.
+    let layer = layer.keyed_by_header(http::HeaderName::from_static("x-tenant"));
+    assert_eq!(layer.settings().key_header.as_deref(), Some("x-tenant"));
+    let svc = layer.layer(answering());
+    send(&svc, tenant("a")).await.unwrap();
+    send(&svc, Request::new(())).await.unwrap();
+    // A clone shares the shared bucket, now empty.
+    let other = layer.clone().layer(answering());
+    send(&other, Request::new(())).await.unwrap_err();
+    assert_eq!(
+        (handle.admitted(), handle.rejected(), handle.keys()),
+        (2, 1, 1)
+    );
+
+    let layer = layer.keyed(|req: &Plain| Some(req.uri().path().to_owned()));
+    assert_eq!(layer.settings().key_header, None, "the key is a function");
+    send(&layer.layer(answering()), Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!((handle.admitted(), handle.keys()), (3, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttle_handle_taken_right_after_new_sees_the_traffic() {
+    let layer = throttling();
+    let handle = layer.handle();
+    // Seeding and a classifier of its own keep the counts.
+    let layer = layer
+        .seed(3)
+        .classify(crate::classify::HttpClassify::default());
+    assert_eq!(layer.settings(), &ThrottleSettings::default());
+    send(&layer.layer(answering()), Request::new(()))
+        .await
+        .unwrap();
+    // A clone counts into the same window: one accepted, one refused.
+    let refusing = layer.clone().layer(service_fn(|_: Plain| async {
+        Ok::<_, io::Error>(Response::builder().status(503).body(()).unwrap())
+    }));
+    send(&refusing, Request::new(())).await.unwrap();
+    assert_eq!((handle.requests(), handle.accepts()), (2, 1));
+    assert_eq!(handle.probability(), 0.0, "(2 - 2·1) / 3");
 }
 
 /// Settings files: durations as strings, unknown fields refused. The

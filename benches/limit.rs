@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use http::{HeaderValue, Request, Response};
-use palisade::limit::{ConcurrencyLimitLayer, RateLimitLayer, ThrottleLayer};
+use palisade::limit::{
+    ConcurrencyLimitLayer, ConcurrencySettings, RateLimitLayer, RateLimitSettings, ThrottleLayer,
+    ThrottleSettings,
+};
 use tower::{Layer, Service, service_fn};
 
 type Req = Request<()>;
@@ -72,15 +75,29 @@ fn main() {
     let smoke = if bench { "" } else { " (smoke)" };
 
     // Limits that admit everything: the cost of the admitting path.
-    let concurrency = ConcurrencyLimitLayer::new("bench").max(1024).layer(bare());
-    let rate = RateLimitLayer::new("bench", 1e9)
-        .burst(u32::MAX)
+    let bulkhead = ConcurrencySettings {
+        max: 1024,
+        ..ConcurrencySettings::default()
+    };
+    let concurrency = ConcurrencyLimitLayer::new("bench", bulkhead)
+        .unwrap()
         .layer(bare());
-    let keyed = RateLimitLayer::new("bench", 1e9)
-        .burst(u32::MAX)
-        .keyed_by_header(http::HeaderName::from_static("x-tenant"))
+    let unlimited = RateLimitSettings {
+        per_second: 1e9,
+        burst: Some(u32::MAX),
+        ..RateLimitSettings::default()
+    };
+    let rate = RateLimitLayer::new("bench", unlimited.clone())
+        .unwrap()
         .layer(bare());
-    let throttle = ThrottleLayer::new("bench").layer(bare());
+    let keyed = RateLimitSettings {
+        key_header: Some("x-tenant".into()),
+        ..unlimited
+    };
+    let keyed = RateLimitLayer::new("bench", keyed).unwrap().layer(bare());
+    let throttle = ThrottleLayer::new("bench", ThrottleSettings::default())
+        .unwrap()
+        .layer(bare());
 
     for threads in [1, 2] {
         let mut rows: Vec<(&str, Vec<f64>)> = [

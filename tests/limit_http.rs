@@ -21,7 +21,9 @@ use palisade::demo::{Backend, Behavior};
 use palisade::discover::Endpoint;
 use palisade::discover::Static;
 use palisade::http::{HttpEndpoints, HyperClient, hyper_client};
-use palisade::limit::{ConcurrencyLimitLayer, RateLimitLayer, ThrottleLayer};
+use palisade::limit::{
+    ConcurrencyLimitLayer, ConcurrencySettings, RateLimitSettings, ThrottleLayer, ThrottleSettings,
+};
 use palisade::retry::ReplayBody;
 use palisade::stack::Builder;
 use palisade::{Client, Error, Limit};
@@ -124,7 +126,12 @@ async fn a_bulkhead_under_10x_overload_sheds_fast_and_caps_the_backend() {
     let backend = Backend::spawn(Behavior::new().latency(Duration::from_millis(100)))
         .await
         .unwrap();
-    let limit = ConcurrencyLimitLayer::new("test").max(MAX).queue(5);
+    let settings = ConcurrencySettings {
+        max: MAX,
+        queue: 5,
+        ..ConcurrencySettings::default()
+    };
+    let limit = ConcurrencyLimitLayer::new("test", settings).unwrap();
     let handle = limit.handle();
     // Counts responses below the limit, before the slot is released.
     let done = Arc::new(AtomicU64::new(0));
@@ -276,12 +283,14 @@ async fn capacity_backend(per_slot: u64, slot: Duration) -> (SocketAddr, Arc<Cou
 async fn throttling_keeps_an_overloaded_backends_load_near_k_times_what_it_accepts() {
     // The backend takes 50 a second (5 each 100 ms); the client offers 500.
     let (addr, counts) = capacity_backend(5, Duration::from_millis(100)).await;
-    let throttle = ThrottleLayer::new("test")
-        .window(Duration::from_secs(2))
-        .seed(42);
+    let settings = ThrottleSettings {
+        window: Duration::from_secs(2),
+        ..ThrottleSettings::default()
+    };
+    let throttle = ThrottleLayer::new("test", settings).unwrap().seed(42);
     let handle = throttle.handle();
     // Through the builder: the throttle sits above the breaker and retries.
-    let svc = client_with(addr, |b| b.throttle(throttle));
+    let svc = client_with(addr, |b| b.share_throttle(throttle));
 
     // One window to warm up, then measure over the next 1.5 windows.
     let warm = open_loop(svc.clone(), 500, Duration::from_secs(2)).await;
@@ -327,9 +336,18 @@ async fn the_builder_stacks_rate_then_concurrency_and_sheds_with_typed_errors() 
     let backend = Backend::spawn(Behavior::new().latency(Duration::from_millis(200)))
         .await
         .unwrap();
+    let rate = RateLimitSettings {
+        per_second: 1.0,
+        burst: Some(3),
+        ..RateLimitSettings::default()
+    };
+    let bulkhead = ConcurrencySettings {
+        max: 1,
+        queue: 1,
+        ..ConcurrencySettings::default()
+    };
     let svc = client_with(backend.addr(), |b| {
-        b.rate_limit(RateLimitLayer::new("test", 1.0).burst(3))
-            .concurrency_limit(ConcurrencyLimitLayer::new("test").max(1).queue(1))
+        b.rate_limit(rate).concurrency_limit(bulkhead)
     });
     // Four at once: the rate limit admits three (its burst) and sheds the
     // fourth; of the three, one runs, one waits, one finds the queue full.

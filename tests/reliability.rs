@@ -26,7 +26,7 @@ use palisade::Limit;
 use palisade::breaker::{BreakerLayer, BreakerState};
 use palisade::demo::Behavior;
 use palisade::discover::Address;
-use palisade::limit::ConcurrencyLimitLayer;
+use palisade::limit::ConcurrencySettings;
 use palisade::retry::{AttemptTimedOut, RetryStop};
 use support::{
     Fault, Fleet, Ledger, Load, Outcome, Plan, Record, Run, account, client, eventually_within, ms,
@@ -505,12 +505,13 @@ async fn f_ten_times_overload_against_limits_sheds_fast_and_stays_bounded() {
     let fleet = Fleet::spawn(2, Behavior::new().latency(Duration::from_millis(20))).await;
     let ledger = Ledger::default();
     let client = client(&fleet, &ledger, |b| {
-        b.timeout(Some(Duration::from_secs(2))).concurrency_limit(
-            ConcurrencyLimitLayer::new("svc")
-                .max(MAX)
-                .queue(MAX)
-                .max_wait(Some(Duration::from_millis(100))),
-        )
+        let settings = ConcurrencySettings {
+            max: MAX,
+            queue: MAX,
+            max_wait: Some(Duration::from_millis(100)),
+        };
+        b.timeout(Some(Duration::from_secs(2)))
+            .concurrency_limit(settings)
     })
     .await;
     // The healthy phase stays within the bulkhead: 8 callers.

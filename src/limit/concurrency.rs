@@ -18,52 +18,61 @@ use tower::{Layer, Service};
 
 use crate::error::{BoxError, Error, Limit};
 use crate::facts::Hints;
+use crate::settings::{Problems, SettingsError};
 
-/// Default [`max`](ConcurrencyLimitLayer::max): requests in flight.
+/// Default [`max`](ConcurrencySettings::max): requests in flight.
 pub const DEFAULT_MAX: usize = 256;
-/// Default [`queue`](ConcurrencyLimitLayer::queue): requests waiting for a
+/// Default [`queue`](ConcurrencySettings::queue): requests waiting for a
 /// slot.
 pub const DEFAULT_QUEUE: usize = 64;
-/// Default [`max_wait`](ConcurrencyLimitLayer::max_wait) in the queue.
+/// Default [`max_wait`](ConcurrencySettings::max_wait) in the queue.
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// The waiter table is allocated up front up to this many entries; a larger
 /// `queue` grows it on demand, never past `queue`.
 const PREALLOCATE: usize = 1024;
 
-/// A bulkhead shared by every service made from it; see the
-/// [module docs](super).
-///
-/// Clones of a layer share its limit. Each configuration method returns a
-/// layer with a fresh limit (nothing in flight), so configure first, then
-/// take [`handle`](ConcurrencyLimitLayer::handle)s and make services.
+/// The settings of a [`ConcurrencyLimitLayer`]; `Default` is the library's
+/// default bulkhead.
 ///
 /// ```
-/// use palisade::limit::ConcurrencyLimitLayer;
+/// use palisade::limit::ConcurrencySettings;
 /// use std::time::Duration;
 ///
-/// let layer = ConcurrencyLimitLayer::new("users")
-///     .max(32)
-///     .queue(8)
-///     .max_wait(Some(Duration::from_millis(250)));
-/// assert_eq!(layer.handle().max(), 32);
+/// let settings = ConcurrencySettings {
+///     max: 0,
+///     max_wait: Some(Duration::ZERO),
+///     ..ConcurrencySettings::default()
+/// };
+/// let err = settings.validate().unwrap_err();
+/// assert_eq!(err.problems().len(), 2);
+/// assert_eq!(err.problems()[0].to_string(), "max: must be at least 1");
 /// ```
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct ConcurrencyLimitLayer {
-    core: Arc<Core>,
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+pub struct ConcurrencySettings {
+    /// Requests allowed in flight at once, across every clone; at least 1.
+    /// Default [`DEFAULT_MAX`].
+    pub max: usize,
+    /// Requests allowed to wait, first in first out, for a slot; 0 sheds
+    /// every request that finds all slots taken. Default [`DEFAULT_QUEUE`].
+    pub queue: usize,
+    /// The longest a request waits in the queue before it is shed with
+    /// [`Limit::QueueTimeout`]; greater than 0. `None` (`"none"`) waits as
+    /// long as the request's deadline allows; a request never waits past
+    /// its [`Deadline`](crate::deadline::Deadline) either way. Default
+    /// [`DEFAULT_MAX_WAIT`].
+    #[cfg_attr(feature = "serde", serde(with = "crate::settings::opt_duration"))]
+    pub max_wait: Option<Duration>,
 }
 
-#[derive(Debug, Clone)]
-struct Config {
-    max: usize,
-    queue: usize,
-    max_wait: Option<Duration>,
-}
-
-impl Default for Config {
+impl Default for ConcurrencySettings {
     fn default() -> Self {
-        Config {
+        ConcurrencySettings {
             max: DEFAULT_MAX,
             queue: DEFAULT_QUEUE,
             max_wait: Some(DEFAULT_MAX_WAIT),
@@ -71,49 +80,82 @@ impl Default for Config {
     }
 }
 
+impl ConcurrencySettings {
+    /// Every problem with these settings, each at its field (`"max"`).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let mut p = Problems::new();
+        p.at_least("max", self.max, 1, "");
+        if let Some(wait) = self.max_wait {
+            p.positive(
+                "max_wait",
+                wait,
+                "\"none\" waits as long as the request's deadline allows; \
+                 `queue = 0` sheds instead of queueing",
+            );
+        }
+        p.finish()
+    }
+}
+
+/// A bulkhead shared by every service made from it; see the
+/// [module docs](super).
+///
+/// The limit is created once, by [`new`](ConcurrencyLimitLayer::new).
+/// Every service the layer makes, every clone of the layer and every
+/// [`handle`](ConcurrencyLimitLayer::handle) shares it: clone one layer to
+/// share one bulkhead between clients.
+///
+/// ```
+/// use palisade::limit::{ConcurrencyLimitLayer, ConcurrencySettings};
+/// use std::time::Duration;
+/// use tower::{Layer, Service, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let settings = ConcurrencySettings {
+///     max: 32,
+///     queue: 8,
+///     max_wait: Some(Duration::from_millis(250)),
+/// };
+/// let layer = ConcurrencyLimitLayer::new("users", settings)?;
+/// let handle = layer.handle();
+///
+/// // Two clients, one bulkhead: each is given a clone of the layer.
+/// let backend = service_fn(|_req: http::Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+/// });
+/// let mut a = layer.clone().layer(backend.clone());
+/// let mut b = layer.layer(backend);
+/// let first = a.ready().await?.call(http::Request::new(()));
+/// let second = b.ready().await?.call(http::Request::new(()));
+/// assert_eq!((handle.in_flight(), handle.max()), (2, 32));
+/// drop((first, second));
+/// assert_eq!(handle.in_flight(), 0);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ConcurrencyLimitLayer {
+    core: Arc<Core>,
+}
+
 impl ConcurrencyLimitLayer {
     /// A concurrency limit for the service called `service` (named in
-    /// errors), with the defaults: 256 in flight, a queue of 64, at most
-    /// 1 s in the queue.
-    pub fn new(service: impl Into<Arc<str>>) -> Self {
-        ConcurrencyLimitLayer {
-            core: Arc::new(Core::new(service.into(), Config::default())),
-        }
+    /// errors), or every problem with `settings`.
+    pub fn new(
+        service: impl Into<Arc<str>>,
+        settings: ConcurrencySettings,
+    ) -> Result<Self, SettingsError> {
+        settings.validate()?;
+        Ok(ConcurrencyLimitLayer {
+            core: Arc::new(Core::new(service.into(), settings)),
+        })
     }
 
-    fn config(self, f: impl FnOnce(&mut Config)) -> Self {
-        let mut config = self.core.config.clone();
-        f(&mut config);
-        ConcurrencyLimitLayer {
-            core: Arc::new(Core::new(self.core.service.clone(), config)),
-        }
-    }
-
-    /// Renames the service (named in errors).
-    pub fn named(self, service: impl Into<Arc<str>>) -> Self {
-        ConcurrencyLimitLayer {
-            core: Arc::new(Core::new(service.into(), self.core.config.clone())),
-        }
-    }
-
-    /// Requests allowed in flight at once, across every clone (default 256;
-    /// 0 is taken as 1).
-    pub fn max(self, max: usize) -> Self {
-        self.config(|c| c.max = max.max(1))
-    }
-
-    /// Requests allowed to wait, first in first out, for a slot (default 64;
-    /// 0 sheds every request that finds all slots taken).
-    pub fn queue(self, queue: usize) -> Self {
-        self.config(|c| c.queue = queue)
-    }
-
-    /// The longest a request waits in the queue before it is shed with
-    /// [`Limit::QueueTimeout`] (default 1 s); `None` waits as long as the
-    /// request's deadline allows. A request never waits past its
-    /// [`Deadline`](crate::deadline::Deadline) either way.
-    pub fn max_wait(self, wait: Option<Duration>) -> Self {
-        self.config(|c| c.max_wait = wait)
+    /// The settings the limit was built from.
+    pub fn settings(&self) -> &ConcurrencySettings {
+        &self.core.config
     }
 
     /// A handle on this layer's limit.
@@ -367,7 +409,7 @@ struct Slots {
 /// response futures and every [`ConcurrencyHandle`].
 struct Core {
     service: Arc<str>,
-    config: Config,
+    config: ConcurrencySettings,
     /// Taken for a few instructions per acquire and release, never across
     /// an await.
     slots: Mutex<Slots>,
@@ -388,7 +430,7 @@ impl fmt::Debug for Core {
 }
 
 impl Core {
-    fn new(service: Arc<str>, config: Config) -> Core {
+    fn new(service: Arc<str>, config: ConcurrencySettings) -> Core {
         Core {
             service,
             slots: Mutex::new(Slots {
@@ -550,12 +592,14 @@ impl Drop for Ticket {
 /// snapshots and metrics.
 ///
 /// ```
-/// use palisade::limit::ConcurrencyLimitLayer;
+/// use palisade::limit::{ConcurrencyLimitLayer, ConcurrencySettings};
 ///
-/// let handle = ConcurrencyLimitLayer::new("users").handle();
+/// let layer = ConcurrencyLimitLayer::new("users", ConcurrencySettings::default())?;
+/// let handle = layer.handle();
 /// assert_eq!((handle.in_flight(), handle.queued()), (0, 0));
 /// assert_eq!((handle.max(), handle.queue()), (256, 64));
 /// assert_eq!(handle.service(), "users");
+/// # Ok::<(), palisade::settings::SettingsError>(())
 /// ```
 #[derive(Clone)]
 pub struct ConcurrencyHandle {

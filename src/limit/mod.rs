@@ -11,8 +11,13 @@
 //! | | a new key finds the key table full of busy keys | [`Limit::Keys`](crate::Limit::Keys), at once |
 //! | [`ThrottleLayer`] | a draw falls under max(0, (requests − K·accepts) / (requests + 1)) | [`Limit::Throttled`](crate::Limit::Throttled), at once |
 //!
-//! Every layer is one shared state behind an `Arc`: every service a layer
-//! makes, and every clone of those, shares it; no `Buffer` task is needed.
+//! Each layer is built from its settings ([`ConcurrencySettings`],
+//! [`RateLimitSettings`], [`ThrottleSettings`]: plain structs whose
+//! `Default` is the library's default and whose `validate()` names every bad
+//! field), and its `new` refuses bad settings rather than adjusting them.
+//! `new` creates the layer's one shared state behind an `Arc`: every service
+//! the layer makes, every clone of the layer and of those services shares
+//! it; no `Buffer` task is needed.
 //! Each has a handle ([`ConcurrencyHandle`], [`RateLimitHandle`],
 //! [`ThrottleHandle`]) that reads the live state for snapshots and metrics.
 //! All timing uses Tokio's clock, so tests on paused time are exact.
@@ -36,18 +41,27 @@
 //!
 //! ```
 //! use palisade::deadline::DeadlineLayer;
-//! use palisade::limit::{ConcurrencyLimitLayer, RateLimitLayer, ThrottleLayer};
+//! use palisade::limit::{
+//!     ConcurrencyLimitLayer, ConcurrencySettings, RateLimitLayer, RateLimitSettings,
+//!     ThrottleLayer, ThrottleSettings,
+//! };
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() {
+//! # async fn main() -> Result<(), palisade::settings::SettingsError> {
 //! let backend = service_fn(|_req: http::Request<()>| async {
 //!     Ok::<_, std::convert::Infallible>(http::Response::new(()))
 //! });
-//! let rate = RateLimitLayer::new("users", 100.0).burst(10);
-//! let bulkhead = ConcurrencyLimitLayer::new("users").max(32).queue(8);
-//! let throttle = ThrottleLayer::new("users");
+//! let rate = RateLimitLayer::new(
+//!     "users",
+//!     RateLimitSettings { per_second: 100.0, burst: Some(10), ..Default::default() },
+//! )?;
+//! let bulkhead = ConcurrencyLimitLayer::new(
+//!     "users",
+//!     ConcurrencySettings { max: 32, queue: 8, ..Default::default() },
+//! )?;
+//! let throttle = ThrottleLayer::new("users", ThrottleSettings::default())?;
 //! let svc = ServiceBuilder::new()
 //!     .layer(DeadlineLayer::new("users"))
 //!     .layer(rate.clone())
@@ -72,16 +86,17 @@
 //! svc.clone().oneshot(http::Request::new(())).await.unwrap();
 //! assert_eq!(bulkhead.handle().in_flight(), 0);
 //! assert_eq!(throttle.handle().accepts(), 11);
+//! # Ok(())
 //! # }
 //! ```
 //!
 //! # Concurrency limit (bulkhead)
 //!
-//! [`ConcurrencyLimitLayer`]: at most [`max`](ConcurrencyLimitLayer::max)
-//! (256) requests in flight; the next [`queue`](ConcurrencyLimitLayer::queue)
+//! [`ConcurrencyLimitLayer`]: at most [`max`](ConcurrencySettings::max)
+//! (256) requests in flight; the next [`queue`](ConcurrencySettings::queue)
 //! (64) wait first in first out; any more are shed at once with
 //! `Limit::Concurrency`. A waiter is shed with `Limit::QueueTimeout` after
-//! [`max_wait`](ConcurrencyLimitLayer::max_wait) (1 s) or at its
+//! [`max_wait`](ConcurrencySettings::max_wait) (1 s) or at its
 //! [`Deadline`](crate::deadline::Deadline), whichever comes first; a request
 //! whose deadline has passed is not queued at all.
 //!
@@ -106,7 +121,7 @@
 //!
 //! # Rate limit
 //!
-//! [`RateLimitLayer`]: `rate` requests a second with bursts of `burst`
+//! [`RateLimitLayer`]: `per_second` requests a second with bursts of `burst`
 //! (default: one second's worth), by the generic cell rate algorithm (a
 //! token bucket kept as one timestamp, the next request's theoretical
 //! arrival time): the shared bucket is one atomic, updated by compare and
@@ -114,21 +129,23 @@
 //! `retry_in` is exactly when the next request would be admitted; it never
 //! waits.
 //!
-//! Keyed ([`keyed`](RateLimitLayer::keyed) with a function of the request,
-//! [`keyed_by_header`](RateLimitLayer::keyed_by_header)), each key has its
-//! own bucket in a table of at most [`max_keys`](RateLimitLayer::max_keys)
-//! (10 000) keys of at most [`MAX_KEY_LEN`](rate::MAX_KEY_LEN) bytes, behind
-//! one short lock. A key whose bucket is full again is idle: when the table
-//! is full, idle keys are forgotten to make room (a forgotten key comes back
-//! with a full bucket, which is what it had). A new key that finds the table
-//! full of busy keys is shed with `Limit::Keys`. Requests without a key share
-//! one bucket by default ([`WithoutKey::Shared`]: leaving the key out never
-//! escapes the limit), or pass unlimited ([`WithoutKey::Pass`]).
+//! Keyed ([`key_header`](RateLimitSettings::key_header) or
+//! [`keyed_by_header`](RateLimitLayer::keyed_by_header), or
+//! [`keyed`](RateLimitLayer::keyed) with a function of the request), each
+//! key has its own bucket in a table of at most
+//! [`max_keys`](RateLimitSettings::max_keys) (10 000) keys of at most
+//! [`MAX_KEY_LEN`](rate::MAX_KEY_LEN) bytes, behind one short lock. A key
+//! whose bucket is full again is idle: when the table is full, idle keys are
+//! forgotten to make room (a forgotten key comes back with a full bucket,
+//! which is what it had). A new key that finds the table full of busy keys
+//! is shed with `Limit::Keys`. Requests without a key share one bucket by
+//! default ([`WithoutKey::Shared`]: leaving the key out never escapes the
+//! limit), or pass unlimited ([`WithoutKey::Pass`]).
 //!
 //! # Adaptive throttling
 //!
 //! [`ThrottleLayer`] is client-side throttling from the Google SRE book
-//! ("Handling Overload"). Over a rolling [`window`](ThrottleLayer::window)
+//! ("Handling Overload"). Over a rolling [`window`](ThrottleSettings::window)
 //! (2 min, expiring a tenth at a time) it counts `requests` (every call,
 //! local rejections included) and `accepts`, and rejects each new request
 //! locally with probability
@@ -169,13 +186,54 @@ pub mod rate;
 pub mod throttle;
 
 pub use concurrency::{
-    ConcurrencyHandle, ConcurrencyLimit, ConcurrencyLimitLayer, ConcurrencyStats,
+    ConcurrencyHandle, ConcurrencyLimit, ConcurrencyLimitLayer, ConcurrencySettings,
+    ConcurrencyStats,
 };
 pub use rate::{
-    HeaderKey, KeyFn, NoKey, RateKey, RateLimit, RateLimitHandle, RateLimitLayer, RateLimitStats,
-    WithoutKey,
+    HeaderKey, KeyFn, RateKey, RateLimit, RateLimitHandle, RateLimitLayer, RateLimitSettings,
+    RateLimitStats, WithoutKey,
 };
-pub use throttle::{Throttle, ThrottleHandle, ThrottleLayer, ThrottleStats};
+pub use throttle::{Throttle, ThrottleHandle, ThrottleLayer, ThrottleSettings, ThrottleStats};
+
+/// The limits of one client, each off unless present; see
+/// [`ClientConfig`](crate::ClientConfig). In a file, a written table takes
+/// the library's default for every key left out (`concurrency = {}` is the
+/// default bulkhead).
+#[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+pub struct LimitSettings {
+    /// The concurrency limit (bulkhead).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub concurrency: Option<ConcurrencySettings>,
+    /// The rate limit.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub rate: Option<RateLimitSettings>,
+    /// Adaptive client throttling.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub throttle: Option<ThrottleSettings>,
+}
+
+impl LimitSettings {
+    /// Every problem with the limits that are present, each at its path
+    /// (`rate.per_second`).
+    pub fn validate(&self) -> Result<(), crate::settings::SettingsError> {
+        let mut p = crate::settings::Problems::new();
+        if let Some(c) = &self.concurrency {
+            p.nested("concurrency", c.validate());
+        }
+        if let Some(r) = &self.rate {
+            p.nested("rate", r.validate());
+        }
+        if let Some(t) = &self.throttle {
+            p.nested("throttle", t.validate());
+        }
+        p.finish()
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -18,8 +18,9 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::error::{BoxError, Error, Limit};
+use crate::settings::{Problems, SettingsError};
 
-/// Default [`max_keys`](RateLimitLayer::max_keys) of a keyed limit.
+/// Default [`max_keys`](RateLimitSettings::max_keys) of a keyed limit.
 pub const DEFAULT_MAX_KEYS: usize = 10_000;
 
 /// Keys longer than this many bytes are cut to it (at a character
@@ -27,42 +28,175 @@ pub const DEFAULT_MAX_KEYS: usize = 10_000;
 /// most `max_keys × 256` bytes of keys.
 pub const MAX_KEY_LEN: usize = 256;
 
-/// The slowest rate a limit accepts (one request in about 11.6 days); slower
-/// rates, zero, negative rates and NaN are raised to it.
+/// The slowest rate a limit accepts (one request in about 11.6 days).
 pub const MIN_RATE: f64 = 1e-6;
 /// The fastest rate a limit accepts (one request a nanosecond).
 pub const MAX_RATE: f64 = 1e9;
 
+/// The settings of a [`RateLimitLayer`].
+///
+/// A rate limit has no sensible default rate, so `per_second` is required:
+/// `Default` leaves it 0 (not set), which [`validate`](Self::validate)
+/// refuses; every other field's `Default` is the library's default.
+///
+/// ```
+/// use palisade::limit::RateLimitSettings;
+///
+/// let settings = RateLimitSettings { per_second: 500.0, ..Default::default() };
+/// assert!(settings.validate().is_ok());
+/// assert_eq!(
+///     RateLimitSettings::default().validate().unwrap_err().to_string(),
+///     "per_second: is required (0 is not a rate): a finite number of requests \
+///      a second from 1e-6 to 1e9"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+pub struct RateLimitSettings {
+    /// Sustained requests a second: finite, from [`MIN_RATE`] to
+    /// [`MAX_RATE`]. Required: the default, 0, is "not set" and is refused.
+    pub per_second: f64,
+    /// Requests that may go at once after a quiet spell; at least 1.
+    /// Default `None`: one second's worth, `per_second` rounded up, at
+    /// least 1.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub burst: Option<u32>,
+    /// Limit each value of this request header separately (one bucket per
+    /// tenant, say); a valid header name. Default `None`: one bucket for
+    /// every request.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub key_header: Option<String>,
+    /// The most keys a keyed limit tracks; at least 1. A key whose bucket
+    /// is full again is idle and may be forgotten to make room; a new key
+    /// that finds the table full of busy keys is shed with [`Limit::Keys`].
+    /// Default [`DEFAULT_MAX_KEYS`].
+    pub max_keys: usize,
+    /// What a keyed limit does with requests that have no key. An unkeyed
+    /// limit ignores it: it limits every request. Default
+    /// [`WithoutKey::Shared`].
+    pub without_key: WithoutKey,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            per_second: 0.0,
+            burst: None,
+            key_header: None,
+            max_keys: DEFAULT_MAX_KEYS,
+            without_key: WithoutKey::default(),
+        }
+    }
+}
+
+impl RateLimitSettings {
+    /// Every problem with these settings, each at its field
+    /// (`"per_second"`).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let mut p = Problems::new();
+        let per_second = self.per_second;
+        if per_second == 0.0 {
+            p.add(
+                "per_second",
+                format!(
+                    "is required (0 is not a rate): a finite number of requests a second from {MIN_RATE:e} to {MAX_RATE:e}"
+                ),
+            );
+        } else if !(per_second.is_finite() && (MIN_RATE..=MAX_RATE).contains(&per_second)) {
+            p.add(
+                "per_second",
+                format!(
+                    "must be a finite number of requests a second from {MIN_RATE:e} to {MAX_RATE:e}, got {per_second}"
+                ),
+            );
+        }
+        if let Some(burst) = self.burst {
+            p.at_least("burst", burst, 1, "");
+        }
+        if let Err(why) = self.key() {
+            p.add("key_header", why);
+        }
+        p.at_least("max_keys", self.max_keys, 1, "");
+        p.finish()
+    }
+
+    /// The key `key_header` names, or why it names none.
+    fn key(&self) -> Result<Option<HeaderKey>, String> {
+        match &self.key_header {
+            None => Ok(None),
+            Some(name) => HeaderName::from_bytes(name.as_bytes())
+                .map(|name| Some(HeaderKey(name)))
+                .map_err(|_| format!("{name:?} is not a valid header name")),
+        }
+    }
+}
+
 /// Rate-limits requests, shared by every service made from it; see the
 /// [module docs](super).
 ///
-/// `K` picks each request's key: [`NoKey`] (one bucket for all),
-/// [`HeaderKey`] ([`keyed_by_header`](RateLimitLayer::keyed_by_header)) or
-/// [`KeyFn`] ([`keyed`](RateLimitLayer::keyed)).
+/// `K` picks each request's key: `Option<`[`HeaderKey`]`>` (what
+/// [`new`](RateLimitLayer::new) makes from
+/// [`key_header`](RateLimitSettings::key_header), or
+/// [`keyed_by_header`](RateLimitLayer::keyed_by_header); `None`: one bucket
+/// for all) or [`KeyFn`] ([`keyed`](RateLimitLayer::keyed)).
 ///
-/// Clones of a layer share its buckets. Each configuration method returns a
-/// layer with fresh buckets (all full), so configure first, then take
-/// [`handle`](RateLimitLayer::handle)s and make services.
+/// The buckets are created once, by [`new`](RateLimitLayer::new). Every
+/// service the layer makes, every clone of the layer and every
+/// [`handle`](RateLimitLayer::handle) shares them, and so does the layer
+/// [`keyed`](RateLimitLayer::keyed) returns: clone one layer to share one
+/// limit between clients.
 ///
 /// ```
-/// use palisade::limit::RateLimitLayer;
+/// use palisade::limit::{RateLimitLayer, RateLimitSettings};
+/// use tower::{Layer, ServiceExt, service_fn};
 ///
-/// // 100 requests a second, bursts of 20, per `x-tenant`, at most 1000 tenants.
-/// let layer = RateLimitLayer::new("users", 100.0)
-///     .burst(20)
-///     .max_keys(1000)
-///     .keyed_by_header(http::HeaderName::from_static("x-tenant"));
-/// assert_eq!(layer.handle().burst(), 20);
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // 100 requests a second, bursts of 2, per `x-tenant`, at most 1000 tenants.
+/// let settings = RateLimitSettings {
+///     per_second: 100.0,
+///     burst: Some(2),
+///     key_header: Some("x-tenant".into()),
+///     max_keys: 1000,
+///     ..Default::default()
+/// };
+/// let layer = RateLimitLayer::new("users", settings)?;
+/// let handle = layer.handle();
+///
+/// // Two clients, one limit: each is given a clone of the layer.
+/// let backend = service_fn(|_req: http::Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+/// });
+/// let a = layer.clone().layer(backend.clone());
+/// let b = layer.layer(backend);
+/// let tenant = || http::Request::builder().header("x-tenant", "t1").body(()).unwrap();
+/// a.clone().oneshot(tenant()).await?;
+/// b.clone().oneshot(tenant()).await?;
+/// let err = a.oneshot(tenant()).await.unwrap_err();
+/// assert!(err.is_overloaded(), "t1's burst of 2 is spent, whichever client sent it");
+/// assert_eq!((handle.admitted(), handle.rejected(), handle.keys()), (2, 1, 1));
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
-pub struct RateLimitLayer<K = NoKey> {
+pub struct RateLimitLayer<K = Option<HeaderKey>> {
     core: Arc<Core>,
     key: K,
+    settings: RateLimitSettings,
 }
 
 /// What a keyed limit does with a request that has no key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 #[non_exhaustive]
 pub enum WithoutKey {
     /// Requests without a key share one bucket of the same rate and burst
@@ -81,31 +215,29 @@ struct Config {
     without_key: WithoutKey,
 }
 
-impl RateLimitLayer<NoKey> {
-    /// A rate limit of `rate` requests a second for the service called
-    /// `service` (named in errors), with the defaults: bursts of one
-    /// second's worth (`rate` rounded up, at least 1), one bucket for all
-    /// requests. `rate` is clamped to [`MIN_RATE`]`..=`[`MAX_RATE`].
-    pub fn new(service: impl Into<Arc<str>>, rate: f64) -> Self {
-        let rate = clamp_rate(rate);
+impl RateLimitLayer<Option<HeaderKey>> {
+    /// A rate limit for the service called `service` (named in errors),
+    /// keyed by `settings.key_header` when it is set, or every problem with
+    /// `settings`.
+    pub fn new(
+        service: impl Into<Arc<str>>,
+        settings: RateLimitSettings,
+    ) -> Result<Self, SettingsError> {
+        settings.validate()?;
+        // Validated: the header, if any, is a header name.
+        let key = settings.key().ok().flatten();
+        let rate = settings.per_second;
         let config = Config {
             rate,
-            burst: burst_for(rate),
-            max_keys: DEFAULT_MAX_KEYS,
-            without_key: WithoutKey::Shared,
+            burst: settings.burst.unwrap_or_else(|| burst_for(rate)),
+            max_keys: settings.max_keys,
+            without_key: settings.without_key,
         };
-        RateLimitLayer {
+        Ok(RateLimitLayer {
             core: Arc::new(Core::new(service.into(), config)),
-            key: NoKey,
-        }
-    }
-}
-
-fn clamp_rate(rate: f64) -> f64 {
-    if rate.is_nan() {
-        MIN_RATE
-    } else {
-        rate.clamp(MIN_RATE, MAX_RATE)
+            key,
+            settings,
+        })
     }
 }
 
@@ -115,79 +247,42 @@ fn burst_for(rate: f64) -> u32 {
 }
 
 impl<K> RateLimitLayer<K> {
-    fn config(self, f: impl FnOnce(&mut Config)) -> Self {
-        let mut config = self.core.config.clone();
-        f(&mut config);
-        RateLimitLayer {
-            core: Arc::new(Core::new(self.core.service.clone(), config)),
-            key: self.key,
-        }
-    }
-
-    /// Renames the service (named in errors).
-    pub fn named(self, service: impl Into<Arc<str>>) -> Self {
-        RateLimitLayer {
-            core: Arc::new(Core::new(service.into(), self.core.config.clone())),
-            key: self.key,
-        }
-    }
-
-    /// The sustained rate, in requests a second (clamped to
-    /// [`MIN_RATE`]`..=`[`MAX_RATE`]). The burst is kept.
-    pub fn rate(self, rate: f64) -> Self {
-        self.config(|c| c.rate = clamp_rate(rate))
-    }
-
-    /// How many requests may go at once after a quiet spell (default: the
-    /// rate rounded up, at least 1; 0 is taken as 1).
-    pub fn burst(self, burst: u32) -> Self {
-        self.config(|c| c.burst = burst.max(1))
-    }
-
-    /// The most keys a keyed limit tracks (default 10 000; 0 is taken as
-    /// 1). A key whose bucket is full again is idle and may be forgotten to
-    /// make room; a new key that finds the table full of busy keys is shed
-    /// with [`Limit::Keys`].
-    pub fn max_keys(self, max: usize) -> Self {
-        self.config(|c| c.max_keys = max.max(1))
-    }
-
-    /// What a keyed limit does with requests that have no key (default
-    /// [`WithoutKey::Shared`]). An unkeyed limit ([`NoKey`]) ignores it: it
-    /// always limits every request.
-    pub fn without_key(self, policy: WithoutKey) -> Self {
-        self.config(|c| c.without_key = policy)
+    /// The settings the limit was built from, with `key_header` as the
+    /// layer now keys (`None` after [`keyed`](Self::keyed): the key is a
+    /// function).
+    pub fn settings(&self) -> &RateLimitSettings {
+        &self.settings
     }
 
     /// One bucket per value of the header `name` (the first value, when
-    /// it is UTF-8; other requests have no key). Fresh buckets.
-    pub fn keyed_by_header(self, name: HeaderName) -> RateLimitLayer<HeaderKey> {
+    /// it is UTF-8; other requests have no key). The buckets are kept.
+    pub fn keyed_by_header(mut self, name: HeaderName) -> RateLimitLayer<Option<HeaderKey>> {
+        self.settings.key_header = Some(name.as_str().to_owned());
         RateLimitLayer {
-            core: Arc::new(Core::new(
-                self.core.service.clone(),
-                self.core.config.clone(),
-            )),
-            key: HeaderKey(name),
+            core: self.core,
+            key: Some(HeaderKey(name)),
+            settings: self.settings,
         }
     }
 
     /// One bucket per key that `key` returns for a request (`None`: no
-    /// key). Fresh buckets.
+    /// key). The buckets are kept.
     ///
     /// ```
-    /// use palisade::limit::RateLimitLayer;
+    /// use palisade::limit::{RateLimitLayer, RateLimitSettings};
     ///
-    /// let layer = RateLimitLayer::new("users", 10.0)
+    /// let settings = RateLimitSettings { per_second: 10.0, ..Default::default() };
+    /// let layer = RateLimitLayer::new("users", settings)
+    ///     .unwrap()
     ///     .keyed(|req: &http::Request<()>| req.uri().path().split('/').nth(1).map(str::to_owned));
     /// # let _ = layer;
     /// ```
-    pub fn keyed<F>(self, key: F) -> RateLimitLayer<KeyFn<F>> {
+    pub fn keyed<F>(mut self, key: F) -> RateLimitLayer<KeyFn<F>> {
+        self.settings.key_header = None;
         RateLimitLayer {
-            core: Arc::new(Core::new(
-                self.core.service.clone(),
-                self.core.config.clone(),
-            )),
+            core: self.core,
             key: KeyFn(key),
+            settings: self.settings,
         }
     }
 
@@ -213,28 +308,18 @@ impl<S, K: Clone> Layer<S> for RateLimitLayer<K> {
 
 /// Picks the key a request is rate-limited under.
 ///
-/// Implemented by [`NoKey`], [`HeaderKey`] and [`KeyFn`]; implement it for
-/// a key that needs no allocation per request.
+/// Implemented by `Option<`[`HeaderKey`]`>`, [`HeaderKey`] and [`KeyFn`];
+/// implement it for a key that needs no allocation per request.
 pub trait RateKey<Req>: Clone + Send + Sync + 'static {
-    /// Whether the limit is keyed at all. Only [`NoKey`] says no: then
-    /// every request uses the shared bucket, whatever
-    /// [`without_key`](RateLimitLayer::without_key) says.
-    const KEYED: bool = true;
+    /// Whether the limit is keyed at all. Only an unset key (`None`) says
+    /// no: then every request uses the shared bucket, whatever
+    /// [`without_key`](RateLimitSettings::without_key) says.
+    fn keyed(&self) -> bool {
+        true
+    }
 
     /// Calls `f` with the request's key, or `None` when it has none.
     fn with_key<T>(&self, req: &Req, f: impl FnOnce(Option<&str>) -> T) -> T;
-}
-
-/// No keys: every request uses the one shared bucket.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoKey;
-
-impl<Req> RateKey<Req> for NoKey {
-    const KEYED: bool = false;
-
-    fn with_key<T>(&self, _: &Req, f: impl FnOnce(Option<&str>) -> T) -> T {
-        f(None)
-    }
 }
 
 /// Keys by the value of one request header; see
@@ -249,35 +334,19 @@ impl<B> RateKey<http::Request<B>> for HeaderKey {
     }
 }
 
-/// A header key or none: what [`Builder::rate_limit`](crate::stack::Builder::rate_limit)
-/// takes, so that one client type covers both. `None` limits every request
-/// with the shared bucket, as [`NoKey`] does.
+/// A header key or none: what [`RateLimitLayer::new`] makes from
+/// [`key_header`](RateLimitSettings::key_header), and what
+/// [`Builder::rate_limit`](crate::stack::Builder::rate_limit) takes. `None`
+/// limits every request with the shared bucket.
 impl<B> RateKey<http::Request<B>> for Option<HeaderKey> {
+    fn keyed(&self) -> bool {
+        self.is_some()
+    }
+
     fn with_key<T>(&self, req: &http::Request<B>, f: impl FnOnce(Option<&str>) -> T) -> T {
         match self {
             Some(key) => key.with_key(req, f),
             None => f(None),
-        }
-    }
-}
-
-impl From<RateLimitLayer<NoKey>> for RateLimitLayer<Option<HeaderKey>> {
-    fn from(layer: RateLimitLayer<NoKey>) -> Self {
-        // Unkeyed means every request is limited, whatever `without_key`
-        // said (it is ignored for `NoKey`).
-        let layer = layer.without_key(WithoutKey::Shared);
-        RateLimitLayer {
-            core: layer.core,
-            key: None,
-        }
-    }
-}
-
-impl From<RateLimitLayer<HeaderKey>> for RateLimitLayer<Option<HeaderKey>> {
-    fn from(layer: RateLimitLayer<HeaderKey>) -> Self {
-        RateLimitLayer {
-            core: layer.core,
-            key: Some(layer.key),
         }
     }
 }
@@ -306,7 +375,7 @@ where
 /// The service [`RateLimitLayer`] makes: calls its inner service while the
 /// request's bucket has room, and sheds the request at once otherwise.
 #[derive(Debug, Clone)]
-pub struct RateLimit<S, K = NoKey> {
+pub struct RateLimit<S, K = Option<HeaderKey>> {
     inner: S,
     core: Arc<Core>,
     key: K,
@@ -346,7 +415,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let now = self.core.nanos(Instant::now());
         let core = &self.core;
-        let keyed = K::KEYED;
+        let keyed = self.key.keyed();
         match self.key.with_key(&req, |key| core.acquire(key, keyed, now)) {
             Ok(()) => ResponseFuture {
                 state: State::Running {
@@ -606,11 +675,16 @@ fn truncate(key: &str) -> &str {
 /// metrics.
 ///
 /// ```
-/// use palisade::limit::RateLimitLayer;
+/// use palisade::limit::{RateLimitLayer, RateLimitSettings};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
-/// let handle = RateLimitLayer::new("users", 50.0).burst(10).handle();
+/// let settings = RateLimitSettings {
+///     per_second: 50.0,
+///     burst: Some(10),
+///     ..Default::default()
+/// };
+/// let handle = RateLimitLayer::new("users", settings).unwrap().handle();
 /// assert_eq!(handle.available(), 10);
 /// assert_eq!((handle.rate(), handle.keys()), (50.0, 0));
 /// # }

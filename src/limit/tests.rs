@@ -19,6 +19,7 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 use super::*;
 use crate::deadline::Deadline;
 use crate::error::{BoxError, Error, Limit};
+use crate::settings::SettingsError;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -140,7 +141,8 @@ struct Bulkhead {
 }
 
 impl Bulkhead {
-    fn new(layer: ConcurrencyLimitLayer) -> Self {
+    fn new(settings: ConcurrencySettings) -> Self {
+        let layer = ConcurrencyLimitLayer::new("users", settings).unwrap();
         let backend = Backend::default();
         Bulkhead {
             svc: layer.layer(backend.clone()),
@@ -185,11 +187,12 @@ fn shed(poll: Poll<Result<Response<()>, Error>>) -> Limit {
     }
 }
 
-fn bulkhead(max: usize, queue: usize) -> ConcurrencyLimitLayer {
-    ConcurrencyLimitLayer::new("users")
-        .max(max)
-        .queue(queue)
-        .max_wait(None)
+fn bulkhead(max: usize, queue: usize) -> ConcurrencySettings {
+    ConcurrencySettings {
+        max,
+        queue,
+        max_wait: None,
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -314,7 +317,10 @@ async fn a_waiter_dropped_after_its_slot_came_passes_the_slot_on() {
 
 #[tokio::test(start_paused = true)]
 async fn the_queue_wait_is_bounded() {
-    let h = Bulkhead::new(bulkhead(1, 4).max_wait(Some(ms(100))));
+    let h = Bulkhead::new(ConcurrencySettings {
+        max_wait: Some(ms(100)),
+        ..bulkhead(1, 4)
+    });
     let _first = h.begin(req(0));
     let mut waiting = h.begin(req(1));
 
@@ -336,7 +342,10 @@ async fn the_queue_wait_is_bounded() {
 
 #[tokio::test(start_paused = true)]
 async fn a_waiter_never_waits_past_its_deadline() {
-    let h = Bulkhead::new(bulkhead(1, 4).max_wait(Some(secs(1))));
+    let h = Bulkhead::new(ConcurrencySettings {
+        max_wait: Some(secs(1)),
+        ..bulkhead(1, 4)
+    });
     let _first = h.begin(req(0));
     let mut waiting = h.begin(req_within(1, ms(30)));
     let mut patient = h.begin(req(2));
@@ -390,7 +399,10 @@ async fn a_spent_deadline_is_not_queued_but_may_take_a_free_slot() {
 
 #[tokio::test(start_paused = true)]
 async fn a_slot_freed_as_the_wait_ends_is_taken() {
-    let h = Bulkhead::new(bulkhead(1, 1).max_wait(Some(ms(10))));
+    let h = Bulkhead::new(ConcurrencySettings {
+        max_wait: Some(ms(10)),
+        ..bulkhead(1, 1)
+    });
     let mut first = h.begin(req(0));
     let mut waiting = h.begin(req(1));
     tokio::time::advance(ms(10)).await;
@@ -433,7 +445,7 @@ async fn many_tasks_never_exceed_max_and_all_finish() {
             }
         }
     });
-    let layer = bulkhead(4, 100);
+    let layer = ConcurrencyLimitLayer::new("users", bulkhead(4, 100)).unwrap();
     let handle = layer.handle();
     let svc = layer.layer(backend);
     let start = Instant::now();
@@ -481,7 +493,10 @@ mod interleavings {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let h = Bulkhead::new(bulkhead(max, queue).max_wait(wait.map(ms)));
+            let h = Bulkhead::new(ConcurrencySettings {
+                max_wait: wait.map(ms),
+                ..bulkhead(max, queue)
+            });
             let mut live: Vec<(u32, Spawn<LimitedFuture>)> = Vec::new();
             let mut next = 0;
             for op in ops {
@@ -586,6 +601,10 @@ where
     }
 }
 
+fn rate_limit(settings: RateLimitSettings) -> RateLimitLayer {
+    RateLimitLayer::new("users", settings).unwrap()
+}
+
 fn retry_in(limit: &Limit) -> Duration {
     match limit {
         Limit::Rate { retry_in, .. } => *retry_in,
@@ -595,7 +614,7 @@ fn retry_in(limit: &Limit) -> Duration {
 
 #[tokio::test(start_paused = true)]
 async fn rate_admits_the_burst_then_exactly_the_rate() {
-    let layer = RateLimitLayer::new("users", 10.0).burst(5);
+    let layer = rate_limit(rate(10.0, 5));
     let handle = layer.handle();
     let svc = layer.layer(answering());
     for _ in 0..5 {
@@ -633,7 +652,11 @@ async fn rate_admits_the_burst_then_exactly_the_rate() {
 
 #[tokio::test(start_paused = true)]
 async fn retry_in_says_exactly_when_the_next_is_admitted() {
-    let svc = RateLimitLayer::new("users", 4.0).layer(answering());
+    let svc = rate_limit(RateLimitSettings {
+        per_second: 4.0,
+        ..RateLimitSettings::default()
+    })
+    .layer(answering());
     for _ in 0..4 {
         send(&svc, Request::new(())).await.unwrap();
     }
@@ -649,7 +672,7 @@ async fn retry_in_says_exactly_when_the_next_is_admitted() {
 
 #[tokio::test(start_paused = true)]
 async fn the_bucket_is_shared_by_every_clone_and_service() {
-    let layer = RateLimitLayer::new("users", 1.0).burst(3);
+    let layer = rate_limit(rate(1.0, 3));
     let a = layer.layer(answering());
     let b = layer.clone().layer(answering());
     send(&a, Request::new(())).await.unwrap();
@@ -661,9 +684,10 @@ async fn the_bucket_is_shared_by_every_clone_and_service() {
 
 #[tokio::test(start_paused = true)]
 async fn keys_have_their_own_buckets() {
-    let layer = RateLimitLayer::new("users", 1.0)
-        .burst(2)
-        .keyed_by_header(http::HeaderName::from_static("x-tenant"));
+    let layer = rate_limit(RateLimitSettings {
+        key_header: Some("X-Tenant".into()),
+        ..rate(1.0, 2)
+    });
     let handle = layer.handle();
     let svc = layer.layer(answering());
     send(&svc, tenant("a")).await.unwrap();
@@ -700,9 +724,11 @@ async fn keys_have_their_own_buckets() {
 
 #[tokio::test(start_paused = true)]
 async fn requests_without_a_key_may_pass() {
-    let svc = RateLimitLayer::new("users", 1.0)
-        .burst(1)
-        .without_key(WithoutKey::Pass)
+    let pass = RateLimitSettings {
+        without_key: WithoutKey::Pass,
+        ..rate(1.0, 1)
+    };
+    let svc = rate_limit(pass.clone())
         .keyed(|req: &Plain| {
             req.headers()
                 .get("x-tenant")
@@ -717,10 +743,7 @@ async fn requests_without_a_key_may_pass() {
     send(&svc, tenant("a")).await.unwrap_err();
 
     // An unkeyed limit has no "missing key": it limits everything.
-    let svc = RateLimitLayer::new("users", 1.0)
-        .burst(1)
-        .without_key(WithoutKey::Pass)
-        .layer(answering());
+    let svc = rate_limit(pass).layer(answering());
     send(&svc, Request::new(())).await.unwrap();
     send(&svc, Request::new(())).await.unwrap_err();
 }
@@ -728,10 +751,11 @@ async fn requests_without_a_key_may_pass() {
 #[tokio::test(start_paused = true)]
 async fn the_key_table_is_bounded_and_forgets_idle_keys() {
     // Two keys at most; a bucket refills in 2 s (burst 2 at 1/s).
-    let layer = RateLimitLayer::new("users", 1.0)
-        .burst(2)
-        .max_keys(2)
-        .keyed_by_header(http::HeaderName::from_static("x-tenant"));
+    let layer = rate_limit(RateLimitSettings {
+        max_keys: 2,
+        ..rate(1.0, 2)
+    })
+    .keyed_by_header(http::HeaderName::from_static("x-tenant"));
     let handle = layer.handle();
     let svc = layer.layer(answering());
     send(&svc, tenant("a")).await.unwrap();
@@ -773,10 +797,11 @@ async fn the_key_table_is_bounded_and_forgets_idle_keys() {
 
 #[tokio::test(start_paused = true)]
 async fn a_full_table_of_busy_keys_does_not_sweep_on_every_request() {
-    let layer = RateLimitLayer::new("users", 0.5)
-        .burst(1)
-        .max_keys(1000)
-        .keyed_by_header(http::HeaderName::from_static("x-tenant"));
+    let layer = rate_limit(RateLimitSettings {
+        max_keys: 1000,
+        ..rate(0.5, 1)
+    })
+    .keyed_by_header(http::HeaderName::from_static("x-tenant"));
     let handle = layer.handle();
     let svc = layer.layer(answering());
     for i in 0..1000 {
@@ -886,13 +911,17 @@ where
     throttled
 }
 
+fn throttling() -> ThrottleLayer {
+    ThrottleLayer::new("users", ThrottleSettings::default()).unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn throttling_keeps_offered_load_within_k_times_accepts() {
     for refusal in [503, 429] {
         // The backend can take 10 a second; it is offered 100 a second, so
         // unthrottled it would accept 1 in 10.
         let backend = Capacity::new(10, refusal);
-        let layer = ThrottleLayer::new("users").seed(7);
+        let layer = throttling().seed(7);
         let handle = layer.handle();
         let svc = layer.layer(backend.clone());
 
@@ -924,7 +953,7 @@ async fn throttling_keeps_offered_load_within_k_times_accepts() {
 #[tokio::test(start_paused = true)]
 async fn throttling_recovers_once_the_backend_accepts_again() {
     let backend = Capacity::new(10, 503);
-    let layer = ThrottleLayer::new("users").seed(11);
+    let layer = throttling().seed(11);
     let handle = layer.handle();
     let svc = layer.layer(backend.clone());
     offer(&svc, 100, secs(240)).await;
@@ -957,7 +986,7 @@ async fn throttling_recovers_once_the_backend_accepts_again() {
 
 #[tokio::test(start_paused = true)]
 async fn no_throttling_while_the_backend_accepts() {
-    let layer = ThrottleLayer::new("users");
+    let layer = throttling();
     let handle = layer.handle();
     // 500s are failures, but the backend took the requests: accepted.
     let svc = layer.layer(service_fn(|_: Plain| async {
@@ -969,7 +998,7 @@ async fn no_throttling_while_the_backend_accepts() {
 
 #[tokio::test(start_paused = true)]
 async fn rejections_count_as_requests_and_carry_the_probability() {
-    let layer = ThrottleLayer::new("users").seed(1);
+    let layer = throttling().seed(1);
     let handle = layer.handle();
     let svc = layer.layer(service_fn(|_: Plain| async {
         Ok::<_, io::Error>(Response::builder().status(503).body(()).unwrap())
@@ -1005,11 +1034,9 @@ async fn rejections_count_as_requests_and_carry_the_probability() {
 #[tokio::test(start_paused = true)]
 async fn the_same_seed_throttles_the_same_requests() {
     async fn pattern(seed: u64) -> Vec<bool> {
-        let svc = ThrottleLayer::new("users")
-            .seed(seed)
-            .layer(service_fn(|_: Plain| async {
-                Ok::<_, io::Error>(Response::builder().status(429).body(()).unwrap())
-            }));
+        let svc = throttling().seed(seed).layer(service_fn(|_: Plain| async {
+            Ok::<_, io::Error>(Response::builder().status(429).body(()).unwrap())
+        }));
         let mut out = Vec::new();
         for _ in 0..200 {
             out.push(send(&svc, Request::new(())).await.is_err());
@@ -1036,7 +1063,7 @@ async fn what_counts_as_accepted() {
     ];
     for (reply, accepted) in cases {
         let backend = Backend::default();
-        let layer = ThrottleLayer::new("users");
+        let layer = throttling();
         let handle = layer.handle();
         let mut fut = spawn(layer.layer(backend.clone()).oneshot(req(0)));
         assert!(fut.poll().is_pending());
@@ -1054,7 +1081,7 @@ async fn what_counts_as_accepted() {
 
     // Cancelled: a request, not accepted.
     let backend = Backend::default();
-    let layer = ThrottleLayer::new("users");
+    let layer = throttling();
     let handle = layer.handle();
     let mut fut = spawn(layer.layer(backend).oneshot(req(0)));
     assert!(fut.poll().is_pending());
@@ -1069,8 +1096,7 @@ fn layers_and_services_are_clone_send_sync() {
     check::<ConcurrencyLimit<Backend>>();
     check::<ConcurrencyHandle>();
     check::<RateLimitLayer>();
-    check::<RateLimitLayer<HeaderKey>>();
-    check::<RateLimit<Backend, HeaderKey>>();
+    check::<RateLimit<Backend>>();
     check::<RateLimitHandle>();
     check::<ThrottleLayer>();
     check::<Throttle<Backend>>();
@@ -1079,4 +1105,384 @@ fn layers_and_services_are_clone_send_sync() {
     send::<LimitedFuture>();
     send::<throttle::ResponseFuture<BackendFuture, crate::classify::HttpClassify>>();
     send::<rate::ResponseFuture<BackendFuture>>();
+}
+
+// ---------------------------------------------------------------------------
+// Settings, and the one shared state `new` creates.
+
+/// Each problem as `field: message`, in field order.
+fn problems(result: Result<(), SettingsError>) -> Vec<String> {
+    match result {
+        Ok(()) => Vec::new(),
+        Err(err) => err.problems().iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// `per_second` with bursts of `burst`.
+fn rate(per_second: f64, burst: u32) -> RateLimitSettings {
+    RateLimitSettings {
+        per_second,
+        burst: Some(burst),
+        ..RateLimitSettings::default()
+    }
+}
+
+const NO_PROBLEM: [&str; 0] = [];
+
+const RATE_REQUIRED: &str = "per_second: is required (0 is not a rate): a finite number of \
+                             requests a second from 1e-6 to 1e9";
+
+#[test]
+fn the_defaults_are_valid_and_are_what_the_layers_use() {
+    assert_eq!(
+        problems(ConcurrencySettings::default().validate()),
+        NO_PROBLEM
+    );
+    assert_eq!(problems(ThrottleSettings::default().validate()), NO_PROBLEM);
+    // A rate has no sensible default: it is the one field to set.
+    assert_eq!(
+        problems(RateLimitSettings::default().validate()),
+        [RATE_REQUIRED]
+    );
+    let settings = RateLimitSettings {
+        per_second: 7.5,
+        ..RateLimitSettings::default()
+    };
+    assert_eq!(problems(settings.validate()), NO_PROBLEM);
+
+    let c = ConcurrencyLimitLayer::new("users", ConcurrencySettings::default())
+        .unwrap()
+        .handle();
+    assert_eq!(
+        (c.max(), c.queue(), c.max_wait()),
+        (
+            concurrency::DEFAULT_MAX,
+            concurrency::DEFAULT_QUEUE,
+            Some(concurrency::DEFAULT_MAX_WAIT)
+        )
+    );
+    let r = rate_limit(settings).handle();
+    assert_eq!(
+        (r.rate(), r.burst(), r.max_keys()),
+        (7.5, 8, rate::DEFAULT_MAX_KEYS),
+        "the burst: one second's worth, rounded up"
+    );
+    let t = throttling().handle();
+    assert_eq!(
+        (t.k(), t.window()),
+        (throttle::DEFAULT_K, throttle::DEFAULT_WINDOW)
+    );
+}
+
+#[test]
+fn each_bad_concurrency_setting_is_refused_at_its_field() {
+    let cases = [
+        (
+            ConcurrencySettings {
+                max: 0,
+                ..ConcurrencySettings::default()
+            },
+            "max: must be at least 1",
+        ),
+        (
+            ConcurrencySettings {
+                max_wait: Some(Duration::ZERO),
+                ..ConcurrencySettings::default()
+            },
+            "max_wait: must be greater than 0 (\"none\" waits as long as the request's \
+             deadline allows; `queue = 0` sheds instead of queueing)",
+        ),
+    ];
+    for (settings, problem) in cases {
+        assert_eq!(problems(settings.validate()), [problem]);
+        // Refused, not adjusted.
+        let err = ConcurrencyLimitLayer::new("users", settings).unwrap_err();
+        assert_eq!(err.to_string(), problem);
+    }
+    // A queue of 0 and no wait limit are settings, not mistakes.
+    let edge = ConcurrencySettings {
+        max: 1,
+        queue: 0,
+        max_wait: None,
+    };
+    assert_eq!(problems(edge.validate()), NO_PROBLEM);
+
+    let all = ConcurrencySettings {
+        max: 0,
+        queue: 0,
+        max_wait: Some(Duration::ZERO),
+    };
+    let err = all.validate().unwrap_err();
+    let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["max", "max_wait"]);
+}
+
+#[test]
+fn each_bad_rate_setting_is_refused_at_its_field() {
+    let range = "must be a finite number of requests a second from 1e-6 to 1e9, got";
+    let per_second = |per_second| RateLimitSettings {
+        per_second,
+        ..RateLimitSettings::default()
+    };
+    let cases = [
+        (per_second(0.0), RATE_REQUIRED.to_owned()),
+        (per_second(-1.0), format!("per_second: {range} -1")),
+        (per_second(f64::NAN), format!("per_second: {range} NaN")),
+        (
+            per_second(f64::INFINITY),
+            format!("per_second: {range} inf"),
+        ),
+        (per_second(1e-7), format!("per_second: {range} 0.0000001")),
+        (per_second(2e9), format!("per_second: {range} 2000000000")),
+        (
+            RateLimitSettings {
+                burst: Some(0),
+                ..rate(1.0, 1)
+            },
+            "burst: must be at least 1".to_owned(),
+        ),
+        (
+            RateLimitSettings {
+                key_header: Some("x tenant".into()),
+                ..rate(1.0, 1)
+            },
+            "key_header: \"x tenant\" is not a valid header name".to_owned(),
+        ),
+        (
+            RateLimitSettings {
+                max_keys: 0,
+                ..rate(1.0, 1)
+            },
+            "max_keys: must be at least 1".to_owned(),
+        ),
+    ];
+    for (settings, problem) in cases {
+        assert_eq!(problems(settings.validate()), [problem.as_str()]);
+        // Refused, not clamped.
+        let err = RateLimitLayer::new("users", settings).unwrap_err();
+        assert_eq!(err.to_string(), problem);
+    }
+    // The ends of the range are rates.
+    for per_second in [rate::MIN_RATE, rate::MAX_RATE] {
+        assert_eq!(problems(rate(per_second, 1).validate()), NO_PROBLEM);
+    }
+
+    let all = RateLimitSettings {
+        per_second: f64::NAN,
+        burst: Some(0),
+        key_header: Some("x tenant".into()),
+        max_keys: 0,
+        without_key: WithoutKey::Pass,
+    };
+    let err = all.validate().unwrap_err();
+    let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["per_second", "burst", "key_header", "max_keys"]);
+}
+
+#[test]
+fn each_bad_throttle_setting_is_refused_at_its_field() {
+    let k = |k| ThrottleSettings {
+        k,
+        ..ThrottleSettings::default()
+    };
+    let at_least = "k: must be a finite number at least 1 (the backend is offered at least \
+                    what it accepts), got";
+    let cases = [
+        (k(0.5), format!("{at_least} 0.5")),
+        (k(-2.0), format!("{at_least} -2")),
+        (k(f64::NAN), format!("{at_least} NaN")),
+        (k(f64::INFINITY), format!("{at_least} inf")),
+        (
+            ThrottleSettings {
+                window: Duration::ZERO,
+                ..ThrottleSettings::default()
+            },
+            "window: must be greater than 0".to_owned(),
+        ),
+    ];
+    for (settings, problem) in cases {
+        assert_eq!(problems(settings.validate()), [problem.as_str()]);
+        // Refused, not raised to 1 or left as it was.
+        let err = ThrottleLayer::new("users", settings).unwrap_err();
+        assert_eq!(err.to_string(), problem);
+    }
+    assert_eq!(problems(k(1.0).validate()), NO_PROBLEM);
+
+    let both = ThrottleSettings {
+        k: f64::NAN,
+        window: Duration::ZERO,
+    };
+    let err = both.validate().unwrap_err();
+    let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["k", "window"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_concurrency_handle_taken_right_after_new_sees_the_traffic() {
+    let layer = ConcurrencyLimitLayer::new("users", bulkhead(1, 0)).unwrap();
+    let handle = layer.handle();
+    assert_eq!(layer.settings(), &bulkhead(1, 0));
+    let backend = Backend::default();
+    let mut first = spawn(layer.layer(backend.clone()).oneshot(req(0)));
+    assert!(first.poll().is_pending());
+    // Another client's clone of the layer shares the one slot.
+    let mut second = spawn(layer.clone().layer(backend.clone()).oneshot(req(1)));
+    assert_eq!(shed(second.poll()), Limit::Concurrency { max: 1, queue: 0 });
+    assert_eq!((handle.in_flight(), handle.shed_full()), (1, 1));
+    backend.answer(0, Ok(200));
+    assert_eq!(ok_status(first.poll()), 200);
+    assert_eq!(handle.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_handle_taken_right_after_new_sees_the_traffic() {
+    let layer = rate_limit(rate(1.0, 1));
+    let handle = layer.handle();
+    // Keying afterwards keeps the buckets.
+    let layer = layer.keyed_by_header(http::HeaderName::from_static("x-tenant"));
+    assert_eq!(layer.settings().key_header.as_deref(), Some("x-tenant"));
+    let svc = layer.layer(answering());
+    send(&svc, tenant("a")).await.unwrap();
+    send(&svc, Request::new(())).await.unwrap();
+    // A clone shares the shared bucket, now empty.
+    let other = layer.clone().layer(answering());
+    send(&other, Request::new(())).await.unwrap_err();
+    assert_eq!(
+        (handle.admitted(), handle.rejected(), handle.keys()),
+        (2, 1, 1)
+    );
+
+    let layer = layer.keyed(|req: &Plain| Some(req.uri().path().to_owned()));
+    assert_eq!(layer.settings().key_header, None, "the key is a function");
+    send(&layer.layer(answering()), Request::new(()))
+        .await
+        .unwrap();
+    assert_eq!((handle.admitted(), handle.keys()), (3, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttle_handle_taken_right_after_new_sees_the_traffic() {
+    let layer = throttling();
+    let handle = layer.handle();
+    // Seeding and a classifier of its own keep the counts.
+    let layer = layer
+        .seed(3)
+        .classify(crate::classify::HttpClassify::default());
+    assert_eq!(layer.settings(), &ThrottleSettings::default());
+    send(&layer.layer(answering()), Request::new(()))
+        .await
+        .unwrap();
+    // A clone counts into the same window: one accepted, one refused.
+    let refusing = layer.clone().layer(service_fn(|_: Plain| async {
+        Ok::<_, io::Error>(Response::builder().status(503).body(()).unwrap())
+    }));
+    send(&refusing, Request::new(())).await.unwrap();
+    assert_eq!((handle.requests(), handle.accepts()), (2, 1));
+    assert_eq!(handle.probability(), 0.0, "(2 - 2·1) / 3");
+}
+
+/// Settings files: durations as strings, unknown fields refused. The
+/// formats come with the `file` feature.
+#[cfg(all(feature = "serde", feature = "file"))]
+mod files {
+    use super::*;
+
+    #[test]
+    fn settings_read_and_write_durations_as_strings() {
+        let c: ConcurrencySettings = toml::from_str("max = 32\nmax_wait = \"250ms\"").unwrap();
+        assert_eq!(
+            c,
+            ConcurrencySettings {
+                max: 32,
+                max_wait: Some(ms(250)),
+                ..ConcurrencySettings::default()
+            }
+        );
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("max_wait = \"250ms\""), "{text}");
+        assert_eq!(toml::from_str::<ConcurrencySettings>(&text).unwrap(), c);
+        let none: ConcurrencySettings = toml::from_str("max_wait = \"none\"").unwrap();
+        assert_eq!(none.max_wait, None);
+        let json = serde_json::to_string(&none).unwrap();
+        assert!(json.contains(r#""max_wait":"none""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<ConcurrencySettings>(&json).unwrap(),
+            none
+        );
+
+        let t: ThrottleSettings = toml::from_str("window = \"1m 30s\"").unwrap();
+        assert_eq!(
+            t,
+            ThrottleSettings {
+                window: secs(90),
+                ..ThrottleSettings::default()
+            }
+        );
+        let json = serde_json::to_string(&t).unwrap();
+        assert!(json.contains(r#""window":"1m 30s""#), "{json}");
+        assert_eq!(serde_json::from_str::<ThrottleSettings>(&json).unwrap(), t);
+        assert_eq!(
+            toml::from_str::<ThrottleSettings>(&toml::to_string(&t).unwrap()).unwrap(),
+            t
+        );
+
+        let r: RateLimitSettings = toml::from_str(
+            "per_second = 0.5\nburst = 3\nkey_header = \"X-Tenant\"\nmax_keys = 10\n\
+             without_key = \"pass\"",
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            RateLimitSettings {
+                per_second: 0.5,
+                burst: Some(3),
+                key_header: Some("X-Tenant".into()),
+                max_keys: 10,
+                without_key: WithoutKey::Pass,
+            }
+        );
+        assert_eq!(
+            toml::from_str::<RateLimitSettings>(&toml::to_string(&r).unwrap()).unwrap(),
+            r
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<RateLimitSettings>(&json).unwrap(), r);
+
+        let bad = toml::from_str::<ThrottleSettings>("window = \"2 fortnights\"").unwrap_err();
+        assert!(
+            bad.to_string().contains("\"250ms\""),
+            "says how to write one: {bad}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let errors = [
+            toml::from_str::<ConcurrencySettings>("max = 1\nmax_wiat = \"1s\"")
+                .unwrap_err()
+                .to_string(),
+            toml::from_str::<RateLimitSettings>("per_second = 1.0\nburts = 3")
+                .unwrap_err()
+                .to_string(),
+            serde_json::from_str::<ThrottleSettings>(r#"{"k": 2.0, "windw": "1s"}"#)
+                .unwrap_err()
+                .to_string(),
+        ];
+        for (err, field) in errors.iter().zip(["max_wiat", "burts", "windw"]) {
+            assert!(err.contains(&format!("unknown field `{field}`")), "{err}");
+        }
+        let err = toml::from_str::<RateLimitSettings>("per_second = 1.0\nwithout_key = \"drop\"")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unknown variant `drop`, expected `shared` or `pass`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_per_second_is_refused_by_name() {
+        let r: RateLimitSettings = toml::from_str("burst = 3").unwrap();
+        assert_eq!(problems(r.validate()), [RATE_REQUIRED]);
+    }
 }

@@ -18,29 +18,106 @@ use tower::{Layer, Service};
 use crate::classify::{Class, Classify, HttpClassify, Outcome, Retry};
 use crate::error::{BoxError, Error, Limit};
 use crate::rolling::RollingCount;
+use crate::settings::{Problems, SettingsError};
 
-/// Default [`k`](ThrottleLayer::k): the backend may be offered about this
-/// many times what it accepts.
+/// Default [`k`](ThrottleSettings::k): the backend may be offered about
+/// this many times what it accepts.
 pub const DEFAULT_K: f64 = 2.0;
-/// Default [`window`](ThrottleLayer::window) requests and accepts are
+/// Default [`window`](ThrottleSettings::window) requests and accepts are
 /// counted over.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(120);
+
+/// The settings of a [`ThrottleLayer`]; `Default` is the library's
+/// default.
+///
+/// ```
+/// use palisade::limit::ThrottleSettings;
+///
+/// let settings = ThrottleSettings { k: 0.5, ..ThrottleSettings::default() };
+/// assert_eq!(
+///     settings.validate().unwrap_err().to_string(),
+///     "k: must be a finite number at least 1 (the backend is offered at least \
+///      what it accepts), got 0.5"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+pub struct ThrottleSettings {
+    /// The multiplier K: requests are rejected locally once they exceed K
+    /// times the accepted ones. Lower is more aggressive; the book suggests
+    /// 1.1 to 2. Finite, at least 1 (the backend is always offered at least
+    /// what it accepts). Default [`DEFAULT_K`].
+    pub k: f64,
+    /// The window requests and accepts are counted over (counts expire a
+    /// tenth of it at a time); greater than 0. Default [`DEFAULT_WINDOW`].
+    #[cfg_attr(feature = "serde", serde(with = "crate::settings::duration"))]
+    pub window: Duration,
+}
+
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        ThrottleSettings {
+            k: DEFAULT_K,
+            window: DEFAULT_WINDOW,
+        }
+    }
+}
+
+impl ThrottleSettings {
+    /// Every problem with these settings, each at its field (`"k"`).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let mut p = Problems::new();
+        if !(self.k.is_finite() && self.k >= 1.0) {
+            p.add(
+                "k",
+                format!(
+                    "must be a finite number at least 1 (the backend is offered at least what it accepts), got {}",
+                    self.k
+                ),
+            );
+        }
+        p.positive("window", self.window, "");
+        p.finish()
+    }
+}
 
 /// Adaptive client throttling shared by every service made from it; see the
 /// [module docs](super).
 ///
-/// Clones of a layer share its counts. Each configuration method returns a
-/// layer with fresh counts, so configure first, then take
-/// [`handle`](ThrottleLayer::handle)s and make services.
+/// The counts are created once, by [`new`](ThrottleLayer::new). Every
+/// service the layer makes, every clone of the layer and every
+/// [`handle`](ThrottleLayer::handle) shares them, whatever classifier a
+/// clone is given: clone one layer to throttle several clients of one
+/// backend together.
 ///
 /// ```
-/// use palisade::limit::ThrottleLayer;
+/// use palisade::limit::{ThrottleLayer, ThrottleSettings};
 /// use std::time::Duration;
+/// use tower::{Layer, ServiceExt, service_fn};
 ///
-/// let layer = ThrottleLayer::new("users")
-///     .k(1.5)
-///     .window(Duration::from_secs(60));
-/// assert_eq!(layer.handle().k(), 1.5);
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let settings = ThrottleSettings {
+///     k: 1.5,
+///     window: Duration::from_secs(60),
+/// };
+/// let layer = ThrottleLayer::new("users", settings)?;
+/// let handle = layer.handle();
+///
+/// // Another client's clone of the layer counts into the same window.
+/// let backend = service_fn(|_req: http::Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+/// });
+/// let other = layer.clone().layer(backend);
+/// other.oneshot(http::Request::new(())).await?;
+/// assert_eq!((handle.requests(), handle.accepts()), (1, 1));
+/// assert_eq!(handle.k(), 1.5);
+/// # Ok(())
+/// # }
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
@@ -49,71 +126,35 @@ pub struct ThrottleLayer<C = HttpClassify> {
     classify: C,
 }
 
-#[derive(Debug, Clone)]
-struct Config {
-    k: f64,
-    window: Duration,
-    seed: Option<u64>,
-}
-
 impl ThrottleLayer<HttpClassify> {
     /// Adaptive throttling for the service called `service` (named in
-    /// errors), with the defaults: K = 2, a 2-minute window, the default
-    /// HTTP classifier, a random seed.
-    pub fn new(service: impl Into<Arc<str>>) -> Self {
-        let config = Config {
-            k: DEFAULT_K,
-            window: DEFAULT_WINDOW,
-            seed: None,
-        };
-        ThrottleLayer {
-            core: Arc::new(Core::new(service.into(), config)),
+    /// errors) with the default HTTP classifier and a random seed, or every
+    /// problem with `settings`.
+    pub fn new(
+        service: impl Into<Arc<str>>,
+        settings: ThrottleSettings,
+    ) -> Result<Self, SettingsError> {
+        settings.validate()?;
+        Ok(ThrottleLayer {
+            core: Arc::new(Core::new(service.into(), settings)),
             classify: HttpClassify::default(),
-        }
+        })
     }
 }
 
 impl<C> ThrottleLayer<C> {
-    fn config(self, f: impl FnOnce(&mut Config)) -> Self {
-        let mut config = self.core.config.clone();
-        f(&mut config);
-        ThrottleLayer {
-            core: Arc::new(Core::new(self.core.service.clone(), config)),
-            classify: self.classify,
-        }
-    }
-
-    /// Renames the service (named in errors).
-    pub fn named(self, service: impl Into<Arc<str>>) -> Self {
-        ThrottleLayer {
-            core: Arc::new(Core::new(service.into(), self.core.config.clone())),
-            classify: self.classify,
-        }
-    }
-
-    /// The multiplier K (default 2): requests are rejected locally once
-    /// they exceed K times the accepted ones. Lower is more aggressive; the
-    /// book suggests 1.1 to 2. Values below 1 are taken as 1 (the backend
-    /// is always offered at least what it accepts); NaN leaves it unchanged.
-    pub fn k(self, k: f64) -> Self {
-        self.config(|c| {
-            if !k.is_nan() {
-                c.k = k.max(1.0);
-            }
-        })
-    }
-
-    /// The window requests and accepts are counted over (default 2 min;
-    /// counts expire a tenth of it at a time).
-    pub fn window(self, window: Duration) -> Self {
-        self.config(|c| c.window = window)
+    /// The settings the throttle was built from.
+    pub fn settings(&self) -> &ThrottleSettings {
+        &self.core.config
     }
 
     /// Seeds the random draws that decide rejections, so that a test (or a
     /// simulation) sees the same rejections every run. Default: a random
-    /// seed.
+    /// seed. The draws are shared like the counts: this reseeds them for
+    /// every clone.
     pub fn seed(self, seed: u64) -> Self {
-        self.config(|c| c.seed = Some(seed))
+        self.core.rng.store(seed, Ordering::Relaxed);
+        self
     }
 
     /// Replaces the classifier that decides which outcomes the backend
@@ -308,7 +349,7 @@ where
 /// clones, their response futures and every [`ThrottleHandle`].
 struct Core {
     service: Arc<str>,
-    config: Config,
+    config: ThrottleSettings,
     requests: RollingCount,
     accepts: RollingCount,
     /// A SplitMix64 counter: each draw advances it by one step, lock-free.
@@ -332,12 +373,12 @@ impl fmt::Debug for Core {
 const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 impl Core {
-    fn new(service: Arc<str>, config: Config) -> Core {
+    fn new(service: Arc<str>, config: ThrottleSettings) -> Core {
         Core {
             service,
             requests: RollingCount::new(config.window),
             accepts: RollingCount::new(config.window),
-            rng: AtomicU64::new(config.seed.unwrap_or_else(rand::random)),
+            rng: AtomicU64::new(rand::random()),
             rejected: AtomicU64::new(0),
             config,
         }
@@ -367,11 +408,13 @@ impl Core {
 /// metrics.
 ///
 /// ```
-/// use palisade::limit::ThrottleLayer;
+/// use palisade::limit::{ThrottleLayer, ThrottleSettings};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
-/// let handle = ThrottleLayer::new("users").handle();
+/// let handle = ThrottleLayer::new("users", ThrottleSettings::default())
+///     .unwrap()
+///     .handle();
 /// assert_eq!(handle.probability(), 0.0);
 /// assert_eq!((handle.requests(), handle.accepts()), (0, 0));
 /// # }

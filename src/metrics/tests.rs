@@ -278,21 +278,35 @@ async fn endpoint_series_are_capped() {
 #[tokio::test(start_paused = true)]
 async fn optional_layers_are_in_the_snapshot_and_the_scrape() {
     use crate::hedge::{HedgeDelay, HedgeLayer};
-    use crate::limit::{ConcurrencyLimitLayer, RateLimitLayer, ThrottleLayer};
+    use crate::limit::{ConcurrencySettings, RateLimitSettings, ThrottleLayer, ThrottleSettings};
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let fleet = Fleet::default();
     // One client with every optional layer, one with none.
+    let rate = RateLimitSettings {
+        per_second: 1.0,
+        burst: Some(3),
+        ..RateLimitSettings::default()
+    };
+    let bulkhead = ConcurrencySettings {
+        max: 2,
+        queue: 0,
+        ..ConcurrencySettings::default()
+    };
     let (handle, limited) = {
         let (handle, discover) = discover::dynamic();
         let client = Client::builder("limited")
             .discover(discover)
             .new_endpoint(fleet.factory())
             .metrics(metrics.clone())
-            .rate_limit(RateLimitLayer::new("limited", 1.0).burst(3))
-            .concurrency_limit(ConcurrencyLimitLayer::new("limited").max(2).queue(0))
-            .throttle(ThrottleLayer::new("limited").seed(1))
+            .rate_limit(rate)
+            .concurrency_limit(bulkhead)
+            .share_throttle(
+                ThrottleLayer::new("limited", ThrottleSettings::default())
+                    .unwrap()
+                    .seed(1),
+            )
             .hedge(HedgeLayer::new("limited").delay(HedgeDelay::Fixed(Duration::from_millis(20))))
             .build()
             .unwrap();

@@ -1007,7 +1007,7 @@ pub struct Rate {
     pub per_second: f64,
     /// Requests that may go at once after a quiet spell; at least 1.
     /// Default: the library's, one second's worth
-    /// ([`RateLimitLayer::burst`](crate::limit::RateLimitLayer::burst)).
+    /// ([`RateLimitSettings::burst`](crate::limit::RateLimitSettings::burst)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
     /// Limit each value of this request header separately (one bucket per
@@ -3061,13 +3061,20 @@ mod tests {
             .limits
             .clone();
         let c = limits.concurrency.unwrap();
-        let lib = crate::limit::ConcurrencyLimitLayer::new("x").handle();
+        let lib = crate::limit::ConcurrencyLimitLayer::new("x", Default::default())
+            .unwrap()
+            .handle();
         assert_eq!(
             (c.max, c.queue, c.max_wait),
             (lib.max(), lib.queue(), lib.max_wait())
         );
         let rate = limits.rate.unwrap();
-        let lib = crate::limit::RateLimitLayer::new("x", 7.5)
+        let settings = crate::limit::RateLimitSettings {
+            per_second: 7.5,
+            ..Default::default()
+        };
+        let lib = crate::limit::RateLimitLayer::new("x", settings)
+            .unwrap()
             .keyed_by_header(http::HeaderName::from_static("x-k"))
             .handle();
         assert_eq!((rate.burst, rate.max_keys), (None, lib.max_keys()));
@@ -3078,7 +3085,9 @@ mod tests {
             crate::limit::WithoutKey::Shared
         );
         let t = limits.throttle.unwrap();
-        let lib = crate::limit::ThrottleLayer::new("x").handle();
+        let lib = crate::limit::ThrottleLayer::new("x", Default::default())
+            .unwrap()
+            .handle();
         assert_eq!((t.k, t.window), (lib.k(), lib.window()));
 
         // Discovery: the file source's interval; DNS's enums.

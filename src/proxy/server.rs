@@ -38,7 +38,7 @@ use crate::discover::file::Watched;
 use crate::discover::{self, Dynamic, DynamicHandle};
 use crate::hedge::HedgeLayer;
 use crate::http::{HyperClient, hyper_client, hyper_h2c_client};
-use crate::limit::{ConcurrencyLimitLayer, RateLimitLayer, ThrottleLayer, WithoutKey};
+use crate::limit::{ConcurrencySettings, RateLimitSettings, ThrottleSettings, WithoutKey};
 use crate::metrics::Metrics;
 use crate::retry::{ReplayBody, RetryBudget};
 use crate::stack::Hyper;
@@ -475,33 +475,32 @@ fn build_client(
         .metrics(metrics.clone());
     let limits = &svc.limits;
     if let Some(c) = &limits.concurrency {
-        builder = builder.concurrency_limit(
-            ConcurrencyLimitLayer::new(name)
-                .max(c.max)
-                .queue(c.queue)
-                .max_wait(c.max_wait),
-        );
+        let settings = ConcurrencySettings {
+            max: c.max,
+            queue: c.queue,
+            max_wait: c.max_wait,
+        };
+        builder = builder.concurrency_limit(settings);
     }
     if let Some(r) = &limits.rate {
-        let mut rate = RateLimitLayer::new(name, r.per_second)
-            .max_keys(r.max_keys)
-            .without_key(match r.without_key {
+        let settings = RateLimitSettings {
+            per_second: r.per_second,
+            burst: r.burst,
+            key_header: r.key_header.clone(),
+            max_keys: r.max_keys,
+            without_key: match r.without_key {
                 config::WithoutKey::Shared => WithoutKey::Shared,
                 config::WithoutKey::Pass => WithoutKey::Pass,
-            });
-        if let Some(burst) = r.burst {
-            rate = rate.burst(burst);
-        }
-        builder = match &r.key_header {
-            Some(header) => {
-                let header = HeaderName::try_from(header.as_str()).map_err(|e| bad(&e))?;
-                builder.rate_limit(rate.keyed_by_header(header))
-            }
-            None => builder.rate_limit(rate),
+            },
         };
+        builder = builder.rate_limit(settings);
     }
     if let Some(t) = &limits.throttle {
-        builder = builder.throttle(ThrottleLayer::new(name).k(t.k).window(t.window));
+        let settings = ThrottleSettings {
+            k: t.k,
+            window: t.window,
+        };
+        builder = builder.throttle(settings);
     }
     if let Some(h) = &svc.hedge {
         builder = builder.hedge(

@@ -18,7 +18,10 @@ use crate::discover::{Endpoint, Static};
 use crate::error::{BoxError, BuildError};
 use crate::hedge::HedgeLayer;
 use crate::http::HttpEndpoints;
-use crate::limit::{ConcurrencyLimitLayer, RateLimitLayer, ThrottleLayer, rate::HeaderKey};
+use crate::limit::{
+    ConcurrencyLimitLayer, ConcurrencySettings, LimitSettings, RateLimitLayer, RateLimitSettings,
+    ThrottleLayer, ThrottleSettings,
+};
 use crate::metrics::{Metrics, TelemetryLayer};
 use crate::retry::{RetryLayer, RetrySettings};
 use crate::settings::Problems;
@@ -59,10 +62,11 @@ struct Parts {
     metrics: Option<Metrics>,
 }
 
-/// The optional layers of a [`Builder`], outside in; all off by default.
+/// Limits whose state the client shares with others (given as layers),
+/// and the optional layers not yet built from settings.
 #[derive(Debug, Default)]
 struct Limits {
-    rate: Option<RateLimitLayer<Option<HeaderKey>>>,
+    rate: Option<RateLimitLayer>,
     concurrency: Option<ConcurrencyLimitLayer>,
     throttle: Option<ThrottleLayer>,
     hedge: Option<HedgeLayer>,
@@ -245,42 +249,74 @@ impl<D, N, C> Builder<D, N, C> {
         self
     }
 
-    /// A rate limit shared by every clone of the client (off by default):
-    /// requests over it fail at once with
-    /// [`Error::Overloaded`](crate::Error::Overloaded). Pass
-    /// `RateLimitLayer::new(name, rate)`, optionally
-    /// [`keyed_by_header`](RateLimitLayer::keyed_by_header); for another
-    /// key, wrap the client in your own [`RateLimitLayer::keyed`]. The
-    /// layer keeps its name and state: pass clones of one layer to several
-    /// clients to share one limit.
-    ///
-    /// ```
-    /// use palisade::limit::RateLimitLayer;
-    /// # let builder = palisade::Client::builder("users");
-    /// let builder = builder.rate_limit(RateLimitLayer::new("users", 500.0).burst(50));
-    /// # let _ = builder;
-    /// ```
-    pub fn rate_limit(mut self, layer: impl Into<RateLimitLayer<Option<HeaderKey>>>) -> Self {
-        self.parts.limits.rate = Some(layer.into());
+    /// All the limits at once (see [`LimitSettings`]; each off unless
+    /// present).
+    pub fn limits(mut self, limits: LimitSettings) -> Self {
+        self.parts.config.limits = limits;
         self
     }
 
-    /// A concurrency limit (bulkhead) shared by every clone of the client
-    /// (off by default): at most `max` requests in flight and `queue`
-    /// waiting, never past their deadline; the rest fail at once with
-    /// [`Error::Overloaded`](crate::Error::Overloaded). The layer keeps its
-    /// name and state: clones of one layer given to several clients share
-    /// one bulkhead.
-    pub fn concurrency_limit(mut self, layer: ConcurrencyLimitLayer) -> Self {
+    /// A rate limit for every clone of the client (off by default):
+    /// requests over it fail at once with
+    /// [`Error::Overloaded`](crate::Error::Overloaded); keyed by a header
+    /// when the settings name one.
+    ///
+    /// ```
+    /// use palisade::limit::RateLimitSettings;
+    /// # let builder = palisade::Client::builder("users");
+    /// let builder = builder.rate_limit(RateLimitSettings {
+    ///     per_second: 500.0,
+    ///     burst: Some(50),
+    ///     ..Default::default()
+    /// });
+    /// # let _ = builder;
+    /// ```
+    pub fn rate_limit(mut self, settings: RateLimitSettings) -> Self {
+        self.parts.config.limits.rate = Some(settings);
+        self
+    }
+
+    /// A rate limit shared with other clients: clones of one
+    /// [`RateLimitLayer`] are one limit (with the layer's own name,
+    /// settings and key, such as [`RateLimitLayer::keyed`]). Replaces the
+    /// `rate` settings.
+    pub fn share_rate_limit(mut self, layer: RateLimitLayer) -> Self {
+        self.parts.config.limits.rate = Some(layer.settings().clone());
+        self.parts.limits.rate = Some(layer);
+        self
+    }
+
+    /// A concurrency limit (bulkhead) for every clone of the client (off by
+    /// default): at most `max` requests in flight and `queue` waiting,
+    /// never past their deadline; the rest fail at once with
+    /// [`Error::Overloaded`](crate::Error::Overloaded).
+    pub fn concurrency_limit(mut self, settings: ConcurrencySettings) -> Self {
+        self.parts.config.limits.concurrency = Some(settings);
+        self
+    }
+
+    /// A bulkhead shared with other clients: clones of one
+    /// [`ConcurrencyLimitLayer`] are one bulkhead. Replaces the
+    /// `concurrency` settings.
+    pub fn share_concurrency_limit(mut self, layer: ConcurrencyLimitLayer) -> Self {
+        self.parts.config.limits.concurrency = Some(layer.settings().clone());
         self.parts.limits.concurrency = Some(layer);
         self
     }
 
     /// Adaptive client throttling (off by default): when the service
     /// refuses requests for overload, reject locally with probability
-    /// max(0, (requests − K·accepts) / (requests + 1)). The layer's
-    /// classifier is replaced by the client's; its name and state stay.
-    pub fn throttle(mut self, layer: ThrottleLayer) -> Self {
+    /// max(0, (requests − K·accepts) / (requests + 1)).
+    pub fn throttle(mut self, settings: ThrottleSettings) -> Self {
+        self.parts.config.limits.throttle = Some(settings);
+        self
+    }
+
+    /// Throttling shared with other clients: clones of one
+    /// [`ThrottleLayer`] count together. Its classifier is replaced by the
+    /// client's; its counts stay. Replaces the `throttle` settings.
+    pub fn share_throttle(mut self, layer: ThrottleLayer) -> Self {
+        self.parts.config.limits.throttle = Some(layer.settings().clone());
         self.parts.limits.throttle = Some(layer);
         self
     }
@@ -395,12 +431,45 @@ impl<D, N, C> Builder<D, N, C> {
             throttle,
             hedge,
         } = limits;
+        // A limit given as a layer is shared; one given as settings is
+        // the client's own, made here.
+        let own = |field: &str, e| {
+            let mut p = Problems::new();
+            p.nested(field, Err(e));
+            invalid(p.finish().unwrap_err())
+        };
+        let rate = match (rate, &config.limits.rate) {
+            (Some(shared), _) => Some(shared),
+            (None, Some(s)) => Some(
+                RateLimitLayer::new(name.clone(), s.clone()).map_err(|e| own("limits.rate", e))?,
+            ),
+            (None, None) => None,
+        };
+        let concurrency = match (concurrency, &config.limits.concurrency) {
+            (Some(shared), _) => Some(shared),
+            (None, Some(s)) => Some(
+                ConcurrencyLimitLayer::new(name.clone(), s.clone())
+                    .map_err(|e| own("limits.concurrency", e))?,
+            ),
+            (None, None) => None,
+        };
+        let throttle = match (throttle, &config.limits.throttle) {
+            (Some(shared), _) => Some(shared),
+            (None, Some(s)) => Some(
+                ThrottleLayer::new(name.clone(), s.clone())
+                    .map_err(|e| own("limits.throttle", e))?,
+            ),
+            (None, None) => None,
+        };
         // The limits keep their own names and state: one limit may be
         // shared by several clients, and the caller's handles stay live.
         let hedge = hedge.map(|h| h.breaker(breaker_handle.clone()).classify(classify.clone()));
         let throttle = throttle.map(|t| t.classify(classify.clone()));
         let handles = Arc::new(Handles {
             retry: retry.settings().clone(),
+            rate_settings: rate.as_ref().map(|l| l.settings().clone()),
+            concurrency_settings: concurrency.as_ref().map(|l| l.settings().clone()),
+            throttle_settings: throttle.as_ref().map(|l| l.settings().clone()),
             rate: rate.as_ref().map(RateLimitLayer::handle),
             concurrency: concurrency.as_ref().map(ConcurrencyLimitLayer::handle),
             throttle: throttle.as_ref().map(ThrottleLayer::handle),

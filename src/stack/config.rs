@@ -2,6 +2,7 @@
 
 use crate::balance::{BalanceSettings, EjectionSettings};
 use crate::budget::BudgetSettings;
+use crate::limit::LimitSettings;
 use crate::retry::RetrySettings;
 use crate::settings::{Problems, SettingsError};
 
@@ -45,11 +46,14 @@ pub struct ClientConfig {
     pub budget: BudgetSettings,
     /// Failure accrual (outlier ejection).
     pub ejection: EjectionSettings,
+    /// Limits: concurrency, rate, adaptive throttling. All off by default.
+    pub limits: LimitSettings,
 }
 
 impl ClientConfig {
     /// The tables of a `ClientConfig`, as a file names them.
-    pub const KEYS: &'static [&'static str] = &["balancer", "retry", "budget", "ejection"];
+    pub const KEYS: &'static [&'static str] =
+        &["balancer", "retry", "budget", "ejection", "limits"];
 
     /// Reads the value of one of [`KEYS`](Self::KEYS) (`"retry"`) from a map
     /// being deserialized, into this config; `Ok(false)` if `key` is not
@@ -67,6 +71,7 @@ impl ClientConfig {
             "retry" => self.retry = map.next_value()?,
             "budget" => self.budget = map.next_value()?,
             "ejection" => self.ejection = map.next_value()?,
+            "limits" => self.limits = map.next_value()?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -90,6 +95,7 @@ impl ClientConfig {
         p.nested("retry", self.retry.validate());
         p.nested("budget", self.budget.validate());
         p.nested("ejection", self.ejection.validate());
+        p.nested("limits", self.limits.validate());
         p.finish()
     }
 }

@@ -44,8 +44,9 @@ use crate::deadline::{self, EnforceDeadline};
 use crate::error::{BoxError, Error};
 use crate::hedge::{Hedge, HedgeHandle};
 use crate::limit::{
-    self, ConcurrencyHandle, ConcurrencyLimit, RateLimit, RateLimitHandle, Throttle,
-    ThrottleHandle, rate::HeaderKey,
+    self, ConcurrencyHandle, ConcurrencyLimit, ConcurrencySettings, LimitSettings, RateLimit,
+    RateLimitHandle, RateLimitSettings, Throttle, ThrottleHandle, ThrottleSettings,
+    rate::HeaderKey,
 };
 use crate::metrics::{self, Observe, Telemetry};
 use crate::retry::{self, ReplayBody, RetryBudget, RetryCounters, RetryService, RetrySettings};
@@ -105,6 +106,9 @@ pub struct Client<S, C = HttpClassify> {
 #[derive(Debug)]
 struct Handles {
     retry: RetrySettings,
+    rate_settings: Option<RateLimitSettings>,
+    concurrency_settings: Option<ConcurrencySettings>,
+    throttle_settings: Option<ThrottleSettings>,
     rate: Option<RateLimitHandle>,
     concurrency: Option<ConcurrencyHandle>,
     throttle: Option<ThrottleHandle>,
@@ -212,6 +216,11 @@ impl<S, C> Client<S, C> {
             retry: self.limits.retry.clone(),
             budget: self.budget.settings().clone(),
             ejection: self.balance.ejection_settings().clone(),
+            limits: LimitSettings {
+                concurrency: self.limits.concurrency_settings.clone(),
+                rate: self.limits.rate_settings.clone(),
+                throttle: self.limits.throttle_settings.clone(),
+            },
         }
     }
 

@@ -1,0 +1,591 @@
+//! Where things are in the file: field paths, the source map from paths to
+//! lines, parsing with every error placed, and how errors are rendered.
+#![allow(unused_imports)]
+
+use super::*;
+
+use std::ops::Range;
+
+use toml::de::{DeArray, DeTable, DeValue};
+
+/// A config that could not be accepted: every problem, each naming the
+/// field and, where known, the line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// One entry per problem, in the order of the file.
+    pub problems: Vec<Problem>,
+}
+
+/// One problem in a config file (an error from [`Config::from_toml`] or a
+/// warning from [`Config::lints`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Problem {
+    /// The field's path, e.g. `services[1].retry.max_attempts`;
+    /// `(syntax)` for TOML syntax errors that are in no field.
+    pub field: String,
+    /// The 1-based line, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.field, self.message),
+            None => write!(f, "{}: {}", self.field, self.message),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The directory of the file at `path`, made absolute (against the
+/// current directory) when it can be, so that it stays right if the
+/// current directory changes.
+pub(crate) fn dir_of(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned())
+}
+
+/// The 1-based line of a byte offset.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    let bytes = text.as_bytes();
+    bytes[..offset.min(bytes.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+// ---------------------------------------------------------------------------
+// Durations: humantime strings ("250ms", "1m 30s"), with a message that says
+// what went wrong and how to write one.
+
+pub(crate) const DURATION_HINT: &str = r#"write e.g. "250ms", "15s" or "1m 30s""#;
+
+pub(crate) fn format_duration(d: Duration) -> String {
+    humantime_serde::re::humantime::format_duration(d).to_string()
+}
+
+pub(crate) fn parse_duration<E: serde::de::Error>(v: &str) -> Result<Duration, E> {
+    humantime_serde::re::humantime::parse_duration(v)
+        .map_err(|e| E::custom(format!("invalid duration {v:?}: {e}; {DURATION_HINT}")))
+}
+
+pub(crate) mod duration {
+    use super::*;
+
+    pub(crate) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a duration string ({DURATION_HINT})")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+                parse_duration(v)
+            }
+        }
+        d.deserialize_str(Visit)
+    }
+}
+
+/// An optional duration: a duration string, or `"none"`.
+pub(crate) mod opt_duration {
+    use super::*;
+
+    pub(crate) fn serialize<S: serde::Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format_duration(*d)),
+            None => s.serialize_str("none"),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Option<Duration>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, r#"a duration string ({DURATION_HINT}) or "none""#)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Option<Duration>, E> {
+                if v.eq_ignore_ascii_case("none") {
+                    Ok(None)
+                } else {
+                    parse_duration(v).map(Some)
+                }
+            }
+        }
+        d.deserialize_str(Visit)
+    }
+}
+
+/// A duration that may be left out (then `None`: the library's default).
+pub(crate) mod maybe_duration {
+    use super::*;
+
+    pub(crate) fn serialize<S: serde::Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        duration::deserialize(d).map(Some)
+    }
+}
+
+/// A list of socket addresses that may be left out, each checked (and its
+/// problem placed) like [`socket_addr`].
+pub(crate) mod maybe_socket_addrs {
+    use super::*;
+
+    pub(crate) fn serialize<S: serde::Serializer>(
+        addrs: &Option<Vec<SocketAddr>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match addrs {
+            Some(addrs) => s.collect_seq(addrs.iter().map(ToString::to_string)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<SocketAddr>>, D::Error> {
+        struct One;
+        impl<'de> serde::de::DeserializeSeed<'de> for One {
+            type Value = SocketAddr;
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<SocketAddr, D::Error> {
+                socket_addr::deserialize(d)
+            }
+        }
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Vec<SocketAddr>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a list of socket addresses such as ["127.0.0.1:53"]"#)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<SocketAddr>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(addr) = seq.next_element_seed(One)? {
+                    out.push(addr);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Visit).map(Some)
+    }
+}
+
+/// A socket address, `IP:port`, with a message that says how to write one.
+pub(crate) mod socket_addr {
+    use super::*;
+
+    pub(crate) fn serialize<S: serde::Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(a)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = SocketAddr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a socket address such as "127.0.0.1:4140" or "[::1]:4140""#)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SocketAddr, E> {
+                v.parse().map_err(|_| {
+                    E::custom(format!(
+                        r#"invalid socket address {v:?}: write an IP address and a port, such as "127.0.0.1:4140", "0.0.0.0:4140" or "[::1]:4140" (host names are not resolved here)"#
+                    ))
+                })
+            }
+        }
+        d.deserialize_str(Visit)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Field paths and where they are in the file.
+
+/// One step of a field path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// A field path such as `services[1].retry.max_attempts`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct FieldPath(Vec<Seg>);
+
+impl FieldPath {
+    pub(crate) fn root() -> FieldPath {
+        FieldPath::default()
+    }
+
+    /// This path and one key.
+    pub(crate) fn key(&self, key: &str) -> FieldPath {
+        let mut path = self.clone();
+        path.0.push(Seg::Key(key.to_owned()));
+        path
+    }
+
+    /// This path and dotted keys (`"retry.max_attempts"`).
+    pub(crate) fn at(&self, dotted: &str) -> FieldPath {
+        let mut path = self.clone();
+        path.0
+            .extend(dotted.split('.').map(|k| Seg::Key(k.to_owned())));
+        path
+    }
+
+    /// This path and an array index.
+    pub(crate) fn index(&self, i: usize) -> FieldPath {
+        let mut path = self.clone();
+        path.0.push(Seg::Index(i));
+        path
+    }
+}
+
+/// Whether a key can be written bare in a path.
+pub(crate) fn is_bare_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("(file)");
+        }
+        for (i, seg) in self.0.iter().enumerate() {
+            match seg {
+                Seg::Key(key) => {
+                    if i > 0 {
+                        f.write_str(".")?;
+                    }
+                    if is_bare_key(key) {
+                        f.write_str(key)?;
+                    } else {
+                        write!(f, "{key:?}")?;
+                    }
+                }
+                Seg::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where each field of a parsed file was written: path → 1-based line.
+/// Compares equal to every other (it is not part of the configuration).
+#[derive(Clone, Default)]
+pub(crate) struct SourceMap {
+    pub(crate) lines: Option<Arc<HashMap<FieldPath, usize>>>,
+}
+
+impl fmt::Debug for SourceMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.lines {
+            Some(lines) => write!(f, "SourceMap({} fields)", lines.len()),
+            None => f.write_str("SourceMap(none)"),
+        }
+    }
+}
+
+impl PartialEq for SourceMap {
+    fn eq(&self, _: &SourceMap) -> bool {
+        true
+    }
+}
+
+impl SourceMap {
+    /// The line of `path`, or of its nearest ancestor that was written.
+    pub(crate) fn line(&self, path: &FieldPath) -> Option<usize> {
+        let lines = self.lines.as_ref()?;
+        let mut segs = path.0.as_slice();
+        // One clone for the lookups, shortened as we go up.
+        let mut probe = FieldPath(segs.to_vec());
+        loop {
+            if segs.is_empty() {
+                return None;
+            }
+            if let Some(line) = lines.get(&probe) {
+                return Some(*line);
+            }
+            segs = &segs[..segs.len() - 1];
+            probe.0.pop();
+        }
+    }
+
+    pub(crate) fn line_of_rendered(&self, field: &str) -> Option<usize> {
+        let lines = self.lines.as_ref()?;
+        // Paths are few; compare renderings, going up to the nearest
+        // ancestor that was written.
+        let mut best: Option<(usize, usize)> = None;
+        for (path, line) in lines.iter() {
+            let rendered = path.to_string();
+            let is_prefix = field == rendered
+                || (field.starts_with(&rendered)
+                    && matches!(field.as_bytes().get(rendered.len()), Some(b'.' | b'[')));
+            if is_prefix && best.is_none_or(|(len, _)| rendered.len() > len) {
+                best = Some((rendered.len(), *line));
+            }
+        }
+        best.map(|(_, line)| line)
+    }
+}
+
+/// One key or array element of a parsed document, with its spans.
+pub(crate) struct Node {
+    path: FieldPath,
+    key: Option<Range<usize>>,
+    value: Range<usize>,
+}
+
+/// Every key and array element of a parsed document.
+pub(crate) fn index_document(doc: &DeTable<'_>) -> Vec<Node> {
+    fn table(t: &DeTable<'_>, path: &mut Vec<Seg>, out: &mut Vec<Node>) {
+        for (k, v) in t.iter() {
+            path.push(Seg::Key(k.get_ref().to_string()));
+            out.push(Node {
+                path: FieldPath(path.clone()),
+                key: Some(k.span()),
+                value: v.span(),
+            });
+            value(v.get_ref(), path, out);
+            path.pop();
+        }
+    }
+    fn value(v: &DeValue<'_>, path: &mut Vec<Seg>, out: &mut Vec<Node>) {
+        match v {
+            DeValue::Table(t) => table(t, path, out),
+            DeValue::Array(a) => {
+                for (i, item) in a.iter().enumerate() {
+                    path.push(Seg::Index(i));
+                    out.push(Node {
+                        path: FieldPath(path.clone()),
+                        key: None,
+                        value: item.span(),
+                    });
+                    value(item.get_ref(), path, out);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    table(doc, &mut Vec::new(), &mut out);
+    out
+}
+
+/// Whether `inner` lies within `outer` (a zero-width `inner` may sit at
+/// `outer`'s end).
+pub(crate) fn span_contains(outer: &Range<usize>, inner: &Range<usize>) -> bool {
+    !outer.is_empty() && outer.start <= inner.start && inner.end <= outer.end
+}
+
+/// The smallest key or value whose span holds `span`.
+pub(crate) fn node_at<'n>(nodes: &'n [Node], span: &Range<usize>) -> Option<&'n Node> {
+    let mut best: Option<(usize, &Node)> = None;
+    for node in nodes {
+        for s in node.key.iter().chain(std::iter::once(&node.value)) {
+            if span_contains(s, span) {
+                let len = s.len();
+                let better = match best {
+                    None => true,
+                    Some((best_len, best_node)) => {
+                        len < best_len
+                            || (len == best_len && node.path.0.len() > best_node.path.0.len())
+                    }
+                };
+                if better {
+                    best = Some((len, node));
+                }
+            }
+        }
+    }
+    best.map(|(_, node)| node)
+}
+
+/// Removes the key or array element `node` from a document, found by its
+/// span (spans survive earlier removals; indices do not).
+pub(crate) fn remove_node(table: &mut DeTable<'_>, node: &Node) -> bool {
+    if let Some(key) = &node.key {
+        let found = table
+            .iter()
+            .find(|(k, _)| k.span() == *key)
+            .map(|(k, _)| k.get_ref().clone());
+        if let Some(k) = found {
+            table.remove(k.as_ref());
+            return true;
+        }
+    }
+    table
+        .iter_mut()
+        .any(|(_, v)| remove_in_value(v.get_mut(), node))
+}
+
+pub(crate) fn remove_in_value(value: &mut DeValue<'_>, node: &Node) -> bool {
+    match value {
+        DeValue::Table(t) => remove_node(t, node),
+        DeValue::Array(items) => {
+            if node.key.is_none()
+                && let Some(i) = items.iter().position(|item| item.span() == node.value)
+            {
+                let mut kept = DeArray::new();
+                for (k, item) in items.iter().enumerate() {
+                    if k != i {
+                        kept.push(item.clone());
+                    }
+                }
+                *items = kept;
+                return true;
+            }
+            items
+                .iter_mut()
+                .any(|item| remove_in_value(item.get_mut(), node))
+        }
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parsing: TOML syntax, then serde, every error kept.
+
+/// Errors reported from one file at most; the rest are left for the next
+/// run.
+pub(crate) const MAX_PARSE_ERRORS: usize = 100;
+
+/// A TOML or serde error placed in the file: its problem, and the key or
+/// array element it is about.
+pub(crate) fn place<'n>(
+    text: &str,
+    nodes: &'n [Node],
+    e: &toml::de::Error,
+    unplaced: &str,
+) -> (Problem, Option<&'n Node>) {
+    // The document itself has the empty span 0..0: an error there is about
+    // the file as a whole, not about line 1.
+    let span = e.span().filter(|s| !(s.start == 0 && s.end == 0));
+    let node = span.as_ref().and_then(|s| node_at(nodes, s));
+    let message = e.message().trim().replace('\n', "; ");
+    let mut path = node.map(|n| n.path.clone()).unwrap_or_default();
+    // A message about a key of the table it was raised on (serde's missing
+    // fields; a `discovery` setting of another source) is placed at the key.
+    let named = ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|m| m.split('`').next());
+    if let Some(key) = named
+        && path.0.last() != Some(&Seg::Key(key.to_owned()))
+    {
+        path = path.key(key);
+    }
+    let field = if path.0.is_empty() {
+        unplaced.to_owned()
+    } else {
+        path.to_string()
+    };
+    let problem = Problem {
+        field,
+        line: span.map(|s| line_of(text, s.start)),
+        message,
+    };
+    (problem, node)
+}
+
+pub(crate) fn parse(text: &str) -> Result<Config, ConfigError> {
+    let (doc, syntax) = DeTable::parse_recoverable(text);
+    let nodes = index_document(doc.get_ref());
+    if !syntax.is_empty() {
+        let mut problems: Vec<Problem> = Vec::new();
+        for e in syntax.iter().take(MAX_PARSE_ERRORS) {
+            let (problem, _) = place(text, &nodes, e, "(syntax)");
+            if !problems.contains(&problem) {
+                problems.push(problem);
+            }
+        }
+        problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        return Err(ConfigError { problems });
+    }
+
+    // serde stops at the first error. To report the others too, take the
+    // key (or array element) it is about out of the document and try again.
+    let mut current = doc.clone();
+    let mut problems: Vec<Problem> = Vec::new();
+    let mut removed: Vec<FieldPath> = Vec::new();
+    for _ in 0..MAX_PARSE_ERRORS {
+        let e = match Config::deserialize(toml::de::Deserializer::from(current.clone())) {
+            Ok(mut config) if problems.is_empty() => {
+                let lines = nodes
+                    .iter()
+                    .map(|n| {
+                        let start = n.key.as_ref().unwrap_or(&n.value).start;
+                        (n.path.clone(), line_of(text, start))
+                    })
+                    .collect();
+                config.source = SourceMap {
+                    lines: Some(Arc::new(lines)),
+                };
+                return Ok(config);
+            }
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let (problem, node) = place(text, &nodes, &e, "(file)");
+        // A key we took out is then missing, and the table it was in may
+        // then be incomplete (`discovery = {}`): not news.
+        let ours = removed.iter().any(|r| {
+            let r = r.to_string();
+            r == problem.field
+                || (r.starts_with(&problem.field)
+                    && matches!(r.as_bytes().get(problem.field.len()), Some(b'.' | b'[')))
+        });
+        if !ours && !problems.contains(&problem) {
+            problems.push(problem);
+        }
+        let Some(node) = node else { break };
+        if !remove_node(current.get_mut(), node) {
+            break;
+        }
+        removed.push(node.path.clone());
+    }
+    problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+    Err(ConfigError { problems })
+}

@@ -3,4 +3,5 @@
 
 pub mod check;
 pub mod config;
+mod routes;
 pub mod server;

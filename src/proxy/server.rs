@@ -24,12 +24,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
-use rand::RngExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
 use super::config::{self, Config, ConfigError, Discovery};
+use super::routes::CompiledRoute;
 use crate::balance::EjectionSettings;
 use crate::breaker::BreakerLayer;
 use crate::classify::HttpClassify;
@@ -75,64 +75,6 @@ struct Upstream {
     /// A DNS source's live state, for `/snapshot` and `/ready`.
     #[cfg(feature = "dns")]
     dns: Option<crate::discover::dns::DnsStatus>,
-}
-
-struct CompiledRoute {
-    name: String,
-    host: Option<HostMatch>,
-    path_prefix: Option<String>,
-    headers: Vec<(HeaderName, HeaderValue)>,
-    methods: Vec<http::Method>,
-    /// Services with cumulative weights; one entry for a plain route.
-    targets: Vec<(String, u64)>,
-}
-
-enum HostMatch {
-    Exact(String),
-    Suffix(String),
-}
-
-impl CompiledRoute {
-    fn matches(&self, host: Option<&str>, req: &Request<Incoming>) -> bool {
-        if let Some(want) = &self.host {
-            let Some(host) = host else { return false };
-            let ok = match want {
-                HostMatch::Exact(h) => host.eq_ignore_ascii_case(h),
-                HostMatch::Suffix(s) => {
-                    host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
-                }
-            };
-            if !ok {
-                return false;
-            }
-        }
-        if let Some(prefix) = &self.path_prefix {
-            let path = req.uri().path();
-            let under = path.starts_with(prefix.as_str())
-                && (path.len() == prefix.len()
-                    || prefix.ends_with('/')
-                    || path.as_bytes()[prefix.len()] == b'/');
-            if !under {
-                return false;
-            }
-        }
-        if !self.methods.is_empty() && !self.methods.contains(req.method()) {
-            return false;
-        }
-        self.headers
-            .iter()
-            .all(|(name, value)| req.headers().get(name) == Some(value))
-    }
-
-    fn pick(&self) -> &str {
-        let total = self.targets.last().map_or(0, |t| t.1);
-        if self.targets.len() == 1 || total == 0 {
-            return &self.targets[0].0;
-        }
-        let draw = rand::rng().random_range(0..total);
-        let i = self.targets.partition_point(|t| t.1 <= draw);
-        &self.targets[i.min(self.targets.len() - 1)].0
-    }
 }
 
 /// Errors starting the proxy.
@@ -291,54 +233,13 @@ async fn build_routing(
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| compile_route(i, r))
+        .map(|(i, r)| CompiledRoute::new(i, r))
         .collect();
     Ok(Routing {
         config,
         services,
         routes,
     })
-}
-
-fn compile_route(index: usize, r: &config::Route) -> CompiledRoute {
-    let host = r.matches.host.as_ref().map(|h| match h.strip_prefix('*') {
-        Some(suffix) => HostMatch::Suffix(suffix.to_owned()),
-        None => HostMatch::Exact(h.clone()),
-    });
-    let headers = r
-        .matches
-        .headers
-        .iter()
-        .filter_map(|(k, v)| {
-            Some((
-                HeaderName::try_from(k.as_str()).ok()?,
-                HeaderValue::try_from(v.as_str()).ok()?,
-            ))
-        })
-        .collect();
-    let methods = r
-        .matches
-        .methods
-        .iter()
-        .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
-        .collect();
-    let mut targets = Vec::new();
-    if let Some(service) = &r.service {
-        targets.push((service.clone(), 1));
-    }
-    let mut total = 0u64;
-    for leg in &r.split {
-        total += u64::from(leg.weight);
-        targets.push((leg.service.clone(), total));
-    }
-    CompiledRoute {
-        name: r.name.clone().unwrap_or_else(|| format!("route-{index}")),
-        host,
-        path_prefix: r.matches.path_prefix.clone(),
-        headers,
-        methods,
-        targets,
-    }
 }
 
 /// One service's endpoint source, started, and its client.

@@ -1,7 +1,10 @@
 //! `palisade proxy`: the sidecar built from the library's layers (feature
 //! `proxy`).
 
+mod admin;
 pub mod check;
 pub mod config;
+mod reload;
 mod routes;
 pub mod server;
+mod upstream;

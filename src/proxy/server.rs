@@ -28,21 +28,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use super::config::{self, Config, ConfigError, Discovery};
+pub(crate) use super::admin::*;
+use super::config::{Config, ConfigError};
+pub(crate) use super::reload::*;
 use super::routes::CompiledRoute;
-use crate::balance::EjectionSettings;
-use crate::breaker::BreakerLayer;
-use crate::classify::HttpClassify;
-use crate::deadline::DeadlineLayer;
-use crate::discover::file::Watched;
-use crate::discover::{self, Dynamic, DynamicHandle};
-use crate::hedge::HedgeLayer;
+pub(crate) use super::upstream::*;
+use crate::discover::DynamicHandle;
 use crate::http::{HyperClient, hyper_client, hyper_h2c_client};
-use crate::limit::{ConcurrencySettings, RateLimitSettings, ThrottleSettings, WithoutKey};
 use crate::metrics::Metrics;
-use crate::retry::{ReplayBody, RetryBudget};
+use crate::retry::ReplayBody;
 use crate::stack::Hyper;
-use crate::{Client, Error, Limit};
+use crate::{Error, Limit};
 
 /// The body of every response the proxy sends: the upstream's, streamed, or
 /// one of its own.
@@ -51,30 +47,30 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 /// The header naming why the proxy itself answered.
 pub const ERROR_HEADER: &str = "x-palisade-error";
 
-type ServiceClient = Hyper<Incoming>;
+pub(crate) type ServiceClient = Hyper<Incoming>;
 
 /// The largest config file a reload reads.
-const MAX_CONFIG_BYTES: u64 = 4 << 20;
+pub(crate) const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
 /// What requests are routed with: swapped whole on reload, so a request
 /// keeps the routing it started with.
-struct Routing {
-    config: Arc<Config>,
-    services: HashMap<String, Upstream>,
-    routes: Vec<CompiledRoute>,
+pub(crate) struct Routing {
+    pub(crate) config: Arc<Config>,
+    pub(crate) services: HashMap<String, Upstream>,
+    pub(crate) routes: Vec<CompiledRoute>,
 }
 
 /// One service's client, and what keeps its endpoint source going. Kept
 /// whole across reloads that do not change the service.
 #[derive(Clone)]
-struct Upstream {
-    client: ServiceClient,
+pub(crate) struct Upstream {
+    pub(crate) client: ServiceClient,
     /// The handle of a static list's source: held as long as the client,
     /// so that its stream stays open.
-    _endpoints: Option<DynamicHandle>,
+    pub(crate) _endpoints: Option<DynamicHandle>,
     /// A DNS source's live state, for `/snapshot` and `/ready`.
     #[cfg(feature = "dns")]
-    dns: Option<crate::discover::dns::DnsStatus>,
+    pub(crate) dns: Option<crate::discover::dns::DnsStatus>,
 }
 
 /// Errors starting the proxy.
@@ -105,18 +101,18 @@ impl std::fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 /// The shared connection pools, one per upstream protocol.
-struct Upstreams {
-    http1: HyperClient<ReplayBody<Incoming>>,
-    h2c: HyperClient<ReplayBody<Incoming>>,
+pub(crate) struct Upstreams {
+    pub(crate) http1: HyperClient<ReplayBody<Incoming>>,
+    pub(crate) h2c: HyperClient<ReplayBody<Incoming>>,
 }
 
 /// The running proxy's shared state.
-struct State {
-    routing: ArcSwap<Routing>,
-    http: Upstreams,
-    metrics: Metrics,
-    registry: std::sync::Mutex<Registry>,
-    path: PathBuf,
+pub(crate) struct State {
+    pub(crate) routing: ArcSwap<Routing>,
+    pub(crate) http: Upstreams,
+    pub(crate) metrics: Metrics,
+    pub(crate) registry: std::sync::Mutex<Registry>,
+    pub(crate) path: PathBuf,
 }
 
 /// Reads and validates a config file; relative paths in it are relative
@@ -206,223 +202,9 @@ pub async fn run(
     Ok(())
 }
 
-/// Builds the clients and routes for `config`, reusing clients of services
-/// whose settings (discovery and limits included) did not change, so their
-/// load estimates, limits and discovery tasks survive. The clients of
-/// services changed or removed are dropped with the old routing; their
-/// discovery tasks stop with them.
-async fn build_routing(
-    config: Arc<Config>,
-    old: Option<&Routing>,
-    http: &Upstreams,
-    metrics: &Metrics,
-) -> Result<Routing, StartError> {
-    let mut services = HashMap::new();
-    for svc in &config.services {
-        let reused = old.and_then(|old| {
-            let before = old.config.services.iter().find(|s| s.name == svc.name)?;
-            (before == svc).then(|| old.services.get(&svc.name).cloned())?
-        });
-        let upstream = match reused {
-            Some(upstream) => upstream,
-            None => build_upstream(svc, &config, http, metrics).await?,
-        };
-        services.insert(svc.name.clone(), upstream);
-    }
-    let routes = config
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| CompiledRoute::new(i, r))
-        .collect();
-    Ok(Routing {
-        config,
-        services,
-        routes,
-    })
-}
-
-/// One service's endpoint source, started, and its client.
-async fn build_upstream(
-    svc: &config::Service,
-    config: &Config,
-    http: &Upstreams,
-    metrics: &Metrics,
-) -> Result<Upstream, StartError> {
-    let bad = |e: &dyn std::fmt::Display| StartError::Build(format!("service {:?}: {e}", svc.name));
-    let mut upstream_endpoints = None;
-    #[cfg(feature = "dns")]
-    let mut dns = None;
-    let discover = match &svc.discovery {
-        // A static list through the same kind of source as the others: one
-        // client type, one builder chain.
-        None => {
-            let endpoints = svc
-                .endpoints
-                .iter()
-                .map(config::EndpointSpec::to_endpoint)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| bad(&e))?;
-            let (handle, discover) = discover::dynamic();
-            handle.replace(endpoints);
-            upstream_endpoints = Some(handle);
-            discover
-        }
-        #[cfg(feature = "dns")]
-        Some(Discovery::Dns(d)) => {
-            let source = d.to_dns().map_err(|e| bad(&e))?;
-            dns = Some(source.status());
-            source.spawn().map_err(|e| bad(&e))?
-        }
-        Some(Discovery::File(f)) => f.to_watch(config).spawn().map_err(|e| bad(&e))?,
-        #[cfg(feature = "kubernetes")]
-        Some(Discovery::Kubernetes(k)) => {
-            let mut source =
-                crate::discover::kubernetes::Kubernetes::infer(&k.namespace, &k.service)
-                    .await
-                    .map_err(|e| bad(&e))?;
-            if let Some(port) = &k.port {
-                source = source.port_name(port);
-            }
-            source.spawn().map_err(|e| bad(&e))?
-        }
-        // Validation refuses the sources this build has no support for.
-        #[cfg(not(all(feature = "dns", feature = "kubernetes")))]
-        Some(other) => {
-            return Err(bad(&format!(
-                "this build has no {} discovery",
-                other.kind()
-            )));
-        }
-    };
-    Ok(Upstream {
-        client: build_client(svc, discover, http, metrics)?,
-        _endpoints: upstream_endpoints,
-        #[cfg(feature = "dns")]
-        dns,
-    })
-}
-
-/// One service of the config as a library client: nothing but builder
-/// calls.
-fn build_client(
-    svc: &config::Service,
-    discover: Dynamic,
-    http: &Upstreams,
-    metrics: &Metrics,
-) -> Result<ServiceClient, StartError> {
-    let pool = match svc.protocol {
-        config::Protocol::H2c => &http.h2c,
-        _ => &http.http1,
-    };
-    let bad = |e: &dyn std::fmt::Display| StartError::Build(format!("service {:?}: {e}", svc.name));
-    let mut ejection = EjectionSettings::default();
-    let e = &svc.ejection;
-    ejection.enabled = e.enabled;
-    ejection.consecutive_failures = e.consecutive_failures;
-    ejection.success_rate = e.success_rate;
-    ejection.window = e.window;
-    ejection.min_requests = e.min_requests;
-    ejection.base_penalty = e.base_penalty;
-    ejection.max_penalty = e.max_penalty;
-    ejection.jitter = e.jitter;
-    ejection.max_ejection_percent = e.max_ejection_percent;
-    ejection.panic_threshold = e.panic_threshold;
-
-    let statuses = svc
-        .retry
-        .retryable_statuses
-        .iter()
-        .filter_map(|s| StatusCode::from_u16(*s).ok());
-    let classify = HttpClassify::default().retryable_statuses(statuses);
-    let b = &svc.breaker;
-    let breaker = BreakerLayer::new(svc.name.as_str())
-        .window(b.window)
-        .volume_threshold(if b.enabled {
-            b.volume_threshold
-        } else {
-            u32::MAX
-        })
-        .error_threshold(b.error_threshold)
-        .sleep_window(b.sleep_window)
-        .half_open_probes(b.half_open_probes);
-    let d = &svc.deadline;
-    let deadline = DeadlineLayer::new(svc.name.as_str())
-        .default_timeout(d.timeout)
-        .max_timeout(d.max_timeout)
-        .reserve(d.reserve)
-        .propagate(d.propagate);
-    let bal = &svc.balancer;
-    let name = svc.name.as_str();
-    let mut builder = Client::builder(name)
-        .discover(discover)
-        .http(pool.clone())
-        .classify(classify)
-        .decay(bal.decay)
-        .failure_penalty(bal.failure_penalty)
-        .endpoint_wait(bal.endpoint_wait)
-        .ejection(ejection)
-        .breaker(breaker)
-        .deadline(deadline)
-        .max_attempts(svc.retry.max_attempts)
-        .backoff(svc.retry.backoff_base, svc.retry.backoff_cap)
-        .per_try_timeout(svc.retry.per_try_timeout)
-        .body_limit(svc.retry.body_limit)
-        .retry_budget(RetryBudget::new(
-            svc.budget.ttl,
-            svc.budget.min_per_sec,
-            svc.budget.ratio,
-        ))
-        .metrics(metrics.clone());
-    let limits = &svc.limits;
-    if let Some(c) = &limits.concurrency {
-        let settings = ConcurrencySettings {
-            max: c.max,
-            queue: c.queue,
-            max_wait: c.max_wait,
-        };
-        builder = builder.concurrency_limit(settings);
-    }
-    if let Some(r) = &limits.rate {
-        let settings = RateLimitSettings {
-            per_second: r.per_second,
-            burst: r.burst,
-            key_header: r.key_header.clone(),
-            max_keys: r.max_keys,
-            without_key: match r.without_key {
-                config::WithoutKey::Shared => WithoutKey::Shared,
-                config::WithoutKey::Pass => WithoutKey::Pass,
-            },
-        };
-        builder = builder.rate_limit(settings);
-    }
-    if let Some(t) = &limits.throttle {
-        let settings = ThrottleSettings {
-            k: t.k,
-            window: t.window,
-        };
-        builder = builder.throttle(settings);
-    }
-    if let Some(h) = &svc.hedge {
-        builder = builder.hedge(
-            HedgeLayer::new(name)
-                .delay(h.delay)
-                .min_samples(h.min_samples)
-                .fallback_delay(h.fallback_delay)
-                .window(h.window)
-                .budget(RetryBudget::new(
-                    crate::hedge::DEFAULT_BUDGET_TTL,
-                    0,
-                    h.budget_ratio,
-                )),
-        );
-    }
-    builder.build().map_err(|e| bad(&e))
-}
-
 /// Accepts connections on `listener` until told to stop; each connection is
 /// watched by `graceful` so that shutdown can drain it.
-async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
@@ -458,7 +240,7 @@ async fn serve(
 /// The next connection, or `None` once told to stop. Accept errors (out of
 /// file descriptors and the like) are logged and retried after a pause
 /// rather than spun on.
-async fn accept(
+pub(crate) async fn accept(
     listener: &TcpListener,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<(tokio::net::TcpStream, SocketAddr)> {
@@ -477,7 +259,7 @@ async fn accept(
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 6] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -488,7 +270,7 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 /// Removes hop-by-hop headers, including those the `Connection` header
 /// names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Names beyond the standard set are rare: `Connection: keep-alive` or
     // `close` (on nearly every HTTP/1.1 response) allocate nothing here.
     let mut named: Vec<HeaderName> = Vec::new();
@@ -510,9 +292,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-fn own(status: StatusCode, reason: &'static str, text: String) -> Response<ProxyBody> {
+pub(crate) fn own(status: StatusCode, reason: &'static str, text: String) -> Response<ProxyBody> {
     let mut rsp = Response::new(Either::Right(Full::new(Bytes::from(text + "\n"))));
     *rsp.status_mut() = status;
     rsp.headers_mut()
@@ -527,7 +309,7 @@ fn own(status: StatusCode, reason: &'static str, text: String) -> Response<Proxy
 /// The request's host, from the URI's authority or the `Host` header,
 /// without a port; `Err` when the `Host` header is not a valid authority
 /// (RFC 3986 `host [ ":" port ]`). Borrowed: routing allocates nothing.
-fn host_of(req: &Request<Incoming>) -> Result<Option<&str>, ()> {
+pub(crate) fn host_of(req: &Request<Incoming>) -> Result<Option<&str>, ()> {
     if let Some(a) = req.uri().authority() {
         return Ok(Some(a.host()));
     }
@@ -540,7 +322,7 @@ fn host_of(req: &Request<Incoming>) -> Result<Option<&str>, ()> {
 /// The host part of a `Host` header value, checked against RFC 3986: an
 /// IP literal in brackets, or registered-name / IPv4 characters, then an
 /// optional numeric port.
-fn split_host(value: &str) -> Result<&str, ()> {
+pub(crate) fn split_host(value: &str) -> Result<&str, ()> {
     let (host, port) = if let Some(rest) = value.strip_prefix('[') {
         let end = rest.find(']').ok_or(())?;
         let literal = &rest[..end];
@@ -577,7 +359,7 @@ fn split_host(value: &str) -> Result<&str, ()> {
 }
 
 /// Routes and forwards one request.
-async fn handle(
+pub(crate) async fn handle(
     state: &State,
     mut req: Request<Incoming>,
     remote: SocketAddr,
@@ -635,7 +417,7 @@ async fn handle(
 }
 
 /// A typed error as a status, a short body and a header naming the reason.
-fn error_response(service: &str, e: &Error) -> Response<ProxyBody> {
+pub(crate) fn error_response(service: &str, e: &Error) -> Response<ProxyBody> {
     let (status, reason) = match e {
         Error::NoEndpoints { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no-endpoints"),
         Error::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit-open"),
@@ -664,343 +446,8 @@ fn error_response(service: &str, e: &Error) -> Response<ProxyBody> {
 }
 
 /// `Retry-After` for a wait: whole seconds, rounded up, at least 1.
-fn retry_after_secs(wait: Duration) -> u64 {
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
-}
-
-/// The admin server: `/metrics`, `/ready`, `/live`, `/config`, `/snapshot`.
-async fn admin_server(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
-    while let Some((stream, _)) = accept(&listener, &mut stop).await {
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(admin(&state, &req)) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-fn admin(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let text = |status: StatusCode, content_type: &'static str, body: String| {
-        let mut rsp = Response::new(Full::new(Bytes::from(body)));
-        *rsp.status_mut() = status;
-        rsp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-        rsp
-    };
-    let routing = state.routing.load_full();
-    match req.uri().path() {
-        "/live" => text(StatusCode::OK, "text/plain", "live\n".into()),
-        "/ready" => {
-            // Services in the order of the file, each with where its
-            // endpoints should come from.
-            let waiting: Vec<String> = routing
-                .config
-                .services
-                .iter()
-                .filter_map(|svc| {
-                    let upstream = routing.services.get(&svc.name)?;
-                    (upstream.client.endpoint_count() == 0)
-                        .then(|| waiting_for(svc, upstream, &routing.config))
-                })
-                .collect();
-            if waiting.is_empty() {
-                text(StatusCode::OK, "text/plain", "ready\n".into())
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    format!("not ready: no endpoints yet for {}\n", waiting.join(", ")),
-                )
-            }
-        }
-        "/metrics" => {
-            let mut body = String::new();
-            let registry = state.registry.lock().unwrap_or_else(|p| p.into_inner());
-            match prometheus_client::encoding::text::encode(&mut body, &registry) {
-                Ok(()) => text(
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    body,
-                ),
-                Err(_) => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    "encoding failed\n".into(),
-                ),
-            }
-        }
-        "/config" => match serde_json::to_string_pretty(&*routing.config) {
-            Ok(json) => text(StatusCode::OK, "application/json", json + "\n"),
-            Err(e) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "text/plain",
-                format!("{e}\n"),
-            ),
-        },
-        "/snapshot" => {
-            let mut services: Vec<&config::Service> = routing.config.services.iter().collect();
-            services.sort_by(|a, b| a.name.cmp(&b.name));
-            let services: Vec<serde_json::Value> = services
-                .into_iter()
-                .filter_map(|svc| {
-                    let upstream = routing.services.get(&svc.name)?;
-                    let mut json = snapshot_json(&upstream.client.snapshot());
-                    json["discovery"] = discovery_json(svc, upstream, &routing.config);
-                    json["limits"] = limits_json(&upstream.client);
-                    Some(json)
-                })
-                .collect();
-            let json = serde_json::json!({ "services": services });
-            text(StatusCode::OK, "application/json", format!("{json:#}\n"))
-        }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found; try /metrics, /ready, /live, /config, /snapshot\n".into(),
-        ),
-    }
-}
-
-fn snapshot_json(s: &crate::Snapshot) -> serde_json::Value {
-    let endpoints: Vec<serde_json::Value> = s
-        .endpoints
-        .iter()
-        .map(|e| {
-            let state = match e.state {
-                crate::balance::EndpointState::Active => "active".to_owned(),
-                crate::balance::EndpointState::Probing => "probing".to_owned(),
-                _ => "ejected".to_owned(),
-            };
-            serde_json::json!({
-                "address": e.address.to_string(),
-                "weight": e.weight,
-                "labels": e.labels,
-                "state": state,
-                "rtt_estimate_ms": e.rtt_estimate.as_secs_f64() * 1e3,
-                "latency_estimate_ms": e.latency_estimate.as_secs_f64() * 1e3,
-                "in_flight": e.in_flight,
-                "requests": e.requests,
-                "failures": e.failures,
-                "ejections": e.ejections,
-            })
-        })
-        .collect();
-    let breaker = match s.breaker {
-        crate::breaker::BreakerState::Closed => "closed",
-        crate::breaker::BreakerState::HalfOpen => "half-open",
-        _ => "open",
-    };
-    serde_json::json!({
-        "service": s.service,
-        "endpoints": endpoints,
-        "retry_budget": s.retry_budget,
-        "breaker": breaker,
-        "breaker_transitions": s.breaker_transitions,
-        "panic_mode": s.panic_mode,
-    })
-}
-
-/// A service with no endpoints, for `/ready`: its name and where its
-/// endpoints should come from (with a DNS source's last error).
-#[cfg_attr(not(feature = "dns"), allow(unused_variables))]
-fn waiting_for(svc: &config::Service, upstream: &Upstream, config: &Config) -> String {
-    match &svc.discovery {
-        None => svc.name.clone(),
-        #[cfg(feature = "dns")]
-        Some(Discovery::Dns(d)) => match upstream.dns.as_ref().and_then(|s| s.last_error()) {
-            Some(error) => format!("{} (dns {:?}: {error})", svc.name, d.name),
-            None => format!("{} (dns {:?}: no answer yet)", svc.name, d.name),
-        },
-        Some(Discovery::File(f)) => format!(
-            "{} (file {})",
-            svc.name,
-            config.resolve_path(&f.path).display()
-        ),
-        Some(Discovery::Kubernetes(k)) => format!(
-            "{} (kubernetes service {}/{})",
-            svc.name, k.namespace, k.service
-        ),
-        #[cfg(not(feature = "dns"))]
-        Some(other) => format!("{} ({})", svc.name, other.kind()),
-    }
-}
-
-/// Where a service's endpoints come from, for `/snapshot`: `kind`, the
-/// settings as configured (a file's path resolved), and a DNS source's live
-/// state.
-#[cfg_attr(not(feature = "dns"), allow(unused_variables))]
-fn discovery_json(
-    svc: &config::Service,
-    upstream: &Upstream,
-    config: &Config,
-) -> serde_json::Value {
-    let Some(discovery) = &svc.discovery else {
-        return serde_json::json!({ "kind": "endpoints" });
-    };
-    // The settings as `/config` shows them, and `kind`.
-    let mut json = match serde_json::to_value(discovery) {
-        Ok(serde_json::Value::Object(map)) => map,
-        _ => serde_json::Map::new(),
-    };
-    json.insert("kind".into(), discovery.kind().into());
-    if let Discovery::File(f) = discovery {
-        let path = config.resolve_path(&f.path).display().to_string();
-        json.insert("resolved_path".into(), path.into());
-    }
-    #[cfg(feature = "dns")]
-    if let Some(status) = &upstream.dns {
-        json.insert(
-            "status".into(),
-            serde_json::json!({
-                "endpoints": status.endpoints().len(),
-                "lookups": status.lookups(),
-                "consecutive_failures": status.consecutive_failures(),
-                "last_error": status.last_error(),
-            }),
-        );
-    }
-    json.into()
-}
-
-/// The limits' settings and live state, for `/snapshot`; `null` for a limit
-/// that is off.
-fn limits_json(client: &ServiceClient) -> serde_json::Value {
-    let concurrency = client.concurrency_limit().map(|c| {
-        serde_json::json!({
-            "max": c.max(),
-            "queue": c.queue(),
-            "max_wait_ms": c.max_wait().map(|w| w.as_secs_f64() * 1e3),
-            "in_flight": c.in_flight(),
-            "queued": c.queued(),
-            "shed_full": c.shed_full(),
-            "shed_timeout": c.shed_timeout(),
-        })
-    });
-    let rate = client.rate_limit().map(|r| {
-        serde_json::json!({
-            "per_second": r.rate(),
-            "burst": r.burst(),
-            "available": r.available(),
-            "keys": r.keys(),
-            "admitted": r.admitted(),
-            "rejected": r.rejected(),
-        })
-    });
-    let throttle = client.throttle().map(|t| {
-        serde_json::json!({
-            "k": t.k(),
-            "window_ms": t.window().as_secs_f64() * 1e3,
-            "probability": t.probability(),
-            "requests": t.requests(),
-            "accepts": t.accepts(),
-            "rejected": t.rejected(),
-        })
-    });
-    let hedge = client.hedge().map(|h| {
-        let s = h.stats();
-        let skipped: serde_json::Map<String, serde_json::Value> = crate::hedge::HedgeSkip::ALL
-            .iter()
-            .map(|r| (r.as_str().to_owned(), s.skipped(*r).into()))
-            .collect();
-        serde_json::json!({
-            "sent": s.sent,
-            "won": s.won,
-            "delay_ms": s.delay.as_secs_f64() * 1e3,
-            "samples": s.samples,
-            "budget_balance": s.budget_balance,
-            "skipped": skipped,
-        })
-    });
-    serde_json::json!({
-        "concurrency": concurrency,
-        "rate": rate,
-        "throttle": throttle,
-        "hedge": hedge,
-    })
-}
-
-/// Reloads the config when the file changes (polled) or on SIGHUP. A bad
-/// file is logged, naming the field and line, and the running config stays.
-///
-/// Changes are seen by the change detector file discovery uses: not only a
-/// new modification time but a new inode, size or change time too, so an
-/// atomic rename over the file and a Kubernetes ConfigMap's symlink swap
-/// are reloads; content identical to the last read is not.
-async fn watch_config(state: Arc<State>, mut stop: watch::Receiver<bool>, interval: Duration) {
-    let mut watched = Watched::new(state.path.clone(), MAX_CONFIG_BYTES);
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
-        #[cfg(unix)]
-        let hangup = async {
-            match hup.as_mut() {
-                Some(h) => {
-                    h.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hangup = std::future::pending::<()>();
-        let forced = tokio::select! {
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(interval) => false,
-            _ = hangup => true,
-        };
-        if forced {
-            watched.forget();
-        }
-        // The first check reads the file whatever it is: a config equal to
-        // the running one is no reload.
-        let config = match watched.check() {
-            Ok(None) => continue,
-            Ok(Some(bytes)) => parse_config(&state.path, bytes),
-            Err(e) => Err(StartError::Read(state.path.clone(), e)),
-        };
-        match config {
-            Ok(config) => {
-                reload(&state, config).await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "config reload rejected; the running config stays");
-            }
-        }
-    }
-}
-
-/// Validates a config file's content, read from `path`.
-fn parse_config(path: &Path, bytes: &[u8]) -> Result<Config, StartError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        StartError::Read(
-            path.to_owned(),
-            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        )
-    })?;
-    Config::from_file_text(text, path).map_err(|e| StartError::Config(path.to_owned(), e))
-}
-
-/// Swaps in a new config; keeps the old one if a client cannot be built.
-async fn reload(state: &State, config: Config) -> bool {
-    let old = state.routing.load_full();
-    if *old.config == config {
-        return false;
-    }
-    match build_routing(Arc::new(config), Some(&old), &state.http, &state.metrics).await {
-        Ok(routing) => {
-            state.routing.store(Arc::new(routing));
-            tracing::info!(path = %state.path.display(), "config reloaded");
-            true
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "config reload rejected; the running config stays");
-            false
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,5 @@
 //! Discovery tables: where a service's endpoints come from when they are
 //! not listed.
-#![allow(unused_imports)]
 
 use super::*;
 

@@ -1,5 +1,4 @@
 //! Lints: policies that parse but cannot work as written.
-#![allow(unused_imports)]
 
 use super::*;
 use crate::proxy::routes::Matcher;

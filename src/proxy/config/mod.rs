@@ -60,13 +60,10 @@ mod tests;
 mod validate;
 
 pub use discovery::*;
-#[allow(unused_imports)]
 use lint::*;
 pub(crate) use source::line_of;
-#[allow(unused_imports)]
 use source::*;
 pub use source::{ConfigError, Problem};
-#[allow(unused_imports)]
 use validate::*;
 
 /// The whole file.

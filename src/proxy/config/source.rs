@@ -1,6 +1,5 @@
 //! Where things are in the file: field paths, the source map from paths to
 //! lines, parsing with every error placed, and how errors are rendered.
-#![allow(unused_imports)]
 
 use super::*;
 

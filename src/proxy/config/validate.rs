@@ -1,5 +1,4 @@
 //! Validation: every problem in a config, each at its field and line.
-#![allow(unused_imports)]
 
 use super::*;
 

@@ -1,0 +1,236 @@
+//! Upstreams: each service's endpoint source, started, and its client,
+//! built from the service's settings; the routing table they make.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::StatusCode;
+
+use crate::Client;
+use crate::balance::EjectionSettings;
+use crate::breaker::BreakerLayer;
+use crate::classify::HttpClassify;
+use crate::deadline::DeadlineLayer;
+use crate::discover::{self, Dynamic};
+use crate::hedge::HedgeLayer;
+use crate::limit::{ConcurrencySettings, RateLimitSettings, ThrottleSettings, WithoutKey};
+use crate::metrics::Metrics;
+use crate::proxy::config::{self, Config, Discovery};
+use crate::proxy::routes::CompiledRoute;
+use crate::retry::RetryBudget;
+
+use super::server::*;
+
+/// Builds the clients and routes for `config`, reusing clients of services
+/// whose settings (discovery and limits included) did not change, so their
+/// load estimates, limits and discovery tasks survive. The clients of
+/// services changed or removed are dropped with the old routing; their
+/// discovery tasks stop with them.
+pub(crate) async fn build_routing(
+    config: Arc<Config>,
+    old: Option<&Routing>,
+    http: &Upstreams,
+    metrics: &Metrics,
+) -> Result<Routing, StartError> {
+    let mut services = HashMap::new();
+    for svc in &config.services {
+        let reused = old.and_then(|old| {
+            let before = old.config.services.iter().find(|s| s.name == svc.name)?;
+            (before == svc).then(|| old.services.get(&svc.name).cloned())?
+        });
+        let upstream = match reused {
+            Some(upstream) => upstream,
+            None => build_upstream(svc, &config, http, metrics).await?,
+        };
+        services.insert(svc.name.clone(), upstream);
+    }
+    let routes = config
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| CompiledRoute::new(i, r))
+        .collect();
+    Ok(Routing {
+        config,
+        services,
+        routes,
+    })
+}
+
+/// One service's endpoint source, started, and its client.
+pub(crate) async fn build_upstream(
+    svc: &config::Service,
+    config: &Config,
+    http: &Upstreams,
+    metrics: &Metrics,
+) -> Result<Upstream, StartError> {
+    let bad = |e: &dyn std::fmt::Display| StartError::Build(format!("service {:?}: {e}", svc.name));
+    let mut upstream_endpoints = None;
+    #[cfg(feature = "dns")]
+    let mut dns = None;
+    let discover = match &svc.discovery {
+        // A static list through the same kind of source as the others: one
+        // client type, one builder chain.
+        None => {
+            let endpoints = svc
+                .endpoints
+                .iter()
+                .map(config::EndpointSpec::to_endpoint)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(&e))?;
+            let (handle, discover) = discover::dynamic();
+            handle.replace(endpoints);
+            upstream_endpoints = Some(handle);
+            discover
+        }
+        #[cfg(feature = "dns")]
+        Some(Discovery::Dns(d)) => {
+            let source = d.to_dns().map_err(|e| bad(&e))?;
+            dns = Some(source.status());
+            source.spawn().map_err(|e| bad(&e))?
+        }
+        Some(Discovery::File(f)) => f.to_watch(config).spawn().map_err(|e| bad(&e))?,
+        #[cfg(feature = "kubernetes")]
+        Some(Discovery::Kubernetes(k)) => {
+            let mut source =
+                crate::discover::kubernetes::Kubernetes::infer(&k.namespace, &k.service)
+                    .await
+                    .map_err(|e| bad(&e))?;
+            if let Some(port) = &k.port {
+                source = source.port_name(port);
+            }
+            source.spawn().map_err(|e| bad(&e))?
+        }
+        // Validation refuses the sources this build has no support for.
+        #[cfg(not(all(feature = "dns", feature = "kubernetes")))]
+        Some(other) => {
+            return Err(bad(&format!(
+                "this build has no {} discovery",
+                other.kind()
+            )));
+        }
+    };
+    Ok(Upstream {
+        client: build_client(svc, discover, http, metrics)?,
+        _endpoints: upstream_endpoints,
+        #[cfg(feature = "dns")]
+        dns,
+    })
+}
+
+/// One service of the config as a library client: nothing but builder
+/// calls.
+pub(crate) fn build_client(
+    svc: &config::Service,
+    discover: Dynamic,
+    http: &Upstreams,
+    metrics: &Metrics,
+) -> Result<ServiceClient, StartError> {
+    let pool = match svc.protocol {
+        config::Protocol::H2c => &http.h2c,
+        _ => &http.http1,
+    };
+    let bad = |e: &dyn std::fmt::Display| StartError::Build(format!("service {:?}: {e}", svc.name));
+    let mut ejection = EjectionSettings::default();
+    let e = &svc.ejection;
+    ejection.enabled = e.enabled;
+    ejection.consecutive_failures = e.consecutive_failures;
+    ejection.success_rate = e.success_rate;
+    ejection.window = e.window;
+    ejection.min_requests = e.min_requests;
+    ejection.base_penalty = e.base_penalty;
+    ejection.max_penalty = e.max_penalty;
+    ejection.jitter = e.jitter;
+    ejection.max_ejection_percent = e.max_ejection_percent;
+    ejection.panic_threshold = e.panic_threshold;
+
+    let statuses = svc
+        .retry
+        .retryable_statuses
+        .iter()
+        .filter_map(|s| StatusCode::from_u16(*s).ok());
+    let classify = HttpClassify::default().retryable_statuses(statuses);
+    let b = &svc.breaker;
+    let breaker = BreakerLayer::new(svc.name.as_str())
+        .window(b.window)
+        .volume_threshold(if b.enabled {
+            b.volume_threshold
+        } else {
+            u32::MAX
+        })
+        .error_threshold(b.error_threshold)
+        .sleep_window(b.sleep_window)
+        .half_open_probes(b.half_open_probes);
+    let d = &svc.deadline;
+    let deadline = DeadlineLayer::new(svc.name.as_str())
+        .default_timeout(d.timeout)
+        .max_timeout(d.max_timeout)
+        .reserve(d.reserve)
+        .propagate(d.propagate);
+    let bal = &svc.balancer;
+    let name = svc.name.as_str();
+    let mut builder = Client::builder(name)
+        .discover(discover)
+        .http(pool.clone())
+        .classify(classify)
+        .decay(bal.decay)
+        .failure_penalty(bal.failure_penalty)
+        .endpoint_wait(bal.endpoint_wait)
+        .ejection(ejection)
+        .breaker(breaker)
+        .deadline(deadline)
+        .max_attempts(svc.retry.max_attempts)
+        .backoff(svc.retry.backoff_base, svc.retry.backoff_cap)
+        .per_try_timeout(svc.retry.per_try_timeout)
+        .body_limit(svc.retry.body_limit)
+        .retry_budget(RetryBudget::new(
+            svc.budget.ttl,
+            svc.budget.min_per_sec,
+            svc.budget.ratio,
+        ))
+        .metrics(metrics.clone());
+    let limits = &svc.limits;
+    if let Some(c) = &limits.concurrency {
+        let settings = ConcurrencySettings {
+            max: c.max,
+            queue: c.queue,
+            max_wait: c.max_wait,
+        };
+        builder = builder.concurrency_limit(settings);
+    }
+    if let Some(r) = &limits.rate {
+        let settings = RateLimitSettings {
+            per_second: r.per_second,
+            burst: r.burst,
+            key_header: r.key_header.clone(),
+            max_keys: r.max_keys,
+            without_key: match r.without_key {
+                config::WithoutKey::Shared => WithoutKey::Shared,
+                config::WithoutKey::Pass => WithoutKey::Pass,
+            },
+        };
+        builder = builder.rate_limit(settings);
+    }
+    if let Some(t) = &limits.throttle {
+        let settings = ThrottleSettings {
+            k: t.k,
+            window: t.window,
+        };
+        builder = builder.throttle(settings);
+    }
+    if let Some(h) = &svc.hedge {
+        builder = builder.hedge(
+            HedgeLayer::new(name)
+                .delay(h.delay)
+                .min_samples(h.min_samples)
+                .fallback_delay(h.fallback_delay)
+                .window(h.window)
+                .budget(RetryBudget::new(
+                    crate::hedge::DEFAULT_BUDGET_TTL,
+                    0,
+                    h.budget_ratio,
+                )),
+        );
+    }
+    builder.build().map_err(|e| bad(&e))
+}

@@ -1,9 +1,9 @@
 //! The proxy server: listeners, routing, forwarding through one palisade
-//! [`Client`] per service, the admin server, reload and graceful shutdown.
+//! [`Client`](crate::Client) per service, the admin server, reload and graceful shutdown.
 //!
 //! Every policy (balancing, retries, deadlines, ejection, breaking, metrics)
 //! is the library's: a service in the config becomes a
-//! [`Client::builder`] call, nothing more. This module only adds what a
+//! [`Client::builder`](crate::Client::builder) call, nothing more. This module only adds what a
 //! proxy needs around it: HTTP/1.1 and h2c listeners, routing, hop-by-hop
 //! header handling, error statuses, admin endpoints and reload.
 

@@ -4,16 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::StatusCode;
-
 use crate::Client;
-use crate::balance::EjectionSettings;
 use crate::breaker::BreakerLayer;
-use crate::classify::HttpClassify;
 use crate::deadline::DeadlineLayer;
 use crate::discover::{self, Dynamic};
 use crate::hedge::HedgeLayer;
-use crate::limit::{ConcurrencySettings, RateLimitSettings, ThrottleSettings, WithoutKey};
 use crate::metrics::Metrics;
 use crate::proxy::config::{self, Config, Discovery};
 use crate::proxy::routes::CompiledRoute;
@@ -131,25 +126,6 @@ pub(crate) fn build_client(
         _ => &http.http1,
     };
     let bad = |e: &dyn std::fmt::Display| StartError::Build(format!("service {:?}: {e}", svc.name));
-    let mut ejection = EjectionSettings::default();
-    let e = &svc.ejection;
-    ejection.enabled = e.enabled;
-    ejection.consecutive_failures = e.consecutive_failures;
-    ejection.success_rate = e.success_rate;
-    ejection.window = e.window;
-    ejection.min_requests = e.min_requests;
-    ejection.base_penalty = e.base_penalty;
-    ejection.max_penalty = e.max_penalty;
-    ejection.jitter = e.jitter;
-    ejection.max_ejection_percent = e.max_ejection_percent;
-    ejection.panic_threshold = e.panic_threshold;
-
-    let statuses = svc
-        .retry
-        .retryable_statuses
-        .iter()
-        .filter_map(|s| StatusCode::from_u16(*s).ok());
-    let classify = HttpClassify::default().retryable_statuses(statuses);
     let b = &svc.breaker;
     let breaker = BreakerLayer::new(svc.name.as_str())
         .window(b.window)
@@ -167,57 +143,16 @@ pub(crate) fn build_client(
         .max_timeout(d.max_timeout)
         .reserve(d.reserve)
         .propagate(d.propagate);
-    let bal = &svc.balancer;
     let name = svc.name.as_str();
+    // Every client setting reaches its layer through the one ClientConfig:
+    // nothing is copied field by field.
     let mut builder = Client::builder(name)
         .discover(discover)
         .http(pool.clone())
-        .classify(classify)
-        .decay(bal.decay)
-        .failure_penalty(bal.failure_penalty)
-        .endpoint_wait(bal.endpoint_wait)
-        .ejection(ejection)
+        .config(&svc.client)
         .breaker(breaker)
         .deadline(deadline)
-        .max_attempts(svc.retry.max_attempts)
-        .backoff(svc.retry.backoff_base, svc.retry.backoff_cap)
-        .per_try_timeout(svc.retry.per_try_timeout)
-        .body_limit(svc.retry.body_limit)
-        .retry_budget(RetryBudget::new(
-            svc.budget.ttl,
-            svc.budget.min_per_sec,
-            svc.budget.ratio,
-        ))
         .metrics(metrics.clone());
-    let limits = &svc.limits;
-    if let Some(c) = &limits.concurrency {
-        let settings = ConcurrencySettings {
-            max: c.max,
-            queue: c.queue,
-            max_wait: c.max_wait,
-        };
-        builder = builder.concurrency_limit(settings);
-    }
-    if let Some(r) = &limits.rate {
-        let settings = RateLimitSettings {
-            per_second: r.per_second,
-            burst: r.burst,
-            key_header: r.key_header.clone(),
-            max_keys: r.max_keys,
-            without_key: match r.without_key {
-                config::WithoutKey::Shared => WithoutKey::Shared,
-                config::WithoutKey::Pass => WithoutKey::Pass,
-            },
-        };
-        builder = builder.rate_limit(settings);
-    }
-    if let Some(t) = &limits.throttle {
-        let settings = ThrottleSettings {
-            k: t.k,
-            window: t.window,
-        };
-        builder = builder.throttle(settings);
-    }
     if let Some(h) = &svc.hedge {
         builder = builder.hedge(
             HedgeLayer::new(name)

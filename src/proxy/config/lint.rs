@@ -57,7 +57,7 @@ pub(crate) fn lint(c: &Config, r: &mut Report<'_>) {
 
     for (i, s) in c.services.iter().enumerate() {
         let sp = root.key("services").index(i);
-        let retry = &s.retry;
+        let retry = &s.client.retry;
         let timeout = s.deadline.timeout;
 
         if let (Some(per_try), Some(timeout)) = (retry.per_try_timeout, timeout) {
@@ -82,12 +82,12 @@ pub(crate) fn lint(c: &Config, r: &mut Report<'_>) {
             }
         }
 
-        if s.budget.ratio > 1.0 {
+        if s.client.budget.ratio > 1.0 {
             r.add(
                 &sp.at("budget.ratio"),
                 format!(
                     "a ratio of {} allows more retries than requests: the budget no longer stops retry storms (0.2 is the default)",
-                    s.budget.ratio
+                    s.client.budget.ratio
                 ),
             );
         }
@@ -276,7 +276,7 @@ pub(crate) fn lint_hedge(s: &Service, h: &Hedge, hp: &FieldPath, r: &mut Report<
 
 pub(crate) fn lint_limits(s: &Service, lp: &FieldPath, r: &mut Report<'_>) {
     let timeout = s.deadline.timeout;
-    if let Some(c) = &s.limits.concurrency {
+    if let Some(c) = &s.client.limits.concurrency {
         let cp = lp.key("concurrency");
         match (c.max_wait, timeout) {
             (Some(wait), Some(timeout)) if wait > timeout => r.add(
@@ -294,16 +294,16 @@ pub(crate) fn lint_limits(s: &Service, lp: &FieldPath, r: &mut Report<'_>) {
             _ => {}
         }
     }
-    if let Some(rate) = &s.limits.rate
+    if let Some(rate) = &s.client.limits.rate
         && rate.key_header.is_none()
-        && rate.without_key != WithoutKey::default()
+        && rate.without_key != crate::limit::WithoutKey::default()
     {
         r.add(
             &lp.at("rate.without_key"),
             "has no effect without key_header: every request shares the one bucket",
         );
     }
-    if let Some(t) = &s.limits.throttle
+    if let Some(t) = &s.client.limits.throttle
         && !t.window.is_zero()
         && t.window < SHORT_THROTTLE_WINDOW
     {

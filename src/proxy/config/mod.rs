@@ -50,6 +50,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::ClientConfig;
 use crate::discover::{Address, Endpoint};
 
 mod discovery;
@@ -183,9 +184,26 @@ impl Default for Server {
     }
 }
 
-/// An upstream service: a name, its endpoints and its policies.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// An upstream service: a name, its endpoints, and the client's settings.
+///
+/// Beside `name`, `endpoints`, `discovery` and `protocol`, a service's
+/// table holds the library's [`ClientConfig`] tables directly (`retry`,
+/// `budget`, `balancer`, `ejection`, `limits`, …): the same structs, the
+/// same defaults and the same validation as `Client::builder(..).config(..)`.
+///
+/// ```
+/// let config = palisade::proxy::config::Config::from_toml(r#"
+///     [[services]]
+///     name = "app"
+///     endpoints = ["127.0.0.1:8080"]
+///     retry = { max_attempts = 2 }
+///
+///     [[routes]]
+///     service = "app"
+/// "#).unwrap();
+/// assert_eq!(config.services[0].client.retry.max_attempts, 2);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Service {
     /// The name routes refer to (and metrics and errors carry): letters,
@@ -194,42 +212,132 @@ pub struct Service {
     /// A fixed list of endpoints: `"host:port"`, or a table with
     /// `address`, `weight` and `labels`. Give either this (at least one
     /// endpoint) or [`discovery`](Service::discovery).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointSpec>,
     /// Where the endpoints come from when they are not listed: DNS, a file
     /// or Kubernetes. Give either this or [`endpoints`](Service::endpoints).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub discovery: Option<Discovery>,
     /// How the proxy talks to the endpoints: `"http1"` (default) or `"h2c"`
     /// (HTTP/2 over plain TCP, prior knowledge). Either way connections are
     /// pooled and shared by every service with the same protocol.
-    #[serde(default)]
     pub protocol: Protocol,
-    /// Load balancing.
-    #[serde(default)]
-    pub balancer: Balancer,
-    /// Retries.
-    #[serde(default)]
-    pub retry: Retry,
-    /// The retry budget.
-    #[serde(default)]
-    pub budget: Budget,
+    /// The client's settings, one table per layer (written beside the keys
+    /// above, not under a key of their own).
+    #[serde(flatten)]
+    pub client: ClientConfig,
     /// Deadlines.
-    #[serde(default)]
     pub deadline: Deadline,
-    /// Failure accrual (outlier ejection).
-    #[serde(default)]
-    pub ejection: Ejection,
     /// The service breaker.
-    #[serde(default)]
     pub breaker: Breaker,
-    /// Limits: concurrency, rate, adaptive throttling. All off by default.
-    #[serde(default)]
-    pub limits: Limits,
     /// Hedging: one backup request to another endpoint after a delay. Off
     /// unless written (`hedge = {}` hedges with the defaults).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hedge: Option<Hedge>,
+}
+
+/// The keys of a service table that are not [`ClientConfig`]'s.
+const SERVICE_KEYS: &[&str] = &[
+    "name",
+    "endpoints",
+    "discovery",
+    "protocol",
+    "deadline",
+    "breaker",
+    "hedge",
+];
+
+impl<'de> Deserialize<'de> for Service {
+    /// Reads the service's own keys and hands the rest to
+    /// [`ClientConfig::read_key`], so that an error inside a client table
+    /// keeps its position in the file (serde's `flatten` would buffer the
+    /// values and lose it).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Service, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Service;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a service table")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Service, A::Error> {
+                use serde::de::Error;
+                let mut name = None;
+                let mut endpoints = None;
+                let mut discovery = None;
+                let mut protocol = None;
+                let mut deadline = None;
+                let mut breaker = None;
+                let mut hedge = None;
+                let mut client = ClientConfig::default();
+                // An unknown key is refused while the key is read, so the
+                // error points at it.
+                while let Some(ServiceKey(key)) = map.next_key()? {
+                    match key {
+                        "name" => name = Some(map.next_value()?),
+                        "endpoints" => endpoints = Some(map.next_value()?),
+                        "discovery" => discovery = Some(map.next_value()?),
+                        "protocol" => protocol = Some(map.next_value()?),
+                        "deadline" => deadline = Some(map.next_value()?),
+                        "breaker" => breaker = Some(map.next_value()?),
+                        "hedge" => hedge = Some(map.next_value()?),
+                        other => {
+                            client.read_key(other, &mut map)?;
+                        }
+                    }
+                }
+                Ok(Service {
+                    name: name.ok_or_else(|| A::Error::missing_field("name"))?,
+                    endpoints: endpoints.unwrap_or_default(),
+                    discovery,
+                    protocol: protocol.unwrap_or_default(),
+                    client,
+                    deadline: deadline.unwrap_or_default(),
+                    breaker: breaker.unwrap_or_default(),
+                    hedge,
+                })
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// A key of a service table: one of the service's own or one of
+/// [`ClientConfig::KEYS`].
+struct ServiceKey(&'static str);
+
+impl<'de> Deserialize<'de> for ServiceKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ServiceKey, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = ServiceKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a service key")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ServiceKey, E> {
+                let all = service_keys();
+                match all.iter().find(|k| **k == v) {
+                    Some(k) => Ok(ServiceKey(k)),
+                    None => Err(E::unknown_field(v, all)),
+                }
+            }
+        }
+        d.deserialize_identifier(Visit)
+    }
+}
+
+/// Every key a service table may have, made once.
+fn service_keys() -> &'static [&'static str] {
+    static ALL: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    ALL.get_or_init(|| {
+        SERVICE_KEYS
+            .iter()
+            .chain(ClientConfig::KEYS)
+            .copied()
+            .collect()
+    })
 }
 
 /// The protocol to the endpoints of a service.
@@ -246,142 +354,6 @@ pub enum Protocol {
 
 // One endpoint of a service: the shape file discovery reads too.
 pub use crate::discover::EndpointSpec;
-
-/// Load balancing settings; see [`crate::balance::BalanceSettings`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct Balancer {
-    /// EWMA time constant. Default 10 s.
-    #[serde(default = "d_decay", with = "duration")]
-    pub decay: Duration,
-    /// Seed estimate for the first endpoint. Default 30 ms.
-    #[serde(default = "d_default_rtt", with = "duration")]
-    pub default_rtt: Duration,
-    /// What a failure adds to an endpoint's cost. Default 1 s.
-    #[serde(default = "d_failure_penalty", with = "duration")]
-    pub failure_penalty: Duration,
-    /// How long a request waits for an endpoint when there is none.
-    /// Default 3 s.
-    #[serde(default = "d_endpoint_wait", with = "duration")]
-    pub endpoint_wait: Duration,
-}
-
-fn d_decay() -> Duration {
-    Duration::from_secs(10)
-}
-fn d_default_rtt() -> Duration {
-    Duration::from_millis(30)
-}
-fn d_failure_penalty() -> Duration {
-    Duration::from_secs(1)
-}
-fn d_endpoint_wait() -> Duration {
-    Duration::from_secs(3)
-}
-
-impl Default for Balancer {
-    fn default() -> Self {
-        Balancer {
-            decay: d_decay(),
-            default_rtt: d_default_rtt(),
-            failure_penalty: d_failure_penalty(),
-            endpoint_wait: d_endpoint_wait(),
-        }
-    }
-}
-
-/// Retry settings; see [`crate::retry::RetryLayer`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct Retry {
-    /// Attempts in total, the first included (1 disables retries).
-    /// At least 1. Default 3.
-    #[serde(default = "d_max_attempts")]
-    pub max_attempts: u32,
-    /// Backoff base; at most `backoff_cap`. Default 25 ms.
-    #[serde(default = "d_backoff_base", with = "duration")]
-    pub backoff_base: Duration,
-    /// Backoff cap. Default 250 ms.
-    #[serde(default = "d_backoff_cap", with = "duration")]
-    pub backoff_cap: Duration,
-    /// Timeout of each attempt (`"none"` for none). Default none.
-    #[serde(default, with = "opt_duration")]
-    pub per_try_timeout: Option<Duration>,
-    /// Request body bytes kept for replay. Default 65536.
-    #[serde(default = "d_body_limit")]
-    pub body_limit: usize,
-    /// Statuses retried for idempotent methods (each 100 to 599).
-    /// Default [502, 503, 504].
-    #[serde(default = "d_retryable")]
-    pub retryable_statuses: Vec<u16>,
-}
-
-fn d_max_attempts() -> u32 {
-    3
-}
-fn d_backoff_base() -> Duration {
-    Duration::from_millis(25)
-}
-fn d_backoff_cap() -> Duration {
-    Duration::from_millis(250)
-}
-fn d_body_limit() -> usize {
-    64 * 1024
-}
-fn d_retryable() -> Vec<u16> {
-    vec![502, 503, 504]
-}
-
-impl Default for Retry {
-    fn default() -> Self {
-        Retry {
-            max_attempts: d_max_attempts(),
-            backoff_base: d_backoff_base(),
-            backoff_cap: d_backoff_cap(),
-            per_try_timeout: None,
-            body_limit: d_body_limit(),
-            retryable_statuses: d_retryable(),
-        }
-    }
-}
-
-/// Retry budget settings; see [`crate::retry::RetryBudget`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct Budget {
-    /// Retries allowed per request, finite and at least 0. Default 0.2.
-    #[serde(default = "d_ratio")]
-    pub ratio: f64,
-    /// Retries allowed per second regardless of traffic. Default 10.
-    #[serde(default = "d_min_per_sec")]
-    pub min_per_sec: u32,
-    /// The window. Default 10 s.
-    #[serde(default = "d_ttl", with = "duration")]
-    pub ttl: Duration,
-}
-
-fn d_ratio() -> f64 {
-    0.2
-}
-fn d_min_per_sec() -> u32 {
-    10
-}
-fn d_ttl() -> Duration {
-    Duration::from_secs(10)
-}
-
-impl Default for Budget {
-    fn default() -> Self {
-        Budget {
-            ratio: d_ratio(),
-            min_per_sec: d_min_per_sec(),
-            ttl: d_ttl(),
-        }
-    }
-}
 
 /// Deadline settings; see [`crate::deadline::DeadlineLayer`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -428,82 +400,6 @@ impl Default for Deadline {
     }
 }
 
-/// Failure accrual settings; see [`crate::balance::EjectionSettings`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct Ejection {
-    /// Whether endpoints are ejected at all. Default true.
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// Failures in a row that eject an endpoint; 0 turns this trigger off.
-    /// Default 5.
-    #[serde(default = "d_consecutive")]
-    pub consecutive_failures: u32,
-    /// The success rate (0 to 1) below which an endpoint is ejected; 0
-    /// turns this trigger off. Default 0.8.
-    #[serde(default = "d_success_rate")]
-    pub success_rate: f64,
-    /// The window the success rate is measured over. Default 10 s.
-    #[serde(default = "d_ttl", with = "duration")]
-    pub window: Duration,
-    /// Requests needed in the window before the success rate counts.
-    /// Default 5.
-    #[serde(default = "d_min_requests")]
-    pub min_requests: u32,
-    /// The first ejection's length; at most `max_penalty`. Default 1 s.
-    #[serde(default = "d_failure_penalty", with = "duration")]
-    pub base_penalty: Duration,
-    /// The longest ejection. Default 1 min.
-    #[serde(default = "d_max_penalty", with = "duration")]
-    pub max_penalty: Duration,
-    /// Each penalty is scaled by a random factor in `1 ± jitter/2` (0 to
-    /// 1). Default 0.5.
-    #[serde(default = "half")]
-    pub jitter: f64,
-    /// The largest share (0 to 1) of endpoints ejected at once; at least
-    /// one is always allowed. Default 0.5.
-    #[serde(default = "half")]
-    pub max_ejection_percent: f64,
-    /// When the share (0 to 1) of available endpoints is below this,
-    /// ejections are ignored. Default 0.5.
-    #[serde(default = "half")]
-    pub panic_threshold: f64,
-}
-
-fn d_consecutive() -> u32 {
-    5
-}
-fn d_success_rate() -> f64 {
-    0.8
-}
-fn d_min_requests() -> u32 {
-    5
-}
-fn d_max_penalty() -> Duration {
-    Duration::from_secs(60)
-}
-fn half() -> f64 {
-    0.5
-}
-
-impl Default for Ejection {
-    fn default() -> Self {
-        Ejection {
-            enabled: true,
-            consecutive_failures: d_consecutive(),
-            success_rate: d_success_rate(),
-            window: d_ttl(),
-            min_requests: d_min_requests(),
-            base_penalty: d_failure_penalty(),
-            max_penalty: d_max_penalty(),
-            jitter: half(),
-            max_ejection_percent: half(),
-            panic_threshold: half(),
-        }
-    }
-}
-
 /// Service breaker settings; see [`crate::breaker::BreakerLayer`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -531,6 +427,12 @@ pub struct Breaker {
     pub half_open_probes: u32,
 }
 
+fn d_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+fn half() -> f64 {
+    0.5
+}
 fn d_volume() -> u32 {
     20
 }
@@ -550,145 +452,6 @@ impl Default for Breaker {
             error_threshold: half(),
             sleep_window: d_sleep(),
             half_open_probes: d_probes(),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Limits.
-
-/// Limits on the requests sent to a service (see [`crate::limit`]): each is
-/// off unless its table is written, and a written table takes the library's
-/// default for every key left out (`concurrency = {}` is the default
-/// bulkhead).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct Limits {
-    /// The concurrency limit (bulkhead).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub concurrency: Option<Concurrency>,
-    /// The rate limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<Rate>,
-    /// Adaptive client throttling.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub throttle: Option<Throttle>,
-}
-
-/// The concurrency limit; see [`crate::limit::ConcurrencyLimitLayer`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct Concurrency {
-    /// Requests in flight at once; at least 1. Default
-    /// [`DEFAULT_MAX`](crate::limit::concurrency::DEFAULT_MAX).
-    #[serde(default = "d_concurrency_max")]
-    pub max: usize,
-    /// Requests that may wait for a slot, first in first out; 0 sheds at
-    /// once. Default [`DEFAULT_QUEUE`](crate::limit::concurrency::DEFAULT_QUEUE).
-    #[serde(default = "d_concurrency_queue")]
-    pub queue: usize,
-    /// The longest a request waits in the queue (`"none"`: as long as its
-    /// deadline allows; never past it either way). Default
-    /// [`DEFAULT_MAX_WAIT`](crate::limit::concurrency::DEFAULT_MAX_WAIT).
-    #[serde(default = "d_concurrency_max_wait", with = "opt_duration")]
-    pub max_wait: Option<Duration>,
-}
-
-fn d_concurrency_max() -> usize {
-    crate::limit::concurrency::DEFAULT_MAX
-}
-fn d_concurrency_queue() -> usize {
-    crate::limit::concurrency::DEFAULT_QUEUE
-}
-fn d_concurrency_max_wait() -> Option<Duration> {
-    Some(crate::limit::concurrency::DEFAULT_MAX_WAIT)
-}
-
-impl Default for Concurrency {
-    fn default() -> Self {
-        Concurrency {
-            max: d_concurrency_max(),
-            queue: d_concurrency_queue(),
-            max_wait: d_concurrency_max_wait(),
-        }
-    }
-}
-
-/// The rate limit; see [`crate::limit::RateLimitLayer`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct Rate {
-    /// Sustained requests a second; required, finite, between
-    /// [`MIN_RATE`](crate::limit::rate::MIN_RATE) and
-    /// [`MAX_RATE`](crate::limit::rate::MAX_RATE).
-    pub per_second: f64,
-    /// Requests that may go at once after a quiet spell; at least 1.
-    /// Default: the library's, one second's worth
-    /// ([`RateLimitSettings::burst`](crate::limit::RateLimitSettings::burst)).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u32>,
-    /// Limit each value of this request header separately (one bucket per
-    /// tenant, say). Default: one bucket for all requests.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_header: Option<String>,
-    /// The most keys tracked with `key_header`; at least 1. Default
-    /// [`DEFAULT_MAX_KEYS`](crate::limit::rate::DEFAULT_MAX_KEYS).
-    #[serde(default = "d_max_keys")]
-    pub max_keys: usize,
-    /// With `key_header`, what requests without the header do: `"shared"`
-    /// (one bucket between them, the default) or `"pass"` (not limited).
-    #[serde(default)]
-    pub without_key: WithoutKey,
-}
-
-fn d_max_keys() -> usize {
-    crate::limit::rate::DEFAULT_MAX_KEYS
-}
-
-/// What a keyed rate limit does with requests that have no key; see
-/// [`crate::limit::WithoutKey`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum WithoutKey {
-    /// They share one bucket (the default).
-    #[default]
-    Shared,
-    /// They are not limited.
-    Pass,
-}
-
-/// Adaptive client throttling; see [`crate::limit::ThrottleLayer`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct Throttle {
-    /// The multiplier K: requests are rejected locally once they exceed K
-    /// times the accepted ones; finite, at least 1. Default
-    /// [`DEFAULT_K`](crate::limit::throttle::DEFAULT_K).
-    #[serde(default = "d_k")]
-    pub k: f64,
-    /// The window requests and accepts are counted over; greater than 0.
-    /// Default [`DEFAULT_WINDOW`](crate::limit::throttle::DEFAULT_WINDOW).
-    #[serde(default = "d_throttle_window", with = "duration")]
-    pub window: Duration,
-}
-
-fn d_k() -> f64 {
-    crate::limit::throttle::DEFAULT_K
-}
-fn d_throttle_window() -> Duration {
-    crate::limit::throttle::DEFAULT_WINDOW
-}
-
-impl Default for Throttle {
-    fn default() -> Self {
-        Throttle {
-            k: d_k(),
-            window: d_throttle_window(),
         }
     }
 }

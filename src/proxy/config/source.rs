@@ -262,11 +262,24 @@ impl FieldPath {
         path
     }
 
-    /// This path and dotted keys (`"retry.max_attempts"`).
+    /// This path and dotted keys, with indexes (`"retry.max_attempts"`,
+    /// `"retry.retryable_statuses[2]"`): a settings problem's field.
     pub(crate) fn at(&self, dotted: &str) -> FieldPath {
         let mut path = self.clone();
-        path.0
-            .extend(dotted.split('.').map(|k| Seg::Key(k.to_owned())));
+        for part in dotted.split('.') {
+            let (key, mut rest) = part.split_at(part.find('[').unwrap_or(part.len()));
+            if !key.is_empty() {
+                path.0.push(Seg::Key(key.to_owned()));
+            }
+            while let Some(inner) = rest.strip_prefix('[') {
+                let end = inner.find(']').unwrap_or(inner.len());
+                match inner[..end].parse() {
+                    Ok(i) => path.0.push(Seg::Index(i)),
+                    Err(_) => path.0.push(Seg::Key(inner[..end].to_owned())),
+                }
+                rest = inner.get(end + 1..).unwrap_or("");
+            }
+        }
         path
     }
 

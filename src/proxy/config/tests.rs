@@ -62,14 +62,12 @@ fn examples_parse_and_have_no_lints() {
     assert_eq!(config.routes.len(), 5);
     // The fuller example writes every default out for `web`.
     let web = &config.services[0];
-    assert_eq!(web.balancer, Balancer::default());
-    assert_eq!(web.retry, Retry::default());
-    assert_eq!(web.budget, Budget::default());
+    let mut defaults = crate::ClientConfig::default();
+    defaults.limits.concurrency = Some(Default::default());
+    defaults.limits.throttle = Some(Default::default());
+    assert_eq!(web.client, defaults);
     assert_eq!(web.deadline, Deadline::default());
-    assert_eq!(web.ejection, Ejection::default());
     assert_eq!(web.breaker, Breaker::default());
-    assert_eq!(web.limits.concurrency, Some(Concurrency::default()));
-    assert_eq!(web.limits.throttle, Some(Throttle::default()));
     let staging = &config.services[1];
     assert!(staging.endpoints.is_empty());
     assert!(
@@ -92,112 +90,6 @@ fn examples_parse_and_have_no_lints() {
     assert_eq!(minimal.listeners, vec![Listener::default()]);
 }
 
-#[test]
-fn defaults_match_the_library() {
-    let lib = crate::balance::EjectionSettings::default();
-    let ours = Ejection::default();
-    assert_eq!(
-        (
-            lib.enabled,
-            lib.consecutive_failures,
-            lib.success_rate,
-            lib.window
-        ),
-        (
-            ours.enabled,
-            ours.consecutive_failures,
-            ours.success_rate,
-            ours.window
-        )
-    );
-    assert_eq!(
-        (lib.min_requests, lib.base_penalty, lib.max_penalty),
-        (ours.min_requests, ours.base_penalty, ours.max_penalty)
-    );
-    assert_eq!(
-        (lib.jitter, lib.max_ejection_percent, lib.panic_threshold),
-        (ours.jitter, ours.max_ejection_percent, ours.panic_threshold)
-    );
-    let lib = crate::balance::BalanceSettings::default();
-    let ours = Balancer::default();
-    assert_eq!(
-        (
-            lib.decay,
-            lib.default_rtt,
-            lib.failure_penalty,
-            lib.endpoint_wait
-        ),
-        (
-            ours.decay,
-            ours.default_rtt,
-            ours.failure_penalty,
-            ours.endpoint_wait
-        )
-    );
-    assert_eq!(
-        crate::retry::Backoff::default(),
-        crate::retry::Backoff::new(Retry::default().backoff_base, Retry::default().backoff_cap)
-    );
-
-    // Limits: a table written empty is the layer's defaults.
-    let limits = Config::from_toml(&format!(
-        "{TWO}limits = {{ concurrency = {{}}, rate = {{ per_second = 7.5 }}, throttle = {{}} }}\n{ROUTE}"
-    ))
-    .unwrap()
-    .services[0]
-        .limits
-        .clone();
-    let c = limits.concurrency.unwrap();
-    let lib = crate::limit::ConcurrencyLimitLayer::new("x", Default::default())
-        .unwrap()
-        .handle();
-    assert_eq!(
-        (c.max, c.queue, c.max_wait),
-        (lib.max(), lib.queue(), lib.max_wait())
-    );
-    let rate = limits.rate.unwrap();
-    let settings = crate::limit::RateLimitSettings {
-        per_second: 7.5,
-        ..Default::default()
-    };
-    let lib = crate::limit::RateLimitLayer::new("x", settings)
-        .unwrap()
-        .keyed_by_header(http::HeaderName::from_static("x-k"))
-        .handle();
-    assert_eq!((rate.burst, rate.max_keys), (None, lib.max_keys()));
-    assert_eq!(lib.burst(), 8, "the library's burst: one second's worth");
-    assert_eq!(WithoutKey::default(), WithoutKey::Shared);
-    assert_eq!(
-        crate::limit::WithoutKey::default(),
-        crate::limit::WithoutKey::Shared
-    );
-    let t = limits.throttle.unwrap();
-    let lib = crate::limit::ThrottleLayer::new("x", Default::default())
-        .unwrap()
-        .handle();
-    assert_eq!((t.k, t.window), (lib.k(), lib.window()));
-
-    // Discovery: the file source's interval; DNS's enums.
-    assert_eq!(
-        FileDiscovery::new("x.json").interval,
-        crate::discover::file::DEFAULT_INTERVAL
-    );
-    #[cfg(feature = "dns")]
-    {
-        use crate::discover::dns;
-        assert_eq!(
-            (dns::OnNxdomain::default(), dns::IpFamily::default()),
-            (dns::OnNxdomain::Keep, dns::IpFamily::Both)
-        );
-        assert_eq!(
-            (OnNxdomain::default(), IpFamily::default()),
-            (OnNxdomain::Keep, IpFamily::Both)
-        );
-    }
-}
-
-/// The defaults docs/config.md states for discovery and limits are the
-/// library's constants.
 #[test]
 fn docs_state_the_library_defaults() {
     let doc = include_str!("../../../docs/config.md");
@@ -814,7 +706,7 @@ throttle = {{ k = 1.5, window = "30s" }}
 {ROUTE}"#
     ))
     .unwrap();
-    let l = &config.services[0].limits;
+    let l = &config.services[0].client.limits;
     let c = l.concurrency.as_ref().unwrap();
     assert_eq!((c.max, c.queue, c.max_wait), (32, 0, None));
     let r = l.rate.as_ref().unwrap();
@@ -826,19 +718,25 @@ throttle = {{ k = 1.5, window = "30s" }}
             r.max_keys,
             r.without_key
         ),
-        (0.5, Some(3), Some("X-Tenant"), 10, WithoutKey::Pass)
+        (
+            0.5,
+            Some(3),
+            Some("X-Tenant"),
+            10,
+            crate::limit::WithoutKey::Pass
+        )
     );
     let t = l.throttle.as_ref().unwrap();
     assert_eq!((t.k, t.window), (1.5, Duration::from_secs(30)));
     // Off unless written.
     let config = Config::from_toml(&format!("{TWO}{ROUTE}")).unwrap();
-    assert_eq!(config.services[0].limits, Limits::default());
     assert_eq!(
-        (
-            Limits::default().concurrency,
-            Limits::default().rate,
-            Limits::default().throttle
-        ),
+        config.services[0].client.limits,
+        crate::limit::LimitSettings::default()
+    );
+    let off = crate::limit::LimitSettings::default();
+    assert_eq!(
+        (off.concurrency, off.rate, off.throttle),
         (None, None, None)
     );
     let json = serde_json::to_value(&config).unwrap();
@@ -893,7 +791,7 @@ split = [{ service = "app", weight = 1 }, { service = "other", weight = 1 }, { s
         &p,
         &format!("{l}.rate.per_second"),
         Some(8),
-        "must be a finite number of requests a second from 1e-6 to 1e9, got 0",
+        "is required (0 is not a rate): a finite number of requests a second from 1e-6 to 1e9",
     );
     assert_has(
         &p,
@@ -949,11 +847,16 @@ split = [{ service = "app", weight = 1 }, { service = "other", weight = 1 }, { s
         Some(4),
         "unknown field `bulkhead`, expected one of `concurrency`, `rate`, `throttle`",
     );
+    // A rate without `per_second` is refused by the settings' own check,
+    // once the file parses.
+    let p = errors(&format!(
+        "{TWO}limits = {{ rate = {{ burst = 5 }} }}\n{ROUTE}"
+    ));
     assert_has(
         &p,
         "services[0].limits.rate.per_second",
         Some(4),
-        "missing field `per_second`",
+        "is required",
     );
 }
 
@@ -1116,8 +1019,11 @@ fn durations_take_humantime_and_none() {
     let s = &config.services[0];
     assert_eq!(s.deadline.timeout, None);
     assert_eq!(s.deadline.max_timeout, Duration::from_secs(90));
-    assert_eq!(s.retry.per_try_timeout, Some(Duration::from_millis(250)));
-    assert_eq!(s.retry.backoff_cap, Duration::from_millis(1500));
+    assert_eq!(
+        s.client.retry.per_try_timeout,
+        Some(Duration::from_millis(250))
+    );
+    assert_eq!(s.client.retry.backoff_cap, Duration::from_millis(1500));
 }
 
 #[test]

@@ -169,12 +169,6 @@ pub(crate) fn method_problem(method: &str) -> Option<String> {
 }
 
 /// A ratio that must be in `[0, 1]`.
-pub(crate) fn check_unit(r: &mut Report<'_>, path: &FieldPath, value: f64) {
-    if !(value.is_finite() && (0.0..=1.0).contains(&value)) {
-        r.add(path, format!("must be between 0 and 1, got {value}"));
-    }
-}
-
 pub(crate) fn validate(c: &Config, r: &mut Report<'_>) {
     let root = FieldPath::root();
 
@@ -330,7 +324,12 @@ pub(crate) fn validate_service(s: &Service, sp: &FieldPath, r: &mut Report<'_>) 
     if let Some(discovery) = &s.discovery {
         validate_discovery(discovery, &sp.key("discovery"), r);
     }
-    validate_limits(&s.limits, &sp.key("limits"), r);
+    // Every client table: the library's own checks, each at its field.
+    if let Err(e) = s.client.validate() {
+        for p in e.into_problems() {
+            r.add(&sp.at(&p.field), p.message);
+        }
+    }
     if let Some(h) = &s.hedge {
         validate_hedge(h, &sp.key("hedge"), r);
     }
@@ -366,48 +365,6 @@ pub(crate) fn validate_service(s: &Service, sp: &FieldPath, r: &mut Report<'_>) 
         }
     }
 
-    // Retry.
-    let retry = &s.retry;
-    if retry.max_attempts < 1 {
-        r.add(
-            &sp.at("retry.max_attempts"),
-            "must be at least 1 (1 means no retries)",
-        );
-    }
-    if retry.backoff_base > retry.backoff_cap {
-        r.add(
-            &sp.at("retry.backoff_base"),
-            format!(
-                "backoff_base ({}) must not exceed backoff_cap ({})",
-                format_duration(retry.backoff_base),
-                format_duration(retry.backoff_cap)
-            ),
-        );
-    }
-    if retry.per_try_timeout == Some(Duration::ZERO) {
-        r.add(
-            &sp.at("retry.per_try_timeout"),
-            "must be greater than 0 (\"none\" for no per-try timeout)",
-        );
-    }
-    for (k, status) in retry.retryable_statuses.iter().enumerate() {
-        if !(100..=599).contains(status) {
-            r.add(
-                &sp.at("retry.retryable_statuses").index(k),
-                format!("{status} is not an HTTP status (100 to 599)"),
-            );
-        }
-    }
-
-    // Budget.
-    let ratio = s.budget.ratio;
-    if !(ratio.is_finite() && ratio >= 0.0) {
-        r.add(
-            &sp.at("budget.ratio"),
-            format!("must be a finite number at least 0, got {ratio}"),
-        );
-    }
-
     // Deadline.
     if s.deadline.timeout == Some(Duration::ZERO) {
         r.add(
@@ -417,24 +374,6 @@ pub(crate) fn validate_service(s: &Service, sp: &FieldPath, r: &mut Report<'_>) 
     }
     if s.deadline.max_timeout.is_zero() {
         r.add(&sp.at("deadline.max_timeout"), "must be greater than 0");
-    }
-
-    // Ejection.
-    let ej = &s.ejection;
-    let ep = sp.key("ejection");
-    check_unit(r, &ep.key("success_rate"), ej.success_rate);
-    check_unit(r, &ep.key("jitter"), ej.jitter);
-    check_unit(r, &ep.key("max_ejection_percent"), ej.max_ejection_percent);
-    check_unit(r, &ep.key("panic_threshold"), ej.panic_threshold);
-    if ej.base_penalty > ej.max_penalty {
-        r.add(
-            &ep.key("base_penalty"),
-            format!(
-                "base_penalty ({}) must not exceed max_penalty ({})",
-                format_duration(ej.base_penalty),
-                format_duration(ej.max_penalty)
-            ),
-        );
     }
 
     // Breaker.
@@ -549,65 +488,6 @@ pub(crate) fn validate_hedge(h: &Hedge, hp: &FieldPath, r: &mut Report<'_>) {
                 "must be a number greater than 0 and at most 1 (a share of requests), got {ratio}"
             ),
         );
-    }
-}
-
-/// Checks the limits' ranges (the layers would silently clamp them).
-pub(crate) fn validate_limits(l: &Limits, lp: &FieldPath, r: &mut Report<'_>) {
-    use crate::limit::rate::{MAX_RATE, MIN_RATE};
-    if let Some(c) = &l.concurrency {
-        let cp = lp.key("concurrency");
-        if c.max < 1 {
-            r.add(&cp.key("max"), "must be at least 1");
-        }
-        if c.max_wait == Some(Duration::ZERO) {
-            r.add(
-                &cp.key("max_wait"),
-                "must be greater than 0 (\"none\" waits as long as the request's deadline allows; \
-                 `queue = 0` sheds instead of queueing)",
-            );
-        }
-    }
-    if let Some(rate) = &l.rate {
-        let rp = lp.key("rate");
-        let per_second = rate.per_second;
-        if !(per_second.is_finite() && (MIN_RATE..=MAX_RATE).contains(&per_second)) {
-            r.add(
-                &rp.key("per_second"),
-                format!(
-                    "must be a finite number of requests a second from {MIN_RATE:e} to {MAX_RATE:e}, got {per_second}"
-                ),
-            );
-        }
-        if rate.burst == Some(0) {
-            r.add(&rp.key("burst"), "must be at least 1");
-        }
-        if let Some(name) = &rate.key_header
-            && http::HeaderName::from_bytes(name.as_bytes()).is_err()
-        {
-            r.add(
-                &rp.key("key_header"),
-                format!("{name:?} is not a valid header name"),
-            );
-        }
-        if rate.max_keys < 1 {
-            r.add(&rp.key("max_keys"), "must be at least 1");
-        }
-    }
-    if let Some(t) = &l.throttle {
-        let tp = lp.key("throttle");
-        if !(t.k.is_finite() && t.k >= 1.0) {
-            r.add(
-                &tp.key("k"),
-                format!(
-                    "must be a finite number at least 1 (the backend is offered at least what it accepts), got {}",
-                    t.k
-                ),
-            );
-        }
-        if t.window.is_zero() {
-            r.add(&tp.key("window"), "must be greater than 0");
-        }
     }
 }
 

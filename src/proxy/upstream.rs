@@ -169,3 +169,146 @@ pub(crate) fn build_client(
     }
     builder.build().map_err(|e| bad(&e))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::ClientConfig;
+
+    /// Every client setting, each with a value that is not its default, as
+    /// TOML writes it: `(path, value)`.
+    const KNOBS: &[(&str, &str)] = &[
+        ("balancer.decay", r#""3s""#),
+        ("balancer.default_rtt", r#""7ms""#),
+        ("balancer.min_rtt", r#""2ms""#),
+        ("balancer.failure_penalty", r#""3s""#),
+        ("balancer.endpoint_wait", r#""1s""#),
+        ("balancer.choice", r#""random""#),
+        ("retry.max_attempts", "2"),
+        ("retry.backoff_base", r#""5ms""#),
+        ("retry.backoff_cap", r#""2s""#),
+        ("retry.per_try_timeout", r#""300ms""#),
+        ("retry.body_limit", "1024"),
+        ("retry.retryable_statuses", "[500, 503]"),
+        ("budget.ratio", "0.5"),
+        ("budget.min_per_sec", "3"),
+        ("budget.ttl", r#""20s""#),
+        ("ejection.enabled", "false"),
+        ("ejection.consecutive_failures", "9"),
+        ("ejection.success_rate", "0.6"),
+        ("ejection.window", r#""30s""#),
+        ("ejection.min_requests", "12"),
+        ("ejection.base_penalty", r#""2s""#),
+        ("ejection.max_penalty", r#""2m""#),
+        ("ejection.jitter", "0.25"),
+        ("ejection.max_ejection_percent", "0.3"),
+        ("ejection.panic_threshold", "0.2"),
+        ("limits.concurrency.max", "7"),
+        ("limits.concurrency.queue", "3"),
+        ("limits.concurrency.max_wait", r#""none""#),
+        ("limits.rate.per_second", "42.5"),
+        ("limits.rate.burst", "9"),
+        ("limits.rate.key_header", r#""x-tenant""#),
+        ("limits.rate.max_keys", "17"),
+        ("limits.rate.without_key", r#""pass""#),
+        ("limits.throttle.k", "1.5"),
+        ("limits.throttle.window", r#""45s""#),
+    ];
+
+    /// `limits.rate.burst = 9` as a TOML key-value line:
+    /// `limits = { rate = { burst = 9 } }`, plus what the table needs to be
+    /// valid (a rate needs its rate).
+    fn line(path: &str, value: &str) -> String {
+        let parts: Vec<&str> = path.split('.').collect();
+        let mut inner = format!("{} = {value}", parts[parts.len() - 1]);
+        if parts[..parts.len() - 1] == ["limits", "rate"] && !path.ends_with("per_second") {
+            inner += ", per_second = 10.0";
+        }
+        for table in parts[..parts.len() - 1].iter().rev() {
+            inner = format!("{table} = {{ {inner} }}");
+        }
+        inner
+    }
+
+    /// Every leaf setting of a `ClientConfig` with every optional table
+    /// present: `retry.max_attempts`, `limits.rate.burst`, …
+    fn leaves() -> BTreeSet<String> {
+        let mut full = ClientConfig::default();
+        full.limits.concurrency = Some(Default::default());
+        full.limits.rate = Some(crate::limit::RateLimitSettings {
+            burst: Some(1),
+            key_header: Some("x".into()),
+            ..Default::default()
+        });
+        full.limits.throttle = Some(Default::default());
+        leaves_of(&full).into_keys().collect()
+    }
+
+    /// Each knob, set alone in a service table, reaches the client: the
+    /// settings the built client reads back from its layers are the ones
+    /// parsed. A knob that is parsed but not applied (the proxy's
+    /// `balancer.default_rtt` once was) fails here.
+    #[tokio::test]
+    async fn every_knob_in_the_file_reaches_the_client() {
+        let knobs: BTreeSet<String> = KNOBS.iter().map(|(p, _)| (*p).to_owned()).collect();
+        assert_eq!(
+            knobs,
+            leaves(),
+            "KNOBS must list every client setting, once"
+        );
+        let http = Upstreams {
+            http1: crate::http::hyper_client(),
+            h2c: crate::http::hyper_h2c_client(),
+        };
+        let metrics = Metrics::register(&mut Registry::default());
+        for (path, value) in KNOBS {
+            let text = format!(
+                "[[services]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\n{}\n\
+                 [[routes]]\nservice = \"app\"\n",
+                line(path, value)
+            );
+            let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+            let svc = &config.services[0];
+            let defaults = leaves_of(&ClientConfig::default());
+            let parsed = leaves_of(&svc.client);
+            assert_ne!(
+                parsed.get(*path),
+                defaults.get(*path),
+                "{path} = {value} is the default: pick another value"
+            );
+            let (_handle, discover) = crate::discover::dynamic();
+            let client = build_client(svc, discover, &http, &metrics).unwrap();
+            assert_eq!(
+                client.settings(),
+                svc.client,
+                "{path} = {value} was parsed but did not reach its layer"
+            );
+        }
+    }
+
+    fn leaves_of(config: &ClientConfig) -> std::collections::BTreeMap<String, serde_json::Value> {
+        fn walk(
+            prefix: &str,
+            v: &serde_json::Value,
+            out: &mut std::collections::BTreeMap<String, serde_json::Value>,
+        ) {
+            match v.as_object() {
+                Some(map) => {
+                    for (k, v) in map {
+                        walk(&format!("{prefix}{k}."), v, out);
+                    }
+                }
+                None => {
+                    out.insert(prefix.trim_end_matches('.').to_owned(), v.clone());
+                }
+            }
+        }
+        let mut out = std::collections::BTreeMap::new();
+        walk("", &serde_json::to_value(config).unwrap(), &mut out);
+        out
+    }
+}

@@ -40,6 +40,14 @@ impl From<SocketAddr> for Address {
     }
 }
 
+/// An address is written as text: `10.0.0.7:8080`, `users.internal:80`.
+#[cfg(feature = "serde")]
+impl serde::Serialize for Address {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -320,6 +320,34 @@ pub mod opt_duration {
     }
 }
 
+/// Serde for a live figure that is a [`Duration`]: written as milliseconds
+/// (a number, for dashboards), as in `rtt_estimate_ms`. Serialize only: the
+/// figures of a [`Snapshot`](crate::Snapshot) are not read back.
+#[cfg(feature = "serde")]
+pub mod millis {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    /// Writes `d` as fractional milliseconds.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64() * 1e3)
+    }
+
+    /// [`serialize`] for an optional duration (`null` when absent).
+    pub mod option {
+        use super::*;
+
+        /// Writes `d` as fractional milliseconds, or `null`.
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

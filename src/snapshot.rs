@@ -11,6 +11,7 @@ pub use crate::retry::RetryStats;
 
 /// A client's live state at one moment; see [`Client::snapshot`](crate::Client::snapshot).
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Snapshot {
     /// The service name.

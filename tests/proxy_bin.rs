@@ -503,14 +503,14 @@ async fn a_concurrency_limit_sheds_at_once_and_caps_what_the_backend_sees() {
 
     let (_, _, snapshot) = get(&client, proxy.admin, "/snapshot").await;
     let snapshot: serde_json::Value = serde_json::from_str(&snapshot).unwrap();
-    let limit = &snapshot["services"][0]["limits"]["concurrency"];
+    let limit = &snapshot["services"][0]["concurrency"];
     assert_eq!(limit["max"], 2, "{snapshot}");
     assert_eq!(limit["in_flight"], 0);
     assert_eq!(
         limit["shed_full"].as_u64().unwrap() + limit["shed_timeout"].as_u64().unwrap(),
         8
     );
-    assert!(snapshot["services"][0]["limits"]["rate"].is_null());
+    assert!(snapshot["services"][0]["rate_limit"].is_null());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -583,7 +583,7 @@ async fn reload_keeps_the_clients_of_unchanged_services() {
     assert_eq!(sa["service"], "a");
     // a's client (with its counts and its limit) survived the reload ...
     assert_eq!(sa["endpoints"][0]["requests"], 3, "{sa}");
-    assert_eq!(sa["limits"]["concurrency"]["max"], 8);
+    assert_eq!(sa["concurrency"]["max"], 8);
     // ... b's is new: it has counted only what went to c.
     assert_eq!(sb["endpoints"].as_array().unwrap().len(), 1, "{sb}");
     assert_eq!(sb["endpoints"][0]["address"], c.addr().to_string());
@@ -655,7 +655,7 @@ async fn hedging_answers_from_the_fast_endpoint_when_the_first_is_slow() {
     );
     let (_, _, snapshot) = get(&client, proxy.admin, "/snapshot").await;
     let snapshot: serde_json::Value = serde_json::from_str(&snapshot).unwrap();
-    let hedge = &snapshot["services"][0]["limits"]["hedge"];
+    let hedge = &snapshot["services"][0]["hedges"];
     assert!(hedge["sent"].as_u64().unwrap() >= 1, "{snapshot}");
     assert_eq!(
         hedge["sent"], hedge["won"],

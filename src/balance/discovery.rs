@@ -139,4 +139,3 @@ fn seed_rtt<'a, S: 'a, C>(
     };
     seed.max(shared.config.min_rtt)
 }
-

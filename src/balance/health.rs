@@ -58,6 +58,18 @@ pub enum EndpointState {
     Probing,
 }
 
+/// Written as `"active"`, `"ejected"` or `"probing"`.
+#[cfg(feature = "serde")]
+impl serde::Serialize for EndpointState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            EndpointState::Active => "active",
+            EndpointState::Ejected { .. } => "ejected",
+            EndpointState::Probing => "probing",
+        })
+    }
+}
+
 /// What an outcome did to an endpoint's standing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {

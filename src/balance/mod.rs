@@ -228,6 +228,7 @@ pub(crate) struct Shared<S, C> {
 
 /// What the balancer knows about one endpoint, at one moment.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct EndpointStats {
     /// The endpoint's address.
@@ -239,10 +240,18 @@ pub struct EndpointStats {
     /// The current (decayed) peak-EWMA cost estimate: latency, with each
     /// failure counted as at least the failure penalty. This is what the
     /// balancer compares.
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "rtt_estimate_ms", with = "crate::settings::millis")
+    )]
     pub rtt_estimate: Duration,
     /// The current (decayed) peak-EWMA of the latency it really showed,
     /// failures included at their real latency. Retries use it to judge
     /// whether an attempt can finish before the deadline.
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "latency_estimate_ms", with = "crate::settings::millis")
+    )]
     pub latency_estimate: Duration,
     /// Requests sent to it and not yet answered.
     pub in_flight: usize,
@@ -251,6 +260,10 @@ pub struct EndpointStats {
     /// Of those, how many were classified as failures.
     pub failures: u64,
     /// How much longer it is marked busy by `Retry-After`, if it is.
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "busy_for_ms", with = "crate::settings::millis::option")
+    )]
     pub busy_for: Option<Duration>,
     /// Whether failure accrual has ejected it.
     pub state: EndpointState,

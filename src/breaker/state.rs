@@ -349,6 +349,18 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+/// Written as `"closed"`, `"half-open"` or `"open"`.
+#[cfg(feature = "serde")]
+impl serde::Serialize for BreakerState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            BreakerState::Closed => "closed",
+            BreakerState::HalfOpen => "half-open",
+            BreakerState::Open { .. } => "open",
+        })
+    }
+}
+
 /// A cheap, cloneable view of one breaker's state, for snapshots and
 /// metrics.
 ///

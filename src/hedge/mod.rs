@@ -710,6 +710,33 @@ pub struct HedgeStats {
     pub budget_balance: f64,
 }
 
+/// Written with `delay_ms` in milliseconds and `skipped` as a map from
+/// reason (`budget`, `deadline`, …) to count.
+#[cfg(feature = "serde")]
+impl serde::Serialize for HedgeStats {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Skipped<'a>(&'a HedgeStats);
+        impl serde::Serialize for Skipped<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_map(
+                    HedgeSkip::ALL
+                        .iter()
+                        .map(|r| (r.as_str(), self.0.skipped(*r))),
+                )
+            }
+        }
+        let mut map = s.serialize_map(Some(6))?;
+        map.serialize_entry("sent", &self.sent)?;
+        map.serialize_entry("won", &self.won)?;
+        map.serialize_entry("delay_ms", &(self.delay.as_secs_f64() * 1e3))?;
+        map.serialize_entry("samples", &self.samples)?;
+        map.serialize_entry("budget_balance", &self.budget_balance)?;
+        map.serialize_entry("skipped", &Skipped(self))?;
+        map.end()
+    }
+}
+
 impl HedgeStats {
     /// Requests not hedged for `reason`. [`HedgeSkip::Method`] and
     /// [`HedgeSkip::Body`] count requests when they arrive (most of them

@@ -652,6 +652,7 @@ impl ConcurrencyHandle {
 
 /// A concurrency limit's state in a [`Snapshot`](crate::Snapshot).
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct ConcurrencyStats {
     /// Requests in flight now.

@@ -756,6 +756,7 @@ impl RateLimitHandle {
 
 /// A rate limit's state in a [`Snapshot`](crate::Snapshot).
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct RateLimitStats {
     /// Requests admitted.

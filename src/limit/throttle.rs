@@ -463,6 +463,7 @@ impl ThrottleHandle {
 
 /// Adaptive throttling's state in a [`Snapshot`](crate::Snapshot).
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct ThrottleStats {
     /// The probability a request is rejected locally now.

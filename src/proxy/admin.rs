@@ -88,7 +88,7 @@ pub(crate) fn admin(state: &State, req: &Request<Incoming>) -> Response<Full<Byt
                 ),
             }
         }
-        "/config" => match serde_json::to_string_pretty(&*routing.config) {
+        "/config" => match serde_json::to_string_pretty(&effective_config(&routing)) {
             Ok(json) => text(StatusCode::OK, "application/json", json + "\n"),
             Err(e) => text(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -103,9 +103,10 @@ pub(crate) fn admin(state: &State, req: &Request<Incoming>) -> Response<Full<Byt
                 .into_iter()
                 .filter_map(|svc| {
                     let upstream = routing.services.get(&svc.name)?;
-                    let mut json = snapshot_json(&upstream.client.snapshot());
+                    // The client's own Snapshot, as serde writes it: the
+                    // same data the metrics read, rendered once.
+                    let mut json = serde_json::to_value(upstream.client.snapshot()).ok()?;
                     json["discovery"] = discovery_json(svc, upstream, &routing.config);
-                    json["limits"] = limits_json(&upstream.client);
                     Some(json)
                 })
                 .collect();
@@ -118,45 +119,6 @@ pub(crate) fn admin(state: &State, req: &Request<Incoming>) -> Response<Full<Byt
             "not found; try /metrics, /ready, /live, /config, /snapshot\n".into(),
         ),
     }
-}
-
-pub(crate) fn snapshot_json(s: &crate::Snapshot) -> serde_json::Value {
-    let endpoints: Vec<serde_json::Value> = s
-        .endpoints
-        .iter()
-        .map(|e| {
-            let state = match e.state {
-                crate::balance::EndpointState::Active => "active".to_owned(),
-                crate::balance::EndpointState::Probing => "probing".to_owned(),
-                _ => "ejected".to_owned(),
-            };
-            serde_json::json!({
-                "address": e.address.to_string(),
-                "weight": e.weight,
-                "labels": e.labels,
-                "state": state,
-                "rtt_estimate_ms": e.rtt_estimate.as_secs_f64() * 1e3,
-                "latency_estimate_ms": e.latency_estimate.as_secs_f64() * 1e3,
-                "in_flight": e.in_flight,
-                "requests": e.requests,
-                "failures": e.failures,
-                "ejections": e.ejections,
-            })
-        })
-        .collect();
-    let breaker = match s.breaker {
-        crate::breaker::BreakerState::Closed => "closed",
-        crate::breaker::BreakerState::HalfOpen => "half-open",
-        _ => "open",
-    };
-    serde_json::json!({
-        "service": s.service,
-        "endpoints": endpoints,
-        "retry_budget": s.retry_budget,
-        "breaker": breaker,
-        "breaker_transitions": s.breaker_transitions,
-        "panic_mode": s.panic_mode,
-    })
 }
 
 /// A service with no endpoints, for `/ready`: its name and where its
@@ -221,59 +183,15 @@ pub(crate) fn discovery_json(
     json.into()
 }
 
-/// The limits' settings and live state, for `/snapshot`; `null` for a limit
-/// that is off.
-pub(crate) fn limits_json(client: &ServiceClient) -> serde_json::Value {
-    let concurrency = client.concurrency_limit().map(|c| {
-        serde_json::json!({
-            "max": c.max(),
-            "queue": c.queue(),
-            "max_wait_ms": c.max_wait().map(|w| w.as_secs_f64() * 1e3),
-            "in_flight": c.in_flight(),
-            "queued": c.queued(),
-            "shed_full": c.shed_full(),
-            "shed_timeout": c.shed_timeout(),
-        })
-    });
-    let rate = client.rate_limit().map(|r| {
-        serde_json::json!({
-            "per_second": r.rate(),
-            "burst": r.burst(),
-            "available": r.available(),
-            "keys": r.keys(),
-            "admitted": r.admitted(),
-            "rejected": r.rejected(),
-        })
-    });
-    let throttle = client.throttle().map(|t| {
-        serde_json::json!({
-            "k": t.k(),
-            "window_ms": t.window().as_secs_f64() * 1e3,
-            "probability": t.probability(),
-            "requests": t.requests(),
-            "accepts": t.accepts(),
-            "rejected": t.rejected(),
-        })
-    });
-    let hedge = client.hedge().map(|h| {
-        let s = h.stats();
-        let skipped: serde_json::Map<String, serde_json::Value> = crate::hedge::HedgeSkip::ALL
-            .iter()
-            .map(|r| (r.as_str().to_owned(), s.skipped(*r).into()))
-            .collect();
-        serde_json::json!({
-            "sent": s.sent,
-            "won": s.won,
-            "delay_ms": s.delay.as_secs_f64() * 1e3,
-            "samples": s.samples,
-            "budget_balance": s.budget_balance,
-            "skipped": skipped,
-        })
-    });
-    serde_json::json!({
-        "concurrency": concurrency,
-        "rate": rate,
-        "throttle": throttle,
-        "hedge": hedge,
-    })
+/// The running config: the file's, with each service's client settings
+/// read back from its client's layers (the same structs the file is read
+/// into), so `/config` shows what runs, not only what was asked for.
+fn effective_config(routing: &Routing) -> Config {
+    let mut config = (*routing.config).clone();
+    for svc in &mut config.services {
+        if let Some(upstream) = routing.services.get(&svc.name) {
+            svc.client = upstream.client.settings();
+        }
+    }
+    config
 }

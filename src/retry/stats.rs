@@ -62,6 +62,7 @@ impl RetryCounters {
 /// failure returned without a retry is counted once, by the first check
 /// that said no (see [`RetryStop`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct RetryStats {
     /// Attempts sent to endpoints, first attempts included.

@@ -96,6 +96,7 @@ pub mod limit;
 pub mod metrics;
 #[cfg(feature = "proxy")]
 pub mod proxy;
+pub mod refuse;
 pub mod replay;
 pub mod retry;
 mod rolling;

@@ -5,19 +5,17 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::HeaderName;
-use pin_project::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::error::{BoxError, Error, Limit};
+use crate::refuse::{NameErrors, Refusable};
 use crate::settings::{Problems, SettingsError};
 
 /// Default [`max_keys`](RateLimitSettings::max_keys) of a keyed limit.
@@ -417,72 +415,17 @@ where
         let core = &self.core;
         let keyed = self.key.keyed();
         match self.key.with_key(&req, |key| core.acquire(key, keyed, now)) {
-            Ok(()) => ResponseFuture {
-                state: State::Running {
-                    future: self.inner.call(req),
-                    service: self.core.service.clone(),
-                },
-            },
-            Err(limit) => ResponseFuture {
-                state: State::Shed {
-                    error: Some(self.core.shed(limit)),
-                },
-            },
+            Ok(()) => {
+                Refusable::running(self.inner.call(req), NameErrors(self.core.service.clone()))
+            }
+            Err(limit) => Refusable::refused(self.core.shed(limit)),
         }
     }
 }
 
 /// The response future of [`RateLimit`]: the inner service's future, or
 /// the error that shed the request.
-#[pin_project]
-#[must_use = "futures do nothing unless polled"]
-pub struct ResponseFuture<F> {
-    #[pin]
-    state: State<F>,
-}
-
-#[pin_project(project = StateProj)]
-enum State<F> {
-    Running {
-        #[pin]
-        future: F,
-        service: Arc<str>,
-    },
-    Shed {
-        error: Option<Error>,
-    },
-}
-
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.state {
-            State::Running { .. } => "Running",
-            State::Shed { .. } => "Shed",
-        };
-        f.debug_struct("ResponseFuture")
-            .field("state", &state)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<F, T, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<T, Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Shed { error } => {
-                Poll::Ready(Err(error.take().expect("polled after completion")))
-            }
-            StateProj::Running { future, service } => {
-                future.poll(cx).map_err(|e| Error::inner(service, None, e))
-            }
-        }
-    }
-}
+pub type ResponseFuture<F> = Refusable<F, NameErrors>;
 
 /// The generic cell rate algorithm on one bucket: `tat` is the theoretical
 /// arrival time of the next request, in nanoseconds since the epoch. A

@@ -4,19 +4,17 @@
 //! See the [module docs](super) for the rule and where it sits in the stack.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pin_project::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::classify::{Class, Classify, HttpClassify, Outcome, Retry};
 use crate::error::{BoxError, Error, Limit};
+use crate::refuse::{Finish, Refusable};
 use crate::rolling::RollingCount;
 use crate::settings::{Problems, SettingsError};
 
@@ -237,22 +235,18 @@ where
             self.core.rejected.fetch_add(1, Ordering::Relaxed);
             let limit = Limit::Throttled { probability };
             tracing::debug!(service = %self.core.service, %limit, "request shed");
-            return ResponseFuture {
-                state: State::Shed {
-                    error: Some(Error::Overloaded {
-                        service: self.core.service.clone(),
-                        limit,
-                    }),
-                },
-            };
+            return Refusable::refused(Error::Overloaded {
+                service: self.core.service.clone(),
+                limit,
+            });
         }
-        ResponseFuture {
-            state: State::Running {
-                future: self.inner.call(req),
-                core: Some(self.core.clone()),
+        Refusable::running(
+            self.inner.call(req),
+            CountAccepts {
+                core: self.core.clone(),
                 classify: self.classify.clone(),
             },
-        }
+        )
     }
 }
 
@@ -273,75 +267,43 @@ pub(crate) fn accepted(class: &Class) -> bool {
 ///
 /// Its outcome is counted as accepted or not when it completes; dropped
 /// before that, the request stays counted and not accepted.
-#[pin_project]
-#[must_use = "futures do nothing unless polled"]
-pub struct ResponseFuture<F, C> {
-    #[pin]
-    state: State<F, C>,
+pub type ResponseFuture<F, C> = Refusable<F, CountAccepts<C>>;
+
+/// The [`Finish`] step of [`Throttle`]: counts an accepted outcome.
+pub struct CountAccepts<C> {
+    core: Arc<Core>,
+    classify: C,
 }
 
-#[pin_project(project = StateProj)]
-enum State<F, C> {
-    Running {
-        #[pin]
-        future: F,
-        core: Option<Arc<Core>>,
-        classify: C,
-    },
-    Shed {
-        error: Option<Error>,
-    },
-}
-
-impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+impl<C> fmt::Debug for CountAccepts<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.state {
-            State::Running { .. } => "Running",
-            State::Shed { .. } => "Shed",
-        };
-        f.debug_struct("ResponseFuture")
-            .field("state", &state)
-            .finish_non_exhaustive()
+        f.debug_struct("CountAccepts").finish_non_exhaustive()
     }
 }
 
-impl<F, C, T, E> Future for ResponseFuture<F, C>
+impl<C, T, E> Finish<Result<T, E>> for CountAccepts<C>
 where
-    F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
     C: Classify<T>,
 {
-    type Output = Result<T, Error>;
+    type Response = T;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Shed { error } => {
-                Poll::Ready(Err(error.take().expect("polled after completion")))
+    fn finish(self, output: Result<T, E>) -> Result<T, Error> {
+        let (result, class) = match output {
+            Ok(rsp) => {
+                let class = self.classify.classify_response(&rsp);
+                (Ok(rsp), class)
             }
-            StateProj::Running {
-                future,
-                core,
-                classify,
-            } => {
-                let result = std::task::ready!(future.poll(cx));
-                let core = core.take().expect("polled after completion");
-                let (result, class) = match result {
-                    Ok(rsp) => {
-                        let class = classify.classify_response(&rsp);
-                        (Ok(rsp), class)
-                    }
-                    Err(e) => {
-                        let e: BoxError = e.into();
-                        let class = classify.classify_error(&*e);
-                        (Err(Error::inner(&core.service, None, e)), class)
-                    }
-                };
-                if accepted(&class) {
-                    core.accepts.add(Instant::now(), 1);
-                }
-                Poll::Ready(result)
+            Err(e) => {
+                let e: BoxError = e.into();
+                let class = self.classify.classify_error(&*e);
+                (Err(Error::inner(&self.core.service, None, e)), class)
             }
+        };
+        if accepted(&class) {
+            self.core.accepts.add(Instant::now(), 1);
         }
+        result
     }
 }
 

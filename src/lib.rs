@@ -98,8 +98,8 @@ pub mod metrics;
 pub mod proxy;
 pub mod replay;
 pub mod retry;
-pub mod settings;
 mod rolling;
+pub mod settings;
 pub mod snapshot;
 pub mod stack;
 #[cfg(test)]

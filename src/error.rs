@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::endpoint::Address;
+use crate::settings::SettingsError;
 
 /// A type-erased error, as tower uses: `Box<dyn Error + Send + Sync>`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -358,6 +359,7 @@ pub struct BuildError {
 #[derive(Debug, Clone)]
 enum BuildReason {
     NoRuntime,
+    Settings(SettingsError),
 }
 
 impl BuildError {
@@ -367,16 +369,35 @@ impl BuildError {
             reason: BuildReason::NoRuntime,
         }
     }
+
+    pub(crate) fn settings(service: &Arc<str>, error: SettingsError) -> Self {
+        BuildError {
+            service: service.clone(),
+            reason: BuildReason::Settings(error),
+        }
+    }
+
+    /// The settings problems that stopped the build, if that is why it
+    /// failed (each with its field path, such as `retry.max_attempts`).
+    pub fn settings_error(&self) -> Option<&SettingsError> {
+        match &self.reason {
+            BuildReason::Settings(e) => Some(e),
+            BuildReason::NoRuntime => None,
+        }
+    }
 }
 
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.reason {
+        match &self.reason {
             BuildReason::NoRuntime => write!(
                 f,
                 "service {:?}: a client must be built inside a Tokio runtime (it spawns its discovery task there)",
                 self.service
             ),
+            BuildReason::Settings(e) => {
+                write!(f, "service {:?}: invalid settings: {e}", self.service)
+            }
         }
     }
 }

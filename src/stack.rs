@@ -30,7 +30,7 @@ use tower::{Layer, Service};
 use crate::balance::{
     Balance, BalanceConfig, Choice, EjectionConfig, EndpointStats, NewEndpoint, WeakBalance,
 };
-use crate::breaker::{self, Breaker, BreakerHandle, BreakerLayer};
+use crate::breaker::{self, Breaker, BreakerHandle, BreakerLayer, BreakerSettings};
 use crate::classify::{Classify, HttpClassify};
 use crate::deadline::{self, DeadlineLayer, EnforceDeadline};
 use crate::discover::{Endpoint, Static};
@@ -212,7 +212,7 @@ impl Client<(), HttpClassify> {
             balance: BalanceConfig::default(),
             retry: RetryLayer::new(""),
             deadline: DeadlineLayer::new(""),
-            breaker: BreakerLayer::new(""),
+            breaker: BreakerSettings::default(),
             limits: Limits::default(),
             metrics: None,
         }
@@ -432,7 +432,7 @@ pub struct Builder<D, N, C> {
     balance: BalanceConfig,
     retry: RetryLayer,
     deadline: DeadlineLayer,
-    breaker: BreakerLayer,
+    breaker: BreakerSettings,
     limits: Limits,
     metrics: Option<Metrics>,
 }
@@ -560,12 +560,13 @@ impl<D, N, C> Builder<D, N, C> {
         self
     }
 
-    /// Replaces the service breaker's settings (see [`BreakerLayer`]; on by
-    /// default: 50 % errors over 10 s with at least 20 requests opens it for
-    /// 5 s). The layer's service name and classifier are replaced by the
-    /// client's.
+    /// Replaces the service breaker's settings with the layer's (see
+    /// [`BreakerSettings`]; on by default: 50 % errors over 10 s with at
+    /// least 20 requests opens it for 5 s). The client makes its own
+    /// breaker from them, with its name and classifier; read it with
+    /// [`Client::breaker`].
     pub fn breaker(mut self, breaker: BreakerLayer) -> Self {
-        self.breaker = breaker;
+        self.breaker = breaker.settings().clone();
         self
     }
 
@@ -637,7 +638,7 @@ impl<D, N, C> Builder<D, N, C> {
 
     /// Turns the service breaker off (it never trips).
     pub fn without_breaker(mut self) -> Self {
-        self.breaker = self.breaker.volume_threshold(u32::MAX);
+        self.breaker.enabled = false;
         self
     }
 
@@ -704,9 +705,8 @@ impl<D, N, C> Builder<D, N, C> {
             .classify(self.classify.clone());
         let budget = retry.retry_budget().clone();
         let retries = retry.counters().clone();
-        let breaker = self
-            .breaker
-            .named(self.name.clone())
+        let breaker = BreakerLayer::new(self.name.clone(), self.breaker)
+            .map_err(|e| BuildError::settings(&self.name, e))?
             .classify(self.classify.clone());
         let breaker_handle = breaker.handle();
         let Limits {

@@ -15,7 +15,7 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 
 use super::*;
 use crate::balance::{BalanceConfig, Tried};
-use crate::breaker::{BreakerLayer, BreakerState};
+use crate::breaker::{BreakerLayer, BreakerSettings, BreakerState};
 use crate::discover::Static;
 use crate::error::BoxError;
 use crate::testing::{Answer, Fleet, settle_until};
@@ -320,7 +320,11 @@ async fn no_hedge_when_the_deadline_is_too_close() {
 #[tokio::test(start_paused = true)]
 async fn no_hedge_while_the_breaker_is_not_closed() {
     // Open a breaker: one 503 over a volume threshold of 1.
-    let breaker = BreakerLayer::new("test").volume_threshold(1);
+    let settings = BreakerSettings {
+        volume_threshold: 1,
+        ..BreakerSettings::default()
+    };
+    let breaker = BreakerLayer::new("test", settings).unwrap();
     let failing = service_fn(|_: Request<()>| async {
         Ok::<_, std::convert::Infallible>(Response::builder().status(503).body(()).unwrap())
     });

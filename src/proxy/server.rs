@@ -31,7 +31,7 @@ use tower::ServiceExt;
 
 use super::config::{self, Config, ConfigError, Discovery};
 use crate::balance::EjectionConfig;
-use crate::breaker::BreakerLayer;
+use crate::breaker::{BreakerLayer, BreakerSettings};
 use crate::classify::HttpClassify;
 use crate::deadline::DeadlineLayer;
 use crate::discover::file::Watched;
@@ -435,16 +435,15 @@ fn build_client(
         .filter_map(|s| StatusCode::from_u16(*s).ok());
     let classify = HttpClassify::default().retryable_statuses(statuses);
     let b = &svc.breaker;
-    let breaker = BreakerLayer::new(svc.name.as_str())
-        .window(b.window)
-        .volume_threshold(if b.enabled {
-            b.volume_threshold
-        } else {
-            u32::MAX
-        })
-        .error_threshold(b.error_threshold)
-        .sleep_window(b.sleep_window)
-        .half_open_probes(b.half_open_probes);
+    let settings = BreakerSettings {
+        enabled: b.enabled,
+        window: b.window,
+        volume_threshold: b.volume_threshold,
+        error_threshold: b.error_threshold,
+        sleep_window: b.sleep_window,
+        half_open_probes: b.half_open_probes,
+    };
+    let breaker = BreakerLayer::new(svc.name.as_str(), settings).map_err(|e| bad(&e))?;
     let d = &svc.deadline;
     let deadline = DeadlineLayer::new(svc.name.as_str())
         .default_timeout(d.timeout)

@@ -14,6 +14,7 @@ use tokio_test::task::{Spawn, spawn};
 use tower::ServiceExt;
 
 use super::*;
+use crate::testing::problems;
 
 type Reply = Result<Response<()>, io::Error>;
 type BackendFuture = Pin<Box<dyn Future<Output = Result<Response<()>, BoxError>> + Send>>;
@@ -798,47 +799,28 @@ fn the_default_settings_are_valid() {
     assert_eq!(layer.settings(), &BreakerSettings::default());
 }
 
-fn problems(settings: BreakerSettings) -> Vec<(String, String)> {
-    settings
-        .validate()
-        .unwrap_err()
-        .into_problems()
-        .into_iter()
-        .map(|p| (p.field, p.message))
-        .collect()
-}
-
-fn problem(field: &str, message: &str) -> Vec<(String, String)> {
-    vec![(field.to_owned(), message.to_owned())]
-}
-
 #[test]
 fn each_bad_value_is_refused_at_its_field() {
+    let bad = |change: &dyn Fn(&mut BreakerSettings)| {
+        let mut settings = BreakerSettings::default();
+        change(&mut settings);
+        problems(settings.validate())
+    };
     for t in [0.0, -0.5, 1.5, f64::NAN, f64::INFINITY] {
         assert_eq!(
-            problems(BreakerSettings {
-                error_threshold: t,
-                ..BreakerSettings::default()
-            }),
-            problem(
-                "error_threshold",
-                &format!("must be greater than 0 and at most 1, got {t}")
-            ),
+            bad(&|s| s.error_threshold = t),
+            [format!(
+                "error_threshold: must be greater than 0 and at most 1, got {t}"
+            )],
         );
     }
     assert_eq!(
-        problems(BreakerSettings {
-            half_open_probes: 0,
-            ..BreakerSettings::default()
-        }),
-        problem("half_open_probes", "must be at least 1"),
+        bad(&|s| s.half_open_probes = 0),
+        ["half_open_probes: must be at least 1"],
     );
     assert_eq!(
-        problems(BreakerSettings {
-            window: Duration::ZERO,
-            ..BreakerSettings::default()
-        }),
-        problem("window", "must be greater than 0"),
+        bad(&|s| s.window = Duration::ZERO),
+        ["window: must be greater than 0"],
     );
     // The edges are fine.
     let edges = BreakerSettings {

@@ -45,7 +45,7 @@ use palisade::classify::HttpClassify;
 use palisade::deadline::DeadlineLayer;
 use palisade::demo::{Backend, Behavior};
 use palisade::discover::{Endpoint, Static};
-use palisade::hedge::{HedgeDelay, HedgeLayer};
+use palisade::hedge::{HedgeDelay, HedgeLayer, HedgeSettings};
 use palisade::http::{HttpEndpoints, hyper_client};
 use palisade::retry::{ReplayBody, RetryLayer};
 use tokio::time::Instant;
@@ -180,7 +180,7 @@ struct Rep {
 
 async fn tail_rep(fleet: &[Backend], n: usize) -> Rep {
     let addrs: Vec<SocketAddr> = fleet.iter().map(Backend::addr).collect();
-    let layer = HedgeLayer::new("bench");
+    let layer = HedgeLayer::new("bench", HedgeSettings::default()).expect("settings");
     let hedges = layer.handle();
     let hedged = stack(&addrs, Some(layer)).await;
     let plain = stack(&addrs, None).await;
@@ -320,8 +320,12 @@ fn overhead(mode: Mode) {
         .expect("runtime");
     let (mut bare, mut fixed, mut p95) = (Vec::new(), Vec::new(), Vec::new());
     rt.block_on(async {
-        let never = HedgeLayer::new("bench").delay(HedgeDelay::Fixed(Duration::from_secs(1)));
-        let default = HedgeLayer::new("bench");
+        let never = HedgeSettings {
+            delay: HedgeDelay::Fixed(Duration::from_secs(1)),
+            ..HedgeSettings::default()
+        };
+        let never = HedgeLayer::new("bench", never).expect("settings");
+        let default = HedgeLayer::new("bench", HedgeSettings::default()).expect("settings");
         for _ in 0..reps {
             bare.push(per_request(ready_backend(), n).await);
             fixed.push(per_request(never.layer(ready_backend()), n).await);

@@ -622,14 +622,19 @@ impl<D, N, C> Builder<D, N, C> {
     /// requests, no floor) and stop when the deadline is too close or the
     /// client's breaker is not closed. Sits inside retries, above the
     /// balancer. The layer's classifier is replaced by the client's and it
-    /// is given the client's breaker; read its counters with
-    /// [`Client::hedge`].
+    /// is given the client's breaker; its state is kept, so its handles
+    /// stay live. Read its counters with [`Client::hedge`].
     ///
     /// ```
-    /// use palisade::hedge::{HedgeDelay, HedgeLayer};
+    /// use palisade::hedge::{HedgeDelay, HedgeLayer, HedgeSettings};
     /// # let builder = palisade::Client::builder("users");
-    /// let builder = builder.hedge(HedgeLayer::new("users").delay(HedgeDelay::Percentile(0.95)));
+    /// let settings = HedgeSettings {
+    ///     delay: HedgeDelay::Percentile(0.99),
+    ///     ..Default::default()
+    /// };
+    /// let builder = builder.hedge(HedgeLayer::new("users", settings)?);
     /// # let _ = builder;
+    /// # Ok::<(), palisade::settings::SettingsError>(())
     /// ```
     pub fn hedge(mut self, layer: HedgeLayer) -> Self {
         self.limits.hedge = Some(layer);

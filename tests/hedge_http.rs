@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use palisade::demo::{Backend, Behavior};
 use palisade::discover::Endpoint;
-use palisade::hedge::{HedgeHandle, HedgeLayer, HedgeSkip};
+use palisade::hedge::{HedgeDelay, HedgeHandle, HedgeLayer, HedgeSettings, HedgeSkip};
 use palisade::http::hyper_client;
 use palisade::{Client, Error};
 use tokio::time::Instant;
@@ -150,7 +150,8 @@ fn print_stats(hedges: &HedgeHandle) {
 async fn hedging_at_p95_halves_p99_for_at_most_six_percent_more_load() {
     let fleet = fleet(5, heavy_tail()).await;
     let addrs: Vec<SocketAddr> = fleet.iter().map(Backend::addr).collect();
-    let (hedged, hedges) = stack(&addrs, Some(HedgeLayer::new("hedge-test"))).await;
+    let layer = HedgeLayer::new("hedge-test", HedgeSettings::default()).unwrap();
+    let (hedged, hedges) = stack(&addrs, Some(layer)).await;
     let hedges = hedges.expect("the client hedges");
     let (plain, none) = stack(&addrs, None).await;
     assert!(none.is_none());
@@ -196,13 +197,12 @@ async fn hedging_at_p95_halves_p99_for_at_most_six_percent_more_load() {
 async fn a_non_idempotent_request_is_sent_once() {
     let fleet = fleet(3, heavy_tail()).await;
     let addrs: Vec<SocketAddr> = fleet.iter().map(Backend::addr).collect();
-    let layer = HedgeLayer::new("hedge-test")
-        .delay(palisade::hedge::HedgeDelay::Fixed(Duration::from_millis(1)))
-        .budget(palisade::retry::RetryBudget::new(
-            Duration::from_secs(10),
-            1000,
-            1.0,
-        ));
+    let settings = HedgeSettings {
+        delay: HedgeDelay::Fixed(Duration::from_millis(1)),
+        ..HedgeSettings::default()
+    };
+    let budget = palisade::retry::RetryBudget::new(Duration::from_secs(10), 1000, 1.0);
+    let layer = HedgeLayer::with_budget("hedge-test", settings, budget).unwrap();
     let (hedged, hedges) = stack(&addrs, Some(layer)).await;
     let hedges = hedges.expect("the client hedges");
     drive(&hedged, 200, 4, Method::POST).await;

@@ -277,13 +277,17 @@ async fn endpoint_series_are_capped() {
 
 #[tokio::test(start_paused = true)]
 async fn optional_layers_are_in_the_snapshot_and_the_scrape() {
-    use crate::hedge::{HedgeDelay, HedgeLayer};
+    use crate::hedge::{HedgeDelay, HedgeLayer, HedgeSettings};
     use crate::limit::{ConcurrencyLimitLayer, RateLimitLayer, ThrottleLayer};
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let fleet = Fleet::default();
     // One client with every optional layer, one with none.
+    let hedge = HedgeSettings {
+        delay: HedgeDelay::Fixed(Duration::from_millis(20)),
+        ..HedgeSettings::default()
+    };
     let (handle, limited) = {
         let (handle, discover) = discover::dynamic();
         let client = Client::builder("limited")
@@ -293,7 +297,7 @@ async fn optional_layers_are_in_the_snapshot_and_the_scrape() {
             .rate_limit(RateLimitLayer::new("limited", 1.0).burst(3))
             .concurrency_limit(ConcurrencyLimitLayer::new("limited").max(2).queue(0))
             .throttle(ThrottleLayer::new("limited").seed(1))
-            .hedge(HedgeLayer::new("limited").delay(HedgeDelay::Fixed(Duration::from_millis(20))))
+            .hedge(HedgeLayer::new("limited", hedge).unwrap())
             .build()
             .unwrap();
         (handle, client)

@@ -36,7 +36,7 @@ use crate::classify::HttpClassify;
 use crate::deadline::DeadlineLayer;
 use crate::discover::file::Watched;
 use crate::discover::{self, Dynamic, DynamicHandle};
-use crate::hedge::HedgeLayer;
+use crate::hedge::{HedgeLayer, HedgeSettings};
 use crate::http::{HyperClient, hyper_client, hyper_h2c_client};
 use crate::limit::{ConcurrencyLimitLayer, RateLimitLayer, ThrottleLayer, WithoutKey};
 use crate::metrics::Metrics;
@@ -503,18 +503,14 @@ fn build_client(
         builder = builder.throttle(ThrottleLayer::new(name).k(t.k).window(t.window));
     }
     if let Some(h) = &svc.hedge {
-        builder = builder.hedge(
-            HedgeLayer::new(name)
-                .delay(h.delay)
-                .min_samples(h.min_samples)
-                .fallback_delay(h.fallback_delay)
-                .window(h.window)
-                .budget(RetryBudget::new(
-                    crate::hedge::DEFAULT_BUDGET_TTL,
-                    0,
-                    h.budget_ratio,
-                )),
-        );
+        let settings = HedgeSettings {
+            delay: h.delay,
+            min_samples: h.min_samples,
+            fallback_delay: h.fallback_delay,
+            window: h.window,
+            budget_ratio: h.budget_ratio,
+        };
+        builder = builder.hedge(HedgeLayer::new(name, settings).map_err(|e| bad(&e))?);
     }
     builder.build().map_err(|e| bad(&e))
 }

@@ -42,7 +42,7 @@ use hyper::body::Incoming;
 use palisade::Error;
 use palisade::balance::{Balance, BalanceConfig, Tried};
 use palisade::classify::HttpClassify;
-use palisade::deadline::DeadlineLayer;
+use palisade::deadline::{DeadlineLayer, DeadlineSettings};
 use palisade::demo::{Backend, Behavior};
 use palisade::discover::{Endpoint, Static};
 use palisade::hedge::{HedgeDelay, HedgeLayer, HedgeSettings};
@@ -114,7 +114,7 @@ async fn stack(addrs: &[SocketAddr], hedge: Option<HedgeLayer>) -> Stack {
     )
     .await
     .expect("endpoints discovered");
-    let deadline = DeadlineLayer::new("bench");
+    let deadline = DeadlineLayer::new("bench", DeadlineSettings::default()).expect("settings");
     let retry = RetryLayer::new("bench");
     match hedge {
         Some(hedge) => BoxCloneService::new(deadline.layer(retry.layer(hedge.layer(balance)))),

@@ -32,7 +32,7 @@ use crate::balance::{
 };
 use crate::breaker::{self, Breaker, BreakerHandle, BreakerLayer, BreakerSettings};
 use crate::classify::{Classify, HttpClassify};
-use crate::deadline::{self, DeadlineLayer, EnforceDeadline};
+use crate::deadline::{self, DeadlineLayer, DeadlineSettings, EnforceDeadline};
 use crate::discover::{Endpoint, Static};
 use crate::error::{BoxError, BuildError, Error};
 use crate::hedge::{Hedge, HedgeHandle, HedgeLayer};
@@ -211,7 +211,7 @@ impl Client<(), HttpClassify> {
             classify: HttpClassify::default(),
             balance: BalanceConfig::default(),
             retry: RetryLayer::new(""),
-            deadline: DeadlineLayer::new(""),
+            deadline: DeadlineSettings::default(),
             breaker: BreakerSettings::default(),
             limits: Limits::default(),
             metrics: None,
@@ -431,7 +431,7 @@ pub struct Builder<D, N, C> {
     classify: C,
     balance: BalanceConfig,
     retry: RetryLayer,
-    deadline: DeadlineLayer,
+    deadline: DeadlineSettings,
     breaker: BreakerSettings,
     limits: Limits,
     metrics: Option<Metrics>,
@@ -540,16 +540,18 @@ impl<D, N, C> Builder<D, N, C> {
     }
 
     /// The timeout for requests that bring no deadline (default 15 s;
-    /// `None` for none). See [`DeadlineLayer`].
+    /// `None` for none; greater than 0, or [`build`](Builder::build)
+    /// refuses it). See [`DeadlineSettings::timeout`].
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.deadline = self.deadline.default_timeout(timeout);
+        self.deadline.timeout = timeout;
         self
     }
 
-    /// Replaces the deadline settings (reserve, propagation, header cap).
-    /// The layer's own service name is replaced by the client's.
+    /// Replaces the deadline settings (timeout, reserve, propagation,
+    /// header cap) with the layer's. The layer's own service name is
+    /// replaced by the client's.
     pub fn deadline(mut self, layer: DeadlineLayer) -> Self {
-        self.deadline = layer;
+        self.deadline = layer.settings().clone();
         self
     }
 
@@ -742,7 +744,8 @@ impl<D, N, C> Builder<D, N, C> {
                 Toggle::layer(throttle.as_ref(), guarded),
             ),
         );
-        let deadline = self.deadline.named(self.name);
+        let deadline = DeadlineLayer::new(self.name.clone(), self.deadline)
+            .map_err(|e| BuildError::settings(&self.name, e))?;
         let stack = telemetry.layer(deadline.layer(limited));
         let limits = Arc::new(handles);
         if let Some(registry) = &self.metrics {

@@ -8,8 +8,8 @@
 //!    its own incoming request with [`Deadline::from_headers`]);
 //! 2. the tightest valid deadline header on the request (see [`header`]):
 //!    `palisade-deadline-ms`, `grpc-timeout`, `x-envoy-expected-rq-timeout-ms`,
-//!    clamped to [`max_timeout`](DeadlineLayer::max_timeout);
-//! 3. the [`default_timeout`](DeadlineLayer::default_timeout) (15 s).
+//!    clamped to [`max_timeout`](DeadlineSettings::max_timeout);
+//! 3. the [`timeout`](DeadlineSettings::timeout) (15 s).
 //!
 //! A deadline that is already spent fails at once with
 //! [`Error::DeadlineExceeded`] without calling the inner service. Otherwise
@@ -18,27 +18,32 @@
 //! response head; streaming the body afterwards is not cut.
 //!
 //! Outgoing requests carry what remains, minus a
-//! [`reserve`](DeadlineLayer::reserve) for the trip back (5 ms), in
+//! [`reserve`](DeadlineSettings::reserve) for the trip back (5 ms), in
 //! `palisade-deadline-ms`, and in `grpc-timeout` when the request is gRPC
 //! (`content-type: application/grpc…`). The retry layer refreshes these
 //! headers for every attempt, so each hop sees the time that is really left.
 //! Envoy's header is removed from outgoing requests: it would be stale.
 //!
 //! ```
-//! use palisade::deadline::{Deadline, DeadlineLayer};
+//! use palisade::deadline::{DeadlineLayer, DeadlineSettings};
 //! use std::time::Duration;
 //! use tower::{Layer, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let backend = service_fn(|req: http::Request<()>| async move {
 //!     // What the next hop sees.
 //!     let left = req.headers()["palisade-deadline-ms"].to_str().unwrap().to_owned();
 //!     Ok::<_, std::convert::Infallible>(http::Response::new(left))
 //! });
-//! let svc = DeadlineLayer::new("users").default_timeout(Some(Duration::from_secs(2))).layer(backend);
-//! let rsp = svc.oneshot(http::Request::new(())).await.unwrap();
+//! let settings = DeadlineSettings {
+//!     timeout: Some(Duration::from_secs(2)),
+//!     ..DeadlineSettings::default()
+//! };
+//! let svc = DeadlineLayer::new("users", settings)?.layer(backend);
+//! let rsp = svc.oneshot(http::Request::new(())).await?;
 //! assert_eq!(rsp.body(), "1995"); // 2 s minus the 5 ms reserve
+//! # Ok(())
 //! # }
 //! ```
 
@@ -58,71 +63,108 @@ use tower::{Layer, Service};
 
 use crate::error::{BoxError, Error};
 use crate::facts::stamp_headers;
+use crate::settings::{Problems, SettingsError};
+
+/// The settings of a [`DeadlineLayer`]; `Default` is the library's default.
+///
+/// ```
+/// use palisade::deadline::DeadlineSettings;
+/// use std::time::Duration;
+///
+/// let settings = DeadlineSettings {
+///     timeout: Some(Duration::from_secs(2)),
+///     ..Default::default()
+/// };
+/// assert!(settings.validate().is_ok());
+///
+/// let settings = DeadlineSettings { timeout: Some(Duration::ZERO), ..settings };
+/// assert_eq!(
+///     settings.validate().unwrap_err().to_string(),
+///     "timeout: must be greater than 0 (\"none\" for no default deadline)"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+pub struct DeadlineSettings {
+    /// The timeout for requests that bring no deadline: greater than 0, or
+    /// `None` for no deadline at all (`"none"` in a file). Default 15 s.
+    #[cfg_attr(feature = "serde", serde(with = "crate::settings::opt_duration"))]
+    pub timeout: Option<Duration>,
+    /// The longest deadline a request header may ask for; longer ones are
+    /// clamped to it. Greater than 0. Default 5 min.
+    #[cfg_attr(feature = "serde", serde(with = "crate::settings::duration"))]
+    pub max_timeout: Duration,
+    /// Subtracted from what remains before it is written to outgoing
+    /// headers, for the response's trip back. Default 5 ms.
+    #[cfg_attr(feature = "serde", serde(with = "crate::settings::duration"))]
+    pub reserve: Duration,
+    /// Whether outgoing requests carry the remaining deadline. Default
+    /// true.
+    pub propagate: bool,
+}
+
+impl Default for DeadlineSettings {
+    fn default() -> Self {
+        DeadlineSettings {
+            timeout: Some(Duration::from_secs(15)),
+            max_timeout: Duration::from_secs(300),
+            reserve: Duration::from_millis(5),
+            propagate: true,
+        }
+    }
+}
+
+impl DeadlineSettings {
+    /// Every problem with these settings, each at its field (`"timeout"`).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let mut p = Problems::new();
+        if let Some(timeout) = self.timeout {
+            p.positive("timeout", timeout, "\"none\" for no default deadline");
+        }
+        p.positive("max_timeout", self.max_timeout, "");
+        p.finish()
+    }
+}
 
 /// Gives requests a [`Deadline`] and enforces it; see the [module docs](self).
+///
+/// Built from [`DeadlineSettings`] by [`new`](DeadlineLayer::new); clones
+/// share them.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct DeadlineLayer {
     config: Arc<Config>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Config {
     service: Arc<str>,
-    default_timeout: Option<Duration>,
-    max_timeout: Duration,
-    reserve: Duration,
-    propagate: bool,
+    settings: DeadlineSettings,
 }
 
 impl DeadlineLayer {
-    /// A deadline layer for the service called `service` (named in errors),
-    /// with the defaults: 15 s default timeout, headers clamped to 5 min,
-    /// 5 ms reserve, propagation on.
-    pub fn new(service: impl Into<Arc<str>>) -> Self {
-        DeadlineLayer {
+    /// A deadline layer for the service called `service` (named in
+    /// errors), or every problem with `settings`.
+    pub fn new(
+        service: impl Into<Arc<str>>,
+        settings: DeadlineSettings,
+    ) -> Result<Self, SettingsError> {
+        settings.validate()?;
+        Ok(DeadlineLayer {
             config: Arc::new(Config {
                 service: service.into(),
-                default_timeout: Some(Duration::from_secs(15)),
-                max_timeout: Duration::from_secs(300),
-                reserve: Duration::from_millis(5),
-                propagate: true,
+                settings,
             }),
-        }
+        })
     }
 
-    fn config(mut self, f: impl FnOnce(&mut Config)) -> Self {
-        f(Arc::make_mut(&mut self.config));
-        self
-    }
-
-    /// Renames the service (named in errors).
-    pub fn named(self, service: impl Into<Arc<str>>) -> Self {
-        let service = service.into();
-        self.config(|c| c.service = service)
-    }
-
-    /// The timeout for requests that bring no deadline; `None` for no
-    /// deadline at all. Default 15 s.
-    pub fn default_timeout(self, timeout: Option<Duration>) -> Self {
-        self.config(|c| c.default_timeout = timeout)
-    }
-
-    /// The longest deadline a request header may ask for; longer ones are
-    /// clamped. Default 5 min.
-    pub fn max_timeout(self, max: Duration) -> Self {
-        self.config(|c| c.max_timeout = max)
-    }
-
-    /// Subtracted from what remains before it is written to outgoing
-    /// headers, for the response's trip back. Default 5 ms.
-    pub fn reserve(self, reserve: Duration) -> Self {
-        self.config(|c| c.reserve = reserve)
-    }
-
-    /// Whether outgoing requests carry the remaining deadline. Default on.
-    pub fn propagate(self, on: bool) -> Self {
-        self.config(|c| c.propagate = on)
+    /// The settings the layer was built from.
+    pub fn settings(&self) -> &DeadlineSettings {
+        &self.config.settings
     }
 }
 
@@ -162,11 +204,12 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
+        let settings = &self.config.settings;
         let deadline = match parts.extensions.get::<Deadline>() {
             Some(d) => Some(*d),
             None => header::incoming_timeout(&parts.headers)
-                .map(|t| t.min(self.config.max_timeout))
-                .or(self.config.default_timeout)
+                .map(|t| t.min(settings.max_timeout))
+                .or(settings.timeout)
                 .map(Deadline::after),
         };
         let Some(deadline) = deadline else {
@@ -184,9 +227,9 @@ where
             };
         }
         parts.extensions.insert(deadline);
-        if self.config.propagate {
+        if settings.propagate {
             parts.extensions.insert(Propagate {
-                reserve: self.config.reserve,
+                reserve: settings.reserve,
             });
             stamp_headers(&mut parts);
         }

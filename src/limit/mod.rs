@@ -49,7 +49,7 @@
 //! let bulkhead = ConcurrencyLimitLayer::new("users").max(32).queue(8);
 //! let throttle = ThrottleLayer::new("users");
 //! let svc = ServiceBuilder::new()
-//!     .layer(DeadlineLayer::new("users"))
+//!     .layer(DeadlineLayer::new("users", Default::default()).unwrap())
 //!     .layer(rate.clone())
 //!     .layer(bulkhead.clone())
 //!     .layer(throttle.clone())

@@ -33,7 +33,7 @@ use super::config::{self, Config, ConfigError, Discovery};
 use crate::balance::EjectionConfig;
 use crate::breaker::{BreakerLayer, BreakerSettings};
 use crate::classify::HttpClassify;
-use crate::deadline::DeadlineLayer;
+use crate::deadline::{DeadlineLayer, DeadlineSettings};
 use crate::discover::file::Watched;
 use crate::discover::{self, Dynamic, DynamicHandle};
 use crate::hedge::{HedgeLayer, HedgeSettings};
@@ -445,11 +445,13 @@ fn build_client(
     };
     let breaker = BreakerLayer::new(svc.name.as_str(), settings).map_err(|e| bad(&e))?;
     let d = &svc.deadline;
-    let deadline = DeadlineLayer::new(svc.name.as_str())
-        .default_timeout(d.timeout)
-        .max_timeout(d.max_timeout)
-        .reserve(d.reserve)
-        .propagate(d.propagate);
+    let settings = DeadlineSettings {
+        timeout: d.timeout,
+        max_timeout: d.max_timeout,
+        reserve: d.reserve,
+        propagate: d.propagate,
+    };
+    let deadline = DeadlineLayer::new(svc.name.as_str(), settings).map_err(|e| bad(&e))?;
     let bal = &svc.balancer;
     let name = svc.name.as_str();
     let mut builder = Client::builder(name)

@@ -42,10 +42,10 @@ use hyper::body::Incoming;
 use palisade::Error;
 use palisade::balance::{Balance, BalanceSettings, Tried};
 use palisade::classify::HttpClassify;
-use palisade::deadline::DeadlineLayer;
+use palisade::deadline::{DeadlineLayer, DeadlineSettings};
 use palisade::demo::{Backend, Behavior};
 use palisade::discover::{Endpoint, Static};
-use palisade::hedge::{HedgeDelay, HedgeLayer};
+use palisade::hedge::{HedgeDelay, HedgeLayer, HedgeSettings};
 use palisade::http::{HttpEndpoints, hyper_client};
 use palisade::retry::{ReplayBody, RetryLayer};
 use tokio::time::Instant;
@@ -115,7 +115,7 @@ async fn stack(addrs: &[SocketAddr], hedge: Option<HedgeLayer>) -> Stack {
     )
     .await
     .expect("endpoints discovered");
-    let deadline = DeadlineLayer::new("bench");
+    let deadline = DeadlineLayer::new("bench", DeadlineSettings::default()).expect("settings");
     let retry = RetryLayer::new("bench", palisade::retry::RetrySettings::default()).unwrap();
     match hedge {
         Some(hedge) => BoxCloneService::new(deadline.layer(retry.layer(hedge.layer(balance)))),
@@ -181,7 +181,7 @@ struct Rep {
 
 async fn tail_rep(fleet: &[Backend], n: usize) -> Rep {
     let addrs: Vec<SocketAddr> = fleet.iter().map(Backend::addr).collect();
-    let layer = HedgeLayer::new("bench");
+    let layer = HedgeLayer::new("bench", HedgeSettings::default()).expect("settings");
     let hedges = layer.handle();
     let hedged = stack(&addrs, Some(layer)).await;
     let plain = stack(&addrs, None).await;
@@ -321,8 +321,12 @@ fn overhead(mode: Mode) {
         .expect("runtime");
     let (mut bare, mut fixed, mut p95) = (Vec::new(), Vec::new(), Vec::new());
     rt.block_on(async {
-        let never = HedgeLayer::new("bench").delay(HedgeDelay::Fixed(Duration::from_secs(1)));
-        let default = HedgeLayer::new("bench");
+        let never = HedgeSettings {
+            delay: HedgeDelay::Fixed(Duration::from_secs(1)),
+            ..HedgeSettings::default()
+        };
+        let never = HedgeLayer::new("bench", never).expect("settings");
+        let default = HedgeLayer::new("bench", HedgeSettings::default()).expect("settings");
         for _ in 0..reps {
             bare.push(per_request(ready_backend(), n).await);
             fixed.push(per_request(never.layer(ready_backend()), n).await);

@@ -71,6 +71,19 @@ where
     }
 }
 
+/// The [`Finish`] step of a layer whose running future already yields the
+/// layer's output (the deadline's race): nothing to do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pass;
+
+impl<T> Finish<Result<T, Error>> for Pass {
+    type Response = T;
+
+    fn finish(self, output: Result<T, Error>) -> Result<T, Error> {
+        output
+    }
+}
+
 /// A response future that refuses at once or runs; see the
 /// [module docs](self).
 #[pin_project(project = Proj)]

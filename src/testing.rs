@@ -18,6 +18,7 @@ use crate::balance::{Balance, BalanceSettings, EjectionSettings};
 use crate::classify::HttpClassify;
 use crate::discover::{Address, Endpoint};
 use crate::error::BoxError;
+use crate::settings::SettingsError;
 
 /// How one in-memory endpoint answers.
 #[derive(Clone, Copy, Debug)]
@@ -193,4 +194,13 @@ pub(crate) async fn settle_until<S, C>(b: &Balance<S, C>, done: impl Fn(&Balance
     tokio::time::timeout(Duration::from_secs(1), b.wait_until(done))
         .await
         .unwrap_or_else(|_| panic!("the balancer did not apply the change: {b:?}"));
+}
+
+/// The problems of a `validate()` result, each as `field: message` (none
+/// when the settings are valid).
+pub(crate) fn problems(result: Result<(), SettingsError>) -> Vec<String> {
+    match result {
+        Ok(()) => Vec::new(),
+        Err(err) => err.problems().iter().map(ToString::to_string).collect(),
+    }
 }

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use palisade::Client;
 use palisade::Hyper;
 use palisade::balance::EndpointState;
-use palisade::breaker::{BreakerLayer, BreakerState};
+use palisade::breaker::{BreakerSettings, BreakerState};
 use palisade::demo::{Backend, Behavior};
 use palisade::discover::Endpoint;
 use palisade::http::hyper_client;
@@ -51,7 +51,10 @@ async fn the_breaker_opens_fails_fast_probes_and_closes() {
     let client: TestClient = Client::builder("users")
         .endpoints(fleet.iter().map(|b| Endpoint::from(b.addr())))
         .http(hyper_client())
-        .breaker(BreakerLayer::new("users").sleep_window(Duration::from_millis(500)))
+        .breaker(BreakerSettings {
+            sleep_window: Duration::from_millis(500),
+            ..BreakerSettings::default()
+        })
         .build()
         .unwrap();
     tokio::time::timeout(

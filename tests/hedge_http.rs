@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use palisade::demo::{Backend, Behavior};
 use palisade::discover::Endpoint;
-use palisade::hedge::{HedgeHandle, HedgeLayer, HedgeSkip};
+use palisade::hedge::{HedgeDelay, HedgeHandle, HedgeLayer, HedgeSettings, HedgeSkip};
 use palisade::http::hyper_client;
 use palisade::{Client, Error};
 use tokio::time::Instant;
@@ -62,7 +62,7 @@ async fn stack(addrs: &[SocketAddr], hedge: Option<HedgeLayer>) -> (Stack, Optio
         .endpoints(addrs.iter().copied().map(Endpoint::from))
         .http(hyper_client());
     if let Some(hedge) = hedge {
-        builder = builder.hedge(hedge);
+        builder = builder.share_hedge(hedge);
     }
     let client = builder.build().unwrap();
     tokio::time::timeout(
@@ -150,7 +150,8 @@ fn print_stats(hedges: &HedgeHandle) {
 async fn hedging_at_p95_halves_p99_for_at_most_six_percent_more_load() {
     let fleet = fleet(5, heavy_tail()).await;
     let addrs: Vec<SocketAddr> = fleet.iter().map(Backend::addr).collect();
-    let (hedged, hedges) = stack(&addrs, Some(HedgeLayer::new("hedge-test"))).await;
+    let layer = HedgeLayer::new("hedge-test", HedgeSettings::default()).unwrap();
+    let (hedged, hedges) = stack(&addrs, Some(layer)).await;
     let hedges = hedges.expect("the client hedges");
     let (plain, none) = stack(&addrs, None).await;
     assert!(none.is_none());
@@ -196,16 +197,17 @@ async fn hedging_at_p95_halves_p99_for_at_most_six_percent_more_load() {
 async fn a_non_idempotent_request_is_sent_once() {
     let fleet = fleet(3, heavy_tail()).await;
     let addrs: Vec<SocketAddr> = fleet.iter().map(Backend::addr).collect();
-    let layer = HedgeLayer::new("hedge-test")
-        .delay(palisade::hedge::HedgeDelay::Fixed(Duration::from_millis(1)))
-        .budget(
-            palisade::retry::RetryBudget::from_settings(&palisade::retry::BudgetSettings {
-                ratio: 1.0,
-                min_per_sec: 1000,
-                ttl: Duration::from_secs(10),
-            })
-            .unwrap(),
-        );
+    let settings = HedgeSettings {
+        delay: HedgeDelay::Fixed(Duration::from_millis(1)),
+        ..HedgeSettings::default()
+    };
+    let budget = palisade::retry::RetryBudget::from_settings(&palisade::retry::BudgetSettings {
+        ratio: 1.0,
+        min_per_sec: 1000,
+        ttl: Duration::from_secs(10),
+    })
+    .unwrap();
+    let layer = HedgeLayer::with_budget("hedge-test", settings, budget).unwrap();
     let (hedged, hedges) = stack(&addrs, Some(layer)).await;
     let hedges = hedges.expect("the client hedges");
     drive(&hedged, 200, 4, Method::POST).await;

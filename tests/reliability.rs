@@ -23,7 +23,7 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use palisade::Limit;
-use palisade::breaker::{BreakerLayer, BreakerState};
+use palisade::breaker::{BreakerSettings, BreakerState};
 use palisade::demo::Behavior;
 use palisade::discover::Address;
 use palisade::limit::ConcurrencySettings;
@@ -363,9 +363,12 @@ async fn d_every_backend_down_then_back() {
     let fleet = Fleet::spawn(4, behavior).await;
     let ledger = Ledger::default();
     let sleep_window = Duration::from_millis(500);
+    let settings = BreakerSettings {
+        sleep_window,
+        ..BreakerSettings::default()
+    };
     let client = client(&fleet, &ledger, |b| {
-        b.timeout(Some(Duration::from_secs(2)))
-            .breaker(BreakerLayer::new("svc").sleep_window(sleep_window))
+        b.timeout(Some(Duration::from_secs(2))).breaker(settings)
     })
     .await;
     // Paced: while the breaker is open, failures are instant.

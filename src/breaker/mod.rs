@@ -8,46 +8,50 @@
 //! The breaker has three states:
 //!
 //! - **Closed**: requests go through. Each outcome is counted over a rolling
-//!   [`window`](BreakerLayer::window) (10 s, expiring a tenth at a time): a
+//!   [`window`](BreakerSettings::window) (10 s, expiring a tenth at a time): a
 //!   response is a failure when the [`Classify`] says so (for HTTP: 5xx and
 //!   429), and every `Err` is a failure. Once the window holds at least
-//!   [`volume_threshold`](BreakerLayer::volume_threshold) outcomes (20) and
+//!   [`volume_threshold`](BreakerSettings::volume_threshold) outcomes (20) and
 //!   failures make up at least
-//!   [`error_threshold`](BreakerLayer::error_threshold) of them (0.5), the
+//!   [`error_threshold`](BreakerSettings::error_threshold) of them (0.5), the
 //!   breaker **opens**. The check runs as each failure is counted, so only
 //!   a failure trips the breaker: a window of only successes never opens
 //!   it, whatever the thresholds.
 //! - **Open**: requests fail at once with [`Error::CircuitOpen`], whose
 //!   `retry_in` says when the next probe may go; the inner service is not
-//!   called. After the [`sleep_window`](BreakerLayer::sleep_window) (5 s) the
-//!   breaker is **half-open**.
-//! - **Half-open**: up to [`half_open_probes`](BreakerLayer::half_open_probes)
-//!   (1) probe requests go through at a time; others fail with
-//!   `CircuitOpen` (retry in 100 ms). The first probe to finish decides: a
-//!   success **closes** the breaker with empty counts, a failure **reopens**
-//!   it for another sleep window. A probe that is cancelled (its response
-//!   future dropped) decides nothing and frees its slot for the next request.
+//!   called. After the [`sleep_window`](BreakerSettings::sleep_window) (5 s)
+//!   the breaker is **half-open**.
+//! - **Half-open**: up to
+//!   [`half_open_probes`](BreakerSettings::half_open_probes) (1) probe
+//!   requests go through at a time; others fail with `CircuitOpen` (retry in
+//!   100 ms). The first probe to finish decides: a success **closes** the
+//!   breaker with empty counts, a failure **reopens** it for another sleep
+//!   window. A probe that is cancelled (its response future dropped) decides
+//!   nothing and frees its slot for the next request.
 //!
 //! A request admitted while closed whose outcome arrives after the breaker
 //! has moved on is not counted, and a cancelled request counts as nothing.
 //! Transitions are logged with `tracing` at `info` (open, close, reopen),
-//! naming the service, the error rate and the volume.
+//! naming the service, the error rate and the volume. A breaker whose
+//! settings say [`enabled = false`](BreakerSettings::enabled) counts nothing
+//! and never opens.
 //!
-//! One layer value is one breaker: every service made from it (and from its
-//! clones), and every clone of those, shares its state, which a
-//! [`BreakerHandle`] reports. While closed, a request costs one atomic load
-//! and its outcome a few atomic adds; only transitions and half-open
-//! admissions take a short lock. All timing uses Tokio's clock.
+//! One layer value is one breaker, created once by [`BreakerLayer::new`]:
+//! every service made from it (and from its clones), and every clone of
+//! those, shares its state, which a [`BreakerHandle`] reports. While
+//! closed, a request costs one atomic load and its outcome a few atomic
+//! adds; only transitions and half-open admissions take a short lock. All
+//! timing uses Tokio's clock.
 //!
 //! ```
-//! use palisade::breaker::{BreakerLayer, BreakerState};
+//! use palisade::breaker::{BreakerLayer, BreakerSettings, BreakerState};
 //! use std::sync::Arc;
 //! use std::sync::atomic::{AtomicBool, Ordering};
 //! use std::time::Duration;
 //! use tower::{Layer, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let healthy = Arc::new(AtomicBool::new(false));
 //! let backend = service_fn({
 //!     let healthy = healthy.clone();
@@ -60,13 +64,17 @@
 //!         }
 //!     }
 //! });
-//! let layer = BreakerLayer::new("users").volume_threshold(5);
+//! let settings = BreakerSettings {
+//!     volume_threshold: 5,
+//!     ..BreakerSettings::default()
+//! };
+//! let layer = BreakerLayer::new("users", settings)?;
 //! let breaker = layer.handle();
 //! let svc = layer.layer(backend);
 //!
 //! // Five 503s in a row: the error rate is 100 % over the volume threshold.
 //! for _ in 0..5 {
-//!     let rsp = svc.clone().oneshot(http::Request::new(())).await.unwrap();
+//!     let rsp = svc.clone().oneshot(http::Request::new(())).await?;
 //!     assert_eq!(rsp.status(), 503);
 //! }
 //! assert!(matches!(breaker.state(), BreakerState::Open { .. }));
@@ -79,9 +87,10 @@
 //! // After the sleep window a probe goes through; its success closes the breaker.
 //! healthy.store(true, Ordering::Relaxed);
 //! tokio::time::advance(Duration::from_secs(5)).await;
-//! let rsp = svc.clone().oneshot(http::Request::new(())).await.unwrap();
+//! let rsp = svc.clone().oneshot(http::Request::new(())).await?;
 //! assert_eq!(rsp.status(), 200);
 //! assert_eq!(breaker.state(), BreakerState::Closed);
+//! # Ok(())
 //! # }
 //! ```
 
@@ -89,36 +98,121 @@ mod state;
 
 pub use state::{BreakerHandle, BreakerState};
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use pin_project::pin_project;
 use tower::{Layer, Service};
 
 use crate::classify::{Classify, HttpClassify};
 use crate::error::{BoxError, Error};
-use state::{Config, Core, Permit};
+use crate::refuse::{Finish, Refusable};
+use crate::settings::{Problems, SettingsError};
+use state::{Core, Permit};
+
+/// The settings of a [`BreakerLayer`]; `Default` is the library's default
+/// (Hystrix's: 50 % errors over 10 s, at least 20 requests, open for 5 s).
+///
+/// ```
+/// use palisade::breaker::BreakerSettings;
+/// use std::time::Duration;
+///
+/// let settings = BreakerSettings {
+///     sleep_window: Duration::from_secs(1),
+///     ..Default::default()
+/// };
+/// assert!(settings.validate().is_ok());
+///
+/// let settings = BreakerSettings { error_threshold: 0.0, ..settings };
+/// assert_eq!(
+///     settings.validate().unwrap_err().to_string(),
+///     "error_threshold: must be greater than 0 and at most 1, got 0"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+pub struct BreakerSettings {
+    /// Whether the breaker is on; when off it counts nothing and never
+    /// opens. Default true.
+    pub enabled: bool,
+    /// The rolling window outcomes are counted over (counts expire a tenth
+    /// of it at a time); greater than 0. Default 10 s.
+    #[cfg_attr(feature = "serde", serde(with = "crate::settings::duration"))]
+    pub window: Duration,
+    /// Outcomes the window must hold before the breaker may open, so that a
+    /// few failures in a quiet period do not trip it. Default 20.
+    pub volume_threshold: u32,
+    /// The share of failures in the window (greater than 0, at most 1) at or
+    /// above which the breaker opens; at least one failure is always
+    /// needed. Default 0.5.
+    pub error_threshold: f64,
+    /// How long the breaker stays open before it lets a probe through.
+    /// Default 5 s.
+    #[cfg_attr(feature = "serde", serde(with = "crate::settings::duration"))]
+    pub sleep_window: Duration,
+    /// Probe requests in flight at once while half-open; at least 1.
+    /// Default 1.
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            enabled: true,
+            window: Duration::from_secs(10),
+            volume_threshold: 20,
+            error_threshold: 0.5,
+            sleep_window: Duration::from_secs(5),
+            half_open_probes: 1,
+        }
+    }
+}
+
+impl BreakerSettings {
+    /// Every problem with these settings, each at its field
+    /// (`"error_threshold"`).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let mut p = Problems::new();
+        p.positive("window", self.window, "");
+        let t = self.error_threshold;
+        if !(t.is_finite() && t > 0.0 && t <= 1.0) {
+            p.add(
+                "error_threshold",
+                format!("must be greater than 0 and at most 1, got {t}"),
+            );
+        }
+        p.at_least("half_open_probes", self.half_open_probes, 1, "");
+        p.finish()
+    }
+}
 
 /// Wraps services in one shared circuit breaker; see the [module docs](self).
 ///
-/// Clones of a layer share its breaker. Each configuration method returns a
-/// layer with a fresh breaker (closed, nothing counted), so configure first,
-/// then take [`handle`](BreakerLayer::handle)s and make services.
+/// The breaker is created once, by [`new`](BreakerLayer::new). Every
+/// service the layer makes, every clone of the layer (whatever classifier
+/// it is given) and every [`handle`](BreakerLayer::handle) shares it, so a
+/// handle taken at any time reports the breaker the services use.
 ///
 /// ```
-/// use palisade::breaker::BreakerLayer;
+/// use palisade::breaker::{BreakerLayer, BreakerSettings, BreakerState};
 /// use std::time::Duration;
 ///
-/// let layer = BreakerLayer::new("users")
-///     .window(Duration::from_secs(30))
-///     .volume_threshold(50)
-///     .error_threshold(0.25)
-///     .sleep_window(Duration::from_secs(10))
-///     .half_open_probes(3);
-/// # let _ = layer;
+/// let settings = BreakerSettings {
+///     window: Duration::from_secs(30),
+///     volume_threshold: 50,
+///     error_threshold: 0.25,
+///     sleep_window: Duration::from_secs(10),
+///     half_open_probes: 3,
+///     ..BreakerSettings::default()
+/// };
+/// let layer = BreakerLayer::new("users", settings)?;
+/// assert_eq!(layer.settings().volume_threshold, 50);
+/// assert_eq!(layer.handle().state(), BreakerState::Closed);
+/// # Ok::<(), palisade::settings::SettingsError>(())
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
@@ -129,69 +223,24 @@ pub struct BreakerLayer<C = HttpClassify> {
 
 impl BreakerLayer<HttpClassify> {
     /// A breaker for the service called `service` (named in errors and
-    /// logs), with the defaults: a 10 s window, a volume threshold of 20, an
-    /// error threshold of 0.5, a 5 s sleep window, 1 half-open probe, the
-    /// default HTTP classifier.
-    pub fn new(service: impl Into<Arc<str>>) -> Self {
-        BreakerLayer {
-            core: Arc::new(Core::new(service.into(), Config::default())),
+    /// logs) with the default HTTP classifier, or every problem with
+    /// `settings`.
+    pub fn new(
+        service: impl Into<Arc<str>>,
+        settings: BreakerSettings,
+    ) -> Result<Self, SettingsError> {
+        settings.validate()?;
+        Ok(BreakerLayer {
+            core: Arc::new(Core::new(service.into(), settings)),
             classify: HttpClassify::default(),
-        }
+        })
     }
 }
 
 impl<C> BreakerLayer<C> {
-    fn config(self, f: impl FnOnce(&mut Config)) -> Self {
-        let mut config = self.core.config.clone();
-        f(&mut config);
-        BreakerLayer {
-            core: Arc::new(Core::new(self.core.service.clone(), config)),
-            classify: self.classify,
-        }
-    }
-
-    /// Renames the service (named in errors and logs).
-    pub fn named(self, service: impl Into<Arc<str>>) -> Self {
-        BreakerLayer {
-            core: Arc::new(Core::new(service.into(), self.core.config.clone())),
-            classify: self.classify,
-        }
-    }
-
-    /// The rolling window outcomes are counted over (default 10 s; counts
-    /// expire a tenth of it at a time).
-    pub fn window(self, window: Duration) -> Self {
-        self.config(|c| c.window = window)
-    }
-
-    /// How many outcomes the window must hold before the breaker may open
-    /// (default 20), so that a few failures in a quiet period do not trip
-    /// it.
-    pub fn volume_threshold(self, requests: u32) -> Self {
-        self.config(|c| c.volume_threshold = requests)
-    }
-
-    /// The share of failures in the window at or above which the breaker
-    /// opens (default 0.5). Clamped to `0.0..=1.0`; NaN leaves it unchanged.
-    /// At least one failure is always needed.
-    pub fn error_threshold(self, ratio: f64) -> Self {
-        self.config(|c| {
-            if !ratio.is_nan() {
-                c.error_threshold = ratio.clamp(0.0, 1.0);
-            }
-        })
-    }
-
-    /// How long the breaker stays open before it lets a probe through
-    /// (default 5 s).
-    pub fn sleep_window(self, sleep: Duration) -> Self {
-        self.config(|c| c.sleep_window = sleep)
-    }
-
-    /// How many probe requests may be in flight at once while half-open
-    /// (default 1; 0 is taken as 1).
-    pub fn half_open_probes(self, probes: u32) -> Self {
-        self.config(|c| c.half_open_probes = probes.max(1))
+    /// The settings the breaker was built from.
+    pub fn settings(&self) -> &BreakerSettings {
+        &self.core.settings
     }
 
     /// Replaces the classifier that decides which responses are failures
@@ -266,21 +315,17 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         match self.core.admit() {
-            Ok(permit) => ResponseFuture {
-                state: State::Running {
-                    inner: self.inner.call(req),
-                    permit: Some(permit),
+            Ok(permit) => Refusable::running(
+                self.inner.call(req),
+                RecordOutcome {
+                    permit,
                     classify: self.classify.clone(),
                 },
-            },
-            Err(retry_in) => ResponseFuture {
-                state: State::Rejected {
-                    error: Some(Error::CircuitOpen {
-                        service: self.core.service.clone(),
-                        retry_in,
-                    }),
-                },
-            },
+            ),
+            Err(retry_in) => Refusable::refused(Error::CircuitOpen {
+                service: self.core.service.clone(),
+                retry_in,
+            }),
         }
     }
 }
@@ -290,67 +335,38 @@ where
 /// It holds the request's admission: dropping it before it completes
 /// cancels the request without counting an outcome, and hands a half-open
 /// probe's slot back.
-#[pin_project]
-#[must_use = "futures do nothing unless polled"]
-pub struct ResponseFuture<F, C> {
-    #[pin]
-    state: State<F, C>,
+pub type ResponseFuture<F, C> = Refusable<F, RecordOutcome<C>>;
+
+/// The [`Finish`] step of [`Breaker`]: records the outcome against the
+/// admission it holds.
+pub struct RecordOutcome<C> {
+    permit: Permit,
+    classify: C,
 }
 
-#[pin_project(project = StateProj)]
-enum State<F, C> {
-    /// The breaker turned the request away.
-    Rejected { error: Option<Error> },
-    /// The inner service has the request.
-    Running {
-        #[pin]
-        inner: F,
-        permit: Option<Permit>,
-        classify: C,
-    },
-}
-
-impl<F, C> std::fmt::Debug for ResponseFuture<F, C> {
+impl<C> std::fmt::Debug for RecordOutcome<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &self.state {
-            State::Rejected { .. } => "Rejected",
-            State::Running { .. } => "Running",
-        };
-        f.debug_struct("ResponseFuture")
-            .field("state", &state)
+        f.debug_struct("RecordOutcome")
+            .field("permit", &self.permit)
             .finish_non_exhaustive()
     }
 }
 
-impl<F, C, T, E> Future for ResponseFuture<F, C>
+impl<C, T, E> Finish<Result<T, E>> for RecordOutcome<C>
 where
-    F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
     C: Classify<T>,
 {
-    type Output = Result<T, Error>;
+    type Response = T;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Rejected { error } => {
-                Poll::Ready(Err(error.take().expect("polled after completion")))
-            }
-            StateProj::Running {
-                inner,
-                permit,
-                classify,
-            } => {
-                let result = std::task::ready!(inner.poll(cx));
-                let permit = permit.take().expect("polled after completion");
-                let failure = match &result {
-                    Ok(rsp) => classify.classify_response(rsp).is_failure(),
-                    Err(_) => true,
-                };
-                let result = result.map_err(|e| Error::inner(permit.service(), None, e));
-                permit.record(failure);
-                Poll::Ready(result)
-            }
-        }
+    fn finish(self, output: Result<T, E>) -> Result<T, Error> {
+        let failure = match &output {
+            Ok(rsp) => self.classify.classify_response(rsp).is_failure(),
+            Err(_) => true,
+        };
+        let result = output.map_err(|e| Error::inner(self.permit.service(), None, e));
+        self.permit.record(failure);
+        result
     }
 }
 

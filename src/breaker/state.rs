@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::BreakerSettings;
 use crate::rolling::RollingCount;
 
 /// How long a request turned away while the half-open probes are in flight
@@ -31,34 +32,11 @@ fn decode(word: u64) -> (u64, u64) {
     (word & STATE_MASK, word >> 2)
 }
 
-/// The breaker's configuration; see the `BreakerLayer` methods for the
-/// meaning and defaults of each field.
-#[derive(Debug, Clone)]
-pub(super) struct Config {
-    pub(super) window: Duration,
-    pub(super) volume_threshold: u32,
-    pub(super) error_threshold: f64,
-    pub(super) sleep_window: Duration,
-    pub(super) half_open_probes: u32,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            window: Duration::from_secs(10),
-            volume_threshold: 20,
-            error_threshold: 0.5,
-            sleep_window: Duration::from_secs(5),
-            half_open_probes: 1,
-        }
-    }
-}
-
 /// One breaker: shared by every service a layer makes, their clones, their
 /// response futures and every [`BreakerHandle`].
 pub(super) struct Core {
     pub(super) service: Arc<str>,
-    pub(super) config: Config,
+    pub(super) settings: BreakerSettings,
     /// What `open_until` counts from.
     epoch: Instant,
     /// See [`encode`].
@@ -133,23 +111,23 @@ impl fmt::Debug for Core {
             .field("service", &self.service)
             .field("state", &self.state())
             .field("transitions", &self.transitions())
-            .field("config", &self.config)
+            .field("settings", &self.settings)
             .finish()
     }
 }
 
 impl Core {
-    pub(super) fn new(service: Arc<str>, mut config: Config) -> Core {
-        config.half_open_probes = config.half_open_probes.max(1);
+    /// A closed breaker with nothing counted; `settings` must be valid.
+    pub(super) fn new(service: Arc<str>, settings: BreakerSettings) -> Core {
         Core {
             service,
             epoch: Instant::now(),
             word: AtomicU64::new(encode(CLOSED, 0)),
             open_until: AtomicU64::new(0),
-            successes: RollingCount::new(config.window),
-            failures: RollingCount::new(config.window),
+            successes: RollingCount::new(settings.window),
+            failures: RollingCount::new(settings.window),
             lock: Mutex::new(Locked::default()),
-            config,
+            settings,
         }
     }
 
@@ -210,11 +188,11 @@ impl Core {
                     if self.word.load(Ordering::Acquire) != word {
                         continue;
                     }
-                    if locked.probes < self.config.half_open_probes {
+                    if locked.probes < self.settings.half_open_probes {
                         locked.probes += 1;
                         return Ok(self.permit(generation, true));
                     }
-                    return Err(HALF_OPEN_RETRY_IN.min(self.config.sleep_window));
+                    return Err(HALF_OPEN_RETRY_IN.min(self.settings.sleep_window));
                 }
             }
         }
@@ -222,6 +200,10 @@ impl Core {
 
     /// The outcome of a request admitted while closed.
     fn closed_done(&self, generation: u64, failure: bool, now: Instant) {
+        if !self.settings.enabled {
+            // Turned off: nothing is counted, so it never opens.
+            return;
+        }
         let word = encode(CLOSED, generation);
         if self.word.load(Ordering::Acquire) != word {
             // Admitted before the breaker opened: it says nothing about the
@@ -237,7 +219,8 @@ impl Core {
         let failures = self.failures.sum(now).max(0);
         let total = failures + self.successes.sum(now).max(0);
         let rate = failures as f64 / total as f64;
-        if total < i64::from(self.config.volume_threshold) || rate < self.config.error_threshold {
+        if total < i64::from(self.settings.volume_threshold) || rate < self.settings.error_threshold
+        {
             return;
         }
         let locked = self.lock();
@@ -250,18 +233,18 @@ impl Core {
             service = %self.service,
             error_rate = rate,
             volume = total,
-            sleep_window = ?self.config.sleep_window,
+            sleep_window = ?self.settings.sleep_window,
             "circuit breaker opened: {failures} of {total} requests in the last {:?} failed",
-            self.config.window,
+            self.settings.window,
         );
     }
 
     /// Moves to open in `generation` for a sleep window from `now`. Call with
     /// the lock held.
     fn open(&self, generation: u64, now: Instant) {
-        let until = self
-            .nanos(now)
-            .saturating_add(u64::try_from(self.config.sleep_window.as_nanos()).unwrap_or(u64::MAX));
+        let until = self.nanos(now).saturating_add(
+            u64::try_from(self.settings.sleep_window.as_nanos()).unwrap_or(u64::MAX),
+        );
         self.open_until.store(until, Ordering::Release);
         self.word.store(encode(OPEN, generation), Ordering::Release);
     }
@@ -279,7 +262,7 @@ impl Core {
             drop(locked);
             tracing::info!(
                 service = %self.service,
-                sleep_window = ?self.config.sleep_window,
+                sleep_window = ?self.settings.sleep_window,
                 "circuit breaker reopened: the probe failed",
             );
         } else {
@@ -342,10 +325,10 @@ pub enum BreakerState {
         retry_in: Duration,
     },
     /// Probe requests go through (up to
-    /// [`half_open_probes`](super::BreakerLayer::half_open_probes) at a time);
-    /// the first outcome closes or reopens the breaker. An open breaker whose
-    /// sleep window has passed is reported half-open: its next request is a
-    /// probe.
+    /// [`half_open_probes`](super::BreakerSettings::half_open_probes) at a
+    /// time); the first outcome closes or reopens the breaker. An open
+    /// breaker whose sleep window has passed is reported half-open: its next
+    /// request is a probe.
     HalfOpen,
 }
 
@@ -365,13 +348,14 @@ impl serde::Serialize for BreakerState {
 /// metrics.
 ///
 /// ```
-/// use palisade::breaker::{BreakerLayer, BreakerState};
+/// use palisade::breaker::{BreakerLayer, BreakerSettings, BreakerState};
 ///
-/// let layer = BreakerLayer::new("users");
+/// let layer = BreakerLayer::new("users", BreakerSettings::default())?;
 /// let handle = layer.handle();
 /// assert_eq!(handle.state(), BreakerState::Closed);
 /// assert_eq!(handle.transitions(), 0);
 /// assert_eq!(handle.service(), "users");
+/// # Ok::<(), palisade::settings::SettingsError>(())
 /// ```
 #[derive(Clone)]
 pub struct BreakerHandle {

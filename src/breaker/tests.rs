@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio_test::task::{Spawn, spawn};
 use tower::ServiceExt;
 
 use super::*;
+use crate::testing::problems;
 
 type Reply = Result<Response<()>, io::Error>;
 type BackendFuture = Pin<Box<dyn Future<Output = Result<Response<()>, BoxError>> + Send>>;
@@ -144,7 +146,11 @@ impl Harness {
 }
 
 fn users() -> BreakerLayer {
-    BreakerLayer::new("users")
+    users_with(BreakerSettings::default())
+}
+
+fn users_with(settings: BreakerSettings) -> BreakerLayer {
+    BreakerLayer::new("users", settings).unwrap()
 }
 
 fn secs(s: u64) -> Duration {
@@ -204,7 +210,11 @@ async fn opens_at_the_error_threshold_and_not_below() {
     assert!(is_open(h.state()));
 
     // Custom thresholds; 4xx are successes, 429 a failure.
-    let mut h = Harness::new(users().volume_threshold(4).error_threshold(0.75));
+    let mut h = Harness::new(users_with(BreakerSettings {
+        volume_threshold: 4,
+        error_threshold: 0.75,
+        ..BreakerSettings::default()
+    }));
     h.send_n(1, || status(404));
     h.send_n(2, || status(429));
     assert_eq!(h.state(), BreakerState::Closed, "3 outcomes < volume 4");
@@ -219,12 +229,16 @@ async fn opens_at_the_error_threshold_and_not_below() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_window_of_successes_never_opens_even_at_threshold_zero() {
-    let mut h = Harness::new(users().volume_threshold(0).error_threshold(0.0));
+async fn a_window_of_successes_never_opens_even_at_the_lowest_thresholds() {
+    let mut h = Harness::new(users_with(BreakerSettings {
+        volume_threshold: 0,
+        error_threshold: f64::MIN_POSITIVE,
+        ..BreakerSettings::default()
+    }));
     h.send_n(50, || status(200));
     assert_eq!(h.state(), BreakerState::Closed);
     let _ = h.send(status(500));
-    assert!(is_open(h.state()), "one failure is enough at threshold 0");
+    assert!(is_open(h.state()), "one failure is enough");
 }
 
 #[tokio::test(start_paused = true)]
@@ -232,7 +246,10 @@ async fn only_a_failure_trips_the_breaker() {
     // A case proptest found: the window is over both thresholds after a
     // success (2 failures in 3 at volume 3), but a success does not open
     // the breaker; the next failure does.
-    let mut h = Harness::new(users().volume_threshold(3));
+    let mut h = Harness::new(users_with(BreakerSettings {
+        volume_threshold: 3,
+        ..BreakerSettings::default()
+    }));
     h.send_n(2, || status(500));
     let _ = h.send(status(200));
     assert_eq!(h.state(), BreakerState::Closed);
@@ -286,7 +303,10 @@ async fn after_the_sleep_window_one_probe_goes_and_others_wait() {
 
 #[tokio::test(start_paused = true)]
 async fn half_open_admits_the_configured_number_of_probes() {
-    let mut h = opened(users().half_open_probes(3));
+    let mut h = opened(users_with(BreakerSettings {
+        half_open_probes: 3,
+        ..BreakerSettings::default()
+    }));
     tokio::time::advance(secs(5)).await;
     let probes: Vec<_> = (0..3).map(|_| h.start()).collect();
     assert!(probes.iter().all(|p| p.id.is_some()));
@@ -382,6 +402,12 @@ async fn a_cancelled_request_counts_nothing_while_closed() {
 
 #[tokio::test(start_paused = true)]
 async fn window_counts_expire_with_time() {
+    let twenty_seconds = || {
+        users_with(BreakerSettings {
+            window: secs(20),
+            ..BreakerSettings::default()
+        })
+    };
     let mut h = Harness::new(users());
     h.send_n(19, || status(500));
     tokio::time::advance(secs(10)).await;
@@ -389,7 +415,7 @@ async fn window_counts_expire_with_time() {
     assert_eq!(h.state(), BreakerState::Closed, "the 19 expired");
 
     // Expiry is a tenth of the window at a time.
-    let mut h = Harness::new(users().window(secs(20)));
+    let mut h = Harness::new(twenty_seconds());
     h.send_n(10, || status(500));
     tokio::time::advance(secs(12)).await;
     h.send_n(9, || status(500));
@@ -397,7 +423,7 @@ async fn window_counts_expire_with_time() {
     let _ = h.send(status(500));
     assert!(is_open(h.state()), "20 failures within 20 s");
 
-    let mut h = Harness::new(users().window(secs(20)));
+    let mut h = Harness::new(twenty_seconds());
     h.send_n(10, || status(500));
     tokio::time::advance(secs(12)).await;
     h.send_n(9, || status(500));
@@ -426,7 +452,10 @@ async fn an_outcome_from_before_the_breaker_opened_is_ignored() {
 
 #[tokio::test(start_paused = true)]
 async fn every_service_from_one_layer_shares_one_breaker() {
-    let layer = users().volume_threshold(2);
+    let layer = users_with(BreakerSettings {
+        volume_threshold: 2,
+        ..BreakerSettings::default()
+    });
     let a = Backend::default();
     let b = Backend::default();
     let mut svc_a = layer.layer(a.clone());
@@ -441,10 +470,10 @@ async fn every_service_from_one_layer_shares_one_breaker() {
     assert!(err.is_circuit_open());
     assert_eq!(b.calls(), 0);
 
-    // Configuring makes a new breaker.
-    let fresh = layer.clone().sleep_window(secs(1));
-    assert_eq!(fresh.handle().state(), BreakerState::Closed);
-    assert!(is_open(layer.handle().state()));
+    // A clone, even with another classifier, is the same breaker.
+    let other = layer.clone().classify(HttpClassify::default());
+    assert!(is_open(other.handle().state()));
+    assert_eq!(other.handle().transitions(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -478,7 +507,11 @@ async fn a_custom_classifier_decides_failures() {
         }
     }
     let backend = Backend::default();
-    let layer = users().volume_threshold(3).classify(NotFoundFails);
+    let layer = users_with(BreakerSettings {
+        volume_threshold: 3,
+        ..BreakerSettings::default()
+    })
+    .classify(NotFoundFails);
     let mut svc = layer.layer(backend.clone());
     for code in [500, 500, 500, 404, 404] {
         let call = svc.ready().await.unwrap().call(Request::new(()));
@@ -522,12 +555,14 @@ fn op() -> impl Strategy<Value = Op> {
 /// Runs `ops` against a breaker, checking the invariants after every step.
 async fn run(ops: Vec<Op>, probes: u32, successes_only: bool) -> Result<(), TestCaseError> {
     let sleep = secs(5);
-    let layer = users()
-        .window(secs(10))
-        .volume_threshold(3)
-        .error_threshold(0.5)
-        .sleep_window(sleep)
-        .half_open_probes(probes);
+    let layer = users_with(BreakerSettings {
+        enabled: true,
+        window: secs(10),
+        volume_threshold: 3,
+        error_threshold: 0.5,
+        sleep_window: sleep,
+        half_open_probes: probes,
+    });
     let mut h = Harness::new(layer);
     let mut in_flight: VecDeque<Call> = VecDeque::new();
     let mut failed = false;
@@ -657,10 +692,12 @@ fn the_breaker_and_its_futures_are_send_and_sync() {
 /// clock, with a zero sleep window so every state is visited often.
 #[test]
 fn concurrent_use_never_exceeds_the_probe_limit_or_wedges() {
-    let layer = users()
-        .volume_threshold(1)
-        .sleep_window(Duration::ZERO)
-        .half_open_probes(2);
+    let layer = users_with(BreakerSettings {
+        volume_threshold: 1,
+        sleep_window: Duration::ZERO,
+        half_open_probes: 2,
+        ..BreakerSettings::default()
+    });
     let handle = layer.handle();
     let core = handle.core.clone();
     std::thread::scope(|s| {
@@ -695,11 +732,173 @@ fn concurrent_use_never_exceeds_the_probe_limit_or_wedges() {
 
 #[test]
 fn debug_shows_the_state_not_the_counters() {
-    let layer = users().volume_threshold(7);
+    let layer = users_with(BreakerSettings {
+        volume_threshold: 7,
+        ..BreakerSettings::default()
+    });
     let debug = format!("{:?}", layer.handle());
     assert!(
         debug.starts_with("Breaker { service: \"users\", state: Closed, transitions: 0"),
         "{debug}"
     );
     assert!(debug.contains("volume_threshold: 7"), "{debug}");
+}
+
+// ---- settings -------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_handle_taken_right_after_new_sees_every_service_of_the_layer() {
+    let layer = users_with(BreakerSettings {
+        volume_threshold: 2,
+        ..BreakerSettings::default()
+    });
+    let handle = layer.handle();
+    // Services from a clone with another classifier: the same breaker.
+    let backend = Backend::default();
+    let mut svc = layer
+        .clone()
+        .classify(HttpClassify::default())
+        .layer(backend.clone());
+    for _ in 0..2 {
+        let call = svc.ready().await.unwrap().call(Request::new(()));
+        backend.answer(backend.calls() - 1, status(500));
+        let _ = call.await;
+    }
+    assert!(is_open(handle.state()), "{:?}", handle.state());
+    assert_eq!(handle.transitions(), 1);
+    assert!(is_open(layer.handle().state()));
+    let err = layer
+        .layer(Backend::default())
+        .oneshot(Request::new(()))
+        .await
+        .unwrap_err();
+    assert!(err.is_circuit_open());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_disabled_breaker_never_trips() {
+    let mut h = Harness::new(users_with(BreakerSettings {
+        enabled: false,
+        volume_threshold: 1,
+        ..BreakerSettings::default()
+    }));
+    // (In batches under Tokio's cooperative budget: the test never yields.)
+    h.send_n(50, || status(500));
+    tokio::task::yield_now().await;
+    h.send_n(50, reset);
+    tokio::time::advance(secs(5)).await;
+    h.send_n(50, || status(503));
+    assert_eq!(h.state(), BreakerState::Closed);
+    assert_eq!(h.handle.transitions(), 0);
+    assert_eq!(h.backend.calls(), 150, "every request reached the backend");
+}
+
+#[test]
+fn the_default_settings_are_valid() {
+    assert_eq!(BreakerSettings::default().validate(), Ok(()));
+    let layer = users();
+    assert_eq!(layer.settings(), &BreakerSettings::default());
+}
+
+#[test]
+fn each_bad_value_is_refused_at_its_field() {
+    let bad = |change: &dyn Fn(&mut BreakerSettings)| {
+        let mut settings = BreakerSettings::default();
+        change(&mut settings);
+        problems(settings.validate())
+    };
+    for t in [0.0, -0.5, 1.5, f64::NAN, f64::INFINITY] {
+        assert_eq!(
+            bad(&|s| s.error_threshold = t),
+            [format!(
+                "error_threshold: must be greater than 0 and at most 1, got {t}"
+            )],
+        );
+    }
+    assert_eq!(
+        bad(&|s| s.half_open_probes = 0),
+        ["half_open_probes: must be at least 1"],
+    );
+    assert_eq!(
+        bad(&|s| s.window = Duration::ZERO),
+        ["window: must be greater than 0"],
+    );
+    // The edges are fine.
+    let edges = BreakerSettings {
+        enabled: false,
+        window: Duration::from_nanos(1),
+        volume_threshold: 0,
+        error_threshold: 1.0,
+        sleep_window: Duration::ZERO,
+        half_open_probes: 1,
+    };
+    assert_eq!(edges.validate(), Ok(()));
+}
+
+#[test]
+fn several_bad_values_give_several_problems() {
+    let err = BreakerLayer::new(
+        "users",
+        BreakerSettings {
+            window: Duration::ZERO,
+            error_threshold: 2.0,
+            half_open_probes: 0,
+            ..BreakerSettings::default()
+        },
+    )
+    .unwrap_err();
+    let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["window", "error_threshold", "half_open_probes"]);
+    assert_eq!(
+        err.to_string(),
+        "window: must be greater than 0; \
+         error_threshold: must be greater than 0 and at most 1, got 2; \
+         half_open_probes: must be at least 1"
+    );
+}
+
+/// Settings files: durations as strings, unknown fields refused.
+#[cfg(all(feature = "serde", feature = "file"))]
+mod settings_files {
+    use super::*;
+
+    #[test]
+    fn durations_are_strings_and_settings_round_trip() {
+        let s: BreakerSettings = toml::from_str(
+            "window = \"30s\"\nsleep_window = \"1m 30s\"\nerror_threshold = 0.25\nenabled = false",
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            BreakerSettings {
+                enabled: false,
+                window: secs(30),
+                error_threshold: 0.25,
+                sleep_window: secs(90),
+                ..BreakerSettings::default()
+            }
+        );
+        let text = toml::to_string(&s).unwrap();
+        assert!(text.contains("sleep_window = \"1m 30s\""), "{text}");
+        assert_eq!(toml::from_str::<BreakerSettings>(&text).unwrap(), s);
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains(r#""window":"30s""#), "{json}");
+        assert_eq!(serde_json::from_str::<BreakerSettings>(&json).unwrap(), s);
+        assert_eq!(
+            toml::from_str::<BreakerSettings>("").unwrap(),
+            BreakerSettings::default()
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_by_name() {
+        let err = toml::from_str::<BreakerSettings>("sleep_windw = \"1s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `sleep_windw`"), "{err}");
+        let err = serde_json::from_str::<BreakerSettings>(r#"{"treshold": 0.5}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `treshold`"), "{err}");
+    }
 }

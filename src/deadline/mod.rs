@@ -8,8 +8,8 @@
 //!    its own incoming request with [`Deadline::from_headers`]);
 //! 2. the tightest valid deadline header on the request (see [`header`]):
 //!    `palisade-deadline-ms`, `grpc-timeout`, `x-envoy-expected-rq-timeout-ms`,
-//!    clamped to [`max_timeout`](DeadlineLayer::max_timeout);
-//! 3. the [`default_timeout`](DeadlineLayer::default_timeout) (15 s).
+//!    clamped to [`max_timeout`](DeadlineSettings::max_timeout);
+//! 3. the [`timeout`](DeadlineSettings::timeout) (15 s).
 //!
 //! A deadline that is already spent fails at once with
 //! [`Error::DeadlineExceeded`] without calling the inner service. Otherwise
@@ -18,33 +18,39 @@
 //! response head; streaming the body afterwards is not cut.
 //!
 //! Outgoing requests carry what remains, minus a
-//! [`reserve`](DeadlineLayer::reserve) for the trip back (5 ms), in
+//! [`reserve`](DeadlineSettings::reserve) for the trip back (5 ms), in
 //! `palisade-deadline-ms`, and in `grpc-timeout` when the request is gRPC
 //! (`content-type: application/grpc…`). The retry layer refreshes these
 //! headers for every attempt, so each hop sees the time that is really left.
 //! Envoy's header is removed from outgoing requests: it would be stale.
 //!
 //! ```
-//! use palisade::deadline::{Deadline, DeadlineLayer};
+//! use palisade::deadline::{DeadlineLayer, DeadlineSettings};
 //! use std::time::Duration;
 //! use tower::{Layer, ServiceExt, service_fn};
 //!
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
-//! # async fn main() {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let backend = service_fn(|req: http::Request<()>| async move {
 //!     // What the next hop sees.
 //!     let left = req.headers()["palisade-deadline-ms"].to_str().unwrap().to_owned();
 //!     Ok::<_, std::convert::Infallible>(http::Response::new(left))
 //! });
-//! let svc = DeadlineLayer::new("users").default_timeout(Some(Duration::from_secs(2))).layer(backend);
-//! let rsp = svc.oneshot(http::Request::new(())).await.unwrap();
+//! let settings = DeadlineSettings {
+//!     timeout: Some(Duration::from_secs(2)),
+//!     ..DeadlineSettings::default()
+//! };
+//! let svc = DeadlineLayer::new("users", settings)?.layer(backend);
+//! let rsp = svc.oneshot(http::Request::new(())).await?;
 //! assert_eq!(rsp.body(), "1995"); // 2 s minus the 5 ms reserve
+//! # Ok(())
 //! # }
 //! ```
 
 pub use crate::facts::header;
 pub use crate::facts::{Deadline, Propagate};
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -58,71 +64,109 @@ use tower::{Layer, Service};
 
 use crate::error::{BoxError, Error};
 use crate::facts::stamp_headers;
+use crate::refuse::{Pass, Refusable};
+use crate::settings::{Problems, SettingsError};
+
+/// The settings of a [`DeadlineLayer`]; `Default` is the library's default.
+///
+/// ```
+/// use palisade::deadline::DeadlineSettings;
+/// use std::time::Duration;
+///
+/// let settings = DeadlineSettings {
+///     timeout: Some(Duration::from_secs(2)),
+///     ..Default::default()
+/// };
+/// assert!(settings.validate().is_ok());
+///
+/// let settings = DeadlineSettings { timeout: Some(Duration::ZERO), ..settings };
+/// assert_eq!(
+///     settings.validate().unwrap_err().to_string(),
+///     "timeout: must be greater than 0 (\"none\" for no default deadline)"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+pub struct DeadlineSettings {
+    /// The timeout for requests that bring no deadline: greater than 0, or
+    /// `None` for no deadline at all (`"none"` in a file). Default 15 s.
+    #[cfg_attr(feature = "serde", serde(with = "crate::settings::opt_duration"))]
+    pub timeout: Option<Duration>,
+    /// The longest deadline a request header may ask for; longer ones are
+    /// clamped to it. Greater than 0. Default 5 min.
+    #[cfg_attr(feature = "serde", serde(with = "crate::settings::duration"))]
+    pub max_timeout: Duration,
+    /// Subtracted from what remains before it is written to outgoing
+    /// headers, for the response's trip back. Default 5 ms.
+    #[cfg_attr(feature = "serde", serde(with = "crate::settings::duration"))]
+    pub reserve: Duration,
+    /// Whether outgoing requests carry the remaining deadline. Default
+    /// true.
+    pub propagate: bool,
+}
+
+impl Default for DeadlineSettings {
+    fn default() -> Self {
+        DeadlineSettings {
+            timeout: Some(Duration::from_secs(15)),
+            max_timeout: Duration::from_secs(300),
+            reserve: Duration::from_millis(5),
+            propagate: true,
+        }
+    }
+}
+
+impl DeadlineSettings {
+    /// Every problem with these settings, each at its field (`"timeout"`).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let mut p = Problems::new();
+        if let Some(timeout) = self.timeout {
+            p.positive("timeout", timeout, "\"none\" for no default deadline");
+        }
+        p.positive("max_timeout", self.max_timeout, "");
+        p.finish()
+    }
+}
 
 /// Gives requests a [`Deadline`] and enforces it; see the [module docs](self).
+///
+/// Built from [`DeadlineSettings`] by [`new`](DeadlineLayer::new); clones
+/// share them.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct DeadlineLayer {
     config: Arc<Config>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Config {
     service: Arc<str>,
-    default_timeout: Option<Duration>,
-    max_timeout: Duration,
-    reserve: Duration,
-    propagate: bool,
+    settings: DeadlineSettings,
 }
 
 impl DeadlineLayer {
-    /// A deadline layer for the service called `service` (named in errors),
-    /// with the defaults: 15 s default timeout, headers clamped to 5 min,
-    /// 5 ms reserve, propagation on.
-    pub fn new(service: impl Into<Arc<str>>) -> Self {
-        DeadlineLayer {
+    /// A deadline layer for the service called `service` (named in
+    /// errors), or every problem with `settings`.
+    pub fn new(
+        service: impl Into<Arc<str>>,
+        settings: DeadlineSettings,
+    ) -> Result<Self, SettingsError> {
+        settings.validate()?;
+        Ok(DeadlineLayer {
             config: Arc::new(Config {
                 service: service.into(),
-                default_timeout: Some(Duration::from_secs(15)),
-                max_timeout: Duration::from_secs(300),
-                reserve: Duration::from_millis(5),
-                propagate: true,
+                settings,
             }),
-        }
+        })
     }
 
-    fn config(mut self, f: impl FnOnce(&mut Config)) -> Self {
-        f(Arc::make_mut(&mut self.config));
-        self
-    }
-
-    /// Renames the service (named in errors).
-    pub fn named(self, service: impl Into<Arc<str>>) -> Self {
-        let service = service.into();
-        self.config(|c| c.service = service)
-    }
-
-    /// The timeout for requests that bring no deadline; `None` for no
-    /// deadline at all. Default 15 s.
-    pub fn default_timeout(self, timeout: Option<Duration>) -> Self {
-        self.config(|c| c.default_timeout = timeout)
-    }
-
-    /// The longest deadline a request header may ask for; longer ones are
-    /// clamped. Default 5 min.
-    pub fn max_timeout(self, max: Duration) -> Self {
-        self.config(|c| c.max_timeout = max)
-    }
-
-    /// Subtracted from what remains before it is written to outgoing
-    /// headers, for the response's trip back. Default 5 ms.
-    pub fn reserve(self, reserve: Duration) -> Self {
-        self.config(|c| c.reserve = reserve)
-    }
-
-    /// Whether outgoing requests carry the remaining deadline. Default on.
-    pub fn propagate(self, on: bool) -> Self {
-        self.config(|c| c.propagate = on)
+    /// The settings the layer was built from.
+    pub fn settings(&self) -> &DeadlineSettings {
+        &self.config.settings
     }
 }
 
@@ -162,76 +206,79 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let start = Instant::now();
         let (mut parts, body) = req.into_parts();
+        let settings = &self.config.settings;
         let deadline = match parts.extensions.get::<Deadline>() {
             Some(d) => Some(*d),
             None => header::incoming_timeout(&parts.headers)
-                .map(|t| t.min(self.config.max_timeout))
-                .or(self.config.default_timeout)
+                .map(|t| t.min(settings.max_timeout))
+                .or(settings.timeout)
                 .map(Deadline::after),
         };
         let Some(deadline) = deadline else {
             let future = self.inner.call(Request::from_parts(parts, body));
-            return ResponseFuture::running(future, None, start, &self.config.service);
+            return Refusable::running(
+                Cutoff::new(future, None, start, &self.config.service),
+                Pass,
+            );
         };
         if deadline.is_expired() {
-            return ResponseFuture {
-                state: State::Failed {
-                    error: Some(Error::DeadlineExceeded {
-                        service: self.config.service.clone(),
-                        elapsed: Duration::ZERO,
-                    }),
-                },
-            };
+            return Refusable::refused(Error::DeadlineExceeded {
+                service: self.config.service.clone(),
+                elapsed: Duration::ZERO,
+            });
         }
         parts.extensions.insert(deadline);
-        if self.config.propagate {
+        if settings.propagate {
             parts.extensions.insert(Propagate {
-                reserve: self.config.reserve,
+                reserve: settings.reserve,
             });
             stamp_headers(&mut parts);
         }
         let future = self.inner.call(Request::from_parts(parts, body));
-        ResponseFuture::running(future, Some(deadline), start, &self.config.service)
+        Refusable::running(
+            Cutoff::new(future, Some(deadline), start, &self.config.service),
+            Pass,
+        )
     }
 }
 
-/// The response future of [`EnforceDeadline`].
+/// The response future of [`EnforceDeadline`]: refused at once when the
+/// deadline is already spent, else the call raced against the deadline.
+pub type ResponseFuture<F> = Refusable<Cutoff<F>, Pass>;
+
+/// The inner call raced against the request's deadline: whichever ends
+/// first decides ([`Error::DeadlineExceeded`] if the deadline does).
 #[pin_project]
 #[must_use = "futures do nothing unless polled"]
-pub struct ResponseFuture<F> {
+pub struct Cutoff<F> {
     #[pin]
-    state: State<F>,
+    inner: F,
+    #[pin]
+    sleep: Option<Sleep>,
+    start: Instant,
+    service: Arc<str>,
 }
 
-#[pin_project(project = StateProj)]
-enum State<F> {
-    Running {
-        #[pin]
-        inner: F,
-        #[pin]
-        sleep: Option<Sleep>,
-        start: Instant,
-        service: Arc<str>,
-    },
-    Failed {
-        error: Option<Error>,
-    },
-}
-
-impl<F> ResponseFuture<F> {
-    fn running(inner: F, deadline: Option<Deadline>, start: Instant, service: &Arc<str>) -> Self {
-        ResponseFuture {
-            state: State::Running {
-                inner,
-                sleep: deadline.map(|d| tokio::time::sleep_until(d.instant())),
-                start,
-                service: service.clone(),
-            },
+impl<F> Cutoff<F> {
+    fn new(inner: F, deadline: Option<Deadline>, start: Instant, service: &Arc<str>) -> Self {
+        Cutoff {
+            inner,
+            sleep: deadline.map(|d| tokio::time::sleep_until(d.instant())),
+            start,
+            service: service.clone(),
         }
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F>
+impl<F> fmt::Debug for Cutoff<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cutoff")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, T, E> Future for Cutoff<F>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
@@ -239,29 +286,18 @@ where
     type Output = Result<T, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Failed { error } => {
-                Poll::Ready(Err(error.take().expect("polled after completion")))
-            }
-            StateProj::Running {
-                inner,
-                sleep,
-                start,
-                service,
-            } => {
-                if let Poll::Ready(result) = inner.poll(cx) {
-                    return Poll::Ready(result.map_err(|e| Error::inner(service, None, e)));
-                }
-                if let Some(sleep) = sleep.as_pin_mut() {
-                    ready!(sleep.poll(cx));
-                    return Poll::Ready(Err(Error::DeadlineExceeded {
-                        service: service.clone(),
-                        elapsed: start.elapsed(),
-                    }));
-                }
-                Poll::Pending
-            }
+        let this = self.project();
+        if let Poll::Ready(result) = this.inner.poll(cx) {
+            return Poll::Ready(result.map_err(|e| Error::inner(this.service, None, e)));
         }
+        if let Some(sleep) = this.sleep.as_pin_mut() {
+            ready!(sleep.poll(cx));
+            return Poll::Ready(Err(Error::DeadlineExceeded {
+                service: this.service.clone(),
+                elapsed: this.start.elapsed(),
+            }));
+        }
+        Poll::Pending
     }
 }
 

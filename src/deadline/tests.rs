@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tower::{Layer, ServiceExt, service_fn};
 
 use super::*;
+use crate::testing::problems;
 
 /// A backend that takes `latency` and answers with the headers it received;
 /// counts its calls.
@@ -32,7 +33,19 @@ fn backend(
 }
 
 fn layer() -> DeadlineLayer {
-    DeadlineLayer::new("users")
+    layer_with(DeadlineSettings::default())
+}
+
+fn layer_with(settings: DeadlineSettings) -> DeadlineLayer {
+    DeadlineLayer::new("users", settings).unwrap()
+}
+
+/// The default settings with this default timeout.
+fn timeout(timeout: Option<Duration>) -> DeadlineSettings {
+    DeadlineSettings {
+        timeout,
+        ..DeadlineSettings::default()
+    }
 }
 
 async fn send(
@@ -98,7 +111,7 @@ async fn the_default_timeout_cuts_a_slow_call() {
     assert_eq!(elapsed, Duration::from_secs(15));
     assert_eq!(calls, 1);
 
-    let layer = layer().default_timeout(Some(Duration::from_secs(1)));
+    let layer = layer_with(timeout(Some(Duration::from_secs(1))));
     let (result, elapsed, _) = send(layer, Duration::from_secs(5), get()).await;
     match result.unwrap_err() {
         Error::DeadlineExceeded { elapsed: e, .. } => assert_eq!(e, Duration::from_secs(1)),
@@ -109,7 +122,7 @@ async fn the_default_timeout_cuts_a_slow_call() {
 
 #[tokio::test(start_paused = true)]
 async fn without_any_deadline_nothing_is_cut() {
-    let layer = layer().default_timeout(None);
+    let layer = layer_with(timeout(None));
     let (result, elapsed, _) = send(layer, Duration::from_secs(100), get()).await;
     let rsp = result.unwrap();
     assert_eq!(elapsed, Duration::from_secs(100));
@@ -133,7 +146,10 @@ async fn where_the_deadline_comes_from() {
     assert_eq!(deadline_ms(&result.unwrap()), 695);
 
     // A header asking for more than the cap is clamped.
-    let layer = layer().max_timeout(Duration::from_secs(2));
+    let layer = layer_with(DeadlineSettings {
+        max_timeout: Duration::from_secs(2),
+        ..DeadlineSettings::default()
+    });
     let (result, _, _) = send(
         layer,
         Duration::ZERO,
@@ -165,9 +181,11 @@ async fn malformed_headers_are_ignored_never_zero() {
 
 #[tokio::test(start_paused = true)]
 async fn propagation_writes_what_remains() {
-    let layer = layer()
-        .default_timeout(Some(Duration::from_millis(500)))
-        .reserve(Duration::from_millis(20));
+    let settings = DeadlineSettings {
+        reserve: Duration::from_millis(20),
+        ..timeout(Some(Duration::from_millis(500)))
+    };
+    let layer = layer_with(settings.clone());
     let req = Request::post("http://users/pkg.Svc/Method")
         .header(http::header::CONTENT_TYPE, "application/grpc+proto")
         .header(header::ENVOY_TIMEOUT, "500")
@@ -188,16 +206,21 @@ async fn propagation_writes_what_remains() {
     assert!(!result.unwrap().body().contains_key(header::GRPC_TIMEOUT));
 
     // Propagation off: no header at all, but the deadline still holds.
-    let (result, elapsed, _) = send(layer.propagate(false), Duration::from_secs(1), get()).await;
+    let quiet = layer_with(DeadlineSettings {
+        propagate: false,
+        ..settings
+    });
+    let (result, elapsed, _) = send(quiet, Duration::from_secs(1), get()).await;
     assert!(result.unwrap_err().is_deadline_exceeded());
     assert_eq!(elapsed, Duration::from_millis(500));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_reserve_larger_than_what_remains_propagates_zero() {
-    let layer = layer()
-        .default_timeout(Some(Duration::from_millis(3)))
-        .reserve(Duration::from_millis(5));
+    let layer = layer_with(DeadlineSettings {
+        reserve: Duration::from_millis(5),
+        ..timeout(Some(Duration::from_millis(3)))
+    });
     let (result, _, _) = send(layer, Duration::ZERO, get()).await;
     assert_eq!(deadline_ms(&result.unwrap()), 0);
 }
@@ -218,7 +241,10 @@ async fn deadline_from_incoming_headers() {
 async fn absurd_timeouts_saturate_instead_of_panicking() {
     let d = Deadline::after(Duration::MAX);
     assert!(d.remaining() > Duration::from_secs(3600));
-    let layer = layer().max_timeout(Duration::MAX);
+    let layer = layer_with(DeadlineSettings {
+        max_timeout: Duration::MAX,
+        ..DeadlineSettings::default()
+    });
     let (result, _, _) = send(
         layer,
         Duration::ZERO,
@@ -226,4 +252,136 @@ async fn absurd_timeouts_saturate_instead_of_panicking() {
     )
     .await;
     assert!(result.is_ok());
+}
+
+// ---- settings -------------------------------------------------------------
+
+#[test]
+fn the_default_settings_are_valid() {
+    assert_eq!(DeadlineSettings::default().validate(), Ok(()));
+    assert_eq!(layer().settings(), &DeadlineSettings::default());
+}
+
+#[test]
+fn each_bad_value_is_refused_at_its_field() {
+    assert_eq!(
+        problems(timeout(Some(Duration::ZERO)).validate()),
+        ["timeout: must be greater than 0 (\"none\" for no default deadline)"],
+    );
+    let settings = DeadlineSettings {
+        max_timeout: Duration::ZERO,
+        ..DeadlineSettings::default()
+    };
+    assert_eq!(
+        problems(settings.validate()),
+        ["max_timeout: must be greater than 0"],
+    );
+    // The edges are fine: no timeout, a reserve of 0 or longer than the
+    // timeout (it propagates 0), propagation off.
+    let edges = DeadlineSettings {
+        timeout: None,
+        max_timeout: Duration::from_nanos(1),
+        reserve: Duration::ZERO,
+        propagate: false,
+    };
+    assert_eq!(edges.validate(), Ok(()));
+    let edges = DeadlineSettings {
+        timeout: Some(Duration::from_nanos(1)),
+        reserve: Duration::from_secs(3600),
+        ..DeadlineSettings::default()
+    };
+    assert_eq!(edges.validate(), Ok(()));
+}
+
+#[test]
+fn several_bad_values_give_several_problems() {
+    let settings = DeadlineSettings {
+        timeout: Some(Duration::ZERO),
+        max_timeout: Duration::ZERO,
+        ..DeadlineSettings::default()
+    };
+    let err = DeadlineLayer::new("users", settings).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "timeout: must be greater than 0 (\"none\" for no default deadline); \
+         max_timeout: must be greater than 0"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_refuses_a_zero_timeout_when_it_is_built() {
+    let fleet = crate::testing::Fleet::default();
+    let err = crate::Client::builder("users")
+        .endpoints([])
+        .new_endpoint(fleet.factory::<http_body_util::Empty<bytes::Bytes>>())
+        .timeout(Some(Duration::ZERO))
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        problems(Err(err.settings_error().unwrap().clone())),
+        ["deadline.timeout: must be greater than 0 (\"none\" for no default deadline)"],
+    );
+    assert_eq!(
+        err.to_string(),
+        "service \"users\": invalid settings: \
+         deadline.timeout: must be greater than 0 (\"none\" for no default deadline)"
+    );
+}
+
+/// Settings files: durations as strings, `"none"` for no timeout, unknown
+/// fields refused.
+#[cfg(all(feature = "serde", feature = "file"))]
+mod settings_files {
+    use super::*;
+
+    #[test]
+    fn durations_are_strings_and_settings_round_trip() {
+        let s: DeadlineSettings =
+            toml::from_str("timeout = \"2s 500ms\"\nmax_timeout = \"1m\"\nreserve = \"10ms\"")
+                .unwrap();
+        assert_eq!(
+            s,
+            DeadlineSettings {
+                timeout: Some(Duration::from_millis(2500)),
+                max_timeout: Duration::from_secs(60),
+                reserve: Duration::from_millis(10),
+                propagate: true,
+            }
+        );
+        let text = toml::to_string(&s).unwrap();
+        assert!(text.contains("timeout = \"2s 500ms\""), "{text}");
+        assert_eq!(toml::from_str::<DeadlineSettings>(&text).unwrap(), s);
+
+        let none: DeadlineSettings =
+            toml::from_str("timeout = \"none\"\npropagate = false").unwrap();
+        assert_eq!(
+            none,
+            DeadlineSettings {
+                propagate: false,
+                ..timeout(None)
+            }
+        );
+        let json = serde_json::to_string(&none).unwrap();
+        assert!(json.contains(r#""timeout":"none""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<DeadlineSettings>(&json).unwrap(),
+            none
+        );
+        assert_eq!(
+            toml::from_str::<DeadlineSettings>("").unwrap(),
+            DeadlineSettings::default()
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_by_name() {
+        let err = toml::from_str::<DeadlineSettings>("default_timeout = \"1s\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `default_timeout`"), "{err}");
+        let err = serde_json::from_str::<DeadlineSettings>(r#"{"reserv": "5ms"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `reserv`"), "{err}");
+    }
 }

@@ -141,7 +141,7 @@ where
                 *this.backup = None;
                 return Poll::Ready(outcome);
             }
-            tracing::debug!(service = %state.settings.service, "first request failed; waiting for the backup");
+            tracing::debug!(service = %state.service, "first request failed; waiting for the backup");
         }
 
         // 2. The delay, then the backup's service readiness.
@@ -152,7 +152,7 @@ where
                 }
                 this.timer.set(None);
                 let checked = match this.pending.as_ref() {
-                    Some(b) => state.may_hedge(&b.parts, &b.body, *this.delay),
+                    Some(b) => shared.may_hedge(&b.parts, &b.body, *this.delay),
                     None => Ok(()),
                 };
                 if let Err(reason) = checked {
@@ -169,7 +169,7 @@ where
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(_)) => {
                     // The budget token is spent; the first request goes on.
-                    tracing::debug!(service = %state.settings.service, "not hedged: the service failed to become ready");
+                    tracing::debug!(service = %state.service, "not hedged: the service failed to become ready");
                     *this.pending = None;
                     return Poll::Pending;
                 }
@@ -204,7 +204,7 @@ where
                 }
                 return Poll::Ready(outcome);
             }
-            tracing::debug!(service = %state.settings.service, "backup failed; waiting for the first request");
+            tracing::debug!(service = %state.service, "backup failed; waiting for the first request");
         }
         Poll::Pending
     }
@@ -246,6 +246,6 @@ where
         }
     }
     state.sent.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(service = %state.settings.service, ?delay, "hedge sent");
+    tracing::debug!(service = %state.service, ?delay, "hedge sent");
     Some(future.instrument(span))
 }

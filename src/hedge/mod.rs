@@ -31,7 +31,8 @@
 //! 4. **budget**: the hedge budget grants a token. It is a
 //!    [`RetryBudget`] of its own, separate from the retry budget, with **no
 //!    floor**: every request deposits one token, each backup withdraws one,
-//!    and the backups of the last 10 s stay within 5 % of that time's
+//!    and the backups of the last 10 s stay within
+//!    [`budget_ratio`](HedgeSettings::budget_ratio) (5 %) of that time's
 //!    requests (`RetryBudget::new(10 s, 0, 0.05)`), so hedging adds at most
 //!    5 % load whatever happens.
 //!
@@ -60,13 +61,13 @@
 //!
 //! [`HedgeDelay::Percentile`] (the default, p95) follows the latency of
 //! this layer's own first requests over the last 5–10 s
-//! ([`window`](HedgeLayer::window), 10 s). Backups are not counted, so
+//! ([`window`](HedgeSettings::window), 10 s). Backups are not counted, so
 //! hedging does not feed its own delay. A first request that lost to its
 //! backup counts with the time it had run when it was cancelled: a lower
 //! bound, but above the delay, which is all a percentile needs. Failures
 //! are not counted. Until the window holds
-//! [`min_samples`](HedgeLayer::min_samples) (100), the
-//! [`fallback_delay`](HedgeLayer::fallback_delay) (100 ms) is used.
+//! [`min_samples`](HedgeSettings::min_samples) (100), the
+//! [`fallback_delay`](HedgeSettings::fallback_delay) (100 ms) is used.
 //! Latencies are kept in lock-free log-linear buckets (within 6.25 %,
 //! rounded up) and the percentile is recomputed every 16 samples; reading
 //! it costs one atomic load. [`HedgeDelay::Fixed`] uses one delay always.
@@ -75,25 +76,25 @@
 //!
 //! | knob | default |
 //! |---|---|
-//! | [`delay`](HedgeLayer::delay) | p95 of recent latencies ([`HedgeDelay::Percentile`]`(0.95)`) |
-//! | [`min_samples`](HedgeLayer::min_samples) | 100 |
-//! | [`fallback_delay`](HedgeLayer::fallback_delay) | 100 ms |
-//! | [`window`](HedgeLayer::window) | 10 s (percentile over the last 5–10 s) |
-//! | [`budget`](HedgeLayer::budget) | 5 % of requests over 10 s, no floor |
+//! | [`delay`](HedgeSettings::delay) | p95 of recent latencies ([`HedgeDelay::Percentile`]`(0.95)`) |
+//! | [`min_samples`](HedgeSettings::min_samples) | 100 |
+//! | [`fallback_delay`](HedgeSettings::fallback_delay) | 100 ms |
+//! | [`window`](HedgeSettings::window) | 10 s (percentile over the last 5–10 s) |
+//! | [`budget_ratio`](HedgeSettings::budget_ratio) | 5 % of requests over 10 s, no floor (or your own budget: [`with_budget`](HedgeLayer::with_budget)) |
 //! | [`breaker`](HedgeLayer::breaker) | none |
-//! | [`enabled`](HedgeLayer::enabled) | true |
 //! | [`classify`](HedgeLayer::classify) | [`HttpClassify`] |
 //!
-//! One layer value is one hedger: the services it makes and their clones
-//! share its latency tracker, budget and counters, which a [`HedgeHandle`]
-//! reads. Every request costs a budget deposit, a few clock reads and (for
-//! a percentile delay) one latency sample, a few atomic adds; one that may be
-//! hedged also clones its head (method, URI, headers, extensions) and the
-//! inner service for the backup, and arms a timer. The response future is
-//! a named, pin-projected state machine; only a backup, once sent, is
-//! boxed (at most the budget's share of requests). All timing uses Tokio's
-//! clock, whose timers tick in whole milliseconds: a backup goes up to
-//! 1 ms after its delay.
+//! One layer value is one hedger, created once by [`HedgeLayer::new`]: the
+//! services it makes, their clones and the layer's clones (whatever breaker
+//! or classifier they are given) share its latency tracker, budget and
+//! counters, which a [`HedgeHandle`] reads. Every request costs a budget
+//! deposit, a few clock reads and (for a percentile delay) one latency
+//! sample, a few atomic adds; one that may be hedged also clones its head
+//! (method, URI, headers, extensions) and the inner service for the backup,
+//! and arms a timer. The response future is a named, pin-projected state
+//! machine; only a backup, once sent, is boxed (at most the budget's share
+//! of requests). All timing uses Tokio's clock, whose timers tick in whole
+//! milliseconds: a backup goes up to 1 ms after its delay.
 //!
 //! Under the retry layer, a per-try timeout covers both requests of an
 //! attempt; when both fail, the retry avoids both endpoints. The balancer
@@ -107,7 +108,7 @@
 //! use std::sync::Arc;
 //! use std::sync::atomic::{AtomicU32, Ordering};
 //! use std::time::Duration;
-//! use palisade::hedge::{HedgeDelay, HedgeLayer};
+//! use palisade::hedge::{HedgeDelay, HedgeLayer, HedgeSettings};
 //! use palisade::retry::{ReplayBody, RetryBudget};
 //! use tokio::time::Instant;
 //! use tower::{Layer, ServiceExt, service_fn};
@@ -124,11 +125,18 @@
 //!         Ok::<_, Infallible>(http::Response::new(n))
 //!     }
 //! });
-//! let layer = HedgeLayer::new("users")
-//!     .delay(HedgeDelay::Fixed(Duration::from_millis(50)))
-//!     // A floor of one hedge a second, so that the very first request may
-//!     // be hedged (the default budget has no floor).
-//!     .budget(RetryBudget::from_settings(&palisade::budget::BudgetSettings { ratio: 0.05, min_per_sec: 1, ttl: Duration::from_secs(10) }).unwrap());
+//! let settings = HedgeSettings {
+//!     delay: HedgeDelay::Fixed(Duration::from_millis(50)),
+//!     ..HedgeSettings::default()
+//! };
+//! // A floor of one hedge a second, so that the very first request may be
+//! // hedged (the default budget has no floor).
+//! let budget = RetryBudget::from_settings(&palisade::budget::BudgetSettings {
+//!     ratio: 0.05,
+//!     min_per_sec: 1,
+//!     ttl: Duration::from_secs(10),
+//! })?;
+//! let layer = HedgeLayer::with_budget("users", settings, budget)?;
 //! let hedges = layer.handle();
 //! let svc = layer.layer(backend);
 //!
@@ -167,8 +175,12 @@ use crate::classify::is_idempotent;
 use crate::classify::{Classify, HttpClassify};
 use crate::facts::{Circuit, Deadline, Tried};
 use crate::replay::ReplayBody;
+use crate::settings::{Problems, SettingsError, format_duration};
 
 /// How long to wait for an answer before sending the backup.
+///
+/// In a settings file (feature `serde`) it is a string: a percentile from
+/// `"p1"` to `"p99.99"`, or a duration greater than 0 such as `"20ms"`.
 ///
 /// ```
 /// use palisade::hedge::HedgeDelay;
@@ -183,15 +195,92 @@ use crate::replay::ReplayBody;
 pub enum HedgeDelay {
     /// Always this long.
     Fixed(Duration),
-    /// This quantile (a fraction: 0.95 for p95) of the latencies the layer
-    /// observed recently; see the [module docs](self#the-delay). Values
-    /// outside 0..=1 are clamped; NaN is taken as 0.95.
+    /// This quantile (a fraction: 0.95 for p95, from 0.01 to 0.9999) of
+    /// the latencies the layer observed recently; see the
+    /// [module docs](self#the-delay).
     Percentile(f64),
 }
 
 impl Default for HedgeDelay {
     fn default() -> Self {
         HedgeDelay::Percentile(DEFAULT_PERCENTILE)
+    }
+}
+
+/// What is wrong with a fixed delay of 0.
+const ZERO_FIXED_DELAY: &str =
+    "a fixed hedge delay must be greater than 0 (every request would be sent twice)";
+
+/// The message for a percentile outside p1..=p99.99, written as `text`.
+fn percentile_out_of_range(text: &str) -> String {
+    format!("percentile {text:?} is out of range: from p1 to p99.99")
+}
+
+/// A quantile as a percentile string: 0.95 is `"p95"`, 0.999 `"p99.9"`.
+fn percentile_text(q: f64) -> String {
+    format!("p{}", (q * 100_000.0).round() / 1000.0)
+}
+
+impl HedgeDelay {
+    /// What is wrong with this delay, if anything.
+    fn problem(&self) -> Option<String> {
+        match *self {
+            HedgeDelay::Fixed(d) if d.is_zero() => Some(ZERO_FIXED_DELAY.to_owned()),
+            HedgeDelay::Percentile(q) if !(0.01..=0.9999).contains(&q) => {
+                Some(percentile_out_of_range(&percentile_text(q)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Writes `"p95"` or a duration (`"20ms"`).
+#[cfg(feature = "serde")]
+impl serde::Serialize for HedgeDelay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            HedgeDelay::Fixed(d) => s.serialize_str(&format_duration(*d)),
+            HedgeDelay::Percentile(q) => s.serialize_str(&percentile_text(*q)),
+        }
+    }
+}
+
+/// Reads `"p95"` (`"p1"` to `"p99.99"`) or a duration greater than 0
+/// (`"20ms"`).
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for HedgeDelay {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<HedgeDelay, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = HedgeDelay;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(
+                    f,
+                    r#"a percentile such as "p95" or a duration ({})"#,
+                    crate::settings::DURATION_HINT
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HedgeDelay, E> {
+                if let Some(p) = v.strip_prefix('p').or_else(|| v.strip_prefix('P')) {
+                    let pct: f64 = p.parse().map_err(|_| {
+                        E::custom(format!(
+                            r#"invalid percentile {v:?}: write "p" and a number, such as "p95" or "p99.9""#
+                        ))
+                    })?;
+                    if !(pct.is_finite() && (1.0..=99.99).contains(&pct)) {
+                        return Err(E::custom(percentile_out_of_range(v)));
+                    }
+                    // Thousandths of a percent: "p99.9" is exactly 0.999.
+                    return Ok(HedgeDelay::Percentile((pct * 1000.0).round() / 100_000.0));
+                }
+                let d = crate::settings::parse_duration(v).map_err(E::custom)?;
+                if d.is_zero() {
+                    return Err(E::custom(ZERO_FIXED_DELAY));
+                }
+                Ok(HedgeDelay::Fixed(d))
+            }
+        }
+        d.deserialize_str(Visit)
     }
 }
 
@@ -203,6 +292,8 @@ pub const DEFAULT_MIN_SAMPLES: u64 = 100;
 pub const DEFAULT_FALLBACK_DELAY: Duration = Duration::from_millis(100);
 /// The window the percentile is taken over (default 10 s).
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
+/// The shortest [`window`](HedgeSettings::window): 10 ms.
+pub const MIN_WINDOW: Duration = Duration::from_millis(10);
 /// The share of requests that may be hedged, over the budget's 10 s
 /// (default 0.05: 5 % extra load at most; no minimum per second).
 pub const DEFAULT_BUDGET_RATIO: f64 = 0.05;
@@ -270,23 +361,109 @@ impl fmt::Display for HedgeSkip {
     }
 }
 
-/// The layer's settings (see the builder methods for each).
-#[derive(Debug, Clone)]
-struct Settings {
-    service: Arc<str>,
-    delay: HedgeDelay,
-    min_samples: u64,
-    fallback: Duration,
-    window: Duration,
-    budget: RetryBudget,
-    breaker: Option<Arc<dyn Circuit>>,
-    enabled: bool,
+/// The settings of a [`HedgeLayer`]; `Default` is the library's default.
+///
+/// ```
+/// use palisade::hedge::{HedgeDelay, HedgeSettings};
+/// use std::time::Duration;
+///
+/// let settings = HedgeSettings {
+///     delay: HedgeDelay::Percentile(0.99),
+///     fallback_delay: Duration::from_millis(250),
+///     ..Default::default()
+/// };
+/// assert!(settings.validate().is_ok());
+///
+/// let settings = HedgeSettings { min_samples: 0, budget_ratio: 2.0, ..settings };
+/// assert_eq!(
+///     settings.validate().unwrap_err().to_string(),
+///     "min_samples: must be at least 1; budget_ratio: must be a number greater than 0 \
+///      and at most 1 (a share of requests), got 2"
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+pub struct HedgeSettings {
+    /// When the backup goes: a percentile of recent latencies (0.01 to
+    /// 0.9999; `"p95"` in a file) or a fixed delay greater than 0
+    /// (`"20ms"`). Default [`HedgeDelay::Percentile`]`(`[`DEFAULT_PERCENTILE`]`)`
+    /// (p95).
+    pub delay: HedgeDelay,
+    /// Latency samples the window must hold before a percentile delay is
+    /// used; at least 1. Default [`DEFAULT_MIN_SAMPLES`] (100).
+    pub min_samples: u64,
+    /// The delay used until then; greater than 0. Default
+    /// [`DEFAULT_FALLBACK_DELAY`] (100 ms).
+    #[cfg_attr(feature = "serde", serde(with = "crate::settings::duration"))]
+    pub fallback_delay: Duration,
+    /// How far back a percentile delay looks: samples are kept in two
+    /// halves of this, so the percentile covers the last `window / 2` to
+    /// `window`. At least [`MIN_WINDOW`] (10 ms). Default
+    /// [`DEFAULT_WINDOW`] (10 s).
+    #[cfg_attr(feature = "serde", serde(with = "crate::settings::duration"))]
+    pub window: Duration,
+    /// Backups as a share of requests (over 10 s, no minimum per second):
+    /// the most extra load hedging may add. Greater than 0, at most 1.
+    /// Default [`DEFAULT_BUDGET_RATIO`] (0.05).
+    pub budget_ratio: f64,
+}
+
+impl Default for HedgeSettings {
+    fn default() -> Self {
+        HedgeSettings {
+            delay: HedgeDelay::default(),
+            min_samples: DEFAULT_MIN_SAMPLES,
+            fallback_delay: DEFAULT_FALLBACK_DELAY,
+            window: DEFAULT_WINDOW,
+            budget_ratio: DEFAULT_BUDGET_RATIO,
+        }
+    }
+}
+
+impl HedgeSettings {
+    /// Every problem with these settings, each at its field
+    /// (`"budget_ratio"`).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let mut p = Problems::new();
+        if let Some(message) = self.delay.problem() {
+            p.add("delay", message);
+        }
+        p.at_least("min_samples", self.min_samples, 1, "");
+        p.positive(
+            "fallback_delay",
+            self.fallback_delay,
+            "every request would be sent twice",
+        );
+        p.positive("window", self.window, "");
+        if !self.window.is_zero() && self.window < MIN_WINDOW {
+            p.add(
+                "window",
+                format!("must be at least {}", format_duration(MIN_WINDOW)),
+            );
+        }
+        let ratio = self.budget_ratio;
+        if !(ratio.is_finite() && ratio > 0.0 && ratio <= 1.0) {
+            p.add(
+                "budget_ratio",
+                format!(
+                    "must be a number greater than 0 and at most 1 (a share of requests), got {ratio}"
+                ),
+            );
+        }
+        p.finish()
+    }
 }
 
 /// What every service, clone, future and handle of one layer shares.
 #[derive(Debug)]
 struct State {
-    settings: Settings,
+    service: Arc<str>,
+    settings: HedgeSettings,
+    budget: RetryBudget,
     /// Present for a percentile delay.
     tracker: Option<LatencyTracker>,
     sent: AtomicU64,
@@ -295,7 +472,7 @@ struct State {
 }
 
 impl State {
-    fn new(settings: Settings) -> State {
+    fn new(service: Arc<str>, settings: HedgeSettings, budget: RetryBudget) -> State {
         let tracker = match settings.delay {
             HedgeDelay::Percentile(q) => Some(LatencyTracker::new(
                 q,
@@ -305,7 +482,9 @@ impl State {
             HedgeDelay::Fixed(_) => None,
         };
         State {
+            service,
             settings,
+            budget,
             tracker,
             sent: AtomicU64::new(0),
             won: AtomicU64::new(0),
@@ -317,8 +496,8 @@ impl State {
     fn delay(&self) -> Duration {
         match (self.settings.delay, &self.tracker) {
             (HedgeDelay::Fixed(delay), _) => delay,
-            (_, Some(tracker)) => tracker.get().unwrap_or(self.settings.fallback),
-            (_, None) => self.settings.fallback,
+            (_, Some(tracker)) => tracker.get().unwrap_or(self.settings.fallback_delay),
+            (_, None) => self.settings.fallback_delay,
         }
     }
 
@@ -333,41 +512,18 @@ impl State {
 
     fn skip(&self, reason: HedgeSkip) {
         self.skipped[reason.index()].fetch_add(1, Ordering::Relaxed);
-        tracing::trace!(service = %self.settings.service, %reason, "not hedged");
-    }
-
-    /// The checks made when the delay has passed, in the documented order;
-    /// the budget token is withdrawn last, only when all else agrees.
-    fn may_hedge<B>(
-        &self,
-        parts: &http::request::Parts,
-        body: &ReplayBody<B>,
-        delay: Duration,
-    ) -> Result<(), HedgeSkip> {
-        if let Some(deadline) = parts.extensions.get::<Deadline>()
-            && deadline.remaining() < delay
-        {
-            return Err(HedgeSkip::Deadline);
-        }
-        if let Some(breaker) = &self.settings.breaker
-            && !breaker.is_closed()
-        {
-            return Err(HedgeSkip::Breaker);
-        }
-        if !body.is_replayable() {
-            return Err(HedgeSkip::Body);
-        }
-        if !self.settings.budget.withdraw() {
-            return Err(HedgeSkip::Budget);
-        }
-        Ok(())
+        tracing::trace!(service = %self.service, %reason, "not hedged");
     }
 }
 
-/// The shared state plus the classifier (the handle needs only the state).
+/// The shared state plus what a layer value is wired to: the breaker it
+/// consults and the classifier (the handle needs only the state). Giving a
+/// layer another breaker or classifier makes a new `Inner` around the same
+/// state.
 #[derive(Debug)]
 struct Inner<C> {
     state: Arc<State>,
+    breaker: Option<Arc<dyn Circuit>>,
     classify: C,
 }
 
@@ -383,27 +539,60 @@ impl<C> Inner<C> {
             Err(_) => false,
         }
     }
+
+    /// The checks made when the delay has passed, in the documented order;
+    /// the budget token is withdrawn last, only when all else agrees.
+    fn may_hedge<B>(
+        &self,
+        parts: &http::request::Parts,
+        body: &ReplayBody<B>,
+        delay: Duration,
+    ) -> Result<(), HedgeSkip> {
+        if let Some(deadline) = parts.extensions.get::<Deadline>()
+            && deadline.remaining() < delay
+        {
+            return Err(HedgeSkip::Deadline);
+        }
+        if let Some(breaker) = &self.breaker
+            && !breaker.is_closed()
+        {
+            return Err(HedgeSkip::Breaker);
+        }
+        if !body.is_replayable() {
+            return Err(HedgeSkip::Body);
+        }
+        if !self.state.budget.withdraw() {
+            return Err(HedgeSkip::Budget);
+        }
+        Ok(())
+    }
 }
 
 /// Sends one backup request to another endpoint when the first is slow;
 /// see the [module docs](self).
 ///
-/// Clones share one hedger (latency tracker, budget, counters). Each
-/// configuration method returns a layer with a fresh hedger (a given
-/// [`RetryBudget`] stays shared), so configure first, then take
-/// [`handle`](HedgeLayer::handle)s and make services.
+/// The hedger (latency tracker, budget, counters) is created once, by
+/// [`new`](HedgeLayer::new). Every service the layer makes, every clone of
+/// the layer (whatever [`breaker`](HedgeLayer::breaker) or
+/// [`classify`](HedgeLayer::classify) gives it) and every
+/// [`handle`](HedgeLayer::handle) shares it, so a handle taken at any time
+/// reports what the services do.
 ///
 /// ```
-/// use palisade::hedge::{HedgeDelay, HedgeLayer};
-/// use palisade::retry::RetryBudget;
+/// use palisade::hedge::{HedgeDelay, HedgeLayer, HedgeSettings};
 /// use std::time::Duration;
 ///
-/// let layer = HedgeLayer::new("users")
-///     .delay(HedgeDelay::Percentile(0.99))
-///     .min_samples(200)
-///     .fallback_delay(Duration::from_millis(250))
-///     .budget(RetryBudget::from_settings(&palisade::budget::BudgetSettings { ratio: 0.02, min_per_sec: 0, ttl: Duration::from_secs(10) }).unwrap());
-/// # let _ = layer;
+/// let settings = HedgeSettings {
+///     delay: HedgeDelay::Percentile(0.99),
+///     min_samples: 200,
+///     fallback_delay: Duration::from_millis(250),
+///     budget_ratio: 0.02,
+///     ..HedgeSettings::default()
+/// };
+/// let layer = HedgeLayer::new("users", settings)?;
+/// assert_eq!(layer.settings().min_samples, 200);
+/// assert_eq!(layer.handle().delay(), Duration::from_millis(250));
+/// # Ok::<(), palisade::settings::SettingsError>(())
 /// ```
 #[derive(Debug)]
 #[must_use]
@@ -420,33 +609,47 @@ impl<C> Clone for HedgeLayer<C> {
 }
 
 impl HedgeLayer<HttpClassify> {
-    /// A hedging layer for the service called `service` (named in logs),
-    /// with the defaults in the [module docs](self#defaults).
-    pub fn new(service: impl Into<Arc<str>>) -> Self {
-        HedgeLayer::from_parts(
-            Settings {
-                service: service.into(),
-                delay: HedgeDelay::default(),
-                min_samples: DEFAULT_MIN_SAMPLES,
-                fallback: DEFAULT_FALLBACK_DELAY,
-                window: DEFAULT_WINDOW,
-                budget: RetryBudget::new(DEFAULT_BUDGET_TTL, 0, DEFAULT_BUDGET_RATIO),
+    /// A hedging layer for the service called `service` (named in logs)
+    /// with the default HTTP classifier and no breaker, its budget made
+    /// from [`budget_ratio`](HedgeSettings::budget_ratio), or every problem
+    /// with `settings`.
+    pub fn new(
+        service: impl Into<Arc<str>>,
+        settings: HedgeSettings,
+    ) -> Result<Self, SettingsError> {
+        settings.validate()?;
+        let budget = RetryBudget::new(DEFAULT_BUDGET_TTL, 0, settings.budget_ratio);
+        Ok(HedgeLayer::from_parts(service.into(), settings, budget))
+    }
+
+    /// Like [`new`](HedgeLayer::new), but backups draw on `budget` (a clone
+    /// of one budget shares it; the settings' `budget_ratio` is then not
+    /// used). Give it a budget of its own, not the retry budget: the two
+    /// would starve each other.
+    pub fn with_budget(
+        service: impl Into<Arc<str>>,
+        settings: HedgeSettings,
+        budget: RetryBudget,
+    ) -> Result<Self, SettingsError> {
+        settings.validate()?;
+        Ok(HedgeLayer::from_parts(service.into(), settings, budget))
+    }
+
+    fn from_parts(service: Arc<str>, settings: HedgeSettings, budget: RetryBudget) -> Self {
+        HedgeLayer {
+            inner: Arc::new(Inner {
+                state: Arc::new(State::new(service, settings, budget)),
                 breaker: None,
-                enabled: true,
-            },
-            HttpClassify::default(),
-        )
+                classify: HttpClassify::default(),
+            }),
+        }
     }
 }
 
 impl<C> HedgeLayer<C> {
-    fn from_parts(settings: Settings, classify: C) -> Self {
-        HedgeLayer {
-            inner: Arc::new(Inner {
-                state: Arc::new(State::new(settings)),
-                classify,
-            }),
-        }
+    /// The settings the hedger was built from.
+    pub fn settings(&self) -> &HedgeSettings {
+        &self.inner.state.settings
     }
 
     /// A handle on this layer's counters and current delay.
@@ -458,78 +661,36 @@ impl<C> HedgeLayer<C> {
 
     /// The budget backups draw on.
     pub fn hedge_budget(&self) -> &RetryBudget {
-        &self.inner.state.settings.budget
-    }
-}
-
-impl<C: Clone> HedgeLayer<C> {
-    fn configure(self, f: impl FnOnce(&mut Settings)) -> Self {
-        let mut settings = self.inner.state.settings.clone();
-        f(&mut settings);
-        HedgeLayer::from_parts(settings, self.inner.classify.clone())
-    }
-
-    /// Renames the service (named in logs).
-    pub fn named(self, service: impl Into<Arc<str>>) -> Self {
-        let service = service.into();
-        self.configure(|s| s.service = service)
-    }
-
-    /// How long to wait before the backup. Default
-    /// [`HedgeDelay::Percentile`]`(0.95)`.
-    pub fn delay(self, delay: HedgeDelay) -> Self {
-        let delay = match delay {
-            HedgeDelay::Percentile(q) if q.is_nan() => HedgeDelay::Percentile(0.95),
-            HedgeDelay::Percentile(q) => HedgeDelay::Percentile(q.clamp(0.0, 1.0)),
-            fixed => fixed,
-        };
-        self.configure(|s| s.delay = delay)
-    }
-
-    /// Latency samples the window must hold before a percentile delay is
-    /// used (default 100; 0 is taken as 1).
-    pub fn min_samples(self, samples: u64) -> Self {
-        self.configure(|s| s.min_samples = samples.max(1))
-    }
-
-    /// The delay used until the window holds
-    /// [`min_samples`](HedgeLayer::min_samples) (default 100 ms).
-    pub fn fallback_delay(self, delay: Duration) -> Self {
-        self.configure(|s| s.fallback = delay)
-    }
-
-    /// How far back a percentile delay looks: samples are kept in two
-    /// halves of this, so the percentile covers the last `window / 2` to
-    /// `window`. Default 10 s; at least 10 ms.
-    pub fn window(self, window: Duration) -> Self {
-        self.configure(|s| s.window = window.max(Duration::from_millis(10)))
-    }
-
-    /// The budget backups draw on (default: 5 % of requests over 10 s, no
-    /// floor). Give it its own budget, not the retry budget: the two would
-    /// starve each other.
-    pub fn budget(self, budget: RetryBudget) -> Self {
-        self.configure(|s| s.budget = budget)
+        &self.inner.state.budget
     }
 
     /// The service breaker to consult (any [`Circuit`] view, such as a
     /// [`BreakerHandle`](crate::breaker::BreakerHandle)): no backup is sent
-    /// while it is not closed. Default none.
-    pub fn breaker(self, breaker: impl Circuit + 'static) -> Self {
-        let breaker: Arc<dyn Circuit> = Arc::new(breaker);
-        self.configure(|s| s.breaker = Some(breaker))
-    }
-
-    /// Whether to hedge at all (default true). A disabled layer passes
-    /// requests straight through: no deposit, no timer, no clone.
-    pub fn enabled(self, enabled: bool) -> Self {
-        self.configure(|s| s.enabled = enabled)
+    /// while it is not closed. Default none. The hedger is kept.
+    pub fn breaker(self, breaker: impl Circuit + 'static) -> Self
+    where
+        C: Clone,
+    {
+        HedgeLayer {
+            inner: Arc::new(Inner {
+                state: self.inner.state.clone(),
+                breaker: Some(Arc::new(breaker)),
+                classify: self.inner.classify.clone(),
+            }),
+        }
     }
 
     /// Replaces the classifier that decides which answers are failures
-    /// (it should be the one the rest of the stack uses).
+    /// (it should be the one the rest of the stack uses). The hedger is
+    /// kept.
     pub fn classify<C2>(self, classify: C2) -> HedgeLayer<C2> {
-        HedgeLayer::from_parts(self.inner.state.settings.clone(), classify)
+        HedgeLayer {
+            inner: Arc::new(Inner {
+                state: self.inner.state.clone(),
+                breaker: self.inner.breaker.clone(),
+                classify,
+            }),
+        }
     }
 }
 
@@ -603,10 +764,7 @@ where
         let state = &*self.shared.state;
         let started = Instant::now();
         let shared = self.shared.clone();
-        if !state.settings.enabled {
-            return ResponseFuture::single(shared, self.inner.call(req), started);
-        }
-        state.settings.budget.deposit();
+        state.budget.deposit();
         if !is_idempotent(req.method()) {
             state.skip(HedgeSkip::Method);
             return ResponseFuture::single(shared, self.inner.call(req), started);
@@ -636,14 +794,15 @@ where
 /// for snapshots and metrics.
 ///
 /// ```
-/// use palisade::hedge::{HedgeLayer, HedgeSkip};
+/// use palisade::hedge::{HedgeLayer, HedgeSettings, HedgeSkip};
 /// use std::time::Duration;
 ///
-/// let layer = HedgeLayer::new("users");
+/// let layer = HedgeLayer::new("users", HedgeSettings::default())?;
 /// let stats = layer.handle().stats();
 /// assert_eq!((stats.sent, stats.won), (0, 0));
 /// assert_eq!(stats.skipped(HedgeSkip::Budget), 0);
 /// assert_eq!(stats.delay, Duration::from_millis(100), "the fallback, until 100 samples");
+/// # Ok::<(), palisade::settings::SettingsError>(())
 /// ```
 #[derive(Clone)]
 pub struct HedgeHandle {
@@ -653,7 +812,7 @@ pub struct HedgeHandle {
 impl fmt::Debug for HedgeHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HedgeHandle")
-            .field("service", &self.state.settings.service)
+            .field("service", &self.state.service)
             .field("stats", &self.stats())
             .finish()
     }
@@ -672,7 +831,7 @@ impl HedgeHandle {
                 .tracker
                 .as_ref()
                 .map_or(0, |t| t.samples(Instant::now())),
-            budget_balance: state.settings.budget.balance(),
+            budget_balance: state.budget.balance(),
         }
     }
 
@@ -683,12 +842,12 @@ impl HedgeHandle {
 
     /// The budget backups draw on.
     pub fn budget(&self) -> &RetryBudget {
-        &self.state.settings.budget
+        &self.state.budget
     }
 
     /// The name of the service.
     pub fn service(&self) -> &str {
-        &self.state.settings.service
+        &self.state.service
     }
 }
 

@@ -15,10 +15,10 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 
 use super::*;
 use crate::balance::{BalanceSettings, Tried};
-use crate::breaker::{BreakerLayer, BreakerState};
+use crate::breaker::{BreakerLayer, BreakerSettings, BreakerState};
 use crate::discover::Static;
 use crate::error::BoxError;
-use crate::testing::{Answer, Fleet, settle_until};
+use crate::testing::{Answer, Fleet, problems, settle_until};
 
 type Body = ReplayBody<Full<Bytes>>;
 
@@ -161,10 +161,20 @@ fn plenty() -> RetryBudget {
     RetryBudget::new(Duration::from_secs(10), 1000, 1.0)
 }
 
+/// A layer with these settings and budget.
+fn layer(settings: HedgeSettings, budget: RetryBudget) -> HedgeLayer {
+    HedgeLayer::with_budget("test", settings, budget).unwrap()
+}
+
+fn fixed_settings(delay: u64) -> HedgeSettings {
+    HedgeSettings {
+        delay: HedgeDelay::Fixed(ms(delay)),
+        ..HedgeSettings::default()
+    }
+}
+
 fn fixed(delay: u64) -> HedgeLayer {
-    HedgeLayer::new("test")
-        .delay(HedgeDelay::Fixed(ms(delay)))
-        .budget(plenty())
+    layer(fixed_settings(delay), plenty())
 }
 
 #[tokio::test(start_paused = true)]
@@ -230,7 +240,7 @@ async fn the_default_budget_allows_one_hedge_per_twenty_requests() {
     let script = Script::default();
     script.set_default(ms(100));
     // The default budget: 5 %, no floor.
-    let layer = HedgeLayer::new("test").delay(HedgeDelay::Fixed(ms(10)));
+    let layer = HedgeLayer::new("test", fixed_settings(10)).unwrap();
     let hedges = layer.handle();
     let svc = layer.layer(script.service());
     for _ in 0..40 {
@@ -247,7 +257,10 @@ async fn the_default_budget_allows_one_hedge_per_twenty_requests() {
 async fn an_empty_budget_sends_no_hedge() {
     let script = Script::default();
     script.set_default(ms(100));
-    let layer = fixed(10).budget(RetryBudget::new(Duration::from_secs(10), 0, 0.0));
+    let layer = layer(
+        fixed_settings(10),
+        RetryBudget::new(Duration::from_secs(10), 0, 0.0),
+    );
     let hedges = layer.handle();
     let svc = layer.layer(script.service());
     for _ in 0..50 {
@@ -320,7 +333,11 @@ async fn no_hedge_when_the_deadline_is_too_close() {
 #[tokio::test(start_paused = true)]
 async fn no_hedge_while_the_breaker_is_not_closed() {
     // Open a breaker: one 503 over a volume threshold of 1.
-    let breaker = BreakerLayer::new("test").volume_threshold(1);
+    let settings = BreakerSettings {
+        volume_threshold: 1,
+        ..BreakerSettings::default()
+    };
+    let breaker = BreakerLayer::new("test", settings).unwrap();
     let failing = service_fn(|_: Request<()>| async {
         Ok::<_, std::convert::Infallible>(Response::builder().status(503).body(()).unwrap())
     });
@@ -351,11 +368,13 @@ async fn no_hedge_while_the_breaker_is_not_closed() {
 async fn the_percentile_delay_follows_observed_latencies() {
     let script = Script::default();
     // No hedges: only first requests, at known latencies.
-    let layer = HedgeLayer::new("test")
-        .delay(HedgeDelay::Percentile(0.95))
-        .min_samples(100)
-        .fallback_delay(ms(100))
-        .budget(RetryBudget::new(Duration::from_secs(10), 0, 0.0));
+    let settings = HedgeSettings {
+        delay: HedgeDelay::Percentile(0.95),
+        min_samples: 100,
+        fallback_delay: ms(100),
+        ..HedgeSettings::default()
+    };
+    let layer = layer(settings, RetryBudget::new(Duration::from_secs(10), 0, 0.0));
     let hedges = layer.handle();
     let svc = layer.layer(script.service());
     let run = |n: usize, latency: u64| {
@@ -395,7 +414,7 @@ async fn the_percentile_delay_follows_observed_latencies() {
 #[tokio::test(start_paused = true)]
 async fn hedges_at_the_observed_p95() {
     let script = Script::default();
-    let layer = HedgeLayer::new("test").budget(plenty());
+    let layer = layer(HedgeSettings::default(), plenty());
     let hedges = layer.handle();
     let svc = layer.layer(script.service());
     script.set_default(ms(10));
@@ -475,22 +494,72 @@ async fn a_failure_waits_for_the_other_request() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_disabled_layer_passes_requests_through() {
+async fn the_budget_is_made_from_budget_ratio() {
     let script = Script::default();
     script.set_default(ms(100));
-    let layer = fixed(10).enabled(false);
+    let settings = HedgeSettings {
+        budget_ratio: 0.1,
+        ..fixed_settings(10)
+    };
+    let layer = HedgeLayer::new("test", settings).unwrap();
     let hedges = layer.handle();
     let svc = layer.layer(script.service());
-    for _ in 0..5 {
+    for _ in 0..40 {
         svc.clone().oneshot(get()).await.unwrap();
     }
-    assert_eq!(script.calls().len(), 5);
-    assert_eq!(hedges.stats().sent, 0);
-    assert_eq!(
-        hedges.budget().balance(),
-        1000.0 * 10.0,
-        "nothing deposited"
-    );
+    // Every tenth request brings the balance to 1.0.
+    assert_eq!(hedges.stats().sent, 4);
+    assert_eq!(hedges.stats().skipped(HedgeSkip::Budget), 36);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_budget_given_to_with_budget_is_shared() {
+    let script = Script::default();
+    script.set_default(ms(100));
+    let budget = RetryBudget::new(Duration::from_secs(10), 0, 1.0);
+    let layer = HedgeLayer::with_budget("test", fixed_settings(10), budget.clone()).unwrap();
+    let svc = layer.layer(script.service());
+    // Not hedged, but each deposits a token into the caller's budget.
+    for _ in 0..3 {
+        svc.clone().oneshot(request(Method::POST)).await.unwrap();
+    }
+    assert_eq!(budget.balance(), 3.0);
+    assert_eq!(layer.hedge_budget().balance(), 3.0);
+    assert_eq!(layer.settings(), &fixed_settings(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handle_taken_right_after_new_sees_every_service_of_the_layer() {
+    let settings = HedgeSettings {
+        min_samples: 16,
+        ..HedgeSettings::default()
+    };
+    let layer = HedgeLayer::with_budget("test", settings, plenty()).unwrap();
+    let hedges = layer.handle();
+    // Wired after the handle was taken: a (closed) breaker and a classifier.
+    let breaker = BreakerLayer::new("test", BreakerSettings::default())
+        .unwrap()
+        .handle();
+    let wired = layer
+        .clone()
+        .breaker(breaker)
+        .classify(HttpClassify::default());
+    let script = Script::default();
+    script.set_default(ms(10));
+    let svc = wired.layer(script.service());
+    for _ in 0..16 {
+        svc.clone().oneshot(get()).await.unwrap();
+    }
+    assert_eq!(hedges.stats().samples, 16);
+    let delay = hedges.delay();
+    assert!(delay >= ms(10) && delay < ms(11), "{delay:?}");
+
+    // A slow request is hedged at that delay, and counted.
+    script.0.lock().unwrap().next =
+        [(ms(500), Reply::Status(200)), (ms(10), Reply::Status(200))].into();
+    svc.clone().oneshot(get()).await.unwrap();
+    assert_eq!((hedges.stats().sent, hedges.stats().won), (1, 1));
+    assert_eq!(layer.handle().stats(), hedges.stats());
 }
 
 /// In-memory endpoints with these latencies (ms) behind the real balancer.
@@ -581,4 +650,192 @@ fn the_service_and_its_future_are_send_sync_and_clone() {
     service::<HedgeLayer>();
     service::<HedgeHandle>();
     future::<<Hedge<Balanced> as Service<Request<Body>>>::Future>();
+}
+
+// ---- settings -------------------------------------------------------------
+
+#[test]
+fn the_default_settings_are_valid() {
+    assert_eq!(HedgeSettings::default().validate(), Ok(()));
+    let layer = HedgeLayer::new("test", HedgeSettings::default()).unwrap();
+    assert_eq!(layer.settings(), &HedgeSettings::default());
+    assert_eq!(
+        layer.settings().delay,
+        HedgeDelay::Percentile(DEFAULT_PERCENTILE)
+    );
+}
+
+#[test]
+fn each_bad_value_is_refused_at_its_field() {
+    let bad = |change: &dyn Fn(&mut HedgeSettings)| {
+        let mut settings = HedgeSettings::default();
+        change(&mut settings);
+        problems(settings.validate())
+    };
+    assert_eq!(
+        bad(&|s| s.delay = HedgeDelay::Fixed(Duration::ZERO)),
+        ["delay: a fixed hedge delay must be greater than 0 (every request would be sent twice)"],
+    );
+    for (q, text) in [
+        (0.0, "p0"),
+        (0.005, "p0.5"),
+        (1.0, "p100"),
+        (1.5, "p150"),
+        (-0.1, "p-10"),
+        (f64::NAN, "pNaN"),
+    ] {
+        assert_eq!(
+            bad(&|s| s.delay = HedgeDelay::Percentile(q)),
+            [format!(
+                "delay: percentile \"{text}\" is out of range: from p1 to p99.99"
+            )],
+        );
+    }
+    assert_eq!(
+        bad(&|s| s.min_samples = 0),
+        ["min_samples: must be at least 1"],
+    );
+    assert_eq!(
+        bad(&|s| s.fallback_delay = Duration::ZERO),
+        ["fallback_delay: must be greater than 0 (every request would be sent twice)"],
+    );
+    assert_eq!(
+        bad(&|s| s.window = Duration::ZERO),
+        ["window: must be greater than 0"],
+    );
+    assert_eq!(
+        bad(&|s| s.window = ms(9)),
+        ["window: must be at least 10ms"],
+    );
+    for r in [0.0, -0.05, 1.5, f64::NAN, f64::INFINITY] {
+        assert_eq!(
+            bad(&|s| s.budget_ratio = r),
+            [format!(
+                "budget_ratio: must be a number greater than 0 and at most 1 (a share of requests), got {r}"
+            )],
+        );
+    }
+    // The edges are fine.
+    for delay in [
+        HedgeDelay::Percentile(0.01),
+        HedgeDelay::Percentile(0.9999),
+        HedgeDelay::Fixed(Duration::from_nanos(1)),
+    ] {
+        let edges = HedgeSettings {
+            delay,
+            min_samples: 1,
+            fallback_delay: Duration::from_nanos(1),
+            window: MIN_WINDOW,
+            budget_ratio: 1.0,
+        };
+        assert_eq!(edges.validate(), Ok(()), "{delay:?}");
+    }
+}
+
+#[test]
+fn several_bad_values_give_several_problems() {
+    let settings = HedgeSettings {
+        delay: HedgeDelay::Fixed(Duration::ZERO),
+        min_samples: 0,
+        fallback_delay: Duration::ZERO,
+        window: Duration::ZERO,
+        budget_ratio: 0.0,
+    };
+    let err = HedgeLayer::new("test", settings.clone()).unwrap_err();
+    let fields: Vec<&str> = err.problems().iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "delay",
+            "min_samples",
+            "fallback_delay",
+            "window",
+            "budget_ratio"
+        ]
+    );
+    assert_eq!(
+        HedgeLayer::with_budget("test", settings, plenty()).unwrap_err(),
+        err
+    );
+}
+
+/// Settings files: durations and delays as strings, unknown fields refused.
+#[cfg(all(feature = "serde", feature = "file"))]
+mod settings_files {
+    use super::*;
+
+    #[test]
+    fn delays_and_durations_are_strings_and_settings_round_trip() {
+        let s: HedgeSettings = toml::from_str(
+            "delay = \"p99.9\"\nwindow = \"30s\"\nfallback_delay = \"250ms\"\nbudget_ratio = 0.1",
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            HedgeSettings {
+                delay: HedgeDelay::Percentile(0.999),
+                fallback_delay: ms(250),
+                window: Duration::from_secs(30),
+                budget_ratio: 0.1,
+                ..HedgeSettings::default()
+            }
+        );
+        let text = toml::to_string(&s).unwrap();
+        assert!(text.contains("delay = \"p99.9\""), "{text}");
+        assert!(text.contains("fallback_delay = \"250ms\""), "{text}");
+        assert_eq!(toml::from_str::<HedgeSettings>(&text).unwrap(), s);
+
+        let fixed: HedgeSettings = toml::from_str("delay = \"20ms\"").unwrap();
+        assert_eq!(fixed, fixed_settings(20));
+        let json = serde_json::to_string(&fixed).unwrap();
+        assert!(json.contains(r#""delay":"20ms""#), "{json}");
+        assert_eq!(serde_json::from_str::<HedgeSettings>(&json).unwrap(), fixed);
+
+        let text = toml::to_string(&HedgeSettings::default()).unwrap();
+        assert!(text.contains("delay = \"p95\""), "{text}");
+        assert_eq!(
+            toml::from_str::<HedgeSettings>("").unwrap(),
+            HedgeSettings::default()
+        );
+    }
+
+    #[test]
+    fn a_bad_delay_is_refused_with_what_to_write() {
+        for (text, message) in [
+            (
+                "p0",
+                r#"percentile "p0" is out of range: from p1 to p99.99"#,
+            ),
+            (
+                "P100",
+                r#"percentile "P100" is out of range: from p1 to p99.99"#,
+            ),
+            (
+                "pxx",
+                r#"invalid percentile "pxx": write "p" and a number, such as "p95" or "p99.9""#,
+            ),
+            (
+                "0s",
+                "a fixed hedge delay must be greater than 0 (every request would be sent twice)",
+            ),
+            ("soon", r#"invalid duration "soon""#),
+        ] {
+            let err = toml::from_str::<HedgeSettings>(&format!("delay = \"{text}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(message), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_by_name() {
+        let err = toml::from_str::<HedgeSettings>("min_sample = 10")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `min_sample`"), "{err}");
+        let err = serde_json::from_str::<HedgeSettings>(r#"{"budget": 0.1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `budget`"), "{err}");
+    }
 }

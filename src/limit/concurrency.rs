@@ -18,6 +18,7 @@ use tower::{Layer, Service};
 
 use crate::error::{BoxError, Error, Limit};
 use crate::facts::Hints;
+use crate::refuse::{Pass, Refusable};
 use crate::settings::{Problems, SettingsError};
 
 /// Default [`max`](ConcurrencySettings::max): requests in flight.
@@ -244,31 +245,33 @@ where
                     since: now,
                 }
             }
-            Acquire::Full => State::Shed {
-                error: Some(self.core.shed(Limit::Concurrency {
+            Acquire::Full => {
+                return Refusable::refused(self.core.shed(Limit::Concurrency {
                     max: self.core.config.max,
                     queue: self.core.config.queue,
-                })),
-            },
-            Acquire::NoTime => State::Shed {
-                error: Some(self.core.shed(Limit::QueueTimeout {
+                }));
+            }
+            Acquire::NoTime => {
+                return Refusable::refused(self.core.shed(Limit::QueueTimeout {
                     max: self.core.config.max,
                     waited: Duration::ZERO,
-                })),
-            },
+                }));
+            }
         };
-        ResponseFuture { state }
+        Refusable::running(Admitted { state }, Pass)
     }
 }
 
-/// The response future of [`ConcurrencyLimit`].
-///
-/// While queued it holds the request and its place in the queue; once
-/// running, its slot. Dropping it at any point leaves the queue or frees the
-/// slot (handing it to the next waiter).
+/// The response future of [`ConcurrencyLimit`]: shed at once, or
+/// [`Admitted`] (queued, then running).
+pub type ResponseFuture<S, Req> = Refusable<Admitted<S, Req>, Pass>;
+
+/// A request the bulkhead took: while queued it holds the request and its
+/// place in the queue; once running, its slot. Dropping it at any point
+/// leaves the queue or frees the slot (handing it to the next waiter).
 #[pin_project]
 #[must_use = "futures do nothing unless polled"]
-pub struct ResponseFuture<S, Req>
+pub struct Admitted<S, Req>
 where
     S: Service<Req>,
 {
@@ -293,24 +296,24 @@ enum State<S, Req, F> {
         future: F,
         permit: Option<Permit>,
     },
-    /// Shed at once.
-    Shed { error: Option<Error> },
+    /// Done: shed after waiting, or answered.
+    Done,
 }
 
-impl<S: Service<Req>, Req> fmt::Debug for ResponseFuture<S, Req> {
+impl<S: Service<Req>, Req> fmt::Debug for Admitted<S, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Waiting { .. } => "Waiting",
             State::Running { .. } => "Running",
-            State::Shed { .. } => "Shed",
+            State::Done => "Done",
         };
-        f.debug_struct("ResponseFuture")
+        f.debug_struct("Admitted")
             .field("state", &state)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, Req> Future for ResponseFuture<S, Req>
+impl<S, Req> Future for Admitted<S, Req>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
@@ -320,9 +323,7 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             match self.as_mut().project().state.project() {
-                StateProj::Shed { error } => {
-                    return Poll::Ready(Err(error.take().expect("polled after completion")));
-                }
+                StateProj::Done => panic!("polled after completion"),
                 StateProj::Running { future, permit } => {
                     let result = std::task::ready!(future.poll(cx));
                     let permit = permit.take().expect("polled after completion");
@@ -356,16 +357,14 @@ where
                             max: core.config.max,
                             waited: since.elapsed(),
                         });
-                        self.set(ResponseFuture {
-                            state: State::Shed { error: None },
-                        });
+                        self.set(Admitted { state: State::Done });
                         return Poll::Ready(Err(error));
                     }
                     let permit = ticket.granted();
                     let mut service = service.take().expect("polled after completion");
                     let req = req.take().expect("polled after completion");
                     let future = service.call(req);
-                    self.set(ResponseFuture {
+                    self.set(Admitted {
                         state: State::Running {
                             future,
                             permit: Some(permit),

@@ -63,7 +63,7 @@
 //! )?;
 //! let throttle = ThrottleLayer::new("users", ThrottleSettings::default())?;
 //! let svc = ServiceBuilder::new()
-//!     .layer(DeadlineLayer::new("users"))
+//!     .layer(DeadlineLayer::new("users", Default::default()).unwrap())
 //!     .layer(rate.clone())
 //!     .layer(bulkhead.clone())
 //!     .layer(throttle.clone())

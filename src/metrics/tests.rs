@@ -277,7 +277,7 @@ async fn endpoint_series_are_capped() {
 
 #[tokio::test(start_paused = true)]
 async fn optional_layers_are_in_the_snapshot_and_the_scrape() {
-    use crate::hedge::{HedgeDelay, HedgeLayer};
+    use crate::hedge::{HedgeDelay, HedgeSettings};
     use crate::limit::{ConcurrencySettings, RateLimitSettings, ThrottleLayer, ThrottleSettings};
 
     let mut registry = Registry::default();
@@ -294,6 +294,10 @@ async fn optional_layers_are_in_the_snapshot_and_the_scrape() {
         queue: 0,
         ..ConcurrencySettings::default()
     };
+    let hedge = HedgeSettings {
+        delay: HedgeDelay::Fixed(Duration::from_millis(20)),
+        ..HedgeSettings::default()
+    };
     let (handle, limited) = {
         let (handle, discover) = discover::dynamic();
         let client = Client::builder("limited")
@@ -307,7 +311,7 @@ async fn optional_layers_are_in_the_snapshot_and_the_scrape() {
                     .unwrap()
                     .seed(1),
             )
-            .hedge(HedgeLayer::new("limited").delay(HedgeDelay::Fixed(Duration::from_millis(20))))
+            .hedge(hedge)
             .build()
             .unwrap();
         (handle, client)

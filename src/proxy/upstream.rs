@@ -5,14 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::Client;
-use crate::breaker::BreakerLayer;
-use crate::deadline::DeadlineLayer;
 use crate::discover::{self, Dynamic};
-use crate::hedge::HedgeLayer;
 use crate::metrics::Metrics;
 use crate::proxy::config::{self, Config, Discovery};
 use crate::proxy::routes::CompiledRoute;
-use crate::retry::RetryBudget;
 
 use super::server::*;
 
@@ -126,48 +122,15 @@ pub(crate) fn build_client(
         _ => &http.http1,
     };
     let bad = |e: &dyn std::fmt::Display| StartError::Build(format!("service {:?}: {e}", svc.name));
-    let b = &svc.breaker;
-    let breaker = BreakerLayer::new(svc.name.as_str())
-        .window(b.window)
-        .volume_threshold(if b.enabled {
-            b.volume_threshold
-        } else {
-            u32::MAX
-        })
-        .error_threshold(b.error_threshold)
-        .sleep_window(b.sleep_window)
-        .half_open_probes(b.half_open_probes);
-    let d = &svc.deadline;
-    let deadline = DeadlineLayer::new(svc.name.as_str())
-        .default_timeout(d.timeout)
-        .max_timeout(d.max_timeout)
-        .reserve(d.reserve)
-        .propagate(d.propagate);
-    let name = svc.name.as_str();
     // Every client setting reaches its layer through the one ClientConfig:
     // nothing is copied field by field.
-    let mut builder = Client::builder(name)
+    Client::builder(svc.name.as_str())
         .discover(discover)
         .http(pool.clone())
         .config(&svc.client)
-        .breaker(breaker)
-        .deadline(deadline)
-        .metrics(metrics.clone());
-    if let Some(h) = &svc.hedge {
-        builder = builder.hedge(
-            HedgeLayer::new(name)
-                .delay(h.delay)
-                .min_samples(h.min_samples)
-                .fallback_delay(h.fallback_delay)
-                .window(h.window)
-                .budget(RetryBudget::new(
-                    crate::hedge::DEFAULT_BUDGET_TTL,
-                    0,
-                    h.budget_ratio,
-                )),
-        );
-    }
-    builder.build().map_err(|e| bad(&e))
+        .metrics(metrics.clone())
+        .build()
+        .map_err(|e| bad(&e))
 }
 
 #[cfg(test)]
@@ -197,6 +160,21 @@ mod tests {
         ("budget.ratio", "0.5"),
         ("budget.min_per_sec", "3"),
         ("budget.ttl", r#""20s""#),
+        ("deadline.timeout", r#""4s""#),
+        ("deadline.max_timeout", r#""1m""#),
+        ("deadline.reserve", r#""9ms""#),
+        ("deadline.propagate", "false"),
+        ("breaker.enabled", "false"),
+        ("breaker.window", r#""20s""#),
+        ("breaker.volume_threshold", "40"),
+        ("breaker.error_threshold", "0.7"),
+        ("breaker.sleep_window", r#""9s""#),
+        ("breaker.half_open_probes", "3"),
+        ("hedge.delay", r#""p99""#),
+        ("hedge.min_samples", "50"),
+        ("hedge.fallback_delay", r#""70ms""#),
+        ("hedge.window", r#""20s""#),
+        ("hedge.budget_ratio", "0.1"),
         ("ejection.enabled", "false"),
         ("ejection.consecutive_failures", "9"),
         ("ejection.success_rate", "0.6"),
@@ -245,6 +223,7 @@ mod tests {
             ..Default::default()
         });
         full.limits.throttle = Some(Default::default());
+        full.hedge = Some(Default::default());
         leaves_of(&full).into_keys().collect()
     }
 

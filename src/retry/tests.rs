@@ -11,7 +11,7 @@ use tower::{Layer, ServiceExt};
 
 use super::*;
 use crate::balance::{Balance, BalanceSettings};
-use crate::deadline::{DeadlineLayer, header};
+use crate::deadline::{DeadlineLayer, DeadlineSettings, header};
 use crate::discover::{Address, Static};
 use crate::testing::{Answer, Fleet, Svc, settle_until};
 
@@ -36,6 +36,15 @@ fn req(method: Method, body: &'static str) -> Request<Body> {
         .uri("http://test/")
         .body(Full::new(Bytes::from_static(body.as_bytes())))
         .unwrap()
+}
+
+/// A deadline layer with this default timeout.
+fn deadline(timeout: Duration) -> DeadlineLayer {
+    let settings = DeadlineSettings {
+        timeout: Some(timeout),
+        ..DeadlineSettings::default()
+    };
+    DeadlineLayer::new("test", settings).unwrap()
 }
 
 fn addr(s: &str) -> Address {
@@ -268,7 +277,7 @@ async fn backoff_never_sleeps_past_the_deadline() {
         },
     )
     .unwrap();
-    let deadline = DeadlineLayer::new("test").default_timeout(Some(Duration::from_millis(1500)));
+    let deadline = deadline(Duration::from_millis(1500));
     let svc = deadline.layer(retry.layer(b));
     let start = Instant::now();
     let rsp = svc.oneshot(req(Method::GET, "")).await.unwrap();
@@ -317,7 +326,7 @@ async fn no_retry_starts_on_an_endpoint_that_cannot_answer_in_time() {
         },
     )
     .unwrap();
-    let deadline = DeadlineLayer::new("test").default_timeout(Some(Duration::from_millis(200)));
+    let deadline = deadline(Duration::from_millis(200));
     let svc = deadline.layer(retry.layer(b));
     for _ in 0..20 {
         let rsp = svc.clone().oneshot(req(Method::GET, "")).await.unwrap();
@@ -517,7 +526,7 @@ async fn each_attempt_carries_the_deadline_that_remains() {
         },
     )
     .unwrap();
-    let deadline = DeadlineLayer::new("test").default_timeout(Some(Duration::from_secs(1)));
+    let deadline = deadline(Duration::from_secs(1));
     let svc = deadline.layer(retry.layer(b));
     svc.oneshot(req(Method::GET, "")).await.unwrap();
     let sent: Vec<u64> = fleet

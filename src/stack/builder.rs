@@ -10,13 +10,13 @@ use tower::discover::Discover;
 
 use super::{Client, ClientConfig, Handles, Observer};
 use crate::balance::{Balance, BalanceSettings, Choice, EjectionSettings, NewEndpoint};
-use crate::breaker::BreakerLayer;
+use crate::breaker::{BreakerLayer, BreakerSettings};
 use crate::budget::RetryBudget;
 use crate::classify::HttpClassify;
-use crate::deadline::DeadlineLayer;
+use crate::deadline::{DeadlineLayer, DeadlineSettings};
 use crate::discover::{Endpoint, Static};
 use crate::error::{BoxError, BuildError};
-use crate::hedge::HedgeLayer;
+use crate::hedge::{HedgeLayer, HedgeSettings};
 use crate::http::HttpEndpoints;
 use crate::limit::{
     ConcurrencyLimitLayer, ConcurrencySettings, LimitSettings, RateLimitLayer, RateLimitSettings,
@@ -56,8 +56,6 @@ struct Parts {
     config: ClientConfig,
     /// A budget shared with other clients, instead of one of its own.
     budget: Option<RetryBudget>,
-    deadline: DeadlineLayer,
-    breaker: BreakerLayer,
     limits: Limits,
     metrics: Option<Metrics>,
 }
@@ -82,8 +80,6 @@ impl Builder<Unset, Unset, HttpClassify> {
                 name,
                 config: ClientConfig::default(),
                 budget: None,
-                deadline: DeadlineLayer::new(""),
-                breaker: BreakerLayer::new(""),
                 limits: Limits::default(),
                 metrics: None,
             },
@@ -214,31 +210,31 @@ impl<D, N, C> Builder<D, N, C> {
     }
 
     /// The timeout for requests that bring no deadline (default 15 s;
-    /// `None` for none). See [`DeadlineLayer`].
+    /// `None` for none). See [`DeadlineSettings::timeout`].
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.parts.deadline = self.parts.deadline.default_timeout(timeout);
+        self.parts.config.deadline.timeout = timeout;
         self
     }
 
-    /// Replaces the deadline settings (reserve, propagation, header cap).
-    /// The layer's own service name is replaced by the client's.
-    pub fn deadline(mut self, layer: DeadlineLayer) -> Self {
-        self.parts.deadline = layer;
+    /// The deadline settings (timeout, header cap, reserve, propagation;
+    /// see [`DeadlineSettings`]).
+    pub fn deadline(mut self, settings: DeadlineSettings) -> Self {
+        self.parts.config.deadline = settings;
         self
     }
 
-    /// Replaces the service breaker's settings (see [`BreakerLayer`]; on by
+    /// The service breaker's settings (see [`BreakerSettings`]; on by
     /// default: 50 % errors over 10 s with at least 20 requests opens it for
-    /// 5 s). The layer's service name and classifier are replaced by the
-    /// client's.
-    pub fn breaker(mut self, breaker: BreakerLayer) -> Self {
-        self.parts.breaker = breaker;
+    /// 5 s). Read the client's breaker with
+    /// [`Client::breaker`](super::Client::breaker).
+    pub fn breaker(mut self, settings: BreakerSettings) -> Self {
+        self.parts.config.breaker = settings;
         self
     }
 
     /// Turns the service breaker off (it never trips).
     pub fn without_breaker(mut self) -> Self {
-        self.parts.breaker = self.parts.breaker.volume_threshold(u32::MAX);
+        self.parts.config.breaker.enabled = false;
         self
     }
 
@@ -324,20 +320,31 @@ impl<D, N, C> Builder<D, N, C> {
     /// Hedging (off by default): after a delay (default: the client's p95
     /// latency), one backup of an idempotent, replayable request goes to
     /// another endpoint; the first good answer wins and the other is
-    /// cancelled. Backups draw on the layer's own budget (default 5 % of
+    /// cancelled. Backups draw on their own budget (default 5 % of
     /// requests, no floor) and stop when the deadline is too close or the
     /// client's breaker is not closed. Sits inside retries, above the
-    /// balancer. The layer's classifier is replaced by the client's and it
-    /// is given the client's breaker; read its counters with
-    /// [`Client::hedge`].
+    /// balancer. Read its counters with [`Client::hedge`](super::Client::hedge).
     ///
     /// ```
-    /// use palisade::hedge::{HedgeDelay, HedgeLayer};
+    /// use palisade::hedge::{HedgeDelay, HedgeSettings};
     /// # let builder = palisade::Client::builder("users");
-    /// let builder = builder.hedge(HedgeLayer::new("users").delay(HedgeDelay::Percentile(0.95)));
+    /// let builder = builder.hedge(HedgeSettings {
+    ///     delay: HedgeDelay::Percentile(0.99),
+    ///     ..Default::default()
+    /// });
     /// # let _ = builder;
     /// ```
-    pub fn hedge(mut self, layer: HedgeLayer) -> Self {
+    pub fn hedge(mut self, settings: HedgeSettings) -> Self {
+        self.parts.config.hedge = Some(settings);
+        self
+    }
+
+    /// Hedging with a layer made beforehand (say, with its own budget from
+    /// [`HedgeLayer::with_budget`]): its state is kept, so handles taken
+    /// from it stay live; it is given the client's classifier and breaker.
+    /// Replaces the `hedge` settings.
+    pub fn share_hedge(mut self, layer: HedgeLayer) -> Self {
+        self.parts.config.hedge = Some(layer.settings().clone());
         self.parts.limits.hedge = Some(layer);
         self
     }
@@ -401,13 +408,17 @@ impl<D, N, C> Builder<D, N, C> {
             name,
             config,
             budget,
-            deadline,
-            breaker,
             limits,
             metrics,
         } = parts;
         let invalid = |e| BuildError::settings(&name, e);
         config.validate().map_err(invalid)?;
+        // A layer's own refusal, placed under its table (`deadline.timeout`).
+        let own = |field: &str, e| {
+            let mut p = Problems::new();
+            p.nested(field, Err(e));
+            invalid(p.finish().unwrap_err())
+        };
 
         // Shared state, each made once: handles read it, layers use it.
         let budget = match budget {
@@ -415,15 +426,15 @@ impl<D, N, C> Builder<D, N, C> {
             None => RetryBudget::from_settings(&config.budget).map_err(invalid)?,
         };
         let retry = RetryLayer::new(name.clone(), config.retry.clone())
-            .map_err(|e| {
-                let mut p = Problems::new();
-                p.nested("retry", Err(e));
-                invalid(p.finish().unwrap_err())
-            })?
+            .map_err(|e| own("retry", e))?
             .classify(classify.clone())
             .budget(budget.clone());
         let retries = retry.counters().clone();
-        let breaker = breaker.named(name.clone()).classify(classify.clone());
+        let deadline = DeadlineLayer::new(name.clone(), config.deadline.clone())
+            .map_err(|e| own("deadline", e))?;
+        let breaker = BreakerLayer::new(name.clone(), config.breaker.clone())
+            .map_err(|e| own("breaker", e))?
+            .classify(classify.clone());
         let breaker_handle = breaker.handle();
         let Limits {
             rate,
@@ -433,11 +444,6 @@ impl<D, N, C> Builder<D, N, C> {
         } = limits;
         // A limit given as a layer is shared; one given as settings is
         // the client's own, made here.
-        let own = |field: &str, e| {
-            let mut p = Problems::new();
-            p.nested(field, Err(e));
-            invalid(p.finish().unwrap_err())
-        };
         let rate = match (rate, &config.limits.rate) {
             (Some(shared), _) => Some(shared),
             (None, Some(s)) => Some(
@@ -463,10 +469,20 @@ impl<D, N, C> Builder<D, N, C> {
         };
         // The limits keep their own names and state: one limit may be
         // shared by several clients, and the caller's handles stay live.
+        let hedge = match (hedge, &config.hedge) {
+            (Some(shared), _) => Some(shared),
+            (None, Some(s)) => {
+                Some(HedgeLayer::new(name.clone(), s.clone()).map_err(|e| own("hedge", e))?)
+            }
+            (None, None) => None,
+        };
         let hedge = hedge.map(|h| h.breaker(breaker_handle.clone()).classify(classify.clone()));
         let throttle = throttle.map(|t| t.classify(classify.clone()));
         let handles = Arc::new(Handles {
             retry: retry.settings().clone(),
+            deadline: deadline.settings().clone(),
+            breaker: breaker.settings().clone(),
+            hedge_settings: hedge.as_ref().map(|l| l.settings().clone()),
             rate_settings: rate.as_ref().map(|l| l.settings().clone()),
             concurrency_settings: concurrency.as_ref().map(|l| l.settings().clone()),
             throttle_settings: throttle.as_ref().map(|l| l.settings().clone()),
@@ -489,7 +505,7 @@ impl<D, N, C> Builder<D, N, C> {
         // The request path, outside in.
         let stack = ServiceBuilder::new()
             .layer(telemetry)
-            .layer(deadline.named(name))
+            .layer(deadline)
             .option_layer(rate)
             .option_layer(concurrency)
             .option_layer(throttle)

@@ -1,7 +1,10 @@
 //! [`ClientConfig`]: every layer's settings for one client, as data.
 
 use crate::balance::{BalanceSettings, EjectionSettings};
+use crate::breaker::BreakerSettings;
 use crate::budget::BudgetSettings;
+use crate::deadline::DeadlineSettings;
+use crate::hedge::HedgeSettings;
 use crate::limit::LimitSettings;
 use crate::retry::RetrySettings;
 use crate::settings::{Problems, SettingsError};
@@ -44,16 +47,25 @@ pub struct ClientConfig {
     pub retry: RetrySettings,
     /// The retry budget.
     pub budget: BudgetSettings,
+    /// Deadlines.
+    pub deadline: DeadlineSettings,
     /// Failure accrual (outlier ejection).
     pub ejection: EjectionSettings,
+    /// The service breaker.
+    pub breaker: BreakerSettings,
     /// Limits: concurrency, rate, adaptive throttling. All off by default.
     pub limits: LimitSettings,
+    /// Hedging: one backup request to another endpoint after a delay. Off
+    /// unless present (in a file, `hedge = {}` hedges with the defaults).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub hedge: Option<HedgeSettings>,
 }
 
 impl ClientConfig {
     /// The tables of a `ClientConfig`, as a file names them.
-    pub const KEYS: &'static [&'static str] =
-        &["balancer", "retry", "budget", "ejection", "limits"];
+    pub const KEYS: &'static [&'static str] = &[
+        "balancer", "retry", "budget", "deadline", "ejection", "breaker", "limits", "hedge",
+    ];
 
     /// Reads the value of one of [`KEYS`](Self::KEYS) (`"retry"`) from a map
     /// being deserialized, into this config; `Ok(false)` if `key` is not
@@ -70,7 +82,10 @@ impl ClientConfig {
             "balancer" => self.balancer = map.next_value()?,
             "retry" => self.retry = map.next_value()?,
             "budget" => self.budget = map.next_value()?,
+            "deadline" => self.deadline = map.next_value()?,
             "ejection" => self.ejection = map.next_value()?,
+            "breaker" => self.breaker = map.next_value()?,
+            "hedge" => self.hedge = Some(map.next_value()?),
             "limits" => self.limits = map.next_value()?,
             _ => return Ok(false),
         }
@@ -94,8 +109,13 @@ impl ClientConfig {
         p.nested("balancer", self.balancer.validate());
         p.nested("retry", self.retry.validate());
         p.nested("budget", self.budget.validate());
+        p.nested("deadline", self.deadline.validate());
         p.nested("ejection", self.ejection.validate());
+        p.nested("breaker", self.breaker.validate());
         p.nested("limits", self.limits.validate());
+        if let Some(hedge) = &self.hedge {
+            p.nested("hedge", hedge.validate());
+        }
         p.finish()
     }
 }
@@ -109,7 +129,11 @@ mod tests {
     /// not the other.
     #[test]
     fn keys_are_the_serialized_tables() {
-        let value = serde_json::to_value(ClientConfig::default()).unwrap();
+        let full = ClientConfig {
+            hedge: Some(HedgeSettings::default()),
+            ..ClientConfig::default()
+        };
+        let value = serde_json::to_value(&full).unwrap();
         let mut serialized: Vec<&str> = value
             .as_object()
             .unwrap()
@@ -138,7 +162,7 @@ mod tests {
                 Ok(config)
             }
         }
-        let mut written = ClientConfig::default();
+        let mut written = full.clone();
         written.retry.max_attempts = 7;
         written.budget.min_per_sec = 3;
         let text = serde_json::to_string(&written).unwrap();

@@ -38,11 +38,11 @@ use tower::util::Either;
 use tower::util::future::EitherResponseFuture;
 
 use crate::balance::{Balance, EndpointStats, WeakBalance};
-use crate::breaker::{self, Breaker, BreakerHandle};
+use crate::breaker::{self, Breaker, BreakerHandle, BreakerSettings};
 use crate::classify::{Classify, HttpClassify};
-use crate::deadline::{self, EnforceDeadline};
+use crate::deadline::{self, DeadlineSettings, EnforceDeadline};
 use crate::error::{BoxError, Error};
-use crate::hedge::{Hedge, HedgeHandle};
+use crate::hedge::{Hedge, HedgeHandle, HedgeSettings};
 use crate::limit::{
     self, ConcurrencyHandle, ConcurrencyLimit, ConcurrencySettings, LimitSettings, RateLimit,
     RateLimitHandle, RateLimitSettings, Throttle, ThrottleHandle, ThrottleSettings,
@@ -106,6 +106,9 @@ pub struct Client<S, C = HttpClassify> {
 #[derive(Debug)]
 struct Handles {
     retry: RetrySettings,
+    deadline: DeadlineSettings,
+    breaker: BreakerSettings,
+    hedge_settings: Option<HedgeSettings>,
     rate_settings: Option<RateLimitSettings>,
     concurrency_settings: Option<ConcurrencySettings>,
     throttle_settings: Option<ThrottleSettings>,
@@ -215,7 +218,10 @@ impl<S, C> Client<S, C> {
             balancer: self.balance.settings().clone(),
             retry: self.limits.retry.clone(),
             budget: self.budget.settings().clone(),
+            deadline: self.limits.deadline.clone(),
             ejection: self.balance.ejection_settings().clone(),
+            breaker: self.limits.breaker.clone(),
+            hedge: self.limits.hedge_settings.clone(),
             limits: LimitSettings {
                 concurrency: self.limits.concurrency_settings.clone(),
                 rate: self.limits.rate_settings.clone(),

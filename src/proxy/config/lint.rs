@@ -58,7 +58,7 @@ pub(crate) fn lint(c: &Config, r: &mut Report<'_>) {
     for (i, s) in c.services.iter().enumerate() {
         let sp = root.key("services").index(i);
         let retry = &s.client.retry;
-        let timeout = s.deadline.timeout;
+        let timeout = s.client.deadline.timeout;
 
         if let (Some(per_try), Some(timeout)) = (retry.per_try_timeout, timeout) {
             let total = per_try.saturating_mul(retry.max_attempts.max(1));
@@ -107,14 +107,14 @@ pub(crate) fn lint(c: &Config, r: &mut Report<'_>) {
         }
 
         if let Some(t) = timeout
-            && t > s.deadline.max_timeout
+            && t > s.client.deadline.max_timeout
         {
             r.add(
                 &sp.at("deadline.timeout"),
                 format!(
                     "the default deadline ({}) is longer than max_timeout ({}), the longest a caller may ask for",
                     format_duration(t),
-                    format_duration(s.deadline.max_timeout)
+                    format_duration(s.client.deadline.max_timeout)
                 ),
             );
         }
@@ -123,7 +123,7 @@ pub(crate) fn lint(c: &Config, r: &mut Report<'_>) {
             lint_discovery(c, discovery, &sp.key("discovery"), r);
         }
         lint_limits(s, &sp.key("limits"), r);
-        if let Some(h) = &s.hedge {
+        if let Some(h) = &s.client.hedge {
             lint_hedge(s, h, &sp.key("hedge"), r);
         }
 
@@ -227,13 +227,18 @@ pub(crate) fn lint_discovery(c: &Config, d: &Discovery, dp: &FieldPath, r: &mut 
 }
 
 /// Hedging that cannot work, or costs more than it looks.
-pub(crate) fn lint_hedge(s: &Service, h: &Hedge, hp: &FieldPath, r: &mut Report<'_>) {
+pub(crate) fn lint_hedge(
+    s: &Service,
+    h: &crate::hedge::HedgeSettings,
+    hp: &FieldPath,
+    r: &mut Report<'_>,
+) {
     use crate::hedge::HedgeDelay;
     let first = match h.delay {
         HedgeDelay::Fixed(d) => d,
         _ => h.fallback_delay,
     };
-    if let Some(timeout) = s.deadline.timeout
+    if let Some(timeout) = s.client.deadline.timeout
         && first >= timeout
     {
         let key = if matches!(h.delay, HedgeDelay::Fixed(_)) {
@@ -275,7 +280,7 @@ pub(crate) fn lint_hedge(s: &Service, h: &Hedge, hp: &FieldPath, r: &mut Report<
 }
 
 pub(crate) fn lint_limits(s: &Service, lp: &FieldPath, r: &mut Report<'_>) {
-    let timeout = s.deadline.timeout;
+    let timeout = s.client.deadline.timeout;
     if let Some(c) = &s.client.limits.concurrency {
         let cp = lp.key("concurrency");
         match (c.max_wait, timeout) {

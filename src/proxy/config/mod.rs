@@ -226,26 +226,10 @@ pub struct Service {
     /// above, not under a key of their own).
     #[serde(flatten)]
     pub client: ClientConfig,
-    /// Deadlines.
-    pub deadline: Deadline,
-    /// The service breaker.
-    pub breaker: Breaker,
-    /// Hedging: one backup request to another endpoint after a delay. Off
-    /// unless written (`hedge = {}` hedges with the defaults).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hedge: Option<Hedge>,
 }
 
 /// The keys of a service table that are not [`ClientConfig`]'s.
-const SERVICE_KEYS: &[&str] = &[
-    "name",
-    "endpoints",
-    "discovery",
-    "protocol",
-    "deadline",
-    "breaker",
-    "hedge",
-];
+const SERVICE_KEYS: &[&str] = &["name", "endpoints", "discovery", "protocol"];
 
 impl<'de> Deserialize<'de> for Service {
     /// Reads the service's own keys and hands the rest to
@@ -268,9 +252,6 @@ impl<'de> Deserialize<'de> for Service {
                 let mut endpoints = None;
                 let mut discovery = None;
                 let mut protocol = None;
-                let mut deadline = None;
-                let mut breaker = None;
-                let mut hedge = None;
                 let mut client = ClientConfig::default();
                 // An unknown key is refused while the key is read, so the
                 // error points at it.
@@ -280,9 +261,6 @@ impl<'de> Deserialize<'de> for Service {
                         "endpoints" => endpoints = Some(map.next_value()?),
                         "discovery" => discovery = Some(map.next_value()?),
                         "protocol" => protocol = Some(map.next_value()?),
-                        "deadline" => deadline = Some(map.next_value()?),
-                        "breaker" => breaker = Some(map.next_value()?),
-                        "hedge" => hedge = Some(map.next_value()?),
                         other => {
                             client.read_key(other, &mut map)?;
                         }
@@ -294,9 +272,6 @@ impl<'de> Deserialize<'de> for Service {
                     discovery,
                     protocol: protocol.unwrap_or_default(),
                     client,
-                    deadline: deadline.unwrap_or_default(),
-                    breaker: breaker.unwrap_or_default(),
-                    hedge,
                 })
             }
         }
@@ -354,215 +329,6 @@ pub enum Protocol {
 
 // One endpoint of a service: the shape file discovery reads too.
 pub use crate::discover::EndpointSpec;
-
-/// Deadline settings; see [`crate::deadline::DeadlineLayer`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct Deadline {
-    /// Timeout for requests that bring no deadline (`"none"` for none;
-    /// otherwise greater than 0). Default 15 s.
-    #[serde(default = "d_timeout", with = "opt_duration")]
-    pub timeout: Option<Duration>,
-    /// Longest deadline a request header may ask for; greater than 0.
-    /// Default 5 min.
-    #[serde(default = "d_max_timeout", with = "duration")]
-    pub max_timeout: Duration,
-    /// Kept back from what is propagated. Default 5 ms.
-    #[serde(default = "d_reserve", with = "duration")]
-    pub reserve: Duration,
-    /// Whether the remaining deadline is sent upstream. Default true.
-    #[serde(default = "yes")]
-    pub propagate: bool,
-}
-
-fn d_timeout() -> Option<Duration> {
-    Some(Duration::from_secs(15))
-}
-fn d_max_timeout() -> Duration {
-    Duration::from_secs(300)
-}
-fn d_reserve() -> Duration {
-    Duration::from_millis(5)
-}
-fn yes() -> bool {
-    true
-}
-
-impl Default for Deadline {
-    fn default() -> Self {
-        Deadline {
-            timeout: d_timeout(),
-            max_timeout: d_max_timeout(),
-            reserve: d_reserve(),
-            propagate: true,
-        }
-    }
-}
-
-/// Service breaker settings; see [`crate::breaker::BreakerLayer`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct Breaker {
-    /// Whether the breaker is on. Default true.
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// The rolling window outcomes are counted over. Default 10 s.
-    #[serde(default = "d_ttl", with = "duration")]
-    pub window: Duration,
-    /// Requests needed in the window before the breaker may open.
-    /// Default 20.
-    #[serde(default = "d_volume")]
-    pub volume_threshold: u32,
-    /// The share of failures (greater than 0, at most 1) at or above which
-    /// the breaker opens. Default 0.5.
-    #[serde(default = "half")]
-    pub error_threshold: f64,
-    /// How long the breaker stays open before probing. Default 5 s.
-    #[serde(default = "d_sleep", with = "duration")]
-    pub sleep_window: Duration,
-    /// Probes in flight at once while half-open; at least 1. Default 1.
-    #[serde(default = "d_probes")]
-    pub half_open_probes: u32,
-}
-
-fn d_ttl() -> Duration {
-    Duration::from_secs(10)
-}
-fn half() -> f64 {
-    0.5
-}
-fn d_volume() -> u32 {
-    20
-}
-fn d_sleep() -> Duration {
-    Duration::from_secs(5)
-}
-fn d_probes() -> u32 {
-    1
-}
-
-impl Default for Breaker {
-    fn default() -> Self {
-        Breaker {
-            enabled: true,
-            window: d_ttl(),
-            volume_threshold: d_volume(),
-            error_threshold: half(),
-            sleep_window: d_sleep(),
-            half_open_probes: d_probes(),
-        }
-    }
-}
-
-/// Hedging; see [`crate::hedge::HedgeLayer`]. Only idempotent requests
-/// whose body fits the retry replay limit are hedged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct Hedge {
-    /// When the backup goes: `"p95"` (that percentile of the service's
-    /// recent latencies, from `"p1"` to `"p99.99"`) or a duration such as
-    /// `"20ms"`. Default `"p95"`
-    /// ([`DEFAULT_PERCENTILE`](crate::hedge::DEFAULT_PERCENTILE)).
-    #[serde(default, with = "hedge_delay")]
-    pub delay: crate::hedge::HedgeDelay,
-    /// Latency samples needed before a percentile is used; at least 1.
-    /// Default [`DEFAULT_MIN_SAMPLES`](crate::hedge::DEFAULT_MIN_SAMPLES).
-    #[serde(default = "d_hedge_min_samples")]
-    pub min_samples: u64,
-    /// The delay until then; greater than 0. Default
-    /// [`DEFAULT_FALLBACK_DELAY`](crate::hedge::DEFAULT_FALLBACK_DELAY).
-    #[serde(default = "d_hedge_fallback", with = "duration")]
-    pub fallback_delay: Duration,
-    /// The window the percentile is taken over; greater than 0. Default
-    /// [`DEFAULT_WINDOW`](crate::hedge::DEFAULT_WINDOW).
-    #[serde(default = "d_hedge_window", with = "duration")]
-    pub window: Duration,
-    /// Backups as a share of requests (over 10 s, no minimum per second):
-    /// the most extra load hedging may add. Greater than 0, at most 1.
-    /// Default [`DEFAULT_BUDGET_RATIO`](crate::hedge::DEFAULT_BUDGET_RATIO).
-    #[serde(default = "d_hedge_ratio")]
-    pub budget_ratio: f64,
-}
-
-fn d_hedge_min_samples() -> u64 {
-    crate::hedge::DEFAULT_MIN_SAMPLES
-}
-fn d_hedge_fallback() -> Duration {
-    crate::hedge::DEFAULT_FALLBACK_DELAY
-}
-fn d_hedge_window() -> Duration {
-    crate::hedge::DEFAULT_WINDOW
-}
-fn d_hedge_ratio() -> f64 {
-    crate::hedge::DEFAULT_BUDGET_RATIO
-}
-
-impl Default for Hedge {
-    fn default() -> Self {
-        Hedge {
-            delay: crate::hedge::HedgeDelay::default(),
-            min_samples: d_hedge_min_samples(),
-            fallback_delay: d_hedge_fallback(),
-            window: d_hedge_window(),
-            budget_ratio: d_hedge_ratio(),
-        }
-    }
-}
-
-/// A hedge delay: `"p95"` or a duration.
-mod hedge_delay {
-    use super::*;
-    use crate::hedge::HedgeDelay;
-
-    pub(super) fn serialize<S: serde::Serializer>(d: &HedgeDelay, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            HedgeDelay::Fixed(d) => s.serialize_str(&format_duration(*d)),
-            HedgeDelay::Percentile(q) => {
-                s.collect_str(&format_args!("p{}", (q * 100_000.0).round() / 1000.0))
-            }
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HedgeDelay, D::Error> {
-        struct Visit;
-        impl serde::de::Visitor<'_> for Visit {
-            type Value = HedgeDelay;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(
-                    f,
-                    r#"a percentile such as "p95" or a duration ({DURATION_HINT})"#
-                )
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<HedgeDelay, E> {
-                if let Some(p) = v.strip_prefix('p').or_else(|| v.strip_prefix('P')) {
-                    let pct: f64 = p.parse().map_err(|_| {
-                        E::custom(format!(
-                            r#"invalid percentile {v:?}: write "p" and a number, such as "p95" or "p99.9""#
-                        ))
-                    })?;
-                    if !(pct.is_finite() && (1.0..=99.99).contains(&pct)) {
-                        return Err(E::custom(format!(
-                            "percentile {v:?} is out of range: from p1 to p99.99"
-                        )));
-                    }
-                    // Thousandths of a percent: "p99.9" is exactly 0.999.
-                    return Ok(HedgeDelay::Percentile((pct * 1000.0).round() / 100_000.0));
-                }
-                let d = parse_duration(v)?;
-                if d.is_zero() {
-                    return Err(E::custom(
-                        "a fixed hedge delay must be greater than 0 (every request would be sent twice)",
-                    ));
-                }
-                Ok(HedgeDelay::Fixed(d))
-            }
-        }
-        d.deserialize_str(Visit)
-    }
-}
 
 /// How requests find a service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -74,73 +74,7 @@ pub(crate) fn line_of(text: &str, offset: usize) -> usize {
 // Durations: humantime strings ("250ms", "1m 30s"), with a message that says
 // what went wrong and how to write one.
 
-pub(crate) const DURATION_HINT: &str = r#"write e.g. "250ms", "15s" or "1m 30s""#;
-
-pub(crate) fn format_duration(d: Duration) -> String {
-    humantime_serde::re::humantime::format_duration(d).to_string()
-}
-
-pub(crate) fn parse_duration<E: serde::de::Error>(v: &str) -> Result<Duration, E> {
-    humantime_serde::re::humantime::parse_duration(v)
-        .map_err(|e| E::custom(format!("invalid duration {v:?}: {e}; {DURATION_HINT}")))
-}
-
-pub(crate) mod duration {
-    use super::*;
-
-    pub(crate) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_duration(*d))
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        struct Visit;
-        impl serde::de::Visitor<'_> for Visit {
-            type Value = Duration;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "a duration string ({DURATION_HINT})")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
-                parse_duration(v)
-            }
-        }
-        d.deserialize_str(Visit)
-    }
-}
-
-/// An optional duration: a duration string, or `"none"`.
-pub(crate) mod opt_duration {
-    use super::*;
-
-    pub(crate) fn serialize<S: serde::Serializer>(
-        d: &Option<Duration>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&format_duration(*d)),
-            None => s.serialize_str("none"),
-        }
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        struct Visit;
-        impl serde::de::Visitor<'_> for Visit {
-            type Value = Option<Duration>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, r#"a duration string ({DURATION_HINT}) or "none""#)
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Option<Duration>, E> {
-                if v.eq_ignore_ascii_case("none") {
-                    Ok(None)
-                } else {
-                    parse_duration(v).map(Some)
-                }
-            }
-        }
-        d.deserialize_str(Visit)
-    }
-}
+pub(crate) use crate::settings::{duration, format_duration};
 
 /// A duration that may be left out (then `None`: the library's default).
 pub(crate) mod maybe_duration {

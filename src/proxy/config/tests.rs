@@ -65,9 +65,8 @@ fn examples_parse_and_have_no_lints() {
     let mut defaults = crate::ClientConfig::default();
     defaults.limits.concurrency = Some(Default::default());
     defaults.limits.throttle = Some(Default::default());
+    defaults.hedge = Some(Default::default());
     assert_eq!(web.client, defaults);
-    assert_eq!(web.deadline, Deadline::default());
-    assert_eq!(web.breaker, Breaker::default());
     let staging = &config.services[1];
     assert!(staging.endpoints.is_empty());
     assert!(
@@ -865,16 +864,22 @@ fn hedge_parses_checks_and_lints() {
     use crate::hedge::HedgeDelay;
     // Off unless written; `hedge = {}` is the defaults.
     let config = Config::from_toml(&format!("{TWO}{ROUTE}")).unwrap();
-    assert_eq!(config.services[0].hedge, None);
+    assert_eq!(config.services[0].client.hedge, None);
     let config = Config::from_toml(&format!("{TWO}hedge = {{}}\n{ROUTE}")).unwrap();
-    assert_eq!(config.services[0].hedge, Some(Hedge::default()));
-    assert_eq!(Hedge::default().delay, HedgeDelay::Percentile(0.95));
+    assert_eq!(
+        config.services[0].client.hedge,
+        Some(crate::hedge::HedgeSettings::default())
+    );
+    assert_eq!(
+        crate::hedge::HedgeSettings::default().delay,
+        HedgeDelay::Percentile(0.95)
+    );
 
     let config = Config::from_toml(&format!(
         "{TWO}[services.hedge]\ndelay = \"p99.9\"\nmin_samples = 50\nfallback_delay = \"40ms\"\nbudget_ratio = 0.02\n{ROUTE}"
     ))
     .unwrap();
-    let h = config.services[0].hedge.clone().unwrap();
+    let h = config.services[0].client.hedge.clone().unwrap();
     assert_eq!(h.delay, HedgeDelay::Percentile(0.999));
     assert_eq!(
         (h.min_samples, h.fallback_delay, h.budget_ratio),
@@ -884,12 +889,12 @@ fn hedge_parses_checks_and_lints() {
     let text = toml::to_string(&config).unwrap();
     assert!(text.contains("delay = \"p99.9\""), "{text}");
     let again = Config::from_toml(&text).unwrap();
-    assert_eq!(again.services[0].hedge, Some(h));
+    assert_eq!(again.services[0].client.hedge, Some(h));
 
     let fixed =
         Config::from_toml(&format!("{TWO}hedge = {{ delay = \"20ms\" }}\n{ROUTE}")).unwrap();
     assert_eq!(
-        fixed.services[0].hedge.as_ref().unwrap().delay,
+        fixed.services[0].client.hedge.as_ref().unwrap().delay,
         HedgeDelay::Fixed(Duration::from_millis(20))
     );
 
@@ -1017,8 +1022,8 @@ fn durations_take_humantime_and_none() {
     )
     .unwrap();
     let s = &config.services[0];
-    assert_eq!(s.deadline.timeout, None);
-    assert_eq!(s.deadline.max_timeout, Duration::from_secs(90));
+    assert_eq!(s.client.deadline.timeout, None);
+    assert_eq!(s.client.deadline.max_timeout, Duration::from_secs(90));
     assert_eq!(
         s.client.retry.per_try_timeout,
         Some(Duration::from_millis(250))

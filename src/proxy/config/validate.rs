@@ -330,9 +330,6 @@ pub(crate) fn validate_service(s: &Service, sp: &FieldPath, r: &mut Report<'_>) 
             r.add(&sp.at(&p.field), p.message);
         }
     }
-    if let Some(h) = &s.hedge {
-        validate_hedge(h, &sp.key("hedge"), r);
-    }
     let mut seen: HashMap<Address, FieldPath> = HashMap::new();
     for (j, spec) in s.endpoints.iter().enumerate() {
         let ep = sp.key("endpoints").index(j);
@@ -363,30 +360,6 @@ pub(crate) fn validate_service(s: &Service, sp: &FieldPath, r: &mut Report<'_>) 
                 }
             }
         }
-    }
-
-    // Deadline.
-    if s.deadline.timeout == Some(Duration::ZERO) {
-        r.add(
-            &sp.at("deadline.timeout"),
-            "must be greater than 0 (\"none\" for no default deadline)",
-        );
-    }
-    if s.deadline.max_timeout.is_zero() {
-        r.add(&sp.at("deadline.max_timeout"), "must be greater than 0");
-    }
-
-    // Breaker.
-    let br = &s.breaker;
-    let t = br.error_threshold;
-    if !(t.is_finite() && t > 0.0 && t <= 1.0) {
-        r.add(
-            &sp.at("breaker.error_threshold"),
-            format!("must be greater than 0 and at most 1, got {t}"),
-        );
-    }
-    if br.half_open_probes < 1 {
-        r.add(&sp.at("breaker.half_open_probes"), "must be at least 1");
     }
 }
 
@@ -463,31 +436,6 @@ pub(crate) fn validate_discovery(d: &Discovery, dp: &FieldPath, r: &mut Report<'
             &at,
             "this build has no Kubernetes support: rebuild with --features kubernetes",
         ),
-    }
-}
-
-/// Checks hedging's ranges (the layer would silently clamp them).
-pub(crate) fn validate_hedge(h: &Hedge, hp: &FieldPath, r: &mut Report<'_>) {
-    if h.min_samples < 1 {
-        r.add(&hp.key("min_samples"), "must be at least 1");
-    }
-    if h.fallback_delay.is_zero() {
-        r.add(
-            &hp.key("fallback_delay"),
-            "must be greater than 0 (every request would be sent twice)",
-        );
-    }
-    if h.window.is_zero() {
-        r.add(&hp.key("window"), "must be greater than 0");
-    }
-    let ratio = h.budget_ratio;
-    if !(ratio.is_finite() && ratio > 0.0 && ratio <= 1.0) {
-        r.add(
-            &hp.key("budget_ratio"),
-            format!(
-                "must be a number greater than 0 and at most 1 (a share of requests), got {ratio}"
-            ),
-        );
     }
 }
 

@@ -91,7 +91,7 @@
 //!
 //! - A lookup that fails (timeout, SERVFAIL, REFUSED, connection error,
 //!   or a failure of any SRV target's lookup) keeps the last good set and
-//!   is retried with [`Backoff`]: retry `n` waits a
+//!   is retried with [`Backoff`](crate::backoff::Backoff): retry `n` waits a
 //!   random time up to `min × 2^(n−1)`, capped by the upper bound, and
 //!   never less than the lower bound.
 //! - NXDOMAIN or an answer without usable records keeps the last set by

@@ -21,12 +21,6 @@ pub struct Backoff {
     cap: Duration,
 }
 
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new(Duration::from_millis(25), Duration::from_millis(250))
-    }
-}
-
 impl Backoff {
     /// Backoff starting at `base`, doubling per retry, never above `cap`.
     pub fn new(base: Duration, cap: Duration) -> Self {

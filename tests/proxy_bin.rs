@@ -7,6 +7,8 @@ mod support;
 
 use std::net::SocketAddr;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -197,6 +199,87 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         .unwrap();
     assert!(status.success(), "{status:?}");
     assert_eq!(slow.requests(), 10);
+}
+
+/// A backend on 127.0.0.1 that answers each request only once released:
+/// a request stays in flight for as long as a test needs.
+struct Held {
+    addr: SocketAddr,
+    arrived: Arc<AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl Held {
+    async fn spawn() -> Held {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let counter = arrived.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (counter, mut released) = (counter.clone(), released.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let _ = released.wait_for(|r| *r).await;
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n")
+                        .await;
+                });
+            }
+        });
+        Held {
+            addr,
+            arrived,
+            release,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_answers_503_while_draining() {
+    let held = Held::spawn().await;
+    // A grace period far longer than the test: the drain ends when the
+    // held request is released, not by running out of time.
+    let text = support::proxy::config_text(
+        &(service("app", &[held.addr]) + "[[routes]]\nservice = \"app\"\n"),
+    )
+    .replace("grace_period = \"5s\"", "grace_period = \"60s\"");
+    let mut proxy = Proxy::start_with(&text);
+    let client = plain();
+    ready(&client, &proxy).await;
+    let in_flight = {
+        let (client, addr) = (client.clone(), proxy.listen);
+        tokio::spawn(async move { get(&client, addr, "/").await.0 })
+    };
+    eventually(async || held.arrived.load(Ordering::SeqCst) == 1).await;
+
+    proxy.signal("-TERM");
+    // The request is held, so the proxy is draining, not gone: the admin
+    // server still answers, and says it is not ready.
+    eventually(async || get(&client, proxy.admin, "/ready").await.0 == 503).await;
+    let (_, _, body) = get(&client, proxy.admin, "/ready").await;
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(get(&client, proxy.admin, "/live").await.0, 200);
+
+    held.release.send(true).unwrap();
+    assert_eq!(
+        in_flight.await.unwrap(),
+        200,
+        "the in-flight request was lost"
+    );
+    let status = tokio::task::spawn_blocking(move || proxy.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
 }
 
 /// Sends raw bytes and returns the status code of the response.

@@ -12,6 +12,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -113,6 +114,9 @@ pub(crate) struct State {
     pub(crate) metrics: Metrics,
     pub(crate) registry: std::sync::Mutex<Registry>,
     pub(crate) path: PathBuf,
+    /// Set once shutdown has begun: `/ready` answers 503 from then on,
+    /// while in-flight requests finish.
+    pub(crate) draining: AtomicBool,
 }
 
 /// Reads and validates a config file; relative paths in it are relative
@@ -124,8 +128,9 @@ pub fn load(path: &Path) -> Result<Config, StartError> {
 
 /// Runs the proxy on `config` (read from `path`, which is watched for
 /// changes) until `shutdown` resolves; then stops accepting and drains
-/// in-flight requests for up to the grace period. `ready` receives the
-/// bound addresses (listeners, then admin) once serving.
+/// in-flight requests for up to the grace period, the admin server still
+/// answering (`/ready` with 503). `ready` receives the bound addresses
+/// (listeners, then admin) once serving.
 pub async fn run(
     path: PathBuf,
     config: Config,
@@ -146,6 +151,7 @@ pub async fn run(
         metrics,
         registry: std::sync::Mutex::new(registry),
         path,
+        draining: AtomicBool::new(false),
     });
 
     let mut listeners = Vec::new();
@@ -166,7 +172,11 @@ pub async fn run(
         .local_addr()
         .map_err(|e| StartError::Bind(config.admin.address, e))?;
 
+    // The listeners and the watcher stop when shutdown begins; the admin
+    // server only once the drain is over, so that `/ready` can say 503
+    // meanwhile.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
@@ -178,7 +188,7 @@ pub async fn run(
             config.server.max_header_bytes,
         ));
     }
-    tasks.spawn(admin_server(admin, state.clone(), stop_rx.clone()));
+    let admin_task = tokio::spawn(admin_server(admin, state.clone(), admin_stop_rx));
     tasks.spawn(watch_config(
         state.clone(),
         stop_rx.clone(),
@@ -188,6 +198,7 @@ pub async fn run(
     tracing::info!(listeners = ?bound, admin = %admin_addr, "palisade proxy serving");
 
     shutdown.await;
+    state.draining.store(true, Ordering::Relaxed);
     tracing::info!("shutting down: no new connections; draining in-flight requests");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
@@ -199,6 +210,8 @@ pub async fn run(
     {
         tracing::warn!(?grace, "grace period over with requests still in flight");
     }
+    let _ = admin_stop_tx.send(true);
+    let _ = admin_task.await;
     Ok(())
 }
 

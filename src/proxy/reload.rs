@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -19,11 +18,10 @@ use super::server::*;
 /// new modification time but a new inode, size or change time too, so an
 /// atomic rename over the file and a Kubernetes ConfigMap's symlink swap
 /// are reloads; content identical to the last read is not.
-pub(crate) async fn watch_config(
-    state: Arc<State>,
-    mut stop: watch::Receiver<bool>,
-    interval: Duration,
-) {
+///
+/// The interval is the running config's `server.watch_interval`, read
+/// before each wait: a reload that changes it applies from the next wait.
+pub(crate) async fn watch_config(state: Arc<State>, mut stop: watch::Receiver<bool>) {
     let mut watched = Watched::new(state.path.clone(), MAX_CONFIG_BYTES);
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -39,6 +37,7 @@ pub(crate) async fn watch_config(
         };
         #[cfg(not(unix))]
         let hangup = std::future::pending::<()>();
+        let interval = state.routing.load().config.server.watch_interval;
         let forced = tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep(interval) => false,
@@ -92,5 +91,70 @@ pub(crate) async fn reload(state: &State, config: Config) -> bool {
             tracing::error!(error = %e, "config reload rejected; the running config stays");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::proxy::config::EndpointSpec;
+
+    /// A config whose one service's endpoint has `port`, checked every
+    /// `interval`.
+    fn text(interval: &str, port: u16) -> String {
+        format!(
+            "[server]\nwatch_interval = \"{interval}\"\n\
+             [[services]]\nname = \"app\"\nendpoints = [\"127.0.0.1:{port}\"]\n\
+             [[routes]]\nservice = \"app\"\n"
+        )
+    }
+
+    /// How long (in paused time) until the running config's endpoint has
+    /// port `want`; panics after two hours.
+    async fn until_port(state: &State, want: u16) -> Duration {
+        let want_endpoint = EndpointSpec::Address(format!("127.0.0.1:{want}"));
+        let start = Instant::now();
+        while state.routing.load().config.services[0].endpoints[0] != want_endpoint {
+            assert!(
+                start.elapsed() < Duration::from_secs(7200),
+                "no reload to port {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reloaded_watch_interval_applies_to_the_next_wait() {
+        let dir = std::env::temp_dir().join(format!("palisade-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path: PathBuf = dir.join("interval.toml");
+        std::fs::write(&path, text("1h", 1)).unwrap();
+        let config = load(&path).unwrap();
+        let state = Arc::new(State::new(path.clone(), config).await.unwrap());
+        let (stop, stopped) = watch::channel(false);
+        let watcher = tokio::spawn(watch_config(state.clone(), stopped));
+
+        // Seen after the hour-long wait the proxy started with ...
+        std::fs::write(&path, text("1s", 2)).unwrap();
+        let waited = until_port(&state, 2).await;
+        assert!(waited >= Duration::from_secs(3599), "{waited:?}");
+        assert_eq!(
+            state.routing.load().config.server.watch_interval,
+            Duration::from_secs(1)
+        );
+        // ... and from then on the file is checked every second.
+        std::fs::write(&path, text("1s", 3)).unwrap();
+        let waited = until_port(&state, 3).await;
+        assert!(waited <= Duration::from_secs(2), "{waited:?}");
+
+        stop.send(true).unwrap();
+        watcher.await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -119,6 +119,28 @@ pub(crate) struct State {
     pub(crate) draining: AtomicBool,
 }
 
+impl State {
+    /// The state of a proxy about to serve `config`, read from `path`: its
+    /// clients built, nothing bound yet.
+    pub(crate) async fn new(path: PathBuf, config: Config) -> Result<State, StartError> {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let http = Upstreams {
+            http1: hyper_client(),
+            h2c: hyper_h2c_client(),
+        };
+        let routing = build_routing(Arc::new(config), None, &http, &metrics).await?;
+        Ok(State {
+            routing: ArcSwap::from_pointee(routing),
+            http,
+            metrics,
+            registry: std::sync::Mutex::new(registry),
+            path,
+            draining: AtomicBool::new(false),
+        })
+    }
+}
+
 /// Reads and validates a config file; relative paths in it are relative
 /// to its directory.
 pub fn load(path: &Path) -> Result<Config, StartError> {
@@ -137,22 +159,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
     ready: impl FnOnce(&[SocketAddr], SocketAddr),
 ) -> Result<(), StartError> {
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    let http = Upstreams {
-        http1: hyper_client(),
-        h2c: hyper_h2c_client(),
-    };
-    let routing = build_routing(Arc::new(config), None, &http, &metrics).await?;
-    let config = routing.config.clone();
-    let state = Arc::new(State {
-        routing: ArcSwap::from_pointee(routing),
-        http,
-        metrics,
-        registry: std::sync::Mutex::new(registry),
-        path,
-        draining: AtomicBool::new(false),
-    });
+    let state = Arc::new(State::new(path, config).await?);
+    let config = state.routing.load().config.clone();
 
     let mut listeners = Vec::new();
     for l in &config.listeners {
@@ -189,11 +197,7 @@ pub async fn run(
         ));
     }
     let admin_task = tokio::spawn(admin_server(admin, state.clone(), admin_stop_rx));
-    tasks.spawn(watch_config(
-        state.clone(),
-        stop_rx.clone(),
-        config.server.watch_interval,
-    ));
+    tasks.spawn(watch_config(state.clone(), stop_rx.clone()));
     ready(&bound, admin_addr);
     tracing::info!(listeners = ?bound, admin = %admin_addr, "palisade proxy serving");
 

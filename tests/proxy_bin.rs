@@ -674,6 +674,87 @@ async fn reload_keeps_the_clients_of_unchanged_services() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_what_it_can_and_says_what_needs_a_restart() {
+    let (a, b, c) = (
+        Backend::spawn(Behavior::new()).await.unwrap(),
+        Backend::spawn(Behavior::new()).await.unwrap(),
+        Backend::spawn(Behavior::new()).await.unwrap(),
+    );
+    let route = "[[routes]]\nservice = \"app\"\n";
+    let config_text = support::proxy::config_text;
+    let proxy = Proxy::start_logging(&config_text(&(service("app", &[a.addr()]) + route)));
+    let client = plain();
+    ready(&client, &proxy).await;
+    assert_eq!(get(&client, proxy.listen, "/").await.0, 200);
+
+    // A file with a second listener, another admin address, the service on
+    // `backend`, and `note` (a comment).
+    let running_admin = "[admin]\naddress = \"127.0.0.1:0\"";
+    let moved = |backend: &Backend, note: &str| {
+        config_text(&(service("app", &[backend.addr()]) + route)).replacen(
+            running_admin,
+            &format!(
+                "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"{}\"",
+                proxy.admin
+            ),
+            1,
+        ) + note
+    };
+    let listeners_kept = [
+        "listeners changed from [127.0.0.1:0] to [127.0.0.1:0, 127.0.0.1:0]",
+        "needs a restart",
+    ];
+    let admin_changed = format!("admin.address changed from 127.0.0.1:0 to {}", proxy.admin);
+    let admin_kept = [admin_changed.as_str(), "needs a restart"];
+    let reloaded = ["config reloaded"];
+
+    // The service moves to b; the sockets stay, each change named with
+    // its running and its new value, and the reload says what it left out.
+    std::fs::write(&proxy.config, moved(&b, "")).unwrap();
+    traffic_moves(&client, &proxy, &a, &b).await;
+    eventually(async || {
+        proxy.logged(&listeners_kept).len() == 1
+            && proxy.logged(&admin_kept).len() == 1
+            && proxy.logged(&reloaded).len() == 1
+    })
+    .await;
+    let line = &proxy.logged(&reloaded)[0];
+    assert!(
+        line.contains("except listeners, admin.address (a restart is needed for those)"),
+        "{line}"
+    );
+    assert_eq!(get(&client, proxy.listen, "/").await.0, 200);
+    let (_, _, config) = get(&client, proxy.admin, "/config").await;
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(
+        config["listeners"],
+        serde_json::json!([{ "address": "127.0.0.1:0" }]),
+        "/config shows what runs"
+    );
+    assert_eq!(config["admin"]["address"], "127.0.0.1:0");
+    assert_eq!(config["services"][0]["endpoints"][0], b.addr().to_string());
+
+    // A file that differs from the running config only there: warned
+    // about again, and no reload is logged ...
+    std::fs::write(&proxy.config, moved(&b, "# touched\n")).unwrap();
+    eventually(async || proxy.logged(&listeners_kept).len() == 2).await;
+    // ... as the next real reload shows: its line is the second.
+    std::fs::write(&proxy.config, moved(&c, "")).unwrap();
+    traffic_moves(&client, &proxy, &b, &c).await;
+    eventually(async || proxy.logged(&listeners_kept).len() == 3).await;
+    eventually(async || {
+        let lines = proxy.logged(&[]);
+        let third_warning = lines
+            .iter()
+            .rposition(|l| listeners_kept.iter().all(|p| l.contains(p)));
+        let last_reload = lines.iter().rposition(|l| l.contains(reloaded[0]));
+        last_reload > third_warning
+    })
+    .await;
+    assert_eq!(proxy.logged(&reloaded).len(), 2, "{:#?}", proxy.logged(&[]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_renamed_over_the_old_one_is_picked_up() {
     let a = Backend::spawn(Behavior::new()).await.unwrap();
     let b = Backend::spawn(Behavior::new()).await.unwrap();

@@ -75,16 +75,78 @@ pub(crate) fn parse_config(path: &Path, bytes: &[u8]) -> Result<Config, StartErr
     Config::from_file_text(text, path).map_err(|e| StartError::Config(path.to_owned(), e))
 }
 
+/// A field a reload does not apply: the running value stays until the
+/// proxy is restarted.
+struct NeedsRestart {
+    field: &'static str,
+    running: String,
+    file: String,
+}
+
+/// Puts the running values of the fields a reload cannot apply (the
+/// sockets bound at startup: the listeners and the admin address) into
+/// `config`, so that it is the config that will actually run, and names
+/// those the file changed.
+fn keep_bound_addresses(running: &Config, config: &mut Config) -> Vec<NeedsRestart> {
+    let listeners = |c: &Config| {
+        let addresses: Vec<String> = c.listeners.iter().map(|l| l.address.to_string()).collect();
+        format!("[{}]", addresses.join(", "))
+    };
+    let mut kept = Vec::new();
+    if config.listeners != running.listeners {
+        kept.push(NeedsRestart {
+            field: "listeners",
+            running: listeners(running),
+            file: listeners(config),
+        });
+        config.listeners = running.listeners.clone();
+    }
+    if config.admin != running.admin {
+        kept.push(NeedsRestart {
+            field: "admin.address",
+            running: running.admin.address.to_string(),
+            file: config.admin.address.to_string(),
+        });
+        config.admin = running.admin.clone();
+    }
+    kept
+}
+
 /// Swaps in a new config; keeps the old one if a client cannot be built.
-pub(crate) async fn reload(state: &State, config: Config) -> bool {
+///
+/// Everything but the listeners and the admin address applies: those keep
+/// their running values (warned about, naming both values) and the proxy
+/// keeps serving on the sockets it has. The running config, as `/config`
+/// shows it, is what runs.
+pub(crate) async fn reload(state: &State, mut config: Config) -> bool {
     let old = state.routing.load_full();
+    let kept = keep_bound_addresses(&old.config, &mut config);
+    for k in &kept {
+        tracing::warn!(
+            path = %state.path.display(),
+            "config reload: {} changed from {} to {}, which needs a restart; \
+             the running value stays",
+            k.field,
+            k.running,
+            k.file,
+        );
+    }
     if *old.config == config {
         return false;
     }
     match build_routing(Arc::new(config), Some(&old), &state.http, &state.metrics).await {
         Ok(routing) => {
             state.routing.store(Arc::new(routing));
-            tracing::info!(path = %state.path.display(), "config reloaded");
+            if kept.is_empty() {
+                tracing::info!(path = %state.path.display(), "config reloaded");
+            } else {
+                let fields: Vec<&str> = kept.iter().map(|k| k.field).collect();
+                tracing::info!(
+                    path = %state.path.display(),
+                    "config reloaded, except {} (a restart is needed for those)",
+                    fields.join(", "),
+                );
+            }
             true
         }
         Err(e) => {

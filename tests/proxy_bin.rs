@@ -295,6 +295,32 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> u16 {
         .unwrap_or_else(|| panic!("{head:?}"))
 }
 
+/// A request head of exactly `len` bytes: request line, `Host`, a padding
+/// header, the blank line.
+fn head(len: usize) -> Vec<u8> {
+    let start = "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: ";
+    let pad = len - start.len() - "\r\n\r\n".len();
+    format!("{start}{}\r\n\r\n", "a".repeat(pad)).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_max_header_bytes_applies_to_new_connections() {
+    let backend = Backend::spawn(Behavior::new()).await.unwrap();
+    let body = service("app", &[backend.addr()]) + "[[routes]]\nservice = \"app\"\n";
+    let proxy = Proxy::start(&body);
+    ready(&plain(), &proxy).await;
+    assert_eq!(raw(proxy.listen, &head(16384)).await, 431);
+
+    let text = support::proxy::config_text(&body);
+    std::fs::write(
+        &proxy.config,
+        text.replace("max_header_bytes = 8192", "max_header_bytes = 16384"),
+    )
+    .unwrap();
+    eventually(async || raw(proxy.listen, &head(16384)).await == 200).await;
+    assert_eq!(raw(proxy.listen, &head(16385)).await, 431);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_gets_4xx_and_the_proxy_stays_up() {
     let backend = Backend::spawn(Behavior::new()).await.unwrap();

@@ -193,7 +193,6 @@ pub async fn run(
             state.clone(),
             stop_rx.clone(),
             graceful.clone(),
-            config.server.max_header_bytes,
         ));
     }
     let admin_task = tokio::spawn(admin_server(admin, state.clone(), admin_stop_rx));
@@ -221,25 +220,28 @@ pub async fn run(
 
 /// Accepts connections on `listener` until told to stop; each connection is
 /// watched by `graceful` so that shutdown can drain it.
+///
+/// A connection gets the running config's `server.max_header_bytes`: a
+/// reload that changes it applies to the connections accepted after it.
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
-    max_header_bytes: usize,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .max_buf_size(max_header_bytes.max(8192))
-        .timer(hyper_util::rt::TokioTimer::new());
-    builder
-        .http2()
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    let mut current: Option<(usize, Arc<auto::Builder<TokioExecutor>>)> = None;
     while let Some((stream, remote)) = accept(&listener, &mut stop).await {
         let _ = stream.set_nodelay(true);
-        let (state, builder) = (state.clone(), builder.clone());
+        let max_header_bytes = state.routing.load().config.server.max_header_bytes;
+        let builder = match &current {
+            Some((max, builder)) if *max == max_header_bytes => builder.clone(),
+            _ => {
+                let builder = Arc::new(connection_builder(max_header_bytes));
+                current = Some((max_header_bytes, builder.clone()));
+                builder
+            }
+        };
+        let state = state.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
@@ -252,6 +254,20 @@ pub(crate) async fn serve(
             }
         });
     }
+}
+
+/// How the listeners serve a connection: HTTP/1.1 or h2c, request heads
+/// limited to `max_header_bytes`.
+pub(crate) fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(max_header_bytes.max(8192))
+        .timer(hyper_util::rt::TokioTimer::new());
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+    builder
 }
 
 /// The next connection, or `None` once told to stop. Accept errors (out of

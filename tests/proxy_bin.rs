@@ -321,6 +321,53 @@ async fn a_reloaded_max_header_bytes_applies_to_new_connections() {
     assert_eq!(raw(proxy.listen, &head(16385)).await, 431);
 }
 
+/// The status of a GET over h2c to `addr` whose header list, as HTTP/2
+/// counts it (each field's name and value plus 32 bytes, the pseudo-header
+/// fields included; RFC 9113 §6.5.2), is `size` bytes.
+async fn h2c_header_list(client: &Plain, addr: SocketAddr, size: usize) -> u16 {
+    let authority = addr.to_string();
+    let fields = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", authority.as_str()),
+        (":path", "/"),
+        ("x-pad", ""),
+    ];
+    let counted: usize = fields.iter().map(|(n, v)| n.len() + v.len() + 32).sum();
+    let req = http::Request::get(format!("http://{addr}/"))
+        .header("x-pad", "a".repeat(size - counted))
+        .body(Full::default())
+        .unwrap();
+    client
+        .request(req)
+        .await
+        .expect("h2c request")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_header_bytes_is_the_largest_head_accepted() {
+    let backend = Backend::spawn(Behavior::new()).await.unwrap();
+    // max_header_bytes = 8192
+    let proxy =
+        Proxy::start(&(service("app", &[backend.addr()]) + "[[routes]]\nservice = \"app\"\n"));
+    ready(&plain(), &proxy).await;
+
+    // HTTP/1.1, each on a new connection: the request line and headers.
+    assert_eq!(raw(proxy.listen, &head(8192)).await, 200);
+    assert_eq!(raw(proxy.listen, &head(8193)).await, 431);
+    // h2c: the header list.
+    let h2: Plain = HttpClient::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    assert_eq!(h2c_header_list(&h2, proxy.listen, 8192).await, 200);
+    assert_eq!(h2c_header_list(&h2, proxy.listen, 8193).await, 431);
+    // The connection is still good.
+    assert_eq!(get(&h2, proxy.listen, "/").await.0, 200);
+    assert_eq!(backend.requests(), 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_gets_4xx_and_the_proxy_stays_up() {
     let backend = Backend::spawn(Behavior::new()).await.unwrap();

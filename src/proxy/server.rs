@@ -256,17 +256,29 @@ pub(crate) async fn serve(
     }
 }
 
+/// The smallest `server.max_header_bytes`: hyper's HTTP/1 read buffer
+/// cannot be made smaller, so a smaller limit would not be the one
+/// enforced.
+pub(crate) const MIN_MAX_HEADER_BYTES: usize = 8192;
+
 /// How the listeners serve a connection: HTTP/1.1 or h2c, request heads
 /// limited to `max_header_bytes`.
+///
+/// HTTP/1.1: hyper answers 431 once its buffer holds `max_header_bytes` of
+/// a head that has not ended; that buffer grows in steps, so a head that
+/// arrives in larger reads can end past the limit and still pass (see
+/// docs/config.md). h2c: exact, the header list as HTTP/2 counts it. `h2`
+/// refuses a list whose size reaches the setting, so the setting is one
+/// more than the largest list accepted.
 pub(crate) fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .max_buf_size(max_header_bytes.max(8192))
+        // Validation refuses less; a config built in code is not validated.
+        .max_buf_size(max_header_bytes.max(MIN_MAX_HEADER_BYTES))
         .timer(hyper_util::rt::TokioTimer::new());
-    builder
-        .http2()
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+    let list = u32::try_from(max_header_bytes.saturating_add(1)).unwrap_or(u32::MAX);
+    builder.http2().max_header_list_size(list);
     builder
 }
 

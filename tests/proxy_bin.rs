@@ -7,6 +7,8 @@ mod support;
 
 use std::net::SocketAddr;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -199,6 +201,87 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert_eq!(slow.requests(), 10);
 }
 
+/// A backend on 127.0.0.1 that answers each request only once released:
+/// a request stays in flight for as long as a test needs.
+struct Held {
+    addr: SocketAddr,
+    arrived: Arc<AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl Held {
+    async fn spawn() -> Held {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let counter = arrived.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (counter, mut released) = (counter.clone(), released.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let _ = released.wait_for(|r| *r).await;
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n")
+                        .await;
+                });
+            }
+        });
+        Held {
+            addr,
+            arrived,
+            release,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_answers_503_while_draining() {
+    let held = Held::spawn().await;
+    // A grace period far longer than the test: the drain ends when the
+    // held request is released, not by running out of time.
+    let text = support::proxy::config_text(
+        &(service("app", &[held.addr]) + "[[routes]]\nservice = \"app\"\n"),
+    )
+    .replace("grace_period = \"5s\"", "grace_period = \"60s\"");
+    let mut proxy = Proxy::start_with(&text);
+    let client = plain();
+    ready(&client, &proxy).await;
+    let in_flight = {
+        let (client, addr) = (client.clone(), proxy.listen);
+        tokio::spawn(async move { get(&client, addr, "/").await.0 })
+    };
+    eventually(async || held.arrived.load(Ordering::SeqCst) == 1).await;
+
+    proxy.signal("-TERM");
+    // The request is held, so the proxy is draining, not gone: the admin
+    // server still answers, and says it is not ready.
+    eventually(async || get(&client, proxy.admin, "/ready").await.0 == 503).await;
+    let (_, _, body) = get(&client, proxy.admin, "/ready").await;
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(get(&client, proxy.admin, "/live").await.0, 200);
+
+    held.release.send(true).unwrap();
+    assert_eq!(
+        in_flight.await.unwrap(),
+        200,
+        "the in-flight request was lost"
+    );
+    let status = tokio::task::spawn_blocking(move || proxy.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 /// Sends raw bytes and returns the status code of the response.
 async fn raw(addr: SocketAddr, bytes: &[u8]) -> u16 {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -210,6 +293,79 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> u16 {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{head:?}"))
+}
+
+/// A request head of exactly `len` bytes: request line, `Host`, a padding
+/// header, the blank line.
+fn head(len: usize) -> Vec<u8> {
+    let start = "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: ";
+    let pad = len - start.len() - "\r\n\r\n".len();
+    format!("{start}{}\r\n\r\n", "a".repeat(pad)).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_max_header_bytes_applies_to_new_connections() {
+    let backend = Backend::spawn(Behavior::new()).await.unwrap();
+    let body = service("app", &[backend.addr()]) + "[[routes]]\nservice = \"app\"\n";
+    let proxy = Proxy::start(&body);
+    ready(&plain(), &proxy).await;
+    assert_eq!(raw(proxy.listen, &head(16384)).await, 431);
+
+    let text = support::proxy::config_text(&body);
+    std::fs::write(
+        &proxy.config,
+        text.replace("max_header_bytes = 8192", "max_header_bytes = 16384"),
+    )
+    .unwrap();
+    eventually(async || raw(proxy.listen, &head(16384)).await == 200).await;
+    assert_eq!(raw(proxy.listen, &head(16385)).await, 431);
+}
+
+/// The status of a GET over h2c to `addr` whose header list, as HTTP/2
+/// counts it (each field's name and value plus 32 bytes, the pseudo-header
+/// fields included; RFC 9113 §6.5.2), is `size` bytes.
+async fn h2c_header_list(client: &Plain, addr: SocketAddr, size: usize) -> u16 {
+    let authority = addr.to_string();
+    let fields = [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", authority.as_str()),
+        (":path", "/"),
+        ("x-pad", ""),
+    ];
+    let counted: usize = fields.iter().map(|(n, v)| n.len() + v.len() + 32).sum();
+    let req = http::Request::get(format!("http://{addr}/"))
+        .header("x-pad", "a".repeat(size - counted))
+        .body(Full::default())
+        .unwrap();
+    client
+        .request(req)
+        .await
+        .expect("h2c request")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_header_bytes_is_the_largest_head_accepted() {
+    let backend = Backend::spawn(Behavior::new()).await.unwrap();
+    // max_header_bytes = 8192
+    let proxy =
+        Proxy::start(&(service("app", &[backend.addr()]) + "[[routes]]\nservice = \"app\"\n"));
+    ready(&plain(), &proxy).await;
+
+    // HTTP/1.1, each on a new connection: the request line and headers.
+    assert_eq!(raw(proxy.listen, &head(8192)).await, 200);
+    assert_eq!(raw(proxy.listen, &head(8193)).await, 431);
+    // h2c: the header list.
+    let h2: Plain = HttpClient::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    assert_eq!(h2c_header_list(&h2, proxy.listen, 8192).await, 200);
+    assert_eq!(h2c_header_list(&h2, proxy.listen, 8193).await, 431);
+    // The connection is still good.
+    assert_eq!(get(&h2, proxy.listen, "/").await.0, 200);
+    assert_eq!(backend.requests(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -588,6 +744,87 @@ async fn reload_keeps_the_clients_of_unchanged_services() {
     assert_eq!(sb["endpoints"].as_array().unwrap().len(), 1, "{sb}");
     assert_eq!(sb["endpoints"][0]["address"], c.addr().to_string());
     assert_eq!(sb["endpoints"][0]["requests"], c.requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_what_it_can_and_says_what_needs_a_restart() {
+    let (a, b, c) = (
+        Backend::spawn(Behavior::new()).await.unwrap(),
+        Backend::spawn(Behavior::new()).await.unwrap(),
+        Backend::spawn(Behavior::new()).await.unwrap(),
+    );
+    let route = "[[routes]]\nservice = \"app\"\n";
+    let config_text = support::proxy::config_text;
+    let proxy = Proxy::start_logging(&config_text(&(service("app", &[a.addr()]) + route)));
+    let client = plain();
+    ready(&client, &proxy).await;
+    assert_eq!(get(&client, proxy.listen, "/").await.0, 200);
+
+    // A file with a second listener, another admin address, the service on
+    // `backend`, and `note` (a comment).
+    let running_admin = "[admin]\naddress = \"127.0.0.1:0\"";
+    let moved = |backend: &Backend, note: &str| {
+        config_text(&(service("app", &[backend.addr()]) + route)).replacen(
+            running_admin,
+            &format!(
+                "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"{}\"",
+                proxy.admin
+            ),
+            1,
+        ) + note
+    };
+    let listeners_kept = [
+        "listeners changed from [127.0.0.1:0] to [127.0.0.1:0, 127.0.0.1:0]",
+        "needs a restart",
+    ];
+    let admin_changed = format!("admin.address changed from 127.0.0.1:0 to {}", proxy.admin);
+    let admin_kept = [admin_changed.as_str(), "needs a restart"];
+    let reloaded = ["config reloaded"];
+
+    // The service moves to b; the sockets stay, each change named with
+    // its running and its new value, and the reload says what it left out.
+    std::fs::write(&proxy.config, moved(&b, "")).unwrap();
+    traffic_moves(&client, &proxy, &a, &b).await;
+    eventually(async || {
+        proxy.logged(&listeners_kept).len() == 1
+            && proxy.logged(&admin_kept).len() == 1
+            && proxy.logged(&reloaded).len() == 1
+    })
+    .await;
+    let line = &proxy.logged(&reloaded)[0];
+    assert!(
+        line.contains("except listeners, admin.address (a restart is needed for those)"),
+        "{line}"
+    );
+    assert_eq!(get(&client, proxy.listen, "/").await.0, 200);
+    let (_, _, config) = get(&client, proxy.admin, "/config").await;
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(
+        config["listeners"],
+        serde_json::json!([{ "address": "127.0.0.1:0" }]),
+        "/config shows what runs"
+    );
+    assert_eq!(config["admin"]["address"], "127.0.0.1:0");
+    assert_eq!(config["services"][0]["endpoints"][0], b.addr().to_string());
+
+    // A file that differs from the running config only there: warned
+    // about again, and no reload is logged ...
+    std::fs::write(&proxy.config, moved(&b, "# touched\n")).unwrap();
+    eventually(async || proxy.logged(&listeners_kept).len() == 2).await;
+    // ... as the next real reload shows: its line is the second.
+    std::fs::write(&proxy.config, moved(&c, "")).unwrap();
+    traffic_moves(&client, &proxy, &b, &c).await;
+    eventually(async || proxy.logged(&listeners_kept).len() == 3).await;
+    eventually(async || {
+        let lines = proxy.logged(&[]);
+        let third_warning = lines
+            .iter()
+            .rposition(|l| listeners_kept.iter().all(|p| l.contains(p)));
+        let last_reload = lines.iter().rposition(|l| l.contains(reloaded[0]));
+        last_reload > third_warning
+    })
+    .await;
+    assert_eq!(proxy.logged(&reloaded).len(), 2, "{:#?}", proxy.logged(&[]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -49,6 +50,11 @@ pub(crate) fn admin(state: &State, req: &Request<Incoming>) -> Response<Full<Byt
     let routing = state.routing.load_full();
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "text/plain", "live\n".into()),
+        "/ready" if state.draining.load(Ordering::Relaxed) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready: draining; in-flight requests are finishing before exit\n".into(),
+        ),
         "/ready" => {
             // Services in the order of the file, each with where its
             // endpoints should come from.

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -19,11 +18,10 @@ use super::server::*;
 /// new modification time but a new inode, size or change time too, so an
 /// atomic rename over the file and a Kubernetes ConfigMap's symlink swap
 /// are reloads; content identical to the last read is not.
-pub(crate) async fn watch_config(
-    state: Arc<State>,
-    mut stop: watch::Receiver<bool>,
-    interval: Duration,
-) {
+///
+/// The interval is the running config's `server.watch_interval`, read
+/// before each wait: a reload that changes it applies from the next wait.
+pub(crate) async fn watch_config(state: Arc<State>, mut stop: watch::Receiver<bool>) {
     let mut watched = Watched::new(state.path.clone(), MAX_CONFIG_BYTES);
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -39,6 +37,7 @@ pub(crate) async fn watch_config(
         };
         #[cfg(not(unix))]
         let hangup = std::future::pending::<()>();
+        let interval = state.routing.load().config.server.watch_interval;
         let forced = tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep(interval) => false,
@@ -76,21 +75,148 @@ pub(crate) fn parse_config(path: &Path, bytes: &[u8]) -> Result<Config, StartErr
     Config::from_file_text(text, path).map_err(|e| StartError::Config(path.to_owned(), e))
 }
 
+/// A field a reload does not apply: the running value stays until the
+/// proxy is restarted.
+struct NeedsRestart {
+    field: &'static str,
+    running: String,
+    file: String,
+}
+
+/// Puts the running values of the fields a reload cannot apply (the
+/// sockets bound at startup: the listeners and the admin address) into
+/// `config`, so that it is the config that will actually run, and names
+/// those the file changed.
+fn keep_bound_addresses(running: &Config, config: &mut Config) -> Vec<NeedsRestart> {
+    let listeners = |c: &Config| {
+        let addresses: Vec<String> = c.listeners.iter().map(|l| l.address.to_string()).collect();
+        format!("[{}]", addresses.join(", "))
+    };
+    let mut kept = Vec::new();
+    if config.listeners != running.listeners {
+        kept.push(NeedsRestart {
+            field: "listeners",
+            running: listeners(running),
+            file: listeners(config),
+        });
+        config.listeners = running.listeners.clone();
+    }
+    if config.admin != running.admin {
+        kept.push(NeedsRestart {
+            field: "admin.address",
+            running: running.admin.address.to_string(),
+            file: config.admin.address.to_string(),
+        });
+        config.admin = running.admin.clone();
+    }
+    kept
+}
+
 /// Swaps in a new config; keeps the old one if a client cannot be built.
-pub(crate) async fn reload(state: &State, config: Config) -> bool {
+///
+/// Everything but the listeners and the admin address applies: those keep
+/// their running values (warned about, naming both values) and the proxy
+/// keeps serving on the sockets it has. The running config, as `/config`
+/// shows it, is what runs.
+pub(crate) async fn reload(state: &State, mut config: Config) -> bool {
     let old = state.routing.load_full();
+    let kept = keep_bound_addresses(&old.config, &mut config);
+    for k in &kept {
+        tracing::warn!(
+            path = %state.path.display(),
+            "config reload: {} changed from {} to {}, which needs a restart; \
+             the running value stays",
+            k.field,
+            k.running,
+            k.file,
+        );
+    }
     if *old.config == config {
         return false;
     }
     match build_routing(Arc::new(config), Some(&old), &state.http, &state.metrics).await {
         Ok(routing) => {
             state.routing.store(Arc::new(routing));
-            tracing::info!(path = %state.path.display(), "config reloaded");
+            if kept.is_empty() {
+                tracing::info!(path = %state.path.display(), "config reloaded");
+            } else {
+                let fields: Vec<&str> = kept.iter().map(|k| k.field).collect();
+                tracing::info!(
+                    path = %state.path.display(),
+                    "config reloaded, except {} (a restart is needed for those)",
+                    fields.join(", "),
+                );
+            }
             true
         }
         Err(e) => {
             tracing::error!(error = %e, "config reload rejected; the running config stays");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::proxy::config::EndpointSpec;
+
+    /// A config whose one service's endpoint has `port`, checked every
+    /// `interval`.
+    fn text(interval: &str, port: u16) -> String {
+        format!(
+            "[server]\nwatch_interval = \"{interval}\"\n\
+             [[services]]\nname = \"app\"\nendpoints = [\"127.0.0.1:{port}\"]\n\
+             [[routes]]\nservice = \"app\"\n"
+        )
+    }
+
+    /// How long (in paused time) until the running config's endpoint has
+    /// port `want`; panics after two hours.
+    async fn until_port(state: &State, want: u16) -> Duration {
+        let want_endpoint = EndpointSpec::Address(format!("127.0.0.1:{want}"));
+        let start = Instant::now();
+        while state.routing.load().config.services[0].endpoints[0] != want_endpoint {
+            assert!(
+                start.elapsed() < Duration::from_secs(7200),
+                "no reload to port {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reloaded_watch_interval_applies_to_the_next_wait() {
+        let dir = std::env::temp_dir().join(format!("palisade-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path: PathBuf = dir.join("interval.toml");
+        std::fs::write(&path, text("1h", 1)).unwrap();
+        let config = load(&path).unwrap();
+        let state = Arc::new(State::new(path.clone(), config).await.unwrap());
+        let (stop, stopped) = watch::channel(false);
+        let watcher = tokio::spawn(watch_config(state.clone(), stopped));
+
+        // Seen after the hour-long wait the proxy started with ...
+        std::fs::write(&path, text("1s", 2)).unwrap();
+        let waited = until_port(&state, 2).await;
+        assert!(waited >= Duration::from_secs(3599), "{waited:?}");
+        assert_eq!(
+            state.routing.load().config.server.watch_interval,
+            Duration::from_secs(1)
+        );
+        // ... and from then on the file is checked every second.
+        std::fs::write(&path, text("1s", 3)).unwrap();
+        let waited = until_port(&state, 3).await;
+        assert!(waited <= Duration::from_secs(2), "{waited:?}");
+
+        stop.send(true).unwrap();
+        watcher.await.unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

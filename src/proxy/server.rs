@@ -12,6 +12,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -113,6 +114,31 @@ pub(crate) struct State {
     pub(crate) metrics: Metrics,
     pub(crate) registry: std::sync::Mutex<Registry>,
     pub(crate) path: PathBuf,
+    /// Set once shutdown has begun: `/ready` answers 503 from then on,
+    /// while in-flight requests finish.
+    pub(crate) draining: AtomicBool,
+}
+
+impl State {
+    /// The state of a proxy about to serve `config`, read from `path`: its
+    /// clients built, nothing bound yet.
+    pub(crate) async fn new(path: PathBuf, config: Config) -> Result<State, StartError> {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let http = Upstreams {
+            http1: hyper_client(),
+            h2c: hyper_h2c_client(),
+        };
+        let routing = build_routing(Arc::new(config), None, &http, &metrics).await?;
+        Ok(State {
+            routing: ArcSwap::from_pointee(routing),
+            http,
+            metrics,
+            registry: std::sync::Mutex::new(registry),
+            path,
+            draining: AtomicBool::new(false),
+        })
+    }
 }
 
 /// Reads and validates a config file; relative paths in it are relative
@@ -124,29 +150,17 @@ pub fn load(path: &Path) -> Result<Config, StartError> {
 
 /// Runs the proxy on `config` (read from `path`, which is watched for
 /// changes) until `shutdown` resolves; then stops accepting and drains
-/// in-flight requests for up to the grace period. `ready` receives the
-/// bound addresses (listeners, then admin) once serving.
+/// in-flight requests for up to the grace period, the admin server still
+/// answering (`/ready` with 503). `ready` receives the bound addresses
+/// (listeners, then admin) once serving.
 pub async fn run(
     path: PathBuf,
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
     ready: impl FnOnce(&[SocketAddr], SocketAddr),
 ) -> Result<(), StartError> {
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    let http = Upstreams {
-        http1: hyper_client(),
-        h2c: hyper_h2c_client(),
-    };
-    let routing = build_routing(Arc::new(config), None, &http, &metrics).await?;
-    let config = routing.config.clone();
-    let state = Arc::new(State {
-        routing: ArcSwap::from_pointee(routing),
-        http,
-        metrics,
-        registry: std::sync::Mutex::new(registry),
-        path,
-    });
+    let state = Arc::new(State::new(path, config).await?);
+    let config = state.routing.load().config.clone();
 
     let mut listeners = Vec::new();
     for l in &config.listeners {
@@ -166,7 +180,11 @@ pub async fn run(
         .local_addr()
         .map_err(|e| StartError::Bind(config.admin.address, e))?;
 
+    // The listeners and the watcher stop when shutdown begins; the admin
+    // server only once the drain is over, so that `/ready` can say 503
+    // meanwhile.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
@@ -175,19 +193,15 @@ pub async fn run(
             state.clone(),
             stop_rx.clone(),
             graceful.clone(),
-            config.server.max_header_bytes,
         ));
     }
-    tasks.spawn(admin_server(admin, state.clone(), stop_rx.clone()));
-    tasks.spawn(watch_config(
-        state.clone(),
-        stop_rx.clone(),
-        config.server.watch_interval,
-    ));
+    let admin_task = tokio::spawn(admin_server(admin, state.clone(), admin_stop_rx));
+    tasks.spawn(watch_config(state.clone(), stop_rx.clone()));
     ready(&bound, admin_addr);
     tracing::info!(listeners = ?bound, admin = %admin_addr, "palisade proxy serving");
 
     shutdown.await;
+    state.draining.store(true, Ordering::Relaxed);
     tracing::info!("shutting down: no new connections; draining in-flight requests");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
@@ -199,30 +213,35 @@ pub async fn run(
     {
         tracing::warn!(?grace, "grace period over with requests still in flight");
     }
+    let _ = admin_stop_tx.send(true);
+    let _ = admin_task.await;
     Ok(())
 }
 
 /// Accepts connections on `listener` until told to stop; each connection is
 /// watched by `graceful` so that shutdown can drain it.
+///
+/// A connection gets the running config's `server.max_header_bytes`: a
+/// reload that changes it applies to the connections accepted after it.
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
-    max_header_bytes: usize,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .max_buf_size(max_header_bytes.max(8192))
-        .timer(hyper_util::rt::TokioTimer::new());
-    builder
-        .http2()
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
+    let mut current: Option<(usize, Arc<auto::Builder<TokioExecutor>>)> = None;
     while let Some((stream, remote)) = accept(&listener, &mut stop).await {
         let _ = stream.set_nodelay(true);
-        let (state, builder) = (state.clone(), builder.clone());
+        let max_header_bytes = state.routing.load().config.server.max_header_bytes;
+        let builder = match &current {
+            Some((max, builder)) if *max == max_header_bytes => builder.clone(),
+            _ => {
+                let builder = Arc::new(connection_builder(max_header_bytes));
+                current = Some((max_header_bytes, builder.clone()));
+                builder
+            }
+        };
+        let state = state.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
@@ -235,6 +254,32 @@ pub(crate) async fn serve(
             }
         });
     }
+}
+
+/// The smallest `server.max_header_bytes`: hyper's HTTP/1 read buffer
+/// cannot be made smaller, so a smaller limit would not be the one
+/// enforced.
+pub(crate) const MIN_MAX_HEADER_BYTES: usize = 8192;
+
+/// How the listeners serve a connection: HTTP/1.1 or h2c, request heads
+/// limited to `max_header_bytes`.
+///
+/// HTTP/1.1: hyper answers 431 once its buffer holds `max_header_bytes` of
+/// a head that has not ended; that buffer grows in steps, so a head that
+/// arrives in larger reads can end past the limit and still pass (see
+/// docs/config.md). h2c: exact, the header list as HTTP/2 counts it. `h2`
+/// refuses a list whose size reaches the setting, so the setting is one
+/// more than the largest list accepted.
+pub(crate) fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // Validation refuses less; a config built in code is not validated.
+        .max_buf_size(max_header_bytes.max(MIN_MAX_HEADER_BYTES))
+        .timer(hyper_util::rt::TokioTimer::new());
+    let list = u32::try_from(max_header_bytes.saturating_add(1)).unwrap_or(u32::MAX);
+    builder.http2().max_header_list_size(list);
+    builder
 }
 
 /// The next connection, or `None` once told to stop. Accept errors (out of

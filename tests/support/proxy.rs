@@ -26,6 +26,9 @@ pub struct Proxy {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub config: PathBuf,
+    /// What it logged, line by line, if started with
+    /// [`Proxy::start_logging`]; empty otherwise.
+    pub logs: Arc<Mutex<Vec<String>>>,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -63,15 +66,41 @@ impl Proxy {
     /// Starts the proxy on exactly `text`, and waits for its first line
     /// (which names the addresses it bound).
     pub fn start_with(text: &str) -> Proxy {
+        Proxy::spawn(text, false)
+    }
+
+    /// Like [`Proxy::start_with`], with the proxy's own log lines down to
+    /// `info` collected in [`Proxy::logs`] (and passed on to stderr).
+    pub fn start_logging(text: &str) -> Proxy {
+        Proxy::spawn(text, true)
+    }
+
+    fn spawn(text: &str, logging: bool) -> Proxy {
         let config = config_path();
         std::fs::write(&config, text).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_palisade"));
+        command
             .args(["proxy", "--config"])
             .arg(&config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start palisade");
+            .stdout(Stdio::piped());
+        if logging {
+            command
+                .env("RUST_LOG", "warn,palisade::proxy=info")
+                .stderr(Stdio::piped());
+        } else {
+            command.stderr(Stdio::inherit());
+        }
+        let mut child = command.spawn().expect("start palisade");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    logs.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                }
+            });
+        }
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -96,7 +125,17 @@ impl Proxy {
             listen,
             admin,
             config,
+            logs,
         }
+    }
+
+    /// The logged lines that contain every one of `parts`.
+    pub fn logged(&self, parts: &[&str]) -> Vec<String> {
+        let logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        logs.iter()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .cloned()
+            .collect()
     }
 
     /// Replaces the config file with [`config_text`]`(body)`.

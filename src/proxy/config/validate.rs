@@ -1,6 +1,7 @@
 //! Validation: every problem in a config, each at its field and line.
 
 use super::*;
+use crate::proxy::server::MIN_MAX_HEADER_BYTES;
 
 // ---------------------------------------------------------------------------
 // Validation and lints.
@@ -202,10 +203,14 @@ pub(crate) fn validate(c: &Config, r: &mut Report<'_>) {
     }
 
     // Server.
-    if c.server.max_header_bytes < 1024 {
+    if c.server.max_header_bytes < MIN_MAX_HEADER_BYTES {
         r.add(
             &root.at("server.max_header_bytes"),
-            format!("must be at least 1024, got {}", c.server.max_header_bytes),
+            format!(
+                "must be at least {MIN_MAX_HEADER_BYTES} (the smallest limit HTTP/1 can \
+                 enforce), got {}",
+                c.server.max_header_bytes
+            ),
         );
     }
     if c.server.watch_interval.is_zero() {

@@ -349,23 +349,72 @@ async fn h2c_header_list(client: &Plain, addr: SocketAddr, size: usize) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_header_bytes_is_the_largest_head_accepted() {
     let backend = Backend::spawn(Behavior::new()).await.unwrap();
-    // max_header_bytes = 8192
-    let proxy =
-        Proxy::start(&(service("app", &[backend.addr()]) + "[[routes]]\nservice = \"app\"\n"));
-    ready(&plain(), &proxy).await;
-
-    // HTTP/1.1, each on a new connection: the request line and headers.
-    assert_eq!(raw(proxy.listen, &head(8192)).await, 200);
-    assert_eq!(raw(proxy.listen, &head(8193)).await, 431);
-    // h2c: the header list.
     let h2: Plain = HttpClient::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http();
-    assert_eq!(h2c_header_list(&h2, proxy.listen, 8192).await, 200);
-    assert_eq!(h2c_header_list(&h2, proxy.listen, 8193).await, 431);
-    // The connection is still good.
-    assert_eq!(get(&h2, proxy.listen, "/").await.0, 200);
-    assert_eq!(backend.requests(), 3);
+    // Powers of two and not, below hyper's smallest HTTP/1 buffer and above.
+    for limit in [1024, 8192, 10_000] {
+        let body = service("app", &[backend.addr()]) + "[[routes]]\nservice = \"app\"\n";
+        let text = support::proxy::config_text(&body).replace(
+            "max_header_bytes = 8192",
+            &format!("max_header_bytes = {limit}"),
+        );
+        let proxy = Proxy::start_with(&text);
+        ready(&plain(), &proxy).await;
+
+        // HTTP/1.1, on a new connection: the request line and headers.
+        assert_eq!(raw(proxy.listen, &head(limit)).await, 200, "{limit}");
+        assert_eq!(raw(proxy.listen, &head(limit + 1)).await, 431, "{limit}");
+        // ... and on a connection that already served a request.
+        assert_eq!(
+            raw_second(proxy.listen, &head(limit)).await,
+            200,
+            "{limit}, kept alive"
+        );
+        assert_eq!(
+            raw_second(proxy.listen, &head(limit + 1)).await,
+            431,
+            "{limit}, kept alive"
+        );
+        // h2c: the header list.
+        assert_eq!(
+            h2c_header_list(&h2, proxy.listen, limit).await,
+            200,
+            "{limit}"
+        );
+        assert_eq!(
+            h2c_header_list(&h2, proxy.listen, limit + 1).await,
+            431,
+            "{limit}"
+        );
+        // The connection is still good.
+        assert_eq!(get(&h2, proxy.listen, "/").await.0, 200);
+    }
+}
+
+/// The status of `bytes` sent as the second request of a connection whose
+/// first request was a small GET that got its answer.
+async fn raw_second(addr: SocketAddr, bytes: &[u8]) -> u16 {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Read the first answer whole: its head and its `ok\n` body.
+    let mut first = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !first.ends_with(b"ok\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the first answer ended early: {first:?}");
+        first.extend_from_slice(&buf[..n]);
+    }
+    stream.write_all(bytes).await.unwrap();
+    let n = stream.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{head:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,6 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -229,16 +228,16 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
 ) {
-    let mut current: Option<(usize, Arc<auto::Builder<TokioExecutor>>)> = None;
+    let mut current: Option<Arc<Connections>> = None;
     while let Some((stream, remote)) = accept(&listener, &mut stop).await {
         let _ = stream.set_nodelay(true);
         let max_header_bytes = state.routing.load().config.server.max_header_bytes;
-        let builder = match &current {
-            Some((max, builder)) if *max == max_header_bytes => builder.clone(),
+        let builders = match &current {
+            Some(c) if c.max_header_bytes == max_header_bytes => c.clone(),
             _ => {
-                let builder = Arc::new(connection_builder(max_header_bytes));
-                current = Some((max_header_bytes, builder.clone()));
-                builder
+                let c = Arc::new(Connections::new(max_header_bytes));
+                current = Some(c.clone());
+                c
             }
         };
         let state = state.clone();
@@ -248,38 +247,104 @@ pub(crate) async fn serve(
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(handle(&state, req, remote).await) }
             });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            let (h2, stream) = match tokio::time::timeout(PREFACE_TIMEOUT, sniff(stream)).await {
+                Ok(Ok(sniffed)) => sniffed,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %remote, "connection ended before its first request");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "connection sent no request in time");
+                    return;
+                }
+            };
+            let result = if h2 {
+                watcher
+                    .watch(builders.http2.serve_connection(stream, service))
+                    .await
+            } else {
+                watcher
+                    .watch(builders.http1.serve_connection(stream, service))
+                    .await
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, %remote, "connection ended with an error");
             }
         });
     }
 }
 
-/// The smallest `server.max_header_bytes`: hyper's HTTP/1 read buffer
-/// cannot be made smaller, so a smaller limit would not be the one
-/// enforced.
-pub(crate) const MIN_MAX_HEADER_BYTES: usize = 8192;
+/// The smallest `server.max_header_bytes` a config may ask for.
+pub(crate) const MIN_MAX_HEADER_BYTES: usize = 1024;
 
-/// How the listeners serve a connection: HTTP/1.1 or h2c, request heads
-/// limited to `max_header_bytes`.
-///
-/// HTTP/1.1: hyper answers 431 once its buffer holds `max_header_bytes` of
-/// a head that has not ended; that buffer grows in steps, so a head that
-/// arrives in larger reads can end past the limit and still pass (see
-/// docs/config.md). h2c: exact, the header list as HTTP/2 counts it. `h2`
-/// refuses a list whose size reaches the setting, so the setting is one
-/// more than the largest list accepted.
-pub(crate) fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        // Validation refuses less; a config built in code is not validated.
-        .max_buf_size(max_header_bytes.max(MIN_MAX_HEADER_BYTES))
-        .timer(hyper_util::rt::TokioTimer::new());
-    let list = u32::try_from(max_header_bytes.saturating_add(1)).unwrap_or(u32::MAX);
-    builder.http2().max_header_list_size(list);
-    builder
+/// How long a new connection may take to send enough bytes to tell h2c
+/// from HTTP/1 (hyper's own default for reading a request head).
+const PREFACE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The client preface that starts every h2c connection (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection's bytes: the ones read to tell the protocol, then the rest.
+type Sniffed = TokioIo<
+    tokio::io::Join<
+        tokio::io::Chain<std::io::Cursor<Vec<u8>>, tokio::net::tcp::OwnedReadHalf>,
+        tokio::net::tcp::OwnedWriteHalf,
+    >,
+>;
+
+/// Reads just enough of a new connection to tell the h2c preface from an
+/// HTTP/1 request line (at most the preface's 24 bytes; one byte settles
+/// most HTTP/1 requests), and hands back the connection with those bytes
+/// in front.
+async fn sniff(mut stream: tokio::net::TcpStream) -> std::io::Result<(bool, Sniffed)> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::with_capacity(H2_PREFACE.len());
+    let mut chunk = [0u8; 24];
+    let h2 = loop {
+        let n = stream
+            .read(&mut chunk[..H2_PREFACE.len() - seen.len()])
+            .await?;
+        seen.extend_from_slice(&chunk[..n]);
+        if n == 0 || !H2_PREFACE.starts_with(&seen) {
+            break false;
+        }
+        if seen.len() == H2_PREFACE.len() {
+            break true;
+        }
+    };
+    let (read, write) = stream.into_split();
+    let io = tokio::io::join(std::io::Cursor::new(seen).chain(read), write);
+    Ok((h2, TokioIo::new(io)))
+}
+
+/// How the listeners serve a connection, HTTP/1.1 or h2c, with request
+/// heads limited to `max_header_bytes`, exactly: on HTTP/1.1 the request
+/// line and headers (hyper's `max_header_size`), on h2c the header list as
+/// HTTP/2 counts it (`h2` refuses a list whose size reaches its setting, so
+/// the setting is one more than the largest list accepted).
+pub(crate) struct Connections {
+    max_header_bytes: usize,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+impl Connections {
+    pub(crate) fn new(max_header_bytes: usize) -> Connections {
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .max_header_size(max_header_bytes)
+            .timer(hyper_util::rt::TokioTimer::new());
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let list = u32::try_from(max_header_bytes.saturating_add(1)).unwrap_or(u32::MAX);
+        http2
+            .max_header_list_size(list)
+            .timer(hyper_util::rt::TokioTimer::new());
+        Connections {
+            max_header_bytes,
+            http1,
+            http2,
+        }
+    }
 }
 
 /// The next connection, or `None` once told to stop. Accept errors (out of

@@ -155,11 +155,8 @@ pub struct Server {
     #[serde(default = "default_grace", with = "duration")]
     pub grace_period: Duration,
     /// The largest request head accepted; larger ones are answered 431.
-    /// HTTP/1.1: the request line and headers (exact on a connection's first
-    /// request when a power of two; otherwise hyper's read buffer can let a
-    /// head of up to about twice this through). h2c: the header list as
-    /// HTTP/2 counts it, exactly. At least 8192, the smallest limit hyper's
-    /// HTTP/1.1 parser can enforce. Default 64 KiB.
+    /// HTTP/1.1: the request line and headers; h2c: the header list as
+    /// HTTP/2 counts it; either way exactly. At least 1024. Default 64 KiB.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
     /// How often the config file is checked for changes; greater than 0.

@@ -207,8 +207,8 @@ pub(crate) fn validate(c: &Config, r: &mut Report<'_>) {
         r.add(
             &root.at("server.max_header_bytes"),
             format!(
-                "must be at least {MIN_MAX_HEADER_BYTES} (the smallest limit HTTP/1 can \
-                 enforce), got {}",
+                "must be at least {MIN_MAX_HEADER_BYTES} (a request line and a Host \
+                 header need room), got {}",
                 c.server.max_header_bytes
             ),
         );

@@ -286,6 +286,11 @@ async fn ready_answers_503_while_draining() {
 async fn raw(addr: SocketAddr, bytes: &[u8]) -> u16 {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(bytes).await.unwrap();
+    status_of(&mut stream).await
+}
+
+/// The status of the next response head on `stream`.
+async fn status_of(stream: &mut TcpStream) -> u16 {
     let mut buf = vec![0u8; 1024];
     let n = stream.read(&mut buf).await.unwrap();
     let head = String::from_utf8_lossy(&buf[..n]);
@@ -409,12 +414,7 @@ async fn raw_second(addr: SocketAddr, bytes: &[u8]) -> u16 {
         first.extend_from_slice(&buf[..n]);
     }
     stream.write_all(bytes).await.unwrap();
-    let n = stream.read(&mut buf).await.unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]);
-    head.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{head:?}"))
+    status_of(&mut stream).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,16 @@ fn req(method: Method, body: &'static str) -> Request<Body> {
 }
 
 /// A deadline layer with this default timeout.
+/// A retry layer with `settings` and no backoff between attempts.
+fn no_backoff(settings: RetrySettings) -> RetryLayer {
+    let settings = RetrySettings {
+        backoff_base: Duration::ZERO,
+        backoff_cap: Duration::ZERO,
+        ..settings
+    };
+    RetryLayer::new("test", settings).unwrap()
+}
+
 fn deadline(timeout: Duration) -> DeadlineLayer {
     let settings = DeadlineSettings {
         timeout: Some(timeout),
@@ -317,15 +327,7 @@ async fn no_retry_starts_on_an_endpoint_that_cannot_answer_in_time() {
     }
     let on_2 = fleet.count("127.0.0.1:2");
 
-    let retry = RetryLayer::new(
-        "test",
-        RetrySettings {
-            backoff_base: Duration::ZERO,
-            backoff_cap: Duration::ZERO,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let retry = no_backoff(RetrySettings::default());
     let deadline = deadline(Duration::from_millis(200));
     let svc = deadline.layer(retry.layer(b));
     for _ in 0..20 {
@@ -356,16 +358,10 @@ async fn the_per_try_timeout_moves_on_to_another_endpoint() {
         ],
     );
     ready(&b, 2).await;
-    let svc = RetryLayer::new(
-        "test",
-        RetrySettings {
-            per_try_timeout: Some(Duration::from_millis(100)),
-            backoff_base: Duration::ZERO,
-            backoff_cap: Duration::ZERO,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    let svc = no_backoff(RetrySettings {
+        per_try_timeout: Some(Duration::from_millis(100)),
+        ..Default::default()
+    })
     .layer(b);
     for _ in 0..10 {
         let start = Instant::now();
@@ -397,16 +393,10 @@ async fn an_endpoint_that_never_answers_is_ejected_through_its_per_try_timeouts(
     };
     let b = fleet.balance_with(Static::new(eps), BalanceSettings::default(), ejection);
     ready(&b, 3).await;
-    let svc = RetryLayer::new(
-        "test",
-        RetrySettings {
-            per_try_timeout: Some(Duration::from_millis(100)),
-            backoff_base: Duration::ZERO,
-            backoff_cap: Duration::ZERO,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    let svc = no_backoff(RetrySettings {
+        per_try_timeout: Some(Duration::from_millis(100)),
+        ..Default::default()
+    })
     .layer(b.clone());
     // The hung endpoint is tried now and then (new endpoints are seeded
     // with the median, and its cut-off calls are its only news); each time
@@ -517,15 +507,7 @@ async fn each_attempt_carries_the_deadline_that_remains() {
         ],
     );
     ready(&b, 2).await;
-    let retry = RetryLayer::new(
-        "test",
-        RetrySettings {
-            backoff_base: Duration::ZERO,
-            backoff_cap: Duration::ZERO,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let retry = no_backoff(RetrySettings::default());
     let deadline = deadline(Duration::from_secs(1));
     let svc = deadline.layer(retry.layer(b));
     svc.oneshot(req(Method::GET, "")).await.unwrap();

@@ -81,19 +81,18 @@ impl std::error::Error for SettingsError {}
 
 /// Gathers problems while a settings struct is validated.
 #[derive(Debug, Default)]
-#[allow(dead_code)] // used by the layers' settings as they move onto it
 pub(crate) struct Problems {
     prefix: String,
     problems: Vec<Problem>,
 }
 
-#[allow(dead_code)]
 impl Problems {
     pub(crate) fn new() -> Problems {
         Problems::default()
     }
 
     /// Problems whose fields are under `prefix` (`"retry"`).
+    #[cfg(test)]
     pub(crate) fn under(prefix: &str) -> Problems {
         Problems {
             prefix: prefix.to_owned(),

@@ -2,6 +2,7 @@
 //! draw on, with the library's defaults and a `validate()` that names every
 //! problem.
 
+#[cfg(feature = "serde")]
 use std::fmt;
 use std::time::Duration;
 

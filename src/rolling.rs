@@ -70,7 +70,6 @@ impl RollingCount {
     }
 
     /// Forgets every count.
-    #[allow(dead_code)] // used by the service breaker and failure accrual as they land
     pub(crate) fn clear(&self) {
         for stamp in &self.stamps {
             stamp.store(0, Ordering::Release);

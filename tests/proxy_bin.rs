@@ -1000,3 +1000,69 @@ async fn dns_discovery_moves_traffic_when_the_zone_changes() {
         "{app}"
     );
 }
+
+/// A server that behaves as gRPC servers do: h2c only, it refuses a request
+/// without `te: trailers` (grpc-go and tonic answer such a request with an
+/// error), and puts `grpc-status` in the trailers.
+async fn grpc_like_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let te = req.headers().get("te").is_some_and(|v| v == "trailers");
+                        let mut trailers = http::HeaderMap::new();
+                        let code = if te { "0" } else { "13" };
+                        trailers.insert("grpc-status", http::HeaderValue::from_static(code));
+                        let frames = vec![
+                            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                                bytes::Bytes::from_static(b"\0\0\0\0\0"),
+                            )),
+                            Ok(hyper::body::Frame::trailers(trailers)),
+                        ];
+                        let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+                        let rsp = http::Response::builder()
+                            .status(if te { 200 } else { 400 })
+                            .header("content-type", "application/grpc")
+                            .body(body)
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(rsp)
+                    },
+                );
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A gRPC call through the proxy reaches a gRPC server: `te: trailers` is
+/// forwarded (gRPC servers refuse a request without it) and the
+/// `grpc-status` trailer comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_keeps_te_trailers_and_gets_its_trailers_back() {
+    use http_body_util::BodyExt;
+    let backend = grpc_like_backend().await;
+    let body = format!(
+        "[[services]]\nname = \"grpc\"\nprotocol = \"h2c\"\nendpoints = [\"{backend}\"]\n\n[[routes]]\nservice = \"grpc\"\n"
+    );
+    let proxy = Proxy::start(&body);
+    ready(&plain(), &proxy).await;
+    let h2: Plain = HttpClient::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let req = http::Request::post(format!("http://{}/echo.Echo/Say", proxy.listen))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(bytes::Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let rsp = h2.request(req).await.unwrap();
+    assert_eq!(rsp.status(), 200, "the server saw no `te: trailers`");
+    let collected = rsp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().expect("trailers came back");
+    assert_eq!(trailers["grpc-status"], "0");
+}

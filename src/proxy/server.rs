@@ -379,8 +379,16 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 /// Removes hop-by-hop headers, including those the `Connection` header
-/// names.
+/// names. `TE: trailers` is the one kept: a proxy may forward it (RFC 9110
+/// §7.6.1, the only `TE` HTTP/2 allows), and gRPC servers refuse a request
+/// without it; every other `TE` value is the client's business with us.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let trailers = headers.get_all(header::TE).iter().any(|value| {
+        value.to_str().unwrap_or("").split(',').any(|token| {
+            let coding = token.split(';').next().unwrap_or("").trim();
+            coding.eq_ignore_ascii_case("trailers")
+        })
+    });
     // Names beyond the standard set are rare: `Connection: keep-alive` or
     // `close` (on nearly every HTTP/1.1 response) allocate nothing here.
     let mut named: Vec<HeaderName> = Vec::new();
@@ -399,6 +407,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in HOP_BY_HOP.iter().chain(&named) {
         headers.remove(name);
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -701,5 +712,24 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_is_forwarded_and_nothing_else_of_te() {
+        let forwarded = |te: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static("TE"));
+            h.insert(header::TE, HeaderValue::from_static(te));
+            strip_hop_by_hop(&mut h);
+            assert!(h.get(header::CONNECTION).is_none());
+            h.get(header::TE).map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(forwarded("trailers").as_deref(), Some("trailers"));
+        assert_eq!(
+            forwarded("gzip, Trailers;q=0.5").as_deref(),
+            Some("trailers")
+        );
+        assert_eq!(forwarded("gzip"), None);
+        assert_eq!(forwarded("trailersx"), None);
     }
 }

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use palisade::balance::{Balance, BalanceSettings, Choice, Hints};
-use palisade::classify::{Class, Classify};
+use palisade::classify::{Class, Classify, ResponseEos};
 use palisade::discover::{Address, Endpoint, Static};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -217,16 +217,28 @@ struct Req(u64);
 
 impl Hints for Req {}
 
+/// The overhead part's response: a number, judged by its head alone (it
+/// has no stream whose end could be watched). Its number is computed per
+/// request, as a real answer would be, though nothing reads it.
+struct Rsp(#[allow(dead_code)] u64);
+
+impl ResponseEos for Rsp {}
+
+/// The fleet part's response: nothing but its arrival.
+struct Done;
+
+impl ResponseEos for Done {}
+
 /// A trivially cheap endpoint: answers at once with a number derived from the
 /// request. One opaque type for every `id`, so they fit in one `Vec`.
 fn cheap_endpoint(
     id: u64,
-) -> impl Service<Req, Response = u64, Error = Infallible, Future = Ready<Result<u64, Infallible>>>
+) -> impl Service<Req, Response = Rsp, Error = Infallible, Future = Ready<Result<Rsp, Infallible>>>
 + Clone
 + Send
 + Sync
 + 'static {
-    service_fn(move |req: Req| ready(Ok::<_, Infallible>(req.0.wrapping_add(id))))
+    service_fn(move |req: Req| ready(Ok::<_, Infallible>(Rsp(req.0.wrapping_add(id)))))
 }
 
 /// How a worker task issues each request.
@@ -684,7 +696,7 @@ fn fleet_run(choice: Choice, seed: u64, requests: usize, concurrency: usize) -> 
                 let us = rng.lock().expect("rng").random_range(lo_us..hi_us);
                 async move {
                     tokio::time::sleep(Duration::from_micros(us)).await;
-                    Ok::<_, Infallible>(())
+                    Ok::<_, Infallible>(Done)
                 }
             }))
         };

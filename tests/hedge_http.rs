@@ -21,6 +21,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use palisade::classify::EosBody;
 use palisade::demo::{Backend, Behavior};
 use palisade::discover::Endpoint;
 use palisade::hedge::{HedgeDelay, HedgeHandle, HedgeLayer, HedgeSettings, HedgeSkip};
@@ -53,7 +54,7 @@ fn backend_requests(fleet: &[Backend]) -> u64 {
 }
 
 /// The stacks compared: boxed alike, so that they differ only in the hedge.
-type Stack = BoxCloneService<Req, Response<Incoming>, Error>;
+type Stack = BoxCloneService<Req, Response<EosBody<Incoming>>, Error>;
 
 /// A `Client` over `addrs` (telemetry → deadline → breaker → retry →
 /// [hedge] → balancer), all defaults, and its hedging counters.

@@ -162,7 +162,9 @@ fn edges(root: &Path, reexports: &BTreeMap<String, String>) -> Vec<Edge> {
     for file in rust_files(root) {
         let rel = file.strip_prefix(root).unwrap();
         let Some(from) = module_of(rel) else { continue };
-        if rel.file_name().is_some_and(|n| n == "tests.rs") {
+        // Test modules in their own files: `tests.rs`, `eos_tests.rs`.
+        let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name == "tests.rs" || name.ends_with("_tests.rs") {
             continue;
         }
         let text = fs::read_to_string(&file).unwrap();

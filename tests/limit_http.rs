@@ -74,7 +74,7 @@ async fn open_loop<S>(svc: S, rate: u32, duration: Duration) -> Vec<Outcome>
 where
     S: Service<
             http::Request<Body>,
-            Response = http::Response<hyper::body::Incoming>,
+            Response = http::Response<palisade::classify::EosBody<hyper::body::Incoming>>,
             Error = Error,
         > + Clone
         + Send

@@ -1066,3 +1066,43 @@ async fn a_grpc_call_keeps_te_trailers_and_gets_its_trailers_back() {
     let trailers = collected.trailers().expect("trailers came back");
     assert_eq!(trailers["grpc-status"], "0");
 }
+
+/// The proxy's own errors on a gRPC call are Trailers-Only gRPC answers
+/// (`200`, `grpc-status`, `grpc-message`), which a gRPC client reads as the
+/// right code, not an HTTP 502 it would turn into a vague UNKNOWN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_call_gets_the_proxys_own_errors_as_grpc_statuses() {
+    // An address nothing listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let body = format!(
+        "[[services]]\nname = \"grpc\"\nprotocol = \"h2c\"\nendpoints = [\"{dead}\"]\n\n[[routes]]\nservice = \"grpc\"\n"
+    );
+    let proxy = Proxy::start(&body);
+    ready(&plain(), &proxy).await;
+    let h2: Plain = HttpClient::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let send = |content_type: &'static str| {
+        let req = http::Request::post(format!("http://{}/echo.Echo/Say", proxy.listen))
+            .header("content-type", content_type)
+            .header("te", "trailers")
+            .body(Full::new(bytes::Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap();
+        h2.request(req)
+    };
+    let rsp = send("application/grpc").await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(rsp.headers()["content-type"], "application/grpc");
+    assert_eq!(rsp.headers()["grpc-status"], "14", "UNAVAILABLE");
+    assert_eq!(rsp.headers()["x-palisade-error"], "upstream-error");
+    let message = rsp.headers()["grpc-message"].to_str().unwrap();
+    assert!(message.contains("grpc"), "names the service: {message}");
+
+    // The same failure, asked in plain HTTP, is an HTTP status.
+    let rsp = send("application/json").await.unwrap();
+    assert_eq!(rsp.status(), 502);
+    assert!(!rsp.headers().contains_key("grpc-status"));
+}

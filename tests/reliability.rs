@@ -282,7 +282,7 @@ async fn c_reset_before_the_head_is_retried_elsewhere() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c_reset_mid_body_reaches_the_caller() {
+async fn c_reset_mid_body_reaches_the_caller_and_ejects_the_endpoint() {
     let _serial = serial().await;
     eprintln!("c: one of 4 backends' connections reset after the head and one body byte (GETs)");
     let fleet = Fleet::spawn(4, fast()).await;
@@ -335,6 +335,22 @@ async fn c_reset_mid_body_reaches_the_caller() {
         failures + retried,
         "resets vs body errors + retried"
     );
+    // The end of the stream is judged: every body error is a failure of
+    // the resetting endpoint (penalised, counted), and five in a row eject
+    // it, so it stops getting its quarter of the traffic.
+    let resetter = Address::from(fleet.addrs()[2]);
+    let stats = client.endpoint_stats();
+    let on_resetter = stats.iter().find(|s| s.address == resetter).unwrap();
+    assert!(
+        on_resetter.failures >= failures,
+        "{failures} body errors, {} failures counted: {on_resetter:?}",
+        on_resetter.failures
+    );
+    assert!(on_resetter.ejections >= 1, "never ejected: {on_resetter:?}");
+    assert!(
+        failures <= 50,
+        "{failures} of 1000 failed: the endpoint kept its share"
+    );
     let (_, healthy_p99) = healthy.p50_p99();
     let (_, p99) = run.p50_p99();
     assert!(
@@ -347,9 +363,11 @@ async fn c_reset_mid_body_reaches_the_caller() {
         .map(|(id, n)| u64::from(*n) - u64::from(before.get(id).copied().unwrap_or(0)))
         .sum();
     eprintln!(
-        "  {resets} resets: {failures} body errors at the caller ({:.1} % of requests; the endpoint \
-         is never penalised for them), {retried} retried; {newly} forwarded; {acc:?}",
-        100.0 * failures as f64 / 1000.0
+        "  {resets} resets: {failures} body errors at the caller ({:.1} % of requests; \
+         {} failures counted on the endpoint, ejected {} times), {retried} retried; {newly} forwarded; {acc:?}",
+        100.0 * failures as f64 / 1000.0,
+        on_resetter.failures,
+        on_resetter.ejections
     );
 }
 

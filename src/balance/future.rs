@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::{Hints, InFlight, Shared, Tried, wait_for_endpoints};
-use crate::classify::{Class, Classify, Retry};
+use crate::classify::{Class, Classify, ResponseEos, Retry};
 use crate::error::{BoxError, Error};
 
 /// The response future of [`Balance`](super::Balance).
@@ -54,7 +54,9 @@ where
     Calling {
         #[pin]
         future: S::Future,
-        in_flight: InFlight<S>,
+        /// Taken when the head arrives: it then lives until the end of the
+        /// response's stream.
+        in_flight: Option<InFlight<S>>,
         start: Instant,
         /// The request's `Tried`, to learn on drop whether the retry layer
         /// cut the call off with its per-try timeout.
@@ -74,7 +76,7 @@ where
     fn drop(self: Pin<&mut Self>) {
         let this = self.project();
         if let StateProj::Calling {
-            in_flight,
+            in_flight: Some(in_flight),
             start,
             tried,
             ..
@@ -139,6 +141,7 @@ impl<S, C, Req> Future for ResponseFuture<S, C, Req>
 where
     Req: Hints,
     S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Response: ResponseEos,
     S::Error: Into<BoxError>,
     C: Classify<S::Response>,
 {
@@ -203,7 +206,7 @@ where
                     let future = service.call(req);
                     this.state.set(State::Calling {
                         future,
-                        in_flight,
+                        in_flight: Some(in_flight),
                         start,
                         tried,
                     });
@@ -217,16 +220,35 @@ where
                     let result = ready!(future.poll(cx));
                     let now = Instant::now();
                     let latency = now.saturating_duration_since(*start);
+                    let mut in_flight = in_flight.take().expect("polled after completion");
                     let result = match result {
                         Ok(rsp) => {
-                            let class = this.shared.classify.classify_response(&rsp);
-                            this.shared.record(in_flight, class, latency, now);
+                            let head = this.shared.classify.classify_response(&rsp);
+                            this.shared
+                                .observe_head(&in_flight.slot, head, latency, now);
+                            match rsp.eos() {
+                                // The verdict, and the in-flight count, wait
+                                // for the end of the stream.
+                                Some(eos) => {
+                                    let shared = this.shared.clone();
+                                    eos.on_end(move |end| {
+                                        let class = shared.classify.classify_end(head, end);
+                                        shared.settle(
+                                            &mut in_flight,
+                                            class,
+                                            latency,
+                                            Instant::now(),
+                                        );
+                                    });
+                                }
+                                None => this.shared.settle(&mut in_flight, head, latency, now),
+                            }
                             Ok(rsp)
                         }
                         Err(e) => {
                             let e: BoxError = e.into();
                             let class = this.shared.classify.classify_error(&*e);
-                            this.shared.record(in_flight, class, latency, now);
+                            this.shared.record(&mut in_flight, class, latency, now);
                             Err(Error::inner(
                                 &this.shared.name,
                                 Some(in_flight.slot.endpoint.address()),

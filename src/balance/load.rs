@@ -65,6 +65,12 @@ impl EwmaState {
     fn penalty_at(&self, now: Instant, penalty: Duration) -> f64 {
         self.penalty_ns * decay_weight(now.saturating_duration_since(self.penalty_stamp), penalty)
     }
+
+    fn penalize(&mut self, penalty: Duration, now: Instant) {
+        let current = self.penalty_at(now, penalty);
+        self.penalty_ns = current.max(penalty.as_nanos() as f64);
+        self.penalty_stamp = now;
+    }
 }
 
 impl PeakEwma {
@@ -151,10 +157,16 @@ impl PeakEwma {
             s.stamp = now;
         }
         if let Some(penalty) = failure {
-            let current = s.penalty_at(now, penalty);
-            s.penalty_ns = current.max(penalty.as_nanos() as f64);
-            s.penalty_stamp = now;
+            s.penalize(penalty, now);
         }
+    }
+
+    /// Records a failure at `now`: raises the penalty to at least
+    /// `penalty`, which also sets how fast it fades. A failure found at the
+    /// end of a stream is penalised here, after its head's latency was
+    /// observed.
+    pub(crate) fn penalize(&self, penalty: Duration, now: Instant) {
+        self.lock().penalize(penalty, now);
     }
 }
 

@@ -48,10 +48,19 @@
 //! **When a sample is taken:** the clock starts when the request is handed to
 //! the endpoint's service (after that service reported ready) and stops when
 //! its response future resolves: for HTTP, when the response *head* arrives.
-//! Streaming the body is not included. The in-flight count covers the same
-//! span. The sample is then classified by the [`Classify`]. A failure (5xx,
-//! transport error, 429 with the default HTTP classifier) enters the latency
-//! estimate at the latency it really had, and also raises the endpoint's
+//! That is the latency sample: what the next request waits before anything
+//! arrives; streaming the body is not included. The *verdict* waits for the
+//! end of the stream when the response is watched
+//! ([`WatchEos`](crate::classify::WatchEos), which the client builder puts
+//! under every endpoint): the [`Classify`]'s
+//! [`classify_end`](Classify::classify_end) judges the trailers (gRPC's
+//! status), a body that failed (a reset mid-body is the endpoint's failure)
+//! or a body the caller dropped (the head's verdict), and the in-flight
+//! count lasts until then, so a long stream counts as load. A response
+//! that is not watched is judged by its head. A failure (5xx, a gRPC
+//! failure status, a transport or body error, 429 with the default
+//! classifier) enters the latency estimate at the latency it really had,
+//! and also raises the endpoint's
 //! *penalty* to [`failure_penalty`](BalanceSettings::failure_penalty) (1 s).
 //! The penalty is added to the latency in the cost and fades with its own
 //! length as time constant (368 ms a second later, 18 ms four seconds
@@ -122,6 +131,11 @@
 //! struct Echo(String);
 //! impl palisade::balance::Hints for Echo {}
 //!
+//! /// Its reply opts in with an empty `ResponseEos` impl: it has no stream
+//! /// to watch, so it is judged by its head alone.
+//! struct Reply(String);
+//! impl palisade::classify::ResponseEos for Reply {}
+//!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let endpoints = Static::parse(["127.0.0.1:1", "127.0.0.1:2"])?;
@@ -130,13 +144,13 @@
 //!     let addr = ep.address().to_string();
 //!     Ok::<_, std::convert::Infallible>(service_fn(move |req: Echo| {
 //!         let addr = addr.clone();
-//!         async move { Ok::<_, std::convert::Infallible>(format!("{addr} got {}", req.0)) }
+//!         async move { Ok::<_, std::convert::Infallible>(Reply(format!("{addr} got {}", req.0))) }
 //!     }))
 //! };
 //! let settings = (BalanceSettings::default(), EjectionSettings::default());
 //! let balance = Balance::new("echo", endpoints, new_endpoint, AlwaysOk, settings.0, settings.1)?;
 //! let reply = balance.clone().oneshot(Echo("hi".into())).await?;
-//! assert!(reply.ends_with("got hi"));
+//! assert!(reply.0.ends_with("got hi"));
 //! # Ok(())
 //! # }
 //! ```
@@ -173,7 +187,7 @@ use tower::discover::{Change, Discover};
 use self::health::Verdict;
 use self::load::Load;
 use self::set::{CostModel, EndpointSet, Slot};
-use crate::classify::{Class, Classify};
+use crate::classify::{Class, Classify, ResponseEos};
 use crate::discover::{Address, Endpoint};
 pub use crate::endpoint::NewEndpoint;
 use crate::error::{BoxError, BuildError, Error};
@@ -642,19 +656,40 @@ impl<S, C> Shared<S, C> {
     }
 
     /// Feeds one classified outcome, observed at `now`, back into the
-    /// endpoint's load and failure accrual.
+    /// endpoint's load and failure accrual: its head and its end at once
+    /// (an error, or a response whose end is not watched).
     fn record(&self, in_flight: &mut InFlight<S>, class: Class, latency: Duration, now: Instant) {
+        self.observe_head(&in_flight.slot, class, latency, now);
+        self.settle(in_flight, class, latency, now);
+    }
+
+    /// A response head (or an error) arrived `latency` after the call:
+    /// the latency sample, and a server-requested pause (`Retry-After`).
+    ///
+    /// Latency is measured to the head, not to the end of the body: it is
+    /// what the next request waits before anything arrives, and a stream's
+    /// length is the caller's business (a long stream counts as load
+    /// through the in-flight count instead, which lasts until it ends).
+    fn observe_head(&self, slot: &Slot<S>, class: Class, latency: Duration, now: Instant) {
+        let load = &slot.load;
+        load.ewma.observe(latency, None, now, self.config.decay);
+        if let Some(after) = class.retry_after() {
+            let now_ns = self.nanos(now);
+            load.mark_busy(now_ns.saturating_add(after.as_nanos() as u64));
+        }
+    }
+
+    /// The final verdict on a call, at the end of its response's stream:
+    /// failure counts and penalty, failure accrual (ejection, probes).
+    /// `latency` is the head's, to restart an endpoint back from ejection.
+    fn settle(&self, in_flight: &mut InFlight<S>, class: Class, latency: Duration, now: Instant) {
         let slot = &in_flight.slot;
         let load = &slot.load;
         let now_ns = self.nanos(now);
-        let penalty = class.is_failure().then(|| {
+        if class.is_failure() {
             load.failures.fetch_add(1, Ordering::Relaxed);
             load.failed_at.store(now_ns.max(1), Ordering::Relaxed);
-            self.config.failure_penalty
-        });
-        load.ewma.observe(latency, penalty, now, self.config.decay);
-        if let Some(after) = class.retry_after() {
-            load.mark_busy(now_ns.saturating_add(after.as_nanos() as u64));
+            load.ewma.penalize(self.config.failure_penalty, now);
         }
         // The probe (if this was one) is resolved here, not on drop.
         let probe = std::mem::take(&mut in_flight.probe);
@@ -731,6 +766,7 @@ impl<S, C, Req> Service<Req> for Balance<S, C>
 where
     Req: Hints,
     S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Response: ResponseEos,
     S::Error: Into<BoxError>,
     C: Classify<S::Response>,
 {
@@ -783,5 +819,7 @@ async fn wait_for_endpoints<S, C>(shared: Arc<Shared<S, C>>, until: Instant) {
 /// last rather than the weights.
 const TIE: f64 = 0.1;
 
+#[cfg(test)]
+mod eos_tests;
 #[cfg(test)]
 mod tests;

@@ -104,7 +104,7 @@ use std::time::Duration;
 
 use tower::{Layer, Service};
 
-use crate::classify::{Classify, HttpClassify};
+use crate::classify::{Classify, HttpClassify, ResponseEos};
 use crate::error::{BoxError, Error};
 use crate::refuse::{Finish, Refusable};
 use crate::settings::{Problems, SettingsError};
@@ -300,6 +300,7 @@ impl<S, C> Breaker<S, C> {
 impl<S, C, Req> Service<Req> for Breaker<S, C>
 where
     S: Service<Req>,
+    S::Response: ResponseEos,
     S::Error: Into<BoxError>,
     C: Classify<S::Response>,
 {
@@ -356,17 +357,31 @@ impl<C, T, E> Finish<Result<T, E>> for RecordOutcome<C>
 where
     E: Into<BoxError>,
     C: Classify<T>,
+    T: ResponseEos,
 {
     type Response = T;
 
     fn finish(self, output: Result<T, E>) -> Result<T, Error> {
-        let failure = match &output {
-            Ok(rsp) => self.classify.classify_response(rsp).is_failure(),
-            Err(_) => true,
-        };
-        let result = output.map_err(|e| Error::inner(self.permit.service(), None, e));
-        self.permit.record(failure);
-        result
+        let RecordOutcome { permit, classify } = self;
+        match output {
+            Ok(rsp) => {
+                let head = classify.classify_response(&rsp);
+                match rsp.eos() {
+                    // The verdict (and a half-open probe's slot) waits for
+                    // the end of the stream.
+                    Some(eos) => eos.on_end(move |end| {
+                        permit.record(classify.classify_end(head, end).is_failure());
+                    }),
+                    None => permit.record(head.is_failure()),
+                }
+                Ok(rsp)
+            }
+            Err(e) => {
+                let error = Error::inner(permit.service(), None, e);
+                permit.record(true);
+                Err(error)
+            }
+        }
     }
 }
 

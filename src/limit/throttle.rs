@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::classify::{Class, Classify, HttpClassify, Outcome, Retry};
+use crate::classify::{Class, Classify, HttpClassify, Outcome, ResponseEos, Retry};
 use crate::error::{BoxError, Error, Limit};
 use crate::refuse::{Finish, Refusable};
 use crate::rolling::RollingCount;
@@ -212,6 +212,7 @@ impl<S, C> Throttle<S, C> {
 impl<S, C, Req> Service<Req> for Throttle<S, C>
 where
     S: Service<Req>,
+    S::Response: ResponseEos,
     S::Error: Into<BoxError>,
     C: Classify<S::Response>,
 {
@@ -285,25 +286,32 @@ impl<C, T, E> Finish<Result<T, E>> for CountAccepts<C>
 where
     E: Into<BoxError>,
     C: Classify<T>,
+    T: ResponseEos,
 {
     type Response = T;
 
     fn finish(self, output: Result<T, E>) -> Result<T, Error> {
-        let (result, class) = match output {
+        match output {
             Ok(rsp) => {
-                let class = self.classify.classify_response(&rsp);
-                (Ok(rsp), class)
+                let head = self.classify.classify_response(&rsp);
+                match rsp.eos() {
+                    // Accepted or not is the end of the stream's verdict.
+                    Some(eos) => {
+                        let CountAccepts { core, classify } = self;
+                        eos.on_end(move |end| {
+                            core.count(&classify.classify_end(head, end));
+                        });
+                    }
+                    None => self.core.count(&head),
+                }
+                Ok(rsp)
             }
             Err(e) => {
                 let e: BoxError = e.into();
-                let class = self.classify.classify_error(&*e);
-                (Err(Error::inner(&self.core.service, None, e)), class)
+                self.core.count(&self.classify.classify_error(&*e));
+                Err(Error::inner(&self.core.service, None, e))
             }
-        };
-        if accepted(&class) {
-            self.core.accepts.add(Instant::now(), 1);
         }
-        result
     }
 }
 
@@ -335,6 +343,13 @@ impl fmt::Debug for Core {
 const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 impl Core {
+    /// Counts one outcome as accepted, or not.
+    fn count(&self, class: &Class) {
+        if accepted(class) {
+            self.accepts.add(Instant::now(), 1);
+        }
+    }
+
     fn new(service: Arc<str>, config: ThrottleSettings) -> Core {
         Core {
             service,

@@ -13,7 +13,7 @@ use tracing::Instrument as _;
 use tracing::instrument::Instrumented;
 
 use super::ClientMetrics;
-use crate::classify::Classify;
+use crate::classify::{Class, Classify, Outcome, ResponseEos};
 use crate::error::Error;
 
 /// Opens the `palisade.request` span and counts requests, responses,
@@ -106,6 +106,8 @@ where
             client = %self.shared.client,
             method = %req.method(),
             path = req.uri().path(),
+            outcome = tracing::field::Empty,
+            grpc_status = tracing::field::Empty,
         );
         if let Some(m) = &self.shared.metrics {
             m.requests.inc();
@@ -118,14 +120,40 @@ where
         ResponseFuture {
             inner: future.instrument(span),
             start: Instant::now(),
-            shared: InFlight(self.shared.clone()),
+            in_flight: Some(InFlight(self.shared.clone())),
         }
     }
 }
 
-/// Counts a request in flight until dropped (completed or cancelled).
+/// Counts a request in flight until dropped: cancelled, failed, or its
+/// response's body ended. Clones share the count.
 #[derive(Debug)]
 struct InFlight<C>(Arc<Shared<C>>);
+
+impl<C> InFlight<C> {
+    /// The response's stream ended with `class`: counts it and closes the
+    /// request's span fields; the in-flight count ends with `self`.
+    fn ended(self, span: &tracing::Span, class: Class, status: u16) {
+        if let Some(m) = &self.0.metrics {
+            m.response(class.outcome(), status);
+            if let Some(code) = class.grpc_status() {
+                m.grpc_response(code);
+            }
+        }
+        span.record("outcome", outcome_name(class.outcome()));
+        if let Some(code) = class.grpc_status() {
+            span.record("grpc_status", code.as_str());
+        }
+    }
+}
+
+fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Success => "success",
+        Outcome::Failure => "failure",
+        Outcome::Overloaded => "overloaded",
+    }
+}
 
 impl<C> Drop for InFlight<C> {
     fn drop(&mut self) {
@@ -142,7 +170,8 @@ pub struct ResponseFuture<F, C> {
     #[pin]
     inner: Instrumented<F>,
     start: Instant,
-    shared: InFlight<C>,
+    /// Taken when the head arrives, to last until the body ends.
+    in_flight: Option<InFlight<C>>,
 }
 
 impl<F, C, RB> Future for ResponseFuture<F, C>
@@ -153,17 +182,32 @@ where
     type Output = Result<Response<RB>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        let shared = &this.shared.0;
+        let mut this = self.project();
+        let result = ready!(this.inner.as_mut().poll(cx));
+        let in_flight = this.in_flight.take().expect("polled after completion");
+        let shared = in_flight.0.clone();
         if let Some(m) = &shared.metrics {
             m.duration.observe(this.start.elapsed());
-            match &result {
-                Ok(rsp) => m.response(
-                    shared.classify.classify_response(rsp).outcome(),
-                    rsp.status().as_u16(),
-                ),
-                Err(e) => m.error(e),
+        }
+        match &result {
+            Ok(rsp) => {
+                let head = shared.classify.classify_response(rsp);
+                let status = rsp.status().as_u16();
+                let span = this.inner.span().clone();
+                let end = move |class: Class| in_flight.ended(&span, class, status);
+                match rsp.eos() {
+                    Some(eos) => {
+                        let classify = shared.classify.clone();
+                        eos.on_end(move |e| end(classify.classify_end(head, e)));
+                    }
+                    None => end(head),
+                }
+            }
+            Err(e) => {
+                if let Some(m) = &shared.metrics {
+                    m.error(e);
+                }
+                this.inner.span().record("outcome", "error");
             }
         }
         Poll::Ready(result)

@@ -8,14 +8,19 @@
 //! Two kinds of series, with two costs:
 //!
 //! - **Per request** (counted as requests happen, with handles resolved once
-//!   per client when it is built — never a label lookup per request):
+//!   per client when it is built — never a label lookup per request). A
+//!   response is counted when its body ends, with the end-of-stream verdict
+//!   ([`Classify::classify_end`](crate::classify::Classify::classify_end)):
+//!   a gRPC failure in the trailers, or a body that breaks after a good
+//!   head, is a `failure`:
 //!
 //!   | metric | type | labels |
 //!   |---|---|---|
 //!   | `palisade_requests_total` | counter | client |
 //!   | `palisade_responses_total` | counter | client, class (`success`, `failure`, `overloaded`, `error`), status (`1xx`…`5xx`, `none`) |
-//!   | `palisade_request_duration_seconds` | histogram, 1 ms – 10 s | client |
-//!   | `palisade_requests_in_flight` | gauge | client |
+//!   | `palisade_grpc_responses_total` | counter | client, code (`OK`, `UNAVAILABLE`, … : the 17 gRPC codes) |
+//!   | `palisade_request_duration_seconds` (to the response head) | histogram, 1 ms – 10 s | client |
+//!   | `palisade_requests_in_flight` (until the response body ends) | gauge | client |
 //!   | `palisade_errors_total` | counter | client, kind (`deadline_exceeded`, `circuit_open`, `no_endpoints`, `inner`) |
 //!   | `palisade_retry_attempts_total` | counter (first attempts included) | client |
 //!   | `palisade_retry_refusals_total` | counter | client, reason (`budget`, `deadline`, `attempts`, `method`, `body`) |
@@ -86,7 +91,7 @@ pub use layer::{ResponseFuture, Telemetry, TelemetryLayer};
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -98,7 +103,7 @@ use prometheus_client::registry::Registry;
 
 use crate::balance::EndpointState;
 use crate::breaker::BreakerState;
-use crate::classify::Outcome;
+use crate::classify::{GrpcCode, Outcome};
 use crate::snapshot::Snapshot;
 
 type Labels = Vec<(&'static str, String)>;
@@ -127,6 +132,7 @@ impl fmt::Debug for Metrics {
 struct Inner {
     requests: Family<Labels, Counter>,
     responses: Family<Labels, Counter>,
+    grpc_responses: Family<Labels, Counter>,
     duration: Family<Labels, LatencyHistogram>,
     in_flight: Family<Labels, Gauge>,
     errors: Family<Labels, Counter>,
@@ -164,6 +170,7 @@ impl Metrics {
         let inner = Arc::new(Inner {
             requests: Family::default(),
             responses: Family::default(),
+            grpc_responses: Family::default(),
             duration: Family::default(),
             in_flight: Family::default(),
             errors: Family::default(),
@@ -182,6 +189,11 @@ impl Metrics {
             "responses",
             "Requests answered, by class and status class",
             inner.responses.clone(),
+        );
+        r.register(
+            "grpc_responses",
+            "gRPC responses, by the grpc-status they ended with",
+            inner.grpc_responses.clone(),
         );
         r.register(
             "request_duration_seconds",
@@ -230,6 +242,11 @@ impl Metrics {
             in_flight: i.in_flight.get_or_create(&labels(&[])).clone(),
             duration: i.duration.get_or_create(&labels(&[])).clone(),
             responses: Arc::new(responses),
+            grpc: Arc::new(GrpcCounters {
+                family: i.grpc_responses.clone(),
+                client: client.to_owned(),
+                codes: Default::default(),
+            }),
             errors: Arc::new(errors),
         }
     }
@@ -263,7 +280,18 @@ pub(crate) struct ClientMetrics {
     pub(crate) duration: LatencyHistogram,
     /// `[class][status class]`.
     responses: Arc<[[Counter; 6]; 4]>,
+    grpc: Arc<GrpcCounters>,
     errors: Arc<[Counter; ERRORS.len()]>,
+}
+
+/// One client's `palisade_grpc_responses_total` series, one per code,
+/// each resolved the first time its code is seen (a client that never
+/// carries gRPC has none).
+#[derive(Debug)]
+struct GrpcCounters {
+    family: Family<Labels, Counter>,
+    client: String,
+    codes: [OnceLock<Counter>; 17],
 }
 
 impl ClientMetrics {
@@ -283,6 +311,20 @@ impl ClientMetrics {
             _ => 5,
         };
         self.responses[class][status].inc();
+    }
+
+    /// Counts a gRPC response by the status it ended with.
+    pub(crate) fn grpc_response(&self, code: GrpcCode) {
+        let g = &*self.grpc;
+        g.codes[usize::from(code.as_u8())]
+            .get_or_init(|| {
+                let labels = vec![
+                    ("client", g.client.clone()),
+                    ("code", code.as_str().to_owned()),
+                ];
+                g.family.get_or_create(&labels).clone()
+            })
+            .inc();
     }
 
     /// Counts an error by kind.

@@ -2,6 +2,7 @@
 //! `proxy`).
 
 mod admin;
+mod answer;
 pub mod check;
 pub mod config;
 mod reload;

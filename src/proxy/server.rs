@@ -29,20 +29,21 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 pub(crate) use super::admin::*;
+use super::answer::{Dialect, error_response, own};
 use super::config::{Config, ConfigError};
 pub(crate) use super::reload::*;
 use super::routes::CompiledRoute;
 pub(crate) use super::upstream::*;
+use crate::classify::{EosBody, GrpcCode};
 use crate::discover::DynamicHandle;
 use crate::http::{HyperClient, hyper_client, hyper_h2c_client};
 use crate::metrics::Metrics;
 use crate::retry::ReplayBody;
 use crate::stack::Hyper;
-use crate::{Error, Limit};
 
 /// The body of every response the proxy sends: the upstream's, streamed, or
 /// one of its own.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<EosBody<Incoming>, Full<Bytes>>;
 
 /// The header naming why the proxy itself answered.
 pub const ERROR_HEADER: &str = "x-palisade-error";
@@ -415,18 +416,6 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-pub(crate) fn own(status: StatusCode, reason: &'static str, text: String) -> Response<ProxyBody> {
-    let mut rsp = Response::new(Either::Right(Full::new(Bytes::from(text + "\n"))));
-    *rsp.status_mut() = status;
-    rsp.headers_mut()
-        .insert(ERROR_HEADER, HeaderValue::from_static(reason));
-    rsp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    rsp
-}
-
 /// The request's host, from the URI's authority or the `Host` header,
 /// without a port; `Err` when the `Host` header is not a valid authority
 /// (RFC 3986 `host [ ":" port ]`). Borrowed: routing allocates nothing.
@@ -486,11 +475,14 @@ pub(crate) async fn handle(
     remote: SocketAddr,
 ) -> Response<ProxyBody> {
     let routing = state.routing.load_full();
+    let dialect = Dialect::of(&req);
     let host = match host_of(&req) {
         Ok(host) => host,
         Err(()) => {
             return own(
+                dialect,
                 StatusCode::BAD_REQUEST,
+                GrpcCode::InvalidArgument,
                 "invalid-host",
                 "invalid Host header".into(),
             );
@@ -498,7 +490,9 @@ pub(crate) async fn handle(
     };
     let Some(route) = routing.routes.iter().find(|r| r.matches(host, &req)) else {
         return own(
+            dialect,
             StatusCode::NOT_FOUND,
+            GrpcCode::Unimplemented,
             "no-route",
             "no route matches this request".into(),
         );
@@ -506,7 +500,9 @@ pub(crate) async fn handle(
     let service = route.pick();
     let Some(Upstream { client, .. }) = routing.services.get(service) else {
         return own(
+            dialect,
             StatusCode::BAD_GATEWAY,
+            GrpcCode::Unavailable,
             "no-service",
             format!("route {:?} names unknown service {service:?}", route.name),
         );
@@ -533,42 +529,8 @@ pub(crate) async fn handle(
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Either::Left(body))
         }
-        Err(e) => error_response(service, &e),
+        Err(e) => error_response(dialect, service, &e),
     }
-}
-
-/// A typed error as a status, a short body and a header naming the reason.
-pub(crate) fn error_response(service: &str, e: &Error) -> Response<ProxyBody> {
-    let (status, reason) = match e {
-        Error::NoEndpoints { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no-endpoints"),
-        Error::CircuitOpen { .. } => (StatusCode::SERVICE_UNAVAILABLE, "circuit-open"),
-        Error::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
-        Error::DeadlineExceeded { .. } => (StatusCode::GATEWAY_TIMEOUT, "deadline-exceeded"),
-        _ => (StatusCode::BAD_GATEWAY, "upstream-error"),
-    };
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    tracing::debug!(service, error = %text, "answering with an error status");
-    let mut rsp = own(status, reason, text);
-    if let Some(Limit::Rate { retry_in, .. }) = e.limit() {
-        rsp.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(retry_after_secs(*retry_in)),
-        );
-    }
-    rsp
-}
-
-/// `Retry-After` for a wait: whole seconds, rounded up, at least 1.
-pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
-    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 #[cfg(test)]
@@ -597,19 +559,6 @@ mod tests {
             "a:80:80",
         ] {
             assert_eq!(split_host(bad), Err(()), "{bad:?} must be rejected");
-        }
-    }
-
-    #[test]
-    fn retry_after_is_whole_seconds_rounded_up_at_least_one() {
-        for (wait, secs) in [
-            (Duration::ZERO, 1),
-            (Duration::from_millis(1), 1),
-            (Duration::from_secs(1), 1),
-            (Duration::from_millis(1001), 2),
-            (Duration::from_secs(90), 90),
-        ] {
-            assert_eq!(retry_after_secs(wait), secs, "{wait:?}");
         }
     }
 

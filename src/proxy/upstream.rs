@@ -157,6 +157,10 @@ mod tests {
         ("retry.per_try_timeout", r#""300ms""#),
         ("retry.body_limit", "1024"),
         ("retry.retryable_statuses", "[500, 503]"),
+        (
+            "retry.retryable_grpc_codes",
+            r#"["UNAVAILABLE", "RESOURCE_EXHAUSTED"]"#,
+        ),
         ("budget.ratio", "0.5"),
         ("budget.min_per_sec", "3"),
         ("budget.ttl", r#""20s""#),

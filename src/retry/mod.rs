@@ -117,8 +117,9 @@ pub struct RetryLayer<C = HttpClassify> {
 impl RetryLayer<HttpClassify> {
     /// A retry layer for the service called `service`, from its settings
     /// (refused with every problem named if they are invalid), with the
-    /// default budget (20 % plus 10/s over 10 s) and the HTTP classifier
-    /// retrying the settings' `retryable_statuses`.
+    /// default budget (20 % plus 10/s over 10 s) and the default classifier
+    /// retrying the settings' `retryable_statuses` and
+    /// `retryable_grpc_codes`.
     ///
     /// ```
     /// use palisade::retry::{RetryLayer, RetrySettings};
@@ -141,7 +142,7 @@ impl RetryLayer<HttpClassify> {
                 budget: RetryBudget::default(),
                 per_try_timeout: settings.per_try_timeout,
                 body_limit: settings.body_limit,
-                classify: HttpClassify::default().retryable_codes(&settings.retryable_statuses),
+                classify: settings.classifier(),
                 counters: RetryCounters::default(),
                 settings,
             }),

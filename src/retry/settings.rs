@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::backoff::Backoff;
+use crate::classify::{GrpcCode, HttpClassify};
 use crate::settings::{Problems, SettingsError};
 
 /// What the retry layer may retry and how; see the [module docs](super).
@@ -50,6 +51,13 @@ pub struct RetrySettings {
     /// gets the same answer). Applies to the default HTTP classifier.
     /// Default `[502, 503, 504]`.
     pub retryable_statuses: Vec<u16>,
+    /// gRPC statuses retried, for any method, when they arrive in a
+    /// Trailers-Only response (gRPC's retry rule, gRFC A6: once response
+    /// headers arrive the call is committed): names like `"UNAVAILABLE"`,
+    /// each a failure code (UNKNOWN, DEADLINE_EXCEEDED, INTERNAL,
+    /// UNAVAILABLE, DATA_LOSS) or RESOURCE_EXHAUSTED. Applies to the default
+    /// classifier. Default `["UNAVAILABLE"]`.
+    pub retryable_grpc_codes: Vec<GrpcCode>,
 }
 
 impl Default for RetrySettings {
@@ -61,6 +69,7 @@ impl Default for RetrySettings {
             per_try_timeout: None,
             body_limit: 64 * 1024,
             retryable_statuses: vec![502, 503, 504],
+            retryable_grpc_codes: vec![GrpcCode::Unavailable],
         }
     }
 }
@@ -110,7 +119,37 @@ impl RetrySettings {
                 );
             }
         }
+        if self.retryable_grpc_codes.len() > GrpcCode::ALL.len() {
+            p.add(
+                "retryable_grpc_codes",
+                format!(
+                    "lists {} codes; there are {} gRPC codes",
+                    self.retryable_grpc_codes.len(),
+                    GrpcCode::ALL.len()
+                ),
+            );
+        }
+        let judge = HttpClassify::default();
+        for (k, &code) in self.retryable_grpc_codes.iter().enumerate() {
+            if !judge.classify_grpc(code).is_failure() {
+                p.add(
+                    &format!("retryable_grpc_codes[{k}]"),
+                    format!(
+                        "{code} cannot be retried: only UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, \
+                         UNAVAILABLE, DATA_LOSS and RESOURCE_EXHAUSTED can (any other code is \
+                         the call's own answer, and sending it again gets the same one)"
+                    ),
+                );
+            }
+        }
         p.finish()
+    }
+
+    /// The default classifier, retrying what these settings list.
+    pub fn classifier(&self) -> HttpClassify {
+        HttpClassify::default()
+            .retryable_codes(&self.retryable_statuses)
+            .retryable_grpc_codes(self.retryable_grpc_codes.iter().copied())
     }
 
     /// The backoff these settings describe.
@@ -157,6 +196,47 @@ mod tests {
         assert_eq!(
             problems[4].message,
             "700 is not an HTTP status (100 to 599)"
+        );
+    }
+
+    #[test]
+    fn only_failing_grpc_codes_may_be_retried() {
+        let s = RetrySettings {
+            retryable_grpc_codes: vec![
+                GrpcCode::Unavailable,
+                GrpcCode::NotFound,
+                GrpcCode::ResourceExhausted,
+            ],
+            ..RetrySettings::default()
+        };
+        let problems = s.validate().unwrap_err().into_problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "retryable_grpc_codes[1]");
+        assert!(
+            problems[0]
+                .message
+                .starts_with("NOT_FOUND cannot be retried"),
+            "{}",
+            problems[0].message
+        );
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn grpc_codes_are_read_by_name() {
+        let s: RetrySettings =
+            toml::from_str("retryable_grpc_codes = [\"unavailable\", \"RESOURCE_EXHAUSTED\"]")
+                .unwrap();
+        assert_eq!(
+            s.retryable_grpc_codes,
+            [GrpcCode::Unavailable, GrpcCode::ResourceExhausted]
+        );
+        let err =
+            toml::from_str::<RetrySettings>("retryable_grpc_codes = [\"UNAVAIL\"]").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("\"UNAVAIL\" is not a gRPC status code"),
+            "{err}"
         );
     }
 

@@ -12,7 +12,7 @@ use super::{Client, ClientConfig, Handles, Observer};
 use crate::balance::{Balance, BalanceSettings, Choice, EjectionSettings, NewEndpoint};
 use crate::breaker::{BreakerLayer, BreakerSettings};
 use crate::budget::RetryBudget;
-use crate::classify::HttpClassify;
+use crate::classify::{HttpClassify, WatchEos};
 use crate::deadline::{DeadlineLayer, DeadlineSettings};
 use crate::discover::{Endpoint, Static};
 use crate::error::{BoxError, BuildError};
@@ -90,7 +90,8 @@ impl Builder<Unset, Unset, HttpClassify> {
 impl<D, N> Builder<D, N, HttpClassify> {
     /// Applies every layer's settings at once (see [`ClientConfig`]),
     /// replacing what was set before. The default classifier retries
-    /// `config.retry.retryable_statuses`; a classifier set later with
+    /// `config.retry.retryable_statuses` and `retryable_grpc_codes`; a
+    /// classifier set later with
     /// [`classify`](Self::classify) replaces it.
     ///
     /// ```
@@ -103,19 +104,18 @@ impl<D, N> Builder<D, N, HttpClassify> {
     /// ```
     pub fn config(mut self, config: &ClientConfig) -> Self {
         self.parts.config = config.clone();
-        self.with_retry_statuses()
+        self.with_retry_classifier()
     }
 
     /// The retry settings (see [`RetrySettings`]); the default classifier
-    /// retries their `retryable_statuses`.
+    /// retries their `retryable_statuses` and `retryable_grpc_codes`.
     pub fn retry(mut self, retry: RetrySettings) -> Self {
         self.parts.config.retry = retry;
-        self.with_retry_statuses()
+        self.with_retry_classifier()
     }
 
-    fn with_retry_statuses(mut self) -> Self {
-        self.classify =
-            HttpClassify::default().retryable_codes(&self.parts.config.retry.retryable_statuses);
+    fn with_retry_classifier(mut self) -> Self {
+        self.classify = self.parts.config.retry.classifier();
         self
     }
 }
@@ -494,10 +494,15 @@ impl<D, N, C> Builder<D, N, C> {
         let telemetry = TelemetryLayer::new(name.clone(), metrics.as_ref(), classify.clone());
         let counts = telemetry.client_metrics().cloned();
 
+        // Every endpoint's responses are watched to the end of their
+        // stream, where the layers above take their verdicts.
+        let mut new_endpoint = new_endpoint;
+        let watched =
+            move |endpoint: &Endpoint| new_endpoint.new_endpoint(endpoint).map(WatchEos::new);
         let balance = Balance::new(
             name.clone(),
             discover,
-            new_endpoint,
+            watched,
             classify,
             config.balancer,
             config.ejection,

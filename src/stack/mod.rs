@@ -39,7 +39,7 @@ use tower::util::future::EitherResponseFuture;
 
 use crate::balance::{Balance, EndpointStats, WeakBalance};
 use crate::breaker::{self, Breaker, BreakerHandle, BreakerSettings};
-use crate::classify::{Classify, HttpClassify};
+use crate::classify::{Classify, EosBody, HttpClassify, WatchEos};
 use crate::deadline::{self, DeadlineSettings, EnforceDeadline};
 use crate::error::{BoxError, Error};
 use crate::hedge::{Hedge, HedgeHandle, HedgeSettings};
@@ -53,7 +53,9 @@ use crate::retry::{self, ReplayBody, RetryBudget, RetryCounters, RetryService, R
 pub use crate::snapshot::Snapshot;
 
 /// The balancer, with hedging when configured.
-type Hedged<S, C> = Either<Hedge<Balance<S, C>, C>, Balance<S, C>>;
+type Hedged<S, C> = Either<Hedge<Watched<S, C>, C>, Watched<S, C>>;
+/// The balancer, over endpoints whose responses are watched to their end.
+type Watched<S, C> = Balance<WatchEos<S>, C>;
 /// The layers of a [`Client`] below the limits: breaker, retry, balancer.
 type Guarded<S, C> = Breaker<RetryService<Hedged<S, C>, C>, C>;
 /// Adaptive throttling, when configured.
@@ -94,7 +96,7 @@ type Stack<S, C> = Telemetry<EnforceDeadline<RateLimited<S, C>>, C>;
 /// ```
 pub struct Client<S, C = HttpClassify> {
     stack: Stack<S, C>,
-    balance: Balance<S, C>,
+    balance: Watched<S, C>,
     budget: RetryBudget,
     retries: RetryCounters,
     breaker: BreakerHandle,
@@ -247,7 +249,7 @@ impl<S, C> Client<S, C> {
 /// What the metrics collector holds of a client: nothing that keeps it
 /// alive.
 struct Observer<S, C> {
-    balance: WeakBalance<S, C>,
+    balance: WeakBalance<WatchEos<S>, C>,
     budget: RetryBudget,
     retries: RetryCounters,
     breaker: BreakerHandle,
@@ -326,10 +328,10 @@ impl<S, C, B, RB> Service<Request<B>> for Client<S, C>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<RB>> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
-    C: Classify<Response<RB>>,
+    C: Classify<Response<EosBody<RB>>>,
     B: http_body::Body,
 {
-    type Response = Response<RB>;
+    type Response = Response<EosBody<RB>>;
     type Error = Error;
     type Future = ResponseFuture<S, C, B>;
 

@@ -365,7 +365,11 @@ pub fn via_client(client: &TestClient) -> Sender {
 }
 
 /// Reads a response to the end.
-pub async fn read_body(rsp: Response<Incoming>) -> Outcome {
+pub async fn read_body<B>(rsp: Response<B>) -> Outcome
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Display,
+{
     let status = rsp.status().as_u16();
     match rsp.into_body().collect().await.map(|b| b.to_bytes()) {
         Ok(body) if status == 200 && body == "ok\n" => Outcome::Ok,

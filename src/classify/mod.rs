@@ -2,9 +2,19 @@
 //! a success or a failure, and whether it may be retried.
 //!
 //! Every layer that cares about outcomes asks a [`Classify`] rather than
-//! looking at status codes itself: the balancer's load (failures are penalty
-//! latency samples), and in later layers retries, breakers, failure accrual and
-//! metrics. Change the classifier and all of them agree.
+//! looking at status codes itself: retries and hedging, the balancer's load
+//! and failure accrual, the breaker, throttling and the metrics. Change the
+//! classifier and all of them agree.
+//!
+//! An outcome is judged twice, once for good:
+//!
+//! - **at the head** ([`Classify::classify_response`]): may this be retried
+//!   now? Retries and hedging decide on this verdict alone; once a response's
+//!   head is accepted, the call is committed.
+//! - **at the end of the stream** ([`Classify::classify_end`]): the trailers
+//!   arrived, the body ended, failed or was dropped ([`End`]). This is the
+//!   verdict the balancer, the breaker, throttling and the metrics record.
+//!   The [`eos`] module says how layers hear about the end.
 //!
 //! [`HttpClassify`] is the default for `http::Response<B>`:
 //!
@@ -16,6 +26,24 @@
 //! | 502, 503, 504 | failure | idempotent methods |
 //! | connection refused / connect error | failure | any method (nothing was sent) |
 //! | other transport errors (reset, EOF, timeouts) | failure | idempotent methods |
+//! | the body fails after the head (reset, truncated) | failure | — (committed) |
+//!
+//! and for gRPC responses (`content-type: application/grpc…`), by
+//! `grpc-status`, read from the head (a Trailers-Only response) or from the
+//! trailers:
+//!
+//! | `grpc-status` | class | retry |
+//! |---|---|---|
+//! | UNAVAILABLE in the head | failure | any method (configurable) |
+//! | UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS | failure | never |
+//! | RESOURCE_EXHAUSTED | overloaded | never (configurable) |
+//! | any other code (OK, NOT_FOUND, INVALID_ARGUMENT, …: the caller's affair) | success | never |
+//! | none: the stream ended without a status | failure (UNKNOWN, as the caller's gRPC library reports it) | — |
+//! | none: the caller dropped the stream first | the head's verdict (success) | — |
+//!
+//! Only a Trailers-Only response may be retried: gRPC commits a call once
+//! response headers arrive (gRFC A6). `grpc-retry-pushback-ms` is honoured
+//! like `Retry-After`; a negative or malformed value forbids the retry.
 //!
 //! `Retry-After` (delta-seconds or an HTTP date) on a 429 or 503 is parsed
 //! here too, capped at [`HttpClassify::max_retry_after`], so the balancer can
@@ -32,11 +60,21 @@
 //! assert_eq!(class.retry_after(), Some(std::time::Duration::from_secs(2)));
 //! ```
 
+pub mod eos;
+mod grpc;
+mod rules;
+
+pub use eos::{End, Eos, EosBody, ResponseEos, WatchEos, WatchEosLayer};
+pub use grpc::{
+    GRPC_MESSAGE, GRPC_RETRY_PUSHBACK_MS, GRPC_STATUS, GrpcCode, UnknownGrpcCode,
+    is_grpc_content_type,
+};
+pub use rules::HttpClassify;
+
 use std::error::Error as StdError;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderValue, StatusCode};
+use http::HeaderValue;
 
 /// Whether an outcome counts as a success or a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,7 +98,8 @@ pub enum Retry {
     /// Retry only requests whose method is idempotent (RFC 9110 §9.2.2), since
     /// the server may have acted on the first attempt.
     IfIdempotent,
-    /// Retry any request: it provably never reached the server.
+    /// Retry any request: it provably never reached the server, or the
+    /// protocol says it was not processed (gRPC's UNAVAILABLE).
     Always,
 }
 
@@ -71,6 +110,8 @@ pub struct Class {
     outcome: Outcome,
     retry: Retry,
     retry_after: Option<Duration>,
+    grpc: Option<GrpcCode>,
+    awaiting_trailers: bool,
 }
 
 impl Class {
@@ -79,6 +120,8 @@ impl Class {
         outcome: Outcome::Success,
         retry: Retry::Never,
         retry_after: None,
+        grpc: None,
+        awaiting_trailers: false,
     };
 
     /// A failure with the given retry rule.
@@ -86,7 +129,7 @@ impl Class {
         Class {
             outcome: Outcome::Failure,
             retry,
-            retry_after: None,
+            ..Class::SUCCESS
         }
     }
 
@@ -94,8 +137,7 @@ impl Class {
     pub const fn overloaded() -> Class {
         Class {
             outcome: Outcome::Overloaded,
-            retry: Retry::Never,
-            retry_after: None,
+            ..Class::SUCCESS
         }
     }
 
@@ -109,6 +151,19 @@ impl Class {
     /// used again.
     pub const fn with_retry_after(mut self, after: Option<Duration>) -> Class {
         self.retry_after = after;
+        self
+    }
+
+    /// The same class, naming the gRPC status it was judged on.
+    pub const fn with_grpc_status(mut self, code: Option<GrpcCode>) -> Class {
+        self.grpc = code;
+        self
+    }
+
+    /// The same class, marked as a head whose verdict the trailers will
+    /// give (a gRPC response without `grpc-status` in its head).
+    pub const fn awaiting_trailers(mut self) -> Class {
+        self.awaiting_trailers = true;
         self
     }
 
@@ -127,9 +182,21 @@ impl Class {
         self.retry
     }
 
-    /// How long the server asked us to stay away (`Retry-After`), if it did.
+    /// How long the server asked us to stay away (`Retry-After`,
+    /// `grpc-retry-pushback-ms`), if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
+    }
+
+    /// The gRPC status this class was judged on, for a gRPC response that
+    /// had one.
+    pub fn grpc_status(&self) -> Option<GrpcCode> {
+        self.grpc
+    }
+
+    /// Whether this is a head whose verdict the trailers will give.
+    pub fn is_awaiting_trailers(&self) -> bool {
+        self.awaiting_trailers
     }
 }
 
@@ -155,109 +222,27 @@ impl Class {
 /// # let _ = OkIsGood;
 /// ```
 pub trait Classify<Rsp>: Clone + Send + Sync + 'static {
-    /// Classifies a response the endpoint returned.
+    /// Classifies a response's head, as the endpoint returned it. This
+    /// verdict decides retries and hedges.
     fn classify_response(&self, rsp: &Rsp) -> Class;
+
     /// Classifies an error the endpoint's service returned.
     fn classify_error(&self, err: &(dyn StdError + 'static)) -> Class;
-}
 
-/// The default HTTP classifier; see the [module docs](self) for its table.
-///
-/// ```
-/// use http::StatusCode;
-/// use palisade::classify::HttpClassify;
-/// use std::time::Duration;
-///
-/// // Also retry 500s, and honour Retry-After up to 10 s.
-/// let classify = HttpClassify::default()
-///     .retryable_statuses([StatusCode::INTERNAL_SERVER_ERROR, StatusCode::BAD_GATEWAY,
-///                          StatusCode::SERVICE_UNAVAILABLE, StatusCode::GATEWAY_TIMEOUT])
-///     .max_retry_after(Duration::from_secs(10));
-/// # let _ = classify;
-/// ```
-#[derive(Debug, Clone)]
-pub struct HttpClassify {
-    retryable: Arc<[StatusCode]>,
-    max_retry_after: Duration,
-}
-
-impl Default for HttpClassify {
-    fn default() -> Self {
-        HttpClassify {
-            retryable: Arc::new([
-                StatusCode::BAD_GATEWAY,
-                StatusCode::SERVICE_UNAVAILABLE,
-                StatusCode::GATEWAY_TIMEOUT,
-            ]),
-            max_retry_after: Duration::from_secs(60),
+    /// Classifies the end of a response's stream, given its head's class:
+    /// the final verdict, which the balancer, breaker, throttling and
+    /// metrics record. Nothing retries on it (the response was delivered);
+    /// its [`retry`](Class::retry) still says whether the endpoint did the
+    /// work, which adaptive throttling reads.
+    ///
+    /// The default: a body that failed is judged as an error
+    /// ([`classify_error`](Self::classify_error)); a body that completed or
+    /// was dropped keeps the head's verdict.
+    fn classify_end(&self, head: Class, end: &End<'_>) -> Class {
+        match end {
+            End::Error(e) => self.classify_error(*e),
+            End::Complete(_) | End::Dropped => head,
         }
-    }
-}
-
-impl HttpClassify {
-    /// Replaces the statuses that may be retried (for idempotent methods).
-    /// Default: 502, 503, 504. A listed 429 or 5xx is retried for
-    /// idempotent methods; any other status is a success, so listing it has
-    /// no effect (settings refuse it: see
-    /// [`RetrySettings`](crate::retry::RetrySettings)).
-    pub fn retryable_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
-        self.retryable = statuses.into_iter().collect();
-        self
-    }
-
-    /// [`retryable_statuses`](Self::retryable_statuses) from numbers, as
-    /// settings write them; numbers that are not statuses are skipped
-    /// (validated settings have none).
-    pub fn retryable_codes(self, codes: &[u16]) -> Self {
-        self.retryable_statuses(codes.iter().filter_map(|c| StatusCode::from_u16(*c).ok()))
-    }
-
-    /// Caps how long a `Retry-After` header may keep an endpoint busy.
-    /// Default 60 s; longer values are clamped, so a hostile or buggy header
-    /// cannot take an endpoint out for a day.
-    pub fn max_retry_after(mut self, max: Duration) -> Self {
-        self.max_retry_after = max;
-        self
-    }
-
-    /// Classifies a status code (without headers).
-    pub fn classify_status(&self, status: StatusCode) -> Class {
-        let retry = if self.retryable.contains(&status) {
-            Retry::IfIdempotent
-        } else {
-            Retry::Never
-        };
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            Class::overloaded().with_retry(retry)
-        } else if status.is_server_error() {
-            Class::failure(retry)
-        } else {
-            Class {
-                retry,
-                ..Class::SUCCESS
-            }
-        }
-    }
-}
-
-impl<B> Classify<http::Response<B>> for HttpClassify {
-    fn classify_response(&self, rsp: &http::Response<B>) -> Class {
-        let status = rsp.status();
-        let class = self.classify_status(status);
-        if (status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE)
-            && let Some(value) = rsp.headers().get(http::header::RETRY_AFTER)
-        {
-            let after = parse_retry_after(value, SystemTime::now());
-            if after.is_none() {
-                tracing::debug!(?value, "ignoring malformed Retry-After header");
-            }
-            return class.with_retry_after(after.map(|d| d.min(self.max_retry_after)));
-        }
-        class
-    }
-
-    fn classify_error(&self, err: &(dyn StdError + 'static)) -> Class {
-        classify_transport_error(err)
     }
 }
 
@@ -333,60 +318,6 @@ pub fn is_idempotent(method: &http::Method) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rsp(status: u16) -> http::Response<()> {
-        http::Response::builder().status(status).body(()).unwrap()
-    }
-
-    #[test]
-    fn default_table() {
-        let c = HttpClassify::default();
-        for s in [200, 204, 301, 400, 404, 499] {
-            assert_eq!(c.classify_response(&rsp(s)), Class::SUCCESS, "{s}");
-        }
-        for s in [500, 501, 505, 599] {
-            assert_eq!(
-                c.classify_response(&rsp(s)),
-                Class::failure(Retry::Never),
-                "{s}"
-            );
-        }
-        for s in [502, 503, 504] {
-            assert_eq!(
-                c.classify_response(&rsp(s)),
-                Class::failure(Retry::IfIdempotent),
-                "{s}"
-            );
-        }
-        let overloaded = c.classify_response(&rsp(429));
-        assert_eq!(overloaded, Class::overloaded());
-        assert!(overloaded.is_failure());
-    }
-
-    #[test]
-    fn retry_after_on_429_and_503_only() {
-        let c = HttpClassify::default().max_retry_after(Duration::from_secs(30));
-        let with = |status: u16, v: &str| {
-            http::Response::builder()
-                .status(status)
-                .header("retry-after", v)
-                .body(())
-                .unwrap()
-        };
-        assert_eq!(
-            c.classify_response(&with(429, "5")).retry_after(),
-            Some(Duration::from_secs(5))
-        );
-        assert_eq!(
-            c.classify_response(&with(503, "99999999999999999999999"))
-                .retry_after(),
-            Some(Duration::from_secs(30)),
-            "clamped"
-        );
-        assert_eq!(c.classify_response(&with(500, "5")).retry_after(), None);
-        assert_eq!(c.classify_response(&with(503, "-1")).retry_after(), None);
-        assert_eq!(c.classify_response(&with(503, "")).retry_after(), None);
-    }
 
     #[test]
     fn retry_after_http_date() {

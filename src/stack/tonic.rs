@@ -45,6 +45,7 @@
 //! # }
 //! ```
 
+use std::fmt;
 use std::sync::Arc;
 
 use ::tonic::body::Body;
@@ -53,7 +54,7 @@ use hyper_util::client::legacy::Error as HyperError;
 use tower::util::MapErr;
 
 use super::{Builder, Client};
-use crate::error::{BoxError, Error};
+use crate::error::Error;
 use crate::http::{HttpEndpoint, HttpEndpoints, HyperClient, hyper_h2c_client};
 use crate::retry::ReplayBody;
 
@@ -78,10 +79,8 @@ use crate::retry::ReplayBody;
 pub type Grpc = Client<HttpEndpoint<GrpcTransport>>;
 
 /// The shared inner client of a [`Grpc`] client: hyper-util over h2c
-/// ([`hyper_h2c_client`]), with a failed connect wrapped in
-/// [`tonic::ConnectError`] so that tonic reads it as `UNAVAILABLE` (its
-/// cause stays in the chain: palisade still knows nothing was sent).
-pub type GrpcTransport = MapErr<HyperClient<ReplayBody<Body>>, fn(HyperError) -> BoxError>;
+/// ([`hyper_h2c_client`]), its errors made [`TransportError`]s.
+pub type GrpcTransport = MapErr<HyperClient<ReplayBody<Body>>, fn(HyperError) -> TransportError>;
 
 /// A [`GrpcTransport`]: one h2c hyper-util client with palisade's pool
 /// defaults, shared by every endpoint it is given to.
@@ -95,17 +94,56 @@ pub type GrpcTransport = MapErr<HyperClient<ReplayBody<Body>>, fn(HyperError) ->
 /// # }
 /// ```
 pub fn grpc_transport() -> GrpcTransport {
-    MapErr::new(
-        hyper_h2c_client(),
-        mark_connect as fn(HyperError) -> BoxError,
-    )
+    MapErr::new(hyper_h2c_client(), TransportError::new as fn(_) -> _)
 }
 
-fn mark_connect(err: HyperError) -> BoxError {
-    if err.is_connect() {
-        Box::new(ConnectError(Box::new(err)))
-    } else {
-        Box::new(err)
+/// The error of a [`GrpcTransport`]: hyper-util's, with a failed connect
+/// wrapped in a [`tonic::ConnectError`], so that tonic reads it as
+/// `UNAVAILABLE` as it does for its own `Channel`. The hyper-util error stays
+/// in the source chain, so palisade still knows that nothing was sent.
+///
+/// A named type rather than a `BoxError`: a boxed trait object in the
+/// channel's types trips a compiler limitation ("implementation of `From`
+/// is not general enough") when a tonic call's future must be `Send`.
+#[derive(Debug)]
+pub struct TransportError(TransportErrorKind);
+
+#[derive(Debug)]
+enum TransportErrorKind {
+    Connect(ConnectError),
+    Other(HyperError),
+}
+
+impl TransportError {
+    fn new(err: HyperError) -> Self {
+        TransportError(if err.is_connect() {
+            TransportErrorKind::Connect(ConnectError(Box::new(err)))
+        } else {
+            TransportErrorKind::Other(err)
+        })
+    }
+
+    /// Whether the connection could not be made (nothing was sent).
+    pub fn is_connect(&self) -> bool {
+        matches!(self.0, TransportErrorKind::Connect(_))
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            TransportErrorKind::Connect(_) => "gRPC transport: could not connect",
+            TransportErrorKind::Other(_) => "gRPC transport failed",
+        })
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(match &self.0 {
+            TransportErrorKind::Connect(e) => e,
+            TransportErrorKind::Other(e) => e,
+        })
     }
 }
 

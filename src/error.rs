@@ -241,9 +241,47 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Inner { source, .. } => Some(&**source),
+            #[cfg(feature = "tonic")]
+            _ => grpc_status(self).map(|s| s as _),
+            #[cfg(not(feature = "tonic"))]
             _ => None,
         }
     }
+}
+
+/// With the `tonic` feature, the gRPC status a refusal stands for is its
+/// [`source`](std::error::Error::source), because `tonic::Status::from_error`
+/// (what a tonic client does with its channel's error) looks for a `Status`
+/// down the source chain: a spent deadline is `DEADLINE_EXCEEDED`, no
+/// endpoints and an open breaker are `UNAVAILABLE`, a limit's refusal is
+/// `RESOURCE_EXHAUSTED`. An [`Error::Inner`] keeps the inner error as its
+/// source, so tonic finds a status or transport error there.
+///
+/// The statuses are statics (a source must live somewhere to be borrowed,
+/// and the variants have no room for one): a code and a fixed message. The
+/// details (service, times, the limit) are in the `Error` itself, which
+/// tonic keeps as the status's own source.
+#[cfg(feature = "tonic")]
+fn grpc_status(err: &Error) -> Option<&'static tonic::Status> {
+    use std::sync::OnceLock;
+    use tonic::{Code, Status};
+
+    static NO_ENDPOINTS: OnceLock<Status> = OnceLock::new();
+    static DEADLINE: OnceLock<Status> = OnceLock::new();
+    static CIRCUIT_OPEN: OnceLock<Status> = OnceLock::new();
+    static OVERLOADED: OnceLock<Status> = OnceLock::new();
+    let (cell, code, message) = match err {
+        Error::NoEndpoints { .. } => (&NO_ENDPOINTS, Code::Unavailable, "no endpoints available"),
+        Error::DeadlineExceeded { .. } => (&DEADLINE, Code::DeadlineExceeded, "deadline exceeded"),
+        Error::CircuitOpen { .. } => (&CIRCUIT_OPEN, Code::Unavailable, "circuit breaker open"),
+        Error::Overloaded { .. } => (
+            &OVERLOADED,
+            Code::ResourceExhausted,
+            "overloaded: shed by a client-side limit",
+        ),
+        Error::Inner { .. } => return None,
+    };
+    Some(cell.get_or_init(|| Status::new(code, message)))
 }
 
 /// The limit behind an [`Error::Overloaded`], with the settings that were

@@ -1,8 +1,8 @@
 //! # palisade
 //!
 //! The client half of a service mesh, as [`tower`] layers: give any client
-//! `Service` (hyper-util's `Client`, reqwest's, your own; a tonic `Channel`
-//! does not fit yet: gRPC support is planned)
+//! `Service` (hyper-util's `Client`, reqwest's, your own; with the `tonic`
+//! feature a client is also the channel of a tonic gRPC client)
 //! endpoint discovery (static, DNS, files, Kubernetes), latency-aware load
 //! balancing, outlier ejection, retry budgets, deadlines, circuit breaking,
 //! limits, hedging, metrics and tracing. The same layers, assembled from a
@@ -71,6 +71,7 @@
 //! | `file` | yes | `discover::file`: a watched JSON or TOML endpoint list |
 //! | `kubernetes` | no | `discover::kubernetes`: EndpointSlices through kube-rs (pulls in kube and k8s-openapi) |
 //! | `reqwest` | no | `http::reqwest`: a `reqwest::Client` as the inner client |
+//! | `tonic` | no | `stack::tonic`: a [`Client`] as the channel of a tonic gRPC client (`Grpc`, `Builder::grpc`) |
 //!
 //! A library user who brings their own client can build lean with
 //! `default-features = false`.
@@ -107,6 +108,8 @@ pub mod stack;
 mod testing;
 
 pub use error::{BoxError, BuildError, Error, Limit};
+#[cfg(feature = "tonic")]
+pub use stack::Grpc;
 #[cfg(feature = "http")]
 pub use stack::Hyper;
 #[cfg(feature = "reqwest")]

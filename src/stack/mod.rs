@@ -24,7 +24,11 @@
 
 mod builder;
 mod config;
+#[cfg(feature = "tonic")]
+pub mod tonic;
 
+#[cfg(feature = "tonic")]
+pub use self::tonic::Grpc;
 pub use builder::{Builder, Unset};
 pub use config::ClientConfig;
 

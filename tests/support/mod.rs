@@ -1,6 +1,7 @@
 //! Shared by the integration tests (`mod support;`): a fault-injecting TCP
 //! proxy ([`faulty`]), a real DNS server whose zone a test changes ([`dns`]), the `palisade proxy` binary as a child process
-//! ([`proxy`]), and the bookkeeping the reliability tests share:
+//! ([`proxy`]), a gRPC service on tonic's server with switchable faults
+//! ([`grpc`], feature `tonic`), and the bookkeeping the reliability tests share:
 //!
 //! - [`Fleet`]: demo backends, each behind a [`Faulty`] that records which
 //!   request ids it forwarded;
@@ -15,6 +16,8 @@
 
 pub mod dns;
 pub mod faulty;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 #[cfg(all(feature = "cli", unix))]
 pub mod proxy;
 

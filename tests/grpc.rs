@@ -8,49 +8,15 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
+use palisade::Grpc;
 use palisade::balance::Choice;
-use palisade::classify::HttpClassify;
 use palisade::deadline::DeadlineSettings;
-use palisade::discover::{Endpoint, Static};
-use palisade::http::HttpEndpoints;
 use palisade::limit::ConcurrencySettings;
-use palisade::stack::Builder;
-use palisade::stack::tonic::GrpcTransport;
-use palisade::{Client, Grpc};
-use support::grpc::{Fault, GreeterClient, GrpcServer, HelloRequest, refused_addr};
+use support::grpc::{Fault, GreeterClient, GrpcServer, builder, hello, ready, refused_addr};
 use tonic::{Code, Status};
-
-type GrpcBuilder = Builder<Static, HttpEndpoints<GrpcTransport>, HttpClassify>;
-
-/// The builder of a gRPC client named "greeter" over `addrs`.
-fn builder(addrs: impl IntoIterator<Item = SocketAddr>) -> GrpcBuilder {
-    Client::builder("greeter")
-        .endpoints(addrs.into_iter().map(Endpoint::from))
-        .grpc()
-}
-
-/// Builds the client and waits until it sees its `n` endpoints.
-async fn ready(builder: GrpcBuilder, n: usize) -> Grpc {
-    let channel = builder.build().expect("client");
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        channel.wait_until(|c| c.endpoint_count() == n),
-    )
-    .await
-    .expect("the client never saw every endpoint");
-    channel
-}
-
-fn hello(name: impl Into<String>, count: u32) -> HelloRequest {
-    HelloRequest {
-        name: name.into(),
-        count,
-    }
-}
 
 /// The palisade error tonic kept as the status's source.
 fn palisade_error(status: &Status) -> &palisade::Error {
@@ -270,20 +236,10 @@ async fn the_test_server_faults_reach_the_caller() {
     )
     .await;
     let mut greeter = GreeterClient::new(channel);
-    /// The replies a `SayMany` of 5 gets, and how it ends.
+    /// The replies a `SayMany` of 5 gets, and the code it ends with.
     async fn many(greeter: &mut GreeterClient<Grpc>) -> (Vec<u32>, Option<Code>) {
-        let mut stream = match greeter.say_many(hello("many", 5)).await {
-            Ok(rsp) => rsp.into_inner(),
-            Err(status) => return (Vec::new(), Some(status.code())),
-        };
-        let mut seqs = Vec::new();
-        loop {
-            match stream.message().await {
-                Ok(Some(reply)) => seqs.push(reply.seq),
-                Ok(None) => return (seqs, None),
-                Err(status) => return (seqs, Some(status.code())),
-            }
-        }
+        let (seqs, end) = greeter.many(5).await;
+        (seqs, end.map(|s| s.code()))
     }
 
     assert_eq!(many(&mut greeter).await, (vec![0, 1, 2, 3, 4], None));

@@ -132,6 +132,57 @@ where
             .server_streaming(req, path, ProstCodec::default())
             .await
     }
+
+    /// A `SayMany` of `count`, read to its end: the sequence numbers
+    /// received, and the status it failed with, if it did.
+    pub async fn many(&mut self, count: u32) -> (Vec<u32>, Option<Status>) {
+        let mut stream = match self.say_many(hello("many", count)).await {
+            Ok(rsp) => rsp.into_inner(),
+            Err(status) => return (Vec::new(), Some(status)),
+        };
+        let mut seqs = Vec::new();
+        loop {
+            match stream.message().await {
+                Ok(Some(reply)) => seqs.push(reply.seq),
+                Ok(None) => return (seqs, None),
+                Err(status) => return (seqs, Some(status)),
+            }
+        }
+    }
+}
+
+/// A request for `name`, asking for `count` streamed replies.
+pub fn hello(name: impl Into<String>, count: u32) -> HelloRequest {
+    HelloRequest {
+        name: name.into(),
+        count,
+    }
+}
+
+/// The builder of a palisade gRPC client.
+pub type GrpcBuilder = palisade::stack::Builder<
+    palisade::discover::Static,
+    palisade::http::HttpEndpoints<palisade::stack::tonic::GrpcTransport>,
+    palisade::classify::HttpClassify,
+>;
+
+/// The builder of a gRPC client named "greeter" over `addrs`.
+pub fn builder(addrs: impl IntoIterator<Item = SocketAddr>) -> GrpcBuilder {
+    palisade::Client::builder("greeter")
+        .endpoints(addrs.into_iter().map(palisade::discover::Endpoint::from))
+        .grpc()
+}
+
+/// Builds the client and waits until it sees its `n` endpoints.
+pub async fn ready(builder: GrpcBuilder, n: usize) -> palisade::Grpc {
+    let channel = builder.build().expect("client");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        channel.wait_until(|c| c.endpoint_count() == n),
+    )
+    .await
+    .expect("the client never saw every endpoint");
+    channel
 }
 
 /// How a [`GrpcServer`] answers; switch with [`GrpcServer::set`].

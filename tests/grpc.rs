@@ -113,18 +113,17 @@ async fn unary_and_streaming_calls_succeed_and_spread_over_the_fleet() {
 async fn a_deadline_on_a_slow_server_is_deadline_exceeded() {
     let server = GrpcServer::spawn().await;
     server.set(Fault::Slow(Duration::from_secs(30)));
-    // Not propagated: a tonic server that sees its `grpc-timeout` expire
-    // answers CANCELLED, and with propagation it would see it expire first
-    // (the header keeps a reserve back). Here palisade's deadline is the
-    // only one. Unary calls only: the deadline bounds the wait for the
-    // response head, and a server stream's head comes at once.
+    // Unary calls only: the deadline bounds the wait for the response head,
+    // and a server stream's head comes at once.
+
+    // palisade's own deadline (the client's default timeout), with the
+    // defaults otherwise: propagated as `grpc-timeout` less a 5 ms reserve,
+    // so the tonic server gives up first and answers CANCELLED ("Timeout
+    // expired"), which is the deadline's doing.
     let deadline = |timeout| DeadlineSettings {
         timeout,
-        propagate: false,
         ..DeadlineSettings::default()
     };
-
-    // palisade's own deadline (the client's default timeout).
     let channel = ready(
         builder([server.addr()]).deadline(deadline(Some(Duration::from_millis(200)))),
         1,
@@ -137,7 +136,15 @@ async fn a_deadline_on_a_slow_server_is_deadline_exceeded() {
 
     // The caller's deadline: tonic's `set_timeout` is a `grpc-timeout`
     // header, which the deadline layer reads (no default timeout here).
-    let channel = ready(builder([server.addr()]).deadline(deadline(None)), 1).await;
+    // Not propagated: palisade's deadline is the only one.
+    let channel = ready(
+        builder([server.addr()]).deadline(DeadlineSettings {
+            propagate: false,
+            ..deadline(None)
+        }),
+        1,
+    )
+    .await;
     let mut greeter = GreeterClient::new(channel);
     let mut request = tonic::Request::new(hello("late", 0));
     request.set_timeout(Duration::from_millis(200));

@@ -24,6 +24,13 @@
 //! headers for every attempt, so each hop sees the time that is really left.
 //! Envoy's header is removed from outgoing requests: it would be stale.
 //!
+//! A gRPC server that gives up at the deadline it was sent answers with
+//! `DEADLINE_EXCEEDED` (grpc-go, grpc-java) or, as tonic's servers do,
+//! `CANCELLED` ("Timeout expired"). Such an answer (a Trailers-Only
+//! response arriving once the propagated deadline has passed) is the
+//! deadline's doing, so the caller gets [`Error::DeadlineExceeded`], the
+//! same as when the deadline fires here first.
+//!
 //! ```
 //! use palisade::deadline::{DeadlineLayer, DeadlineSettings};
 //! use std::time::Duration;
@@ -62,6 +69,7 @@ use pin_project::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
+use crate::classify::{GrpcCode, is_grpc_content_type};
 use crate::error::{BoxError, Error};
 use crate::facts::stamp_headers;
 use crate::refuse::{Pass, Refusable};
@@ -188,9 +196,9 @@ pub struct EnforceDeadline<S> {
     config: Arc<Config>,
 }
 
-impl<S, B> Service<Request<B>> for EnforceDeadline<S>
+impl<S, B, RB> Service<Request<B>> for EnforceDeadline<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = http::Response<RB>>,
     S::Error: Into<BoxError>,
 {
     type Response = S::Response;
@@ -217,7 +225,7 @@ where
         let Some(deadline) = deadline else {
             let future = self.inner.call(Request::from_parts(parts, body));
             return Refusable::running(
-                Cutoff::new(future, None, start, &self.config.service),
+                Cutoff::new(future, None, Duration::ZERO, start, &self.config.service),
                 Pass,
             );
         };
@@ -228,15 +236,16 @@ where
             });
         }
         parts.extensions.insert(deadline);
+        // What the next hop was told: the deadline, less the reserve.
+        let mut reserve = Duration::ZERO;
         if settings.propagate {
-            parts.extensions.insert(Propagate {
-                reserve: settings.reserve,
-            });
+            reserve = settings.reserve;
+            parts.extensions.insert(Propagate { reserve });
             stamp_headers(&mut parts);
         }
         let future = self.inner.call(Request::from_parts(parts, body));
         Refusable::running(
-            Cutoff::new(future, Some(deadline), start, &self.config.service),
+            Cutoff::new(future, Some(deadline), reserve, start, &self.config.service),
             Pass,
         )
     }
@@ -247,7 +256,8 @@ where
 pub type ResponseFuture<F> = Refusable<Cutoff<F>, Pass>;
 
 /// The inner call raced against the request's deadline: whichever ends
-/// first decides ([`Error::DeadlineExceeded`] if the deadline does).
+/// first decides ([`Error::DeadlineExceeded`] if the deadline does, or if
+/// the next hop answers that the deadline it was sent has passed).
 #[pin_project]
 #[must_use = "futures do nothing unless polled"]
 pub struct Cutoff<F> {
@@ -255,19 +265,39 @@ pub struct Cutoff<F> {
     inner: F,
     #[pin]
     sleep: Option<Sleep>,
+    /// When the next hop's deadline (ours, less the reserve) passes.
+    next_hop: Option<Instant>,
     start: Instant,
     service: Arc<str>,
 }
 
 impl<F> Cutoff<F> {
-    fn new(inner: F, deadline: Option<Deadline>, start: Instant, service: &Arc<str>) -> Self {
+    fn new(
+        inner: F,
+        deadline: Option<Deadline>,
+        reserve: Duration,
+        start: Instant,
+        service: &Arc<str>,
+    ) -> Self {
         Cutoff {
             inner,
             sleep: deadline.map(|d| tokio::time::sleep_until(d.instant())),
+            next_hop: deadline.map(|d| d.instant().checked_sub(reserve).unwrap_or(d.instant())),
             start,
             service: service.clone(),
         }
     }
+}
+
+/// Whether `rsp` is a gRPC server giving up at its deadline: a
+/// Trailers-Only answer with `DEADLINE_EXCEEDED`, or `CANCELLED` (what
+/// tonic's servers send when their timeout expires).
+fn is_grpc_deadline_answer<B>(rsp: &http::Response<B>) -> bool {
+    is_grpc_content_type(rsp.headers())
+        && matches!(
+            GrpcCode::from_headers(rsp.headers()),
+            Some(GrpcCode::DeadlineExceeded | GrpcCode::Cancelled)
+        )
 }
 
 impl<F> fmt::Debug for Cutoff<F> {
@@ -278,24 +308,34 @@ impl<F> fmt::Debug for Cutoff<F> {
     }
 }
 
-impl<F, T, E> Future for Cutoff<F>
+impl<F, B, E> Future for Cutoff<F>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future<Output = Result<http::Response<B>, E>>,
     E: Into<BoxError>,
 {
-    type Output = Result<T, Error>;
+    type Output = Result<http::Response<B>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let exceeded = |service: &Arc<str>, start: &Instant| Error::DeadlineExceeded {
+            service: service.clone(),
+            elapsed: start.elapsed(),
+        };
         if let Poll::Ready(result) = this.inner.poll(cx) {
-            return Poll::Ready(result.map_err(|e| Error::inner(this.service, None, e)));
+            return Poll::Ready(match result {
+                Ok(rsp)
+                    if this.next_hop.is_some_and(|at| Instant::now() >= at)
+                        && is_grpc_deadline_answer(&rsp) =>
+                {
+                    Err(exceeded(this.service, this.start))
+                }
+                Ok(rsp) => Ok(rsp),
+                Err(e) => Err(Error::inner(this.service, None, e)),
+            });
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             ready!(sleep.poll(cx));
-            return Poll::Ready(Err(Error::DeadlineExceeded {
-                service: this.service.clone(),
-                elapsed: this.start.elapsed(),
-            }));
+            return Poll::Ready(Err(exceeded(this.service, this.start)));
         }
         Poll::Pending
     }

@@ -385,3 +385,46 @@ mod settings_files {
         assert!(err.contains("unknown field `reserv`"), "{err}");
     }
 }
+
+/// A gRPC server that gives up at the `grpc-timeout` it was sent (as tonic
+/// servers do, with CANCELLED "Timeout expired"), or at once when `early`.
+fn giving_up(
+    early: bool,
+) -> impl Service<Request<()>, Response = Response<()>, Error = Infallible> + Clone {
+    service_fn(move |req: Request<()>| async move {
+        let sent = header::incoming_timeout(req.headers()).expect("a grpc-timeout");
+        if !early {
+            tokio::time::sleep(sent).await;
+        }
+        let rsp = Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "1")
+            .header("grpc-message", "Timeout expired")
+            .body(())
+            .unwrap();
+        Ok::<_, Infallible>(rsp)
+    })
+}
+
+fn grpc_call() -> Request<()> {
+    Request::post("/echo.Echo/Say")
+        .header("content-type", "application/grpc")
+        .header("grpc-timeout", "200m")
+        .body(())
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_server_giving_up_at_its_deadline_is_a_deadline_exceeded() {
+    let svc = layer().layer(giving_up(false));
+    let start = Instant::now();
+    let err = svc.oneshot(grpc_call()).await.unwrap_err();
+    assert!(err.is_deadline_exceeded(), "{err}");
+    // It answered when its deadline (ours less the 5 ms reserve) passed.
+    assert_eq!(start.elapsed(), Duration::from_millis(195));
+
+    // A CANCELLED before that is the server's own answer, passed on.
+    let svc = layer().layer(giving_up(true));
+    let rsp = svc.oneshot(grpc_call()).await.unwrap();
+    assert_eq!(rsp.headers()["grpc-status"], "1");
+}

@@ -124,3 +124,61 @@ async fn the_proxys_own_errors_are_grpc_statuses() {
         "deadline-exceeded"
     );
 }
+
+/// Both directions stream at once through the proxy: each message gets its
+/// reply before the next is sent, so nothing waits for a request's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bidirectional_stream_flows_both_ways_at_once() {
+    let server = GrpcServer::spawn().await;
+    let (_proxy, mut greeter) = proxy(&[server.addr()], "").await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let requests =
+        futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|ask| (ask, rx)) },
+        );
+    let mut replies = greeter.chat(requests).await.unwrap().into_inner();
+    for i in 0..20u32 {
+        tx.send(hello(format!("m{i}"), 0)).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), replies.message())
+            .await
+            .unwrap_or_else(|_| panic!("no reply to m{i} while the request stream is open"))
+            .unwrap()
+            .expect("a reply");
+        assert_eq!((reply.message, reply.seq), (format!("hello m{i}"), i));
+    }
+    drop(tx);
+    assert!(
+        replies.message().await.unwrap().is_none(),
+        "ends with the requests"
+    );
+}
+
+/// A caller that stops reading holds the server back: the proxy buffers
+/// only what HTTP/2 flow control lets through, not the whole stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_holds_a_fast_stream_back() {
+    let server = GrpcServer::spawn().await;
+    let (_proxy, mut greeter) = proxy(&[server.addr()], "").await;
+    // 100 000 replies of about 1 KiB: 100 MiB if nothing held them back.
+    let name = "x".repeat(1000);
+    let mut replies = greeter
+        .say_many(hello(name, 100_000))
+        .await
+        .unwrap()
+        .into_inner();
+    replies.message().await.unwrap().expect("the first reply");
+    // Give the server time to run ahead, were it allowed to.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let produced = server.produced();
+    eprintln!("{produced} replies produced while the caller read one");
+    assert!(
+        produced < 30_000,
+        "{produced} of 100 000 replies produced while the caller read one"
+    );
+    // Reading on releases it.
+    for _ in 0..1_000 {
+        replies.message().await.unwrap().expect("a reply");
+    }
+    assert!(server.produced() > produced.min(1_001));
+}

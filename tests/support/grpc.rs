@@ -10,6 +10,7 @@
 //! service Greeter {
 //!   rpc SayHello (HelloRequest) returns (HelloReply);
 //!   rpc SayMany (HelloRequest) returns (stream HelloReply);  // `count` replies
+//!   rpc Chat (stream HelloRequest) returns (stream HelloReply); // one reply each
 //! }
 //! message HelloRequest { string name = 1; uint32 count = 2; }
 //! message HelloReply { string message = 1; string server = 2; uint32 seq = 3; }
@@ -51,6 +52,7 @@ type StdError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub const SERVICE: &str = "palisade.test.Greeter";
 const SAY_HELLO: &str = "/palisade.test.Greeter/SayHello";
 const SAY_MANY: &str = "/palisade.test.Greeter/SayMany";
+const CHAT: &str = "/palisade.test.Greeter/Chat";
 
 /// The request of both methods.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -131,6 +133,20 @@ where
         self.inner
             .server_streaming(req, path, ProstCodec::default())
             .await
+    }
+
+    /// `Chat`: a reply for each request, as it arrives (both directions
+    /// stream at once).
+    pub async fn chat(
+        &mut self,
+        requests: impl futures::Stream<Item = HelloRequest> + Send + 'static,
+    ) -> Result<tonic::Response<tonic::Streaming<HelloReply>>, Status> {
+        self.ready().await?;
+        let mut req = tonic::Request::new(requests);
+        req.extensions_mut()
+            .insert(GrpcMethod::new(SERVICE, "Chat"));
+        let path = PathAndQuery::from_static(CHAT);
+        self.inner.streaming(req, path, ProstCodec::default()).await
     }
 
     /// A `SayMany` of `count`, read to its end: the sequence numbers
@@ -229,6 +245,8 @@ struct Control {
     code: AtomicI32,
     delay_us: AtomicU64,
     calls: AtomicU64,
+    /// Replies the streaming methods have produced (handed to tonic).
+    produced: AtomicU64,
 }
 
 impl Control {
@@ -290,6 +308,7 @@ impl GrpcServer {
             code: AtomicI32::new(0),
             delay_us: AtomicU64::new(0),
             calls: AtomicU64::new(0),
+            produced: AtomicU64::new(0),
         });
         let (stop, stopped) = oneshot::channel::<()>();
         let service = Greeter(control.clone());
@@ -330,6 +349,13 @@ impl GrpcServer {
     /// Changes how it answers, from the next call on.
     pub fn set(&self, fault: Fault) {
         self.control.set(fault);
+    }
+
+    /// Replies its streaming methods have produced so far: with
+    /// backpressure, no more than the transport can hold beyond what the
+    /// caller has read.
+    pub fn produced(&self) -> u64 {
+        self.control.produced.load(Ordering::Relaxed)
     }
 
     /// Calls received (every method, whatever the fault).
@@ -402,16 +428,20 @@ impl Service<http::Request<Body>> for Greeter {
                     grpc.unary(handler, req).await
                 }
                 SAY_MANY => {
+                    let control = control.clone();
                     let handler = tower::service_fn(move |r: tonic::Request<HelloRequest>| {
                         let server = server.clone();
+                        let control = control.clone();
                         async move {
                             let ask = r.into_inner();
                             let replies: BoxStream<'static, Result<HelloReply, Status>> =
                                 stream::iter(0..ask.count)
                                     .then(move |seq| {
                                         let reply = reply(&ask, server.clone(), seq);
+                                        let control = control.clone();
                                         async move {
                                             tokio::time::sleep(delay).await;
+                                            control.produced.fetch_add(1, Ordering::Relaxed);
                                             Ok(reply)
                                         }
                                     })
@@ -420,6 +450,25 @@ impl Service<http::Request<Body>> for Greeter {
                         }
                     });
                     grpc.server_streaming(handler, req).await
+                }
+                CHAT => {
+                    let handler = tower::service_fn(
+                        move |r: tonic::Request<tonic::Streaming<HelloRequest>>| {
+                            let server = server.clone();
+                            async move {
+                                let replies: BoxStream<'static, Result<HelloReply, Status>> = r
+                                    .into_inner()
+                                    .enumerate()
+                                    .map(move |(seq, ask)| {
+                                        let seq = u32::try_from(seq).unwrap_or(u32::MAX);
+                                        ask.map(|ask| reply(&ask, server.clone(), seq))
+                                    })
+                                    .boxed();
+                                Ok::<_, Status>(tonic::Response::new(replies))
+                            }
+                        },
+                    );
+                    grpc.streaming(handler, req).await
                 }
                 _ => Status::unimplemented("no such method").into_http(),
             };

@@ -117,7 +117,13 @@ impl Eos {
     pub fn on_end(&self, listener: impl FnOnce(&End<'_>) + Send + 'static) {
         let mut guard = self.lock();
         match &mut *guard {
-            Listeners::Empty => *guard = Listeners::Open(vec![Box::new(listener)]),
+            Listeners::Empty => {
+                // Room for a client's usual listeners (balancer, breaker,
+                // throttle, metrics) in one allocation.
+                let mut list: Vec<Listener> = Vec::with_capacity(4);
+                list.push(Box::new(listener));
+                *guard = Listeners::Open(list);
+            }
             Listeners::Open(list) => list.push(Box::new(listener)),
             Listeners::Ended => {
                 drop(guard);

@@ -23,11 +23,13 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 const REQUESTS: u32 = 200_000;
 const REPS: usize = 15;
 
+type Answer = Result<Response<Full<Bytes>>, palisade::Error>;
+
 fn backend() -> impl Service<
     Request<()>,
     Response = Response<Full<Bytes>>,
     Error = palisade::Error,
-    Future = Ready<Result<Response<Full<Bytes>>, palisade::Error>>,
+    Future = Ready<Answer>,
 > + Clone {
     service_fn(|_: Request<()>| ready(Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))))))
 }

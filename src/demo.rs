@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -266,8 +266,18 @@ async fn answer(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let nth = state.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let behavior = *state.behavior.lock().unwrap_or_else(|p| p.into_inner());
-    let (parts, _body) = req.into_parts();
+    let (parts, mut body) = req.into_parts();
     *state.last_request.lock().unwrap_or_else(|p| p.into_inner()) = Some(parts);
+    // Read the request body to its end (discarding it), as a real handler
+    // would before answering; one that breaks off gets no answer.
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            return Ok(Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .body(Full::new(Bytes::from_static(b"request body broke off\n")))
+                .unwrap_or_else(|_| Response::new(Full::default())));
+        }
+    }
     let delay = behavior.delay();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;

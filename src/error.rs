@@ -94,6 +94,72 @@ pub enum Error {
         /// (budget, deadline, attempts, method, body).
         retry_stop: Option<RetryStop>,
     },
+    /// The request failed on the caller's side: its body stream failed or
+    /// ended early (an aborted upload, a malformed chunked body). That says
+    /// nothing about the endpoint, so it feeds no failure accrual, penalty,
+    /// breaker or throttle, and is never retried.
+    #[non_exhaustive]
+    Caller {
+        /// The service the request was for.
+        service: Arc<str>,
+        /// What failed, with a [`CallerError`] down its source chain.
+        source: BoxError,
+    },
+}
+
+/// The caller's own side of a request failed: [`ReplayBody`] wraps the
+/// error of the caller's body stream in one, so that every layer (and the
+/// classifier walking an error's source chain) can tell it from a failure
+/// of the endpoint.
+///
+/// [`ReplayBody`]: crate::replay::ReplayBody
+///
+/// ```
+/// use palisade::error::CallerError;
+///
+/// let err = CallerError::body(std::io::Error::other("upload aborted"));
+/// assert_eq!(err.to_string(), "the request body stream failed");
+/// assert!(std::error::Error::source(&err).is_some());
+/// ```
+#[derive(Debug)]
+pub struct CallerError {
+    source: BoxError,
+}
+
+impl CallerError {
+    /// The caller's request body stream failed with `source`.
+    pub fn body(source: impl Into<BoxError>) -> Self {
+        CallerError {
+            source: source.into(),
+        }
+    }
+
+    /// Whether `err`'s source chain (itself included) holds a
+    /// `CallerError`.
+    pub fn is_in(err: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cur = Some(err);
+        while let Some(e) = cur {
+            if e.is::<CallerError>()
+                || matches!(e.downcast_ref::<Error>(), Some(Error::Caller { .. }))
+            {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
+    }
+}
+
+impl fmt::Display for CallerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request body stream failed")
+    }
+}
+
+impl std::error::Error for CallerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
 }
 
 impl Error {
@@ -119,8 +185,14 @@ impl Error {
             | Error::DeadlineExceeded { service, .. }
             | Error::CircuitOpen { service, .. }
             | Error::Overloaded { service, .. }
-            | Error::Inner { service, .. } => service,
+            | Error::Inner { service, .. }
+            | Error::Caller { service, .. } => service,
         }
+    }
+
+    /// Whether the caller's own side failed ([`Error::Caller`]).
+    pub fn is_caller_fault(&self) -> bool {
+        matches!(self, Error::Caller { .. })
     }
 
     /// Whether this is [`Error::CircuitOpen`].
@@ -233,6 +305,10 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
+            Error::Caller { service, .. } => write!(
+                f,
+                "service {service:?}: the request failed on the caller's side"
+            ),
         }
     }
 }
@@ -240,7 +316,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Inner { source, .. } => Some(&**source),
+            Error::Inner { source, .. } | Error::Caller { source, .. } => Some(&**source),
             #[cfg(feature = "tonic")]
             _ => grpc_status(self).map(|s| s as _),
             #[cfg(not(feature = "tonic"))]
@@ -279,7 +355,7 @@ fn grpc_status(err: &Error) -> Option<&'static tonic::Status> {
             Code::ResourceExhausted,
             "overloaded: shed by a client-side limit",
         ),
-        Error::Inner { .. } => return None,
+        Error::Inner { .. } | Error::Caller { .. } => return None,
     };
     Some(cell.get_or_init(|| Status::new(code, message)))
 }

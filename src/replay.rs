@@ -19,6 +19,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::BoxError;
+use crate::error::CallerError;
 
 /// A request body that a retry layer can send again, buffering up to a
 /// byte limit.
@@ -305,7 +306,8 @@ where
         // At the front: read the wrapped body.
         if state.errored {
             this.failed = true;
-            return Poll::Ready(Some(Err(ReplayError::EarlierFailure.into())));
+            let error = CallerError::body(ReplayError::EarlierFailure);
+            return Poll::Ready(Some(Err(error.into())));
         }
         loop {
             let Some(body) = state.body.as_mut() else {
@@ -328,7 +330,9 @@ where
                     state.body = None;
                     this.failed = true;
                     inner.waiters.wake_all();
-                    return Poll::Ready(Some(Err(error.into())));
+                    // The caller's body failed: marked so, so that no layer
+                    // blames the endpoint for it.
+                    return Poll::Ready(Some(Err(CallerError::body(error).into())));
                 }
                 Poll::Ready(Some(Ok(frame))) => frame,
             };
@@ -610,15 +614,20 @@ mod tests {
         ];
         let mut first = ReplayBody::new(StreamBody::new(futures::stream::iter(frames)), 100);
         let mut second = first.try_clone().unwrap();
+        // The caller's failure, marked so, with its cause.
         let err = read_all(&mut first).unwrap_err();
-        assert_eq!(err.to_string(), "connection reset by client");
+        assert!(err.is::<CallerError>(), "{err}");
+        let cause = std::error::Error::source(&*err).unwrap();
+        assert_eq!(cause.to_string(), "connection reset by client");
         assert!(first.is_end_stream());
         assert!(!first.is_replayable());
         assert!(first.try_clone().is_none());
 
         assert_eq!(read_frames(&mut second, 1), b"ok");
         let err = next(&mut second).unwrap().unwrap_err();
-        assert_eq!(err.to_string(), "request body failed on an earlier attempt");
+        assert!(err.is::<CallerError>(), "{err}");
+        let cause = std::error::Error::source(&*err).unwrap();
+        assert_eq!(cause.to_string(), "request body failed on an earlier attempt");
         assert!(next(&mut second).is_none());
     }
 

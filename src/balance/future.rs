@@ -191,11 +191,7 @@ where
                             std::time::Duration::ZERO,
                             Instant::now(),
                         );
-                        let error = Error::inner(
-                            &this.shared.name,
-                            Some(in_flight.slot.endpoint.address()),
-                            e,
-                        );
+                        let error = this.shared.error(&in_flight, class, e);
                         this.state.set(State::Done);
                         return Poll::Ready(Err(error));
                     }
@@ -249,11 +245,7 @@ where
                             let e: BoxError = e.into();
                             let class = this.shared.classify.classify_error(&*e);
                             this.shared.record(&mut in_flight, class, latency, now);
-                            Err(Error::inner(
-                                &this.shared.name,
-                                Some(in_flight.slot.endpoint.address()),
-                                e,
-                            ))
+                            Err(this.shared.error(&in_flight, class, e))
                         }
                     };
                     this.state.set(State::Done);

@@ -162,6 +162,10 @@ impl Health {
         now: Instant,
     ) -> Verdict {
         let outcome = class.outcome();
+        if !class.judges_endpoint() {
+            // The caller's failure, or ours: nothing learned.
+            return Verdict::Unchanged;
+        }
         if probe {
             return if outcome == Outcome::Success {
                 Verdict::Restored
@@ -179,6 +183,7 @@ impl Health {
                 self.failures.add(now, 1);
                 self.consecutive.fetch_add(1, Ordering::Relaxed);
             }
+            Outcome::Caller | Outcome::Local => {}
         }
         if !config.enabled || self.is_ejected() || outcome == Outcome::Success {
             return Verdict::Unchanged;

@@ -187,7 +187,7 @@ use tower::discover::{Change, Discover};
 use self::health::Verdict;
 use self::load::Load;
 use self::set::{CostModel, EndpointSet, Slot};
-use crate::classify::{Class, Classify, ResponseEos};
+use crate::classify::{Class, Classify, Outcome, ResponseEos};
 use crate::discover::{Address, Endpoint};
 pub use crate::endpoint::NewEndpoint;
 use crate::error::{BoxError, BuildError, Error};
@@ -659,7 +659,9 @@ impl<S, C> Shared<S, C> {
     /// endpoint's load and failure accrual: its head and its end at once
     /// (an error, or a response whose end is not watched).
     fn record(&self, in_flight: &mut InFlight<S>, class: Class, latency: Duration, now: Instant) {
-        self.observe_head(&in_flight.slot, class, latency, now);
+        if class.judges_endpoint() {
+            self.observe_head(&in_flight.slot, class, latency, now);
+        }
         self.settle(in_flight, class, latency, now);
     }
 
@@ -683,6 +685,11 @@ impl<S, C> Shared<S, C> {
     /// failure counts and penalty, failure accrual (ejection, probes).
     /// `latency` is the head's, to restart an endpoint back from ejection.
     fn settle(&self, in_flight: &mut InFlight<S>, class: Class, latency: Duration, now: Instant) {
+        if !class.judges_endpoint() {
+            // The caller's failure, or ours: nothing learned about the
+            // endpoint (a probe's slot goes back when `in_flight` drops).
+            return;
+        }
         let slot = &in_flight.slot;
         let load = &slot.load;
         let now_ns = self.nanos(now);
@@ -709,6 +716,20 @@ impl<S, C> Shared<S, C> {
                     tracing::warn!(service = %self.name, %endpoint, ?penalty, "probe failed: endpoint ejected again");
                 }
             }
+        }
+    }
+
+    /// The error for an endpoint's service failing with `e`, judged `class`:
+    /// the caller's own failure is [`Error::Caller`], anything else
+    /// [`Error::Inner`] naming the endpoint.
+    fn error(&self, in_flight: &InFlight<S>, class: Class, e: BoxError) -> Error {
+        if class.outcome() == Outcome::Caller {
+            Error::Caller {
+                service: self.name.clone(),
+                source: e,
+            }
+        } else {
+            Error::inner(&self.name, Some(in_flight.slot.endpoint.address()), e)
         }
     }
 

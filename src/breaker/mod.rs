@@ -370,15 +370,22 @@ where
                     // The verdict (and a half-open probe's slot) waits for
                     // the end of the stream.
                     Some(eos) => eos.on_end(move |end| {
-                        permit.record(classify.classify_end(head, end).is_failure());
+                        let class = classify.classify_end(head, end);
+                        if class.judges_endpoint() {
+                            permit.record(class.is_failure());
+                        }
                     }),
                     None => permit.record(head.is_failure()),
                 }
                 Ok(rsp)
             }
             Err(e) => {
+                // The caller's own failure, or ours, says nothing about the
+                // service: the admission is handed back uncounted.
                 let error = Error::inner(permit.service(), None, e);
-                permit.record(true);
+                if classify.classify_error(&error).judges_endpoint() {
+                    permit.record(true);
+                }
                 Err(error)
             }
         }

@@ -74,6 +74,8 @@ pub use rules::HttpClassify;
 use std::error::Error as StdError;
 use std::time::{Duration, SystemTime};
 
+use crate::error::CallerError;
+
 use http::HeaderValue;
 
 /// Whether an outcome counts as a success or a failure.
@@ -88,6 +90,14 @@ pub enum Outcome {
     /// and success-rate purposes, but not a sign that it is broken, so it
     /// does not count toward consecutive failures.
     Overloaded,
+    /// The caller's own side failed: its request body stream failed or
+    /// ended early (an aborted upload). Says nothing about the endpoint:
+    /// no layer counts it for or against it, and it is never retried.
+    Caller,
+    /// This process ran out of something (file descriptors, ephemeral
+    /// ports) before the request could be sent: our failure, not the
+    /// endpoint's. Counted nowhere, never retried.
+    Local,
 }
 
 /// Whether a failed request may be sent again.
@@ -141,6 +151,22 @@ impl Class {
         }
     }
 
+    /// The caller's own failure ([`Outcome::Caller`]), never retried.
+    pub const fn caller() -> Class {
+        Class {
+            outcome: Outcome::Caller,
+            ..Class::SUCCESS
+        }
+    }
+
+    /// A local resource ran out ([`Outcome::Local`]), never retried.
+    pub const fn local() -> Class {
+        Class {
+            outcome: Outcome::Local,
+            ..Class::SUCCESS
+        }
+    }
+
     /// The same class with another retry rule.
     pub const fn with_retry(mut self, retry: Retry) -> Class {
         self.retry = retry;
@@ -172,9 +198,17 @@ impl Class {
         self.outcome
     }
 
-    /// Whether the outcome is a failure (overload included).
+    /// Whether the outcome is a failure of the endpoint (overload
+    /// included).
     pub fn is_failure(&self) -> bool {
-        self.outcome != Outcome::Success
+        matches!(self.outcome, Outcome::Failure | Outcome::Overloaded)
+    }
+
+    /// Whether the outcome says something about the endpoint: false for the
+    /// caller's own failures and local exhaustion, which the balancer,
+    /// breaker and throttle leave out of their counts.
+    pub fn judges_endpoint(&self) -> bool {
+        !matches!(self.outcome, Outcome::Caller | Outcome::Local)
     }
 
     /// Whether the request may be retried.
@@ -246,17 +280,60 @@ pub trait Classify<Rsp>: Clone + Send + Sync + 'static {
     }
 }
 
-/// Classifies a transport error by walking its `source()` chain: a refused
-/// connection (or a hyper-util connect error) never reached the server and may
-/// be retried for any method; anything else may only be retried when the
-/// method is idempotent.
+/// Classifies a transport error by walking its `source()` chain:
+///
+/// - the caller's own body stream failed (a [`CallerError`] in the chain,
+///   which [`ReplayBody`](crate::replay::ReplayBody) puts there):
+///   [`Outcome::Caller`];
+/// - this process ran out of file descriptors or ephemeral ports:
+///   [`Outcome::Local`];
+/// - a refused connection (or a hyper-util connect error) never reached the
+///   server and may be retried for any method;
+/// - anything else may only be retried when the method is idempotent.
+///
+/// ```
+/// use palisade::classify::{Outcome, classify_transport_error};
+/// use palisade::error::CallerError;
+///
+/// let aborted = CallerError::body(std::io::Error::other("upload aborted"));
+/// assert_eq!(classify_transport_error(&aborted).outcome(), Outcome::Caller);
+/// ```
 pub fn classify_transport_error(err: &(dyn StdError + 'static)) -> Class {
-    if never_sent(err) {
+    if CallerError::is_in(err) {
+        Class::caller()
+    } else if out_of_local_resources(err) {
+        Class::local()
+    } else if never_sent(err) {
         Class::failure(Retry::Always)
     } else {
         Class::failure(Retry::IfIdempotent)
     }
 }
+
+/// Whether an error is this process running out of file descriptors
+/// (EMFILE, ENFILE), buffer space (ENOBUFS) or local addresses
+/// (EADDRNOTAVAIL: no ephemeral port left).
+fn out_of_local_resources(err: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && (io.kind() == std::io::ErrorKind::AddrNotAvailable
+                || matches!(io.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS)))
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// The POSIX error numbers (Linux, the BSDs and macOS agree on these).
+const ENFILE: i32 = 23;
+const EMFILE: i32 = 24;
+#[cfg(target_os = "linux")]
+const ENOBUFS: i32 = 105;
+#[cfg(not(target_os = "linux"))]
+const ENOBUFS: i32 = 55;
 
 /// Whether an error proves the request never left this process.
 fn never_sent(err: &(dyn StdError + 'static)) -> bool {

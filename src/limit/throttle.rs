@@ -258,7 +258,8 @@ where
 /// accepted: the backend took the request and answered it.
 pub(crate) fn accepted(class: &Class) -> bool {
     match class.outcome() {
-        Outcome::Success => true,
+        // Not the backend's answer at all: neither for nor against it.
+        Outcome::Success | Outcome::Caller | Outcome::Local => true,
         Outcome::Overloaded => false,
         Outcome::Failure => class.retry() == Retry::Never,
     }

@@ -152,6 +152,8 @@ fn outcome_name(outcome: Outcome) -> &'static str {
         Outcome::Success => "success",
         Outcome::Failure => "failure",
         Outcome::Overloaded => "overloaded",
+        Outcome::Caller => "caller",
+        Outcome::Local => "local",
     }
 }
 

@@ -21,7 +21,7 @@
 //!   | `palisade_grpc_responses_total` | counter | client, code (`OK`, `UNAVAILABLE`, … : the 17 gRPC codes) |
 //!   | `palisade_request_duration_seconds` (to the response head) | histogram, 1 ms – 10 s | client |
 //!   | `palisade_requests_in_flight` (until the response body ends) | gauge | client |
-//!   | `palisade_errors_total` | counter | client, kind (`deadline_exceeded`, `circuit_open`, `no_endpoints`, `inner`) |
+//!   | `palisade_errors_total` | counter | client, kind (`deadline_exceeded`, `circuit_open`, `no_endpoints`, `overloaded`, `inner`, `caller`: the caller's own body stream failed) |
 //!   | `palisade_retry_attempts_total` | counter (first attempts included) | client |
 //!   | `palisade_retry_refusals_total` | counter | client, reason (`budget`, `deadline`, `attempts`, `method`, `body`) |
 //!
@@ -264,12 +264,13 @@ impl Metrics {
 
 const CLASSES: [&str; 4] = ["success", "failure", "overloaded", "error"];
 const STATUSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
-const ERRORS: [&str; 5] = [
+const ERRORS: [&str; 6] = [
     "deadline_exceeded",
     "circuit_open",
     "no_endpoints",
     "inner",
     "overloaded",
+    "caller",
 ];
 
 /// One client's per-request handles (each an `Arc` around atomics).
@@ -301,6 +302,7 @@ impl ClientMetrics {
             Outcome::Success => 0,
             Outcome::Failure => 1,
             Outcome::Overloaded => 2,
+            Outcome::Caller | Outcome::Local => 3,
         };
         let status = match status {
             100..=199 => 0,
@@ -334,6 +336,7 @@ impl ClientMetrics {
             crate::Error::CircuitOpen { .. } => 1,
             crate::Error::NoEndpoints { .. } => 2,
             crate::Error::Overloaded { .. } => 4,
+            crate::Error::Caller { .. } => 5,
             _ => 3,
         };
         self.errors[kind].inc();

@@ -100,6 +100,13 @@ pub(crate) fn error_response(dialect: Dialect, service: &str, e: &Error) -> Resp
             GrpcCode::DeadlineExceeded,
             "deadline-exceeded",
         ),
+        // The client's own request body failed (an aborted upload, a bad
+        // chunked encoding): its fault, and no backend's.
+        Error::Caller { .. } => (
+            StatusCode::BAD_REQUEST,
+            GrpcCode::Cancelled,
+            "bad-request-body",
+        ),
         _ => (
             StatusCode::BAD_GATEWAY,
             GrpcCode::Unavailable,

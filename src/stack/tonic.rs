@@ -195,7 +195,7 @@ impl<D, N, C> Builder<D, N, C> {
 /// ```
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
-        if matches!(err, Error::Inner { .. }) {
+        if matches!(err, Error::Inner { .. } | Error::Caller { .. }) {
             return Status::from_error(Box::new(err));
         }
         let code = std::error::Error::source(&err)

@@ -627,7 +627,10 @@ mod tests {
         let err = next(&mut second).unwrap().unwrap_err();
         assert!(err.is::<CallerError>(), "{err}");
         let cause = std::error::Error::source(&*err).unwrap();
-        assert_eq!(cause.to_string(), "request body failed on an earlier attempt");
+        assert_eq!(
+            cause.to_string(),
+            "request body failed on an earlier attempt"
+        );
         assert!(next(&mut second).is_none());
     }
 

@@ -35,11 +35,12 @@ use futures::stream::{self, BoxStream, StreamExt};
 use http::HeaderMap;
 use http::uri::PathAndQuery;
 use http_body::Frame;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::body::Body;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Connected, TcpIncoming};
 use tonic::{Code, GrpcMethod, Status};
 use tonic_prost::ProstCodec;
 use tower::Service;
@@ -293,6 +294,8 @@ impl Control {
 pub struct GrpcServer {
     control: Arc<Control>,
     stop: Option<oneshot::Sender<()>>,
+    /// Set to cut every connection: see [`GrpcServer::kill`].
+    cut: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -311,10 +314,13 @@ impl GrpcServer {
             produced: AtomicU64::new(0),
         });
         let (stop, stopped) = oneshot::channel::<()>();
+        let (cut, cut_rx) = watch::channel(false);
         let service = Greeter(control.clone());
         // TCP_NODELAY, as tonic's own `serve` sets by default: without it,
         // Nagle's algorithm holds a reply's last frame back ~40 ms.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map(move |tcp| tcp.map(|io| Cuttable::new(io, cut_rx.clone())));
         let task = tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .serve_with_incoming_shutdown(service, incoming, async {
@@ -328,6 +334,7 @@ impl GrpcServer {
         GrpcServer {
             control,
             stop: Some(stop),
+            cut,
             task,
         }
     }
@@ -363,6 +370,13 @@ impl GrpcServer {
         self.control.calls.load(Ordering::Relaxed)
     }
 
+    /// Reads [`GrpcServer::calls`], and goes on reading it after the
+    /// server is stopped or killed.
+    pub fn call_counter(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let control = self.control.clone();
+        move || control.calls.load(Ordering::Relaxed)
+    }
+
     /// Stops accepting, lets calls in flight finish, and waits for that.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -372,9 +386,117 @@ impl GrpcServer {
     }
 }
 
+impl GrpcServer {
+    /// Dies as a killed process does: stops accepting (connections are
+    /// refused from now on) and cuts every connection it has, with the
+    /// calls in flight on them; no GOAWAY.
+    pub fn kill(self) {
+        let _ = self.cut.send(true);
+        self.task.abort();
+    }
+}
+
 impl Drop for GrpcServer {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A server's connection, cut (every read and write fails, so that hyper
+/// drops it and the socket closes) once its server is killed.
+struct Cuttable {
+    io: tokio::net::TcpStream,
+    /// Ends when the server is killed; `None` once it has.
+    killed: Option<BoxFuture<'static, ()>>,
+}
+
+impl Cuttable {
+    fn new(io: tokio::net::TcpStream, mut cut: watch::Receiver<bool>) -> Cuttable {
+        let killed = Box::pin(async move {
+            if cut.wait_for(|cut| *cut).await.is_err() {
+                // The server was dropped, not killed: leave the connection be.
+                std::future::pending::<()>().await;
+            }
+        });
+        Cuttable {
+            io,
+            killed: Some(killed),
+        }
+    }
+
+    /// Whether the server was killed (registering for the news if not).
+    fn is_cut(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(killed) = &mut self.killed {
+            if killed.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            self.killed = None;
+        }
+        true
+    }
+}
+
+fn cut_error() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::ConnectionReset, "server killed")
+}
+
+impl AsyncRead for Cuttable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.is_cut(cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Cuttable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.is_cut(cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.is_cut(cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.is_cut(cx) {
+            return Poll::Ready(Err(cut_error()));
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl Connected for Cuttable {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
     }
 }
 

@@ -271,3 +271,55 @@ async fn a_large_body_is_sent_once_and_whole() {
     assert_eq!(rsp.extensions().get::<RetryStop>(), Some(&RetryStop::Body));
     assert_eq!(failing.requests(), 1);
 }
+
+/// An HTTP/2 server that refuses every stream before processing it
+/// (RST_STREAM REFUSED_STREAM, RFC 9113 §8.7); counts the streams.
+async fn refusing_h2(streams: std::sync::Arc<std::sync::atomic::AtomicU64>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let streams = streams.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A stream the server refused unprocessed is retried on another endpoint
+/// even for a POST: nothing was done, whatever the method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_stream_refused_unprocessed_is_retried_for_any_method() {
+    let streams = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let refusing = refusing_h2(streams.clone()).await;
+    let healthy = Backend::spawn(Behavior::new()).await.unwrap();
+    let client: TestClient = Client::builder("h2")
+        .endpoints([Endpoint::from(refusing), Endpoint::from(healthy.addr())])
+        .http(palisade::http::hyper_h2c_client())
+        // Random picks: the refusing endpoint is drawn about every other
+        // first attempt until it is ejected.
+        .choice(palisade::balance::Choice::Random)
+        .build()
+        .unwrap();
+    client.wait_until(|c| c.endpoint_count() == 2).await;
+    let mut calls = 0;
+    while streams.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(calls < 64, "64 calls never drew the refusing endpoint");
+        let req = Request::post("http://h2/")
+            .body(Full::new(Bytes::from("x")))
+            .unwrap();
+        let rsp = client.clone().oneshot(req).await;
+        let rsp = rsp.unwrap_or_else(|e| panic!("a refused POST was not retried: {e}"));
+        assert_eq!(rsp.status(), 200);
+        calls += 1;
+    }
+    assert_eq!(healthy.requests(), calls, "each POST was answered once");
+}

@@ -287,8 +287,10 @@ pub trait Classify<Rsp>: Clone + Send + Sync + 'static {
 ///   [`Outcome::Caller`];
 /// - this process ran out of file descriptors or ephemeral ports:
 ///   [`Outcome::Local`];
-/// - a refused connection (or a hyper-util connect error) never reached the
-///   server and may be retried for any method;
+/// - a refused connection (or a hyper-util connect error), and an HTTP/2
+///   stream the server refused unprocessed (REFUSED_STREAM, or above a
+///   graceful GOAWAY's last stream), never reached the application and may
+///   be retried for any method;
 /// - anything else may only be retried when the method is idempotent.
 ///
 /// ```
@@ -347,6 +349,17 @@ fn never_sent(err: &(dyn StdError + 'static)) -> bool {
         #[cfg(feature = "http")]
         if let Some(legacy) = e.downcast_ref::<hyper_util::client::legacy::Error>()
             && legacy.is_connect()
+        {
+            return true;
+        }
+        // HTTP/2: the server refused the stream before processing it
+        // (RST_STREAM REFUSED_STREAM), or its graceful GOAWAY came before
+        // the stream (RFC 9113 §8.7: safe to retry whatever the method).
+        #[cfg(feature = "http")]
+        if let Some(h2) = e.downcast_ref::<h2::Error>()
+            && h2.is_remote()
+            && (h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR)))
         {
             return true;
         }

@@ -20,7 +20,9 @@ use super::settings::EjectionSettings;
 /// while ago is eventually tried again. An observation above the current
 /// (decayed) estimate replaces it at once (the *peak*); one below it is
 /// blended in with weight `1 - exp(-elapsed / tau)`, where `elapsed` is the
-/// time since the previous observation. Failures are observed at their real
+/// time since the previous observation, and never less than 1/50, so that
+/// at a high request rate a single hiccup fades after about 50 faster
+/// answers instead of holding for most of `tau`. Failures are observed at their real
 /// latency: this estimate answers "can an attempt here finish in time?".
 ///
 /// The *penalty* is what a failure adds on top for choosing: each failure
@@ -47,6 +49,10 @@ struct EwmaState {
     penalty_ns: f64,
     penalty_stamp: Instant,
 }
+
+/// The least weight a sample below the estimate gets: a peak fades after
+/// about 50 faster answers, or with the decay time, whichever comes first.
+const MIN_BLEND: f64 = 1.0 / 50.0;
 
 /// `exp(-elapsed / tau)`, the weight the old estimate keeps.
 fn decay_weight(elapsed: Duration, tau: Duration) -> f64 {
@@ -149,7 +155,12 @@ impl PeakEwma {
         s.latency_ns = if sample > decayed || s.seeded {
             sample
         } else {
-            decayed + sample * (1.0 - w)
+            // At a high request rate the time since the previous sample is
+            // tiny, and so would be each sample's weight: one hiccup would
+            // then hold the estimate up for most of `tau`. Every sample
+            // moves it at least MIN_BLEND of the way.
+            let keep = w.min(1.0 - MIN_BLEND);
+            s.latency_ns * keep + sample * (1.0 - keep)
         };
         s.seeded = false;
         // Never move the stamp backwards (samples can finish out of order).
@@ -247,6 +258,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_hiccup_fades_after_a_few_dozen_fast_answers() {
+        let t0 = Instant::now();
+        let e = PeakEwma::new(Duration::from_millis(2), t0);
+        ok(&e, 2, t0);
+        // One 20 ms hiccup, then a fast answer every millisecond: by time
+        // alone each would weigh 1e-4 and the peak would hold for seconds.
+        ok(&e, 20, t0);
+        for i in 1..=100 {
+            ok(&e, 2, t0 + Duration::from_millis(i));
+        }
+        let est = e.latency_ns(t0 + Duration::from_millis(100), TAU);
+        assert!(est < 4.5 * MS, "{}", est / MS);
+        // A slow endpoint stays slow: its own samples are all high.
+        let slow = PeakEwma::new(Duration::from_millis(2), t0);
+        for i in 0..100 {
+            ok(&slow, 20, t0 + Duration::from_millis(i));
+        }
+        assert!(slow.latency_ns(t0 + Duration::from_millis(100), TAU) > 19.0 * MS);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_first_sample_replaces_the_seed() {
         let t0 = Instant::now();
         let e = PeakEwma::new(Duration::from_millis(30), t0);
@@ -277,12 +309,16 @@ mod tests {
         let want = 100.0 * MS * w + 10.0 * MS * (1.0 - w);
         let got = e.latency_ns(t0 + TAU, TAU);
         assert!((got - want).abs() < 1.0, "{got} vs {want}");
-        // A burst of fast samples at the same instant barely moves it...
-        for _ in 0..100 {
+        // A burst of fast samples at the same instant moves it 1/50 of the
+        // way each (by time alone they would weigh nothing)...
+        for _ in 0..10 {
             ok(&e, 1, t0 + TAU);
         }
-        assert!((e.latency_ns(t0 + TAU, TAU) - want).abs() < 1.0);
-        // ...but a steady stream over time converges to the new latency.
+        let keep = (1.0 - MIN_BLEND).powi(10);
+        let burst = want * keep + 1.0 * MS * (1.0 - keep);
+        let got = e.latency_ns(t0 + TAU, TAU);
+        assert!((got - burst).abs() < 1.0, "{got} vs {burst}");
+        // ...and a steady stream over time converges to the new latency.
         let mut t = t0 + TAU;
         for _ in 0..600 {
             t += Duration::from_millis(100);

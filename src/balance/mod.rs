@@ -37,7 +37,11 @@
 //!   so a slowdown is noticed on the first slow response;
 //! - blends in samples **below** it with weight `1 - exp(-Δt / decay)`, where
 //!   `Δt` is the time since the previous sample, so recovery is smooth and
-//!   independent of request rate bursts.
+//!   independent of request rate bursts; but never less than 1/50, so that
+//!   at a high request rate one hiccup (a pause, a scheduling delay) fades
+//!   after about 50 faster answers instead of holding the estimate up for
+//!   most of the decay time, which let an idle slow endpoint look as cheap
+//!   as a busy fast one.
 //!
 //! A new endpoint starts at the median estimate of the current set (or
 //! [`default_rtt`](BalanceSettings::default_rtt), 30 ms, when the set is

@@ -8,6 +8,10 @@
 //! `cargo bench --bench eos` (`-- --quick` or `PALISADE_BENCH_QUICK=1`
 //! for a smoke run)
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{Mode, median};
 use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::time::Instant;
@@ -63,16 +67,12 @@ where
     start.elapsed().as_nanos() as f64 / f64::from(REQUESTS)
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick")
-        || std::env::var_os("PALISADE_BENCH_QUICK").is_some()
-        || std::env::args().all(|a| a != "--bench");
-    let reps = if quick { 1 } else { REPS };
+    let reps = if Mode::from_env() == Mode::Full {
+        REPS
+    } else {
+        1
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -34,9 +34,13 @@
 //! `cargo test --all-targets`) it runs a smoke test of a second or two
 //! whose numbers mean nothing.
 
+#[path = "common/mod.rs"]
+mod common;
+
 #[path = "../tests/support/grpc.rs"]
 mod grpc;
 
+use common::{Mode, median};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,27 +60,7 @@ const SLOW: Duration = Duration::from_millis(20);
 /// A call that takes longer than this is counted as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    Smoke,
-    Quick,
-    Full,
-}
-
 impl Mode {
-    fn from_env() -> Mode {
-        let args: Vec<String> = std::env::args().collect();
-        if !args.iter().any(|a| a == "--bench") {
-            Mode::Smoke
-        } else if args.iter().any(|a| a == "--quick")
-            || std::env::var_os("PALISADE_BENCH_QUICK").is_some()
-        {
-            Mode::Quick
-        } else {
-            Mode::Full
-        }
-    }
-
     /// Repetitions, calls per scenario and client, warm-up calls.
     fn size(self) -> (usize, usize, usize) {
         match self {
@@ -344,11 +328,6 @@ async fn run(side: Side, scenario: Scenario, n: usize, warm_up: usize) -> Run {
             .join(" ");
     }
     run
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 /// Per scenario and client, one value per repetition.

@@ -28,6 +28,10 @@
 //! Without `--bench` (as under `cargo test --all-targets`) it runs a smoke
 //! test of a second or two whose numbers mean nothing.
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{Mode, median};
 use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -60,27 +64,7 @@ const CONCURRENCY: usize = 8;
 const ROUNDS: usize = 4;
 const WARM_UP: usize = 200;
 
-#[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    Smoke,
-    Quick,
-    Full,
-}
-
 impl Mode {
-    fn from_env() -> Mode {
-        let args: Vec<String> = std::env::args().collect();
-        if !args.iter().any(|a| a == "--bench") {
-            Mode::Smoke
-        } else if args.iter().any(|a| a == "--quick")
-            || std::env::var_os("PALISADE_BENCH_QUICK").is_some()
-        {
-            Mode::Quick
-        } else {
-            Mode::Full
-        }
-    }
-
     /// Repetitions, and requests per variant per repetition.
     fn tail_size(self) -> (usize, usize) {
         match self {
@@ -158,11 +142,6 @@ fn quantile(latencies: &mut [Duration], q: f64) -> Duration {
     latencies.sort_unstable();
     let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
     latencies[rank - 1]
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn ms(d: Duration) -> f64 {

@@ -5,6 +5,10 @@
 //! `--bench` (as under `cargo test --benches`) it runs a smoke test whose
 //! numbers mean nothing.
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::median;
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -56,11 +60,6 @@ where
         }
     });
     start.elapsed().as_nanos() as f64 / n as f64
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn main() {

@@ -4,6 +4,10 @@
 //!
 //! `cargo bench --bench metrics`
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::median;
 use std::future::{Ready, ready};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -44,11 +48,6 @@ where
         black_box(rsp);
     }
     start.elapsed().as_nanos() as f64 / f64::from(REQUESTS)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn main() {

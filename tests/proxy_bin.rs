@@ -1106,3 +1106,73 @@ async fn a_grpc_call_gets_the_proxys_own_errors_as_grpc_statuses() {
     assert_eq!(rsp.status(), 502);
     assert!(!rsp.headers().contains_key("grpc-status"));
 }
+
+/// A backend that answers every request with `101 Switching Protocols`,
+/// which nobody asked for.
+async fn upgrading_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: raw\r\nConnection: upgrade\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// One Host: the request is routed by the host the backend is asked for;
+/// what cannot be made one request is refused before routing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_and_forwarding_agree_on_one_host() {
+    let internal = Backend::spawn(Behavior::new()).await.unwrap();
+    let public = Backend::spawn(Behavior::new()).await.unwrap();
+    let upgrading = upgrading_backend().await;
+    let body = service("internal", &[internal.addr()])
+        + &service("upgrading", &[upgrading])
+        + &service("public", &[public.addr()])
+        + "[[routes]]\nmatch = { host = \"internal.example\" }\nservice = \"internal\"\n\n\
+           [[routes]]\nmatch = { host = \"up.example\" }\nservice = \"upgrading\"\n\n\
+           [[routes]]\nservice = \"public\"\n";
+    let proxy = Proxy::start(&body);
+    ready(&plain(), &proxy).await;
+    let send = |bytes: &'static [u8]| raw(proxy.listen, bytes);
+
+    // An absolute-form target beside another Host: routed by the target,
+    // and the backend is asked for the target's host too.
+    let absolute = b"GET http://internal.example/x HTTP/1.1\r\nHost: www.example\r\n\r\n";
+    assert_eq!(send(absolute).await, 200);
+    let seen = internal
+        .last_request()
+        .expect("reached the internal backend");
+    assert_eq!(seen.headers["host"], "internal.example");
+    assert_eq!(public.requests(), 0);
+
+    // Two Host headers, a non-http target, CONNECT: refused, not routed.
+    let two = b"GET / HTTP/1.1\r\nHost: www.example\r\nHost: internal.example\r\n\r\n";
+    assert_eq!(send(two).await, 400);
+    let https = b"GET https://internal.example/ HTTP/1.1\r\nHost: internal.example\r\n\r\n";
+    assert_eq!(send(https).await, 400);
+    let connect = b"CONNECT internal.example:443 HTTP/1.1\r\nHost: internal.example:443\r\n\r\n";
+    assert_eq!(send(connect).await, 501);
+    assert_eq!(internal.requests(), 1, "none of them reached a backend");
+
+    // `Connection` cannot name `Host` away; one that cannot be read is a 400.
+    let named_host =
+        b"GET / HTTP/1.1\r\nHost: www.example\r\nConnection: Host, X-Gone\r\nX-Gone: 1\r\n\r\n";
+    assert_eq!(send(named_host).await, 200);
+    let seen = public.last_request().expect("reached the public backend");
+    assert_eq!(seen.headers["host"], "www.example");
+    assert!(!seen.headers.contains_key("x-gone"));
+    let unreadable = b"GET / HTTP/1.1\r\nHost: www.example\r\nConnection: x, \xe9t\xe9\r\n\r\n";
+    assert_eq!(send(unreadable).await, 400);
+
+    // A 101 nobody asked for is the backend's error.
+    let upgrade = b"GET / HTTP/1.1\r\nHost: up.example\r\n\r\n";
+    assert_eq!(send(upgrade).await, 502);
+}

@@ -5,6 +5,7 @@ mod admin;
 mod answer;
 pub mod check;
 pub mod config;
+mod inbound;
 mod reload;
 mod routes;
 pub mod server;

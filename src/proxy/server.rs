@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -31,6 +30,7 @@ use tower::ServiceExt;
 pub(crate) use super::admin::*;
 use super::answer::{Dialect, error_response, own};
 use super::config::{Config, ConfigError};
+use super::inbound::{Refusal, host_of, prepare, strip_hop_by_hop};
 pub(crate) use super::reload::*;
 use super::routes::CompiledRoute;
 pub(crate) use super::upstream::*;
@@ -369,105 +369,6 @@ pub(crate) async fn accept(
     }
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-pub(crate) const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes hop-by-hop headers, including those the `Connection` header
-/// names. `TE: trailers` is the one kept: a proxy may forward it (RFC 9110
-/// §7.6.1, the only `TE` HTTP/2 allows), and gRPC servers refuse a request
-/// without it; every other `TE` value is the client's business with us.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let trailers = headers.get_all(header::TE).iter().any(|value| {
-        value.to_str().unwrap_or("").split(',').any(|token| {
-            let coding = token.split(';').next().unwrap_or("").trim();
-            coding.eq_ignore_ascii_case("trailers")
-        })
-    });
-    // Names beyond the standard set are rare: `Connection: keep-alive` or
-    // `close` (on nearly every HTTP/1.1 response) allocate nothing here.
-    let mut named: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.to_str().unwrap_or("").split(',') {
-            let token = token.trim();
-            let known = token.is_empty()
-                || token.eq_ignore_ascii_case("close")
-                || HOP_BY_HOP
-                    .iter()
-                    .any(|h| token.eq_ignore_ascii_case(h.as_str()));
-            if !known && let Ok(name) = HeaderName::try_from(token) {
-                named.push(name);
-            }
-        }
-    }
-    for name in HOP_BY_HOP.iter().chain(&named) {
-        headers.remove(name);
-    }
-    if trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-}
-
-pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-/// The request's host, from the URI's authority or the `Host` header,
-/// without a port; `Err` when the `Host` header is not a valid authority
-/// (RFC 3986 `host [ ":" port ]`). Borrowed: routing allocates nothing.
-pub(crate) fn host_of(req: &Request<Incoming>) -> Result<Option<&str>, ()> {
-    if let Some(a) = req.uri().authority() {
-        return Ok(Some(a.host()));
-    }
-    match req.headers().get(header::HOST) {
-        None => Ok(None),
-        Some(v) => split_host(v.to_str().map_err(|_| ())?).map(Some),
-    }
-}
-
-/// The host part of a `Host` header value, checked against RFC 3986: an
-/// IP literal in brackets, or registered-name / IPv4 characters, then an
-/// optional numeric port.
-pub(crate) fn split_host(value: &str) -> Result<&str, ()> {
-    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
-        let end = rest.find(']').ok_or(())?;
-        let literal = &rest[..end];
-        let valid = !literal.is_empty()
-            && literal
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-        let port = match &rest[end + 1..] {
-            "" => None,
-            after => Some(after.strip_prefix(':').ok_or(())?),
-        };
-        if !valid {
-            return Err(());
-        }
-        (&value[..end + 2], port)
-    } else {
-        let (host, port) = match value.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (value, None),
-        };
-        let valid = !host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
-        if !valid {
-            return Err(());
-        }
-        (host, port)
-    };
-    match port {
-        Some(p) if p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) => Err(()),
-        _ => Ok(host),
-    }
-}
-
 /// Routes and forwards one request.
 pub(crate) async fn handle(
     state: &State,
@@ -476,18 +377,18 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     let routing = state.routing.load_full();
     let dialect = Dialect::of(&req);
-    let host = match host_of(&req) {
-        Ok(host) => host,
-        Err(()) => {
-            return own(
-                dialect,
-                StatusCode::BAD_REQUEST,
-                GrpcCode::InvalidArgument,
-                "invalid-host",
-                "invalid Host header".into(),
-            );
-        }
-    };
+    if let Err(refusal) = prepare(&mut req, remote) {
+        let Refusal {
+            status,
+            code,
+            reason,
+            text,
+        } = refusal;
+        return own(dialect, status, code, reason, text);
+    }
+    // `prepare` made the target's authority and `Host` agree, and checked
+    // them: this is the host the backend will be asked for.
+    let host = host_of(&req).unwrap_or(None);
     let Some(route) = routing.routes.iter().find(|r| r.matches(host, &req)) else {
         return own(
             dialect,
@@ -507,26 +408,27 @@ pub(crate) async fn handle(
             format!("route {:?} names unknown service {service:?}", route.name),
         );
     };
-
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
-    let forwarded = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {}", remote.ip()),
-        None => remote.ip().to_string(),
-    };
-    if let Ok(v) = HeaderValue::try_from(forwarded) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
     // The upstream pool picks the protocol (HTTP/1.1 or h2c) whatever the
-    // client spoke. The URI's authority (an h2 `:authority`, or an
-    // absolute-form HTTP/1.1 target) becomes `Host` in the endpoint layer,
-    // as for any client request.
+    // client spoke.
     *req.version_mut() = http::Version::HTTP_11;
 
     match client.clone().oneshot(req).await {
+        // Upgrades are not forwarded (`Upgrade` is hop-by-hop), so a 101 is
+        // one nobody asked for.
+        Ok(rsp) if rsp.status() == StatusCode::SWITCHING_PROTOCOLS => own(
+            dialect,
+            StatusCode::BAD_GATEWAY,
+            GrpcCode::Unavailable,
+            "unexpected-upgrade",
+            format!(
+                "service {service:?} answered 101 Switching Protocols, which was not asked for"
+            ),
+        ),
         Ok(rsp) => {
             let (mut parts, body) = rsp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
+            // A response's unreadable `Connection` names nothing we can
+            // honour; the standard set is gone either way.
+            let _ = strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Either::Left(body))
         }
         Err(e) => error_response(dialect, service, &e),
@@ -536,31 +438,6 @@ pub(crate) async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_headers_are_checked_and_split_without_allocating() {
-        assert_eq!(split_host("example.com"), Ok("example.com"));
-        assert_eq!(split_host("example.com:8080"), Ok("example.com"));
-        assert_eq!(split_host("127.0.0.1:80"), Ok("127.0.0.1"));
-        assert_eq!(split_host("[::1]:4140"), Ok("[::1]"));
-        assert_eq!(split_host("[::1]"), Ok("[::1]"));
-        for bad in [
-            "",
-            ":80",
-            "exa mple.com",
-            "a:b",
-            "a:123456",
-            "[::1",
-            "[]",
-            "[::1]x",
-            "[zz]",
-            "a/b",
-            "a@b",
-            "a:80:80",
-        ] {
-            assert_eq!(split_host(bad), Err(()), "{bad:?} must be rejected");
-        }
-    }
 
     #[tokio::test]
     async fn every_source_feeds_a_client_and_says_where_endpoints_come_from() {
@@ -641,44 +518,5 @@ mod tests {
             assert!(!waiting.ends_with("no answer yet)"), "{waiting}");
         }
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn hop_by_hop_headers_go_including_those_connection_names() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, X-Private, close"),
-        );
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        assert_eq!(left, vec!["x-kept"]);
-    }
-
-    #[test]
-    fn te_trailers_is_forwarded_and_nothing_else_of_te() {
-        let forwarded = |te: &'static str| {
-            let mut h = HeaderMap::new();
-            h.insert(header::CONNECTION, HeaderValue::from_static("TE"));
-            h.insert(header::TE, HeaderValue::from_static(te));
-            strip_hop_by_hop(&mut h);
-            assert!(h.get(header::CONNECTION).is_none());
-            h.get(header::TE).map(|v| v.to_str().unwrap().to_owned())
-        };
-        assert_eq!(forwarded("trailers").as_deref(), Some("trailers"));
-        assert_eq!(
-            forwarded("gzip, Trailers;q=0.5").as_deref(),
-            Some("trailers")
-        );
-        assert_eq!(forwarded("gzip"), None);
-        assert_eq!(forwarded("trailersx"), None);
     }
 }

@@ -1176,3 +1176,80 @@ async fn routing_and_forwarding_agree_on_one_host() {
     let upgrade = b"GET / HTTP/1.1\r\nHost: up.example\r\n\r\n";
     assert_eq!(send(upgrade).await, 502);
 }
+
+/// A request head of `n` header fields (`Host` and `n - 1` others).
+fn fields(n: usize) -> Vec<u8> {
+    let mut head = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 1..n {
+        head += &format!("X-H{i}: 1\r\n");
+    }
+    head += "\r\n";
+    head.into_bytes()
+}
+
+/// A backend that takes any head (it does not parse the headers, so it
+/// has no header limit of its own), counts it, and answers 200.
+async fn any_head_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let counted = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let heads = counted.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 8192];
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        heads.fetch_add(1, Ordering::SeqCst);
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        if stream.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// `server.max_headers`: 100 header fields by default, more are a 431
+/// from the proxy itself (the backend never sees them); a reload raises it
+/// for new connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_headers_is_the_most_header_fields_accepted() {
+    let (backend, heads) = any_head_backend().await;
+    let body = service("app", &[backend]) + "[[routes]]\nservice = \"app\"\n";
+    let proxy = Proxy::start(&body);
+    ready(&plain(), &proxy).await;
+    assert_eq!(raw(proxy.listen, &fields(100)).await, 200);
+    let reached = heads.load(Ordering::SeqCst);
+    assert_eq!(raw(proxy.listen, &fields(101)).await, 431);
+    assert_eq!(
+        heads.load(Ordering::SeqCst),
+        reached,
+        "refused by the proxy itself"
+    );
+
+    let text = support::proxy::config_text(&body);
+    std::fs::write(
+        &proxy.config,
+        text.replace(
+            "max_header_bytes = 8192",
+            "max_header_bytes = 8192\nmax_headers = 150",
+        ),
+    )
+    .unwrap();
+    eventually(async || raw(proxy.listen, &fields(150)).await == 200).await;
+    assert_eq!(raw(proxy.listen, &fields(151)).await, 431);
+}

@@ -221,8 +221,9 @@ pub async fn run(
 /// Accepts connections on `listener` until told to stop; each connection is
 /// watched by `graceful` so that shutdown can drain it.
 ///
-/// A connection gets the running config's `server.max_header_bytes`: a
-/// reload that changes it applies to the connections accepted after it.
+/// A connection gets the running config's `server.max_header_bytes` and
+/// `max_headers`: a reload that changes them applies to the connections
+/// accepted after it.
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<State>,
@@ -232,11 +233,15 @@ pub(crate) async fn serve(
     let mut current: Option<Arc<Connections>> = None;
     while let Some((stream, remote)) = accept(&listener, &mut stop).await {
         let _ = stream.set_nodelay(true);
-        let max_header_bytes = state.routing.load().config.server.max_header_bytes;
+        let limits = {
+            let routing = state.routing.load();
+            let server = &routing.config.server;
+            (server.max_header_bytes, server.max_headers)
+        };
         let builders = match &current {
-            Some(c) if c.max_header_bytes == max_header_bytes => c.clone(),
+            Some(c) if c.limits == limits => c.clone(),
             _ => {
-                let c = Arc::new(Connections::new(max_header_bytes));
+                let c = Arc::new(Connections::new(limits.0, limits.1));
                 current = Some(c.clone());
                 c
             }
@@ -277,6 +282,10 @@ pub(crate) async fn serve(
 
 /// The smallest `server.max_header_bytes` a config may ask for.
 pub(crate) const MIN_MAX_HEADER_BYTES: usize = 1024;
+
+/// The most `server.max_headers` a config may ask for (hyper then keeps
+/// the header slots on the heap, per request).
+pub(crate) const MAX_MAX_HEADERS: usize = 10_000;
 
 /// How long a new connection may take to send enough bytes to tell h2c
 /// from HTTP/1 (hyper's own default for reading a request head).
@@ -324,16 +333,18 @@ async fn sniff(mut stream: tokio::net::TcpStream) -> std::io::Result<(bool, Snif
 /// HTTP/2 counts it (`h2` refuses a list whose size reaches its setting, so
 /// the setting is one more than the largest list accepted).
 pub(crate) struct Connections {
-    max_header_bytes: usize,
+    /// `max_header_bytes` and `max_headers`.
+    limits: (usize, usize),
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
 
 impl Connections {
-    pub(crate) fn new(max_header_bytes: usize) -> Connections {
+    pub(crate) fn new(max_header_bytes: usize, max_headers: usize) -> Connections {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .max_header_size(max_header_bytes)
+            .max_headers(max_headers)
             .timer(hyper_util::rt::TokioTimer::new());
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         let list = u32::try_from(max_header_bytes.saturating_add(1)).unwrap_or(u32::MAX);
@@ -341,7 +352,7 @@ impl Connections {
             .max_header_list_size(list)
             .timer(hyper_util::rt::TokioTimer::new());
         Connections {
-            max_header_bytes,
+            limits: (max_header_bytes, max_headers),
             http1,
             http2,
         }

@@ -159,6 +159,11 @@ pub struct Server {
     /// HTTP/2 counts it; either way exactly. At least 1024. Default 64 KiB.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// The most header fields an HTTP/1.1 request may carry; more are
+    /// answered 431. On h2c, `max_header_bytes` bounds the list instead.
+    /// 1 to 10 000. Default 100.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
     /// How often the config file is checked for changes; greater than 0.
     /// Default 2 s.
     #[serde(default = "default_watch_interval", with = "duration")]
@@ -171,6 +176,9 @@ fn default_grace() -> Duration {
 fn default_max_header_bytes() -> usize {
     64 * 1024
 }
+fn default_max_headers() -> usize {
+    100
+}
 fn default_watch_interval() -> Duration {
     Duration::from_secs(2)
 }
@@ -180,6 +188,7 @@ impl Default for Server {
         Server {
             grace_period: default_grace(),
             max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
             watch_interval: default_watch_interval(),
         }
     }

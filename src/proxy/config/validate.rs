@@ -1,7 +1,7 @@
 //! Validation: every problem in a config, each at its field and line.
 
 use super::*;
-use crate::proxy::server::MIN_MAX_HEADER_BYTES;
+use crate::proxy::server::{MAX_MAX_HEADERS, MIN_MAX_HEADER_BYTES};
 
 // ---------------------------------------------------------------------------
 // Validation and lints.
@@ -210,6 +210,15 @@ pub(crate) fn validate(c: &Config, r: &mut Report<'_>) {
                 "must be at least {MIN_MAX_HEADER_BYTES} (a request line and a Host \
                  header need room), got {}",
                 c.server.max_header_bytes
+            ),
+        );
+    }
+    if !(1..=MAX_MAX_HEADERS).contains(&c.server.max_headers) {
+        r.add(
+            &root.at("server.max_headers"),
+            format!(
+                "must be 1 to {MAX_MAX_HEADERS}, got {}",
+                c.server.max_headers
             ),
         );
     }

@@ -1253,3 +1253,49 @@ async fn max_headers_is_the_most_header_fields_accepted() {
     eventually(async || raw(proxy.listen, &fields(150)).await == 200).await;
     assert_eq!(raw(proxy.listen, &fields(151)).await, 431);
 }
+
+/// A backend that answers with the request body it received.
+async fn echo_body_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        use http_body_util::BodyExt;
+                        let body = req.into_body().collect().await?.to_bytes();
+                        Ok::<_, hyper::Error>(http::Response::new(Full::new(body)))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A GET's chunked body reaches the backend (hyper's client would drop a
+/// GET body of unknown length unless told to send it chunked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gets_chunked_body_is_forwarded() {
+    let backend = echo_body_backend().await;
+    let body = service("app", &[backend]) + "[[routes]]\nservice = \"app\"\n";
+    let proxy = Proxy::start(&body);
+    ready(&plain(), &proxy).await;
+    let mut stream = TcpStream::connect(proxy.listen).await.unwrap();
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+              5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("hello world"), "{answer}");
+}

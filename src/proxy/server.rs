@@ -66,6 +66,8 @@ pub(crate) struct Routing {
 #[derive(Clone)]
 pub(crate) struct Upstream {
     pub(crate) client: ServiceClient,
+    /// Whether requests go upstream over HTTP/1.1 (else h2c).
+    pub(crate) http1: bool,
     /// The handle of a static list's source: held as long as the client,
     /// so that its stream stays open.
     pub(crate) _endpoints: Option<DynamicHandle>,
@@ -410,7 +412,7 @@ pub(crate) async fn handle(
         );
     };
     let service = route.pick();
-    let Some(Upstream { client, .. }) = routing.services.get(service) else {
+    let Some(Upstream { client, http1, .. }) = routing.services.get(service) else {
         return own(
             dialect,
             StatusCode::BAD_GATEWAY,
@@ -422,6 +424,18 @@ pub(crate) async fn handle(
     // The upstream pool picks the protocol (HTTP/1.1 or h2c) whatever the
     // client spoke.
     *req.version_mut() = http::Version::HTTP_11;
+    // hyper's HTTP/1.1 client sends no body for a GET or HEAD of unknown
+    // length unless told to: a body the client sent is forwarded, chunked.
+    if *http1
+        && matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+        && !req.headers().contains_key(http::header::CONTENT_LENGTH)
+        && !http_body::Body::is_end_stream(req.body())
+    {
+        req.headers_mut().insert(
+            http::header::TRANSFER_ENCODING,
+            http::HeaderValue::from_static("chunked"),
+        );
+    }
 
     match client.clone().oneshot(req).await {
         // Upgrades are not forwarded (`Upgrade` is hop-by-hop), so a 101 is

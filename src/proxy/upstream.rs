@@ -103,6 +103,7 @@ pub(crate) async fn build_upstream(
     };
     Ok(Upstream {
         client: build_client(svc, discover, http, metrics)?,
+        http1: !matches!(svc.protocol, config::Protocol::H2c),
         _endpoints: upstream_endpoints,
         #[cfg(feature = "dns")]
         dns,

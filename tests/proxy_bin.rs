@@ -1299,3 +1299,65 @@ async fn a_gets_chunked_body_is_forwarded() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("hello world"), "{answer}");
 }
+
+/// The soft descriptor limit is raised to the hard one at startup, and
+/// `server.max_connections` caps the client connections: one more is
+/// closed at once and counted, and a place freed is taken again.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptors_are_raised_and_client_connections_capped() {
+    let backend = Backend::spawn(Behavior::new()).await.unwrap();
+    let text = support::proxy::config_text(
+        &(service("app", &[backend.addr()]) + "[[routes]]\nservice = \"app\"\n"),
+    )
+    .replace(
+        "max_header_bytes = 8192",
+        "max_header_bytes = 8192\nmax_connections = 3",
+    );
+    let proxy = Proxy::start_with_soft_nofile(&text, 512);
+    let client = plain();
+    ready(&client, &proxy).await;
+
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", proxy.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[3], fields[4], "soft raised to hard: {line}");
+
+    let metrics = async || get(&client, proxy.admin, "/metrics").await.2;
+    // Three connections that send nothing hold their places.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(proxy.listen).await.unwrap());
+    }
+    eventually(async || metrics().await.contains("palisade_proxy_connections 3")).await;
+
+    // A fourth is closed at once, whatever it sends.
+    let mut fourth = TcpStream::connect(proxy.listen).await.unwrap();
+    let _ = fourth
+        .write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), fourth.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the fourth connection was held, not closed");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    let text = metrics().await;
+    assert!(
+        text.contains("palisade_proxy_connections_refused_total 1"),
+        "{text}"
+    );
+
+    // A place freed is taken again.
+    drop(held.pop());
+    eventually(async || {
+        let mut s = TcpStream::connect(proxy.listen).await.unwrap();
+        let get = b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n";
+        let _ = s.write_all(get).await;
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer).await;
+        answer.starts_with(b"HTTP/1.1 200")
+    })
+    .await;
+}

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::proxy::config::{self, Config, Discovery};
 
+use super::conns::AcceptErrors;
 use super::server::*;
 
 /// The admin server: `/metrics`, `/ready`, `/live`, `/config`, `/snapshot`.
@@ -25,7 +26,8 @@ pub(crate) async fn admin_server(
     state: Arc<State>,
     mut stop: watch::Receiver<bool>,
 ) {
-    while let Some((stream, _)) = accept(&listener, &mut stop).await {
+    let mut errors = AcceptErrors::default();
+    while let Some((stream, _)) = accept(&listener, &mut stop, &mut errors).await {
         let state = state.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {

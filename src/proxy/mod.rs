@@ -5,6 +5,7 @@ mod admin;
 mod answer;
 pub mod check;
 pub mod config;
+mod conns;
 mod inbound;
 mod reload;
 mod routes;

@@ -30,6 +30,9 @@ use tower::ServiceExt;
 pub(crate) use super::admin::*;
 use super::answer::{Dialect, error_response, own};
 use super::config::{Config, ConfigError};
+use super::conns::{
+    AcceptErrors, Connections as ClientConnections, default_max_connections, raise_descriptor_limit,
+};
 use super::inbound::{Refusal, host_of, prepare, strip_hop_by_hop};
 pub(crate) use super::reload::*;
 use super::routes::CompiledRoute;
@@ -119,6 +122,11 @@ pub(crate) struct State {
     /// Set once shutdown has begun: `/ready` answers 503 from then on,
     /// while in-flight requests finish.
     pub(crate) draining: AtomicBool,
+    /// The client connections open, and those refused over the cap.
+    pub(crate) connections: ClientConnections,
+    /// `server.max_connections` when the config leaves it out: from the
+    /// descriptor limit, raised at startup.
+    pub(crate) default_max_connections: usize,
 }
 
 impl State {
@@ -127,6 +135,8 @@ impl State {
     pub(crate) async fn new(path: PathBuf, config: Config) -> Result<State, StartError> {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
+        let connections = ClientConnections::register(&mut registry);
+        let default_max_connections = default_max_connections(raise_descriptor_limit());
         let http = Upstreams {
             http1: hyper_client(),
             h2c: hyper_h2c_client(),
@@ -139,6 +149,8 @@ impl State {
             registry: std::sync::Mutex::new(registry),
             path,
             draining: AtomicBool::new(false),
+            connections,
+            default_max_connections,
         })
     }
 }
@@ -233,13 +245,23 @@ pub(crate) async fn serve(
     graceful: Arc<GracefulShutdown>,
 ) {
     let mut current: Option<Arc<Connections>> = None;
-    while let Some((stream, remote)) = accept(&listener, &mut stop).await {
-        let _ = stream.set_nodelay(true);
-        let limits = {
+    let mut errors = AcceptErrors::default();
+    while let Some((stream, remote)) = accept(&listener, &mut stop, &mut errors).await {
+        let (limits, max_connections) = {
             let routing = state.routing.load();
             let server = &routing.config.server;
-            (server.max_header_bytes, server.max_headers)
+            let max = server
+                .max_connections
+                .unwrap_or(state.default_max_connections);
+            ((server.max_header_bytes, server.max_headers), max)
         };
+        // Over the cap: closed at once (and counted), before it costs more.
+        let Some(admitted) = state.connections.admit(max_connections) else {
+            tracing::debug!(%remote, max_connections, "connection refused: server.max_connections are open");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
         let builders = match &current {
             Some(c) if c.limits == limits => c.clone(),
             _ => {
@@ -251,6 +273,7 @@ pub(crate) async fn serve(
         let state = state.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _admitted = admitted;
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(handle(&state, req, remote).await) }
@@ -362,20 +385,24 @@ impl Connections {
 }
 
 /// The next connection, or `None` once told to stop. Accept errors (out of
-/// file descriptors and the like) are logged and retried after a pause
-/// rather than spun on.
+/// file descriptors and the like) pause accepting, longer while they go
+/// on, and are logged at most once a second (see `conns`).
 pub(crate) async fn accept(
     listener: &TcpListener,
     stop: &mut watch::Receiver<bool>,
+    errors: &mut AcceptErrors,
 ) -> Option<(tokio::net::TcpStream, SocketAddr)> {
     loop {
         tokio::select! {
             _ = stop.changed() => return None,
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => return Some(accepted),
+                Ok(accepted) => {
+                    errors.succeeded();
+                    return Some(accepted);
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let pause = errors.failed(&e);
+                    tokio::time::sleep(pause).await;
                 }
             },
         }

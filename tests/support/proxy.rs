@@ -75,10 +75,32 @@ impl Proxy {
         Proxy::spawn(text, true)
     }
 
+    /// Like [`Proxy::start_with`], started with its soft descriptor limit
+    /// lowered to `soft` (through `sh -c 'ulimit -Sn …; exec …'`).
+    pub fn start_with_soft_nofile(text: &str, soft: u64) -> Proxy {
+        Proxy::spawn_with(text, false, Some(soft))
+    }
+
     fn spawn(text: &str, logging: bool) -> Proxy {
+        Proxy::spawn_with(text, logging, None)
+    }
+
+    fn spawn_with(text: &str, logging: bool, soft_nofile: Option<u64>) -> Proxy {
         let config = config_path();
         std::fs::write(&config, text).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_palisade"));
+        let bin = env!("CARGO_BIN_EXE_palisade");
+        let mut command = match soft_nofile {
+            None => Command::new(bin),
+            Some(soft) => {
+                let mut sh = Command::new("sh");
+                sh.args([
+                    "-c",
+                    &format!("ulimit -Sn {soft} && exec \"$0\" \"$@\""),
+                    bin,
+                ]);
+                sh
+            }
+        };
         command
             .args(["proxy", "--config"])
             .arg(&config)

@@ -164,6 +164,11 @@ pub struct Server {
     /// 1 to 10 000. Default 100.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
+    /// The most client connections open at once; more are closed at once
+    /// and counted. At least 1. Default: half of what the descriptor limit
+    /// (raised to the hard limit at startup) leaves after 128, at least 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
     /// How often the config file is checked for changes; greater than 0.
     /// Default 2 s.
     #[serde(default = "default_watch_interval", with = "duration")]
@@ -189,6 +194,7 @@ impl Default for Server {
             grace_period: default_grace(),
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
+            max_connections: None,
             watch_interval: default_watch_interval(),
         }
     }

@@ -222,6 +222,9 @@ pub(crate) fn validate(c: &Config, r: &mut Report<'_>) {
             ),
         );
     }
+    if c.server.max_connections == Some(0) {
+        r.add(&root.at("server.max_connections"), "must be at least 1");
+    }
     if c.server.watch_interval.is_zero() {
         r.add(&root.at("server.watch_interval"), "must be greater than 0");
     }

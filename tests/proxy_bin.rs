@@ -1361,3 +1361,55 @@ async fn descriptors_are_raised_and_client_connections_capped() {
     })
     .await;
 }
+
+/// `palisade check` and `palisade proxy` read the config as reloads do: a
+/// regular file of at most 4 MiB. A FIFO (which would hang a read) and
+/// `/dev/zero` (which would never end) are refused at once, by name.
+#[cfg(unix)]
+#[test]
+fn config_files_must_be_regular_and_bounded() {
+    let fifo = config_path().with_extension("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let big = config_path();
+    std::fs::write(&big, vec![b'#'; (4 << 20) + 1]).unwrap();
+    let run = |args: &[&std::ffi::OsStr]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A hang would be the bug: give it 10 s, then fail.
+        for _ in 0..100 {
+            if child.try_wait().unwrap().is_some() {
+                let out = child.wait_with_output().unwrap();
+                return (
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stdout).into_owned()
+                        + &String::from_utf8_lossy(&out.stderr),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        panic!("palisade {args:?} hung");
+    };
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    for path in [fifo.as_os_str(), os("/dev/zero")] {
+        let (code, out) = run(&[os("check"), path]);
+        assert_ne!(code, Some(0), "{out}");
+        assert!(out.contains("not a regular file"), "{out}");
+        let (code, out) = run(&[os("proxy"), os("--config"), path]);
+        assert_ne!(code, Some(0), "{out}");
+        assert!(out.contains("not a regular file"), "{out}");
+    }
+    let (code, out) = run(&[os("check"), big.as_os_str()]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("larger than the limit of 4194304 bytes"),
+        "{out}"
+    );
+    let _ = std::fs::remove_file(&fifo);
+    let _ = std::fs::remove_file(&big);
+}

@@ -942,8 +942,10 @@ impl Watched {
 }
 
 /// Reads at most `max_bytes` of the file at `path`, and its stamp. A
-/// larger file is an error of kind `FileTooLarge` carrying [`OverLimit`].
-fn read_bounded(path: &Path, max_bytes: u64) -> io::Result<(Vec<u8>, FileStamp)> {
+/// larger file is an error of kind `FileTooLarge` carrying [`OverLimit`];
+/// anything but a regular file (a FIFO, a device, a directory) is refused
+/// before it is opened. The proxy reads its config file with it too.
+pub(crate) fn read_bounded(path: &Path, max_bytes: u64) -> io::Result<(Vec<u8>, FileStamp)> {
     let too_large = || io::Error::new(io::ErrorKind::FileTooLarge, OverLimit(max_bytes));
     // Opening a FIFO would block until a writer comes; a directory cannot
     // be read. Only a regular file (through symlinks) will do.
@@ -970,7 +972,7 @@ fn read_bounded(path: &Path, max_bytes: u64) -> io::Result<(Vec<u8>, FileStamp)>
 
 /// A file over the size limit (in bytes); see [`read_bounded`].
 #[derive(Debug)]
-struct OverLimit(u64);
+pub(crate) struct OverLimit(u64);
 
 impl fmt::Display for OverLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -70,7 +70,8 @@ impl CheckReport {
 /// unreadable file is a failed report naming the path and the reason.
 pub fn check_file(path: &Path) -> CheckReport {
     let file = path.display().to_string();
-    match std::fs::read(path) {
+    let read = crate::discover::file::read_bounded(path, super::server::MAX_CONFIG_BYTES);
+    match read.map(|(bytes, _)| bytes) {
         Err(e) => CheckReport {
             unreadable: Some(format!("cannot read the config file: {e}")),
             file,

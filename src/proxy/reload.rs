@@ -47,11 +47,32 @@ pub(crate) async fn watch_config(state: Arc<State>, mut stop: watch::Receiver<bo
             watched.forget();
         }
         // The first check reads the file whatever it is: a config equal to
-        // the running one is no reload.
-        let config = match watched.check() {
-            Ok(None) => continue,
-            Ok(Some(bytes)) => parse_config(&state.path, bytes),
-            Err(e) => Err(StartError::Read(state.path.clone(), e)),
+        // the running one is no reload. Reading and parsing run on a
+        // blocking thread: a large file must not stall the requests this
+        // runtime serves.
+        let path = state.path.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let config = match watched.check() {
+                Ok(None) => None,
+                Ok(Some(bytes)) => Some(parse_config(&path, bytes)),
+                Err(e) => Some(Err(StartError::Read(path.clone(), e))),
+            };
+            (watched, config)
+        })
+        .await;
+        let config = match checked {
+            Ok((back, config)) => {
+                watched = back;
+                match config {
+                    Some(config) => config,
+                    None => continue,
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config reload failed; the running config stays");
+                watched = Watched::new(state.path.clone(), MAX_CONFIG_BYTES);
+                continue;
+            }
         };
         match config {
             Ok(config) => {

@@ -53,8 +53,9 @@ pub const ERROR_HEADER: &str = "x-palisade-error";
 
 pub(crate) type ServiceClient = Hyper<Incoming>;
 
-/// The largest config file a reload reads.
-pub(crate) const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// The largest config file the proxy reads (at startup, on reload, and
+/// in `palisade check`).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
 /// What requests are routed with: swapped whole on reload, so a request
 /// keeps the routing it started with.
@@ -157,9 +158,20 @@ impl State {
 
 /// Reads and validates a config file; relative paths in it are relative
 /// to its directory.
+///
+/// Startup, `palisade check` and reloads read the file the same way:
+/// a regular file of at most [`MAX_CONFIG_BYTES`] (4 MiB).
 pub fn load(path: &Path) -> Result<Config, StartError> {
-    let text = std::fs::read_to_string(path).map_err(|e| StartError::Read(path.to_owned(), e))?;
-    Config::from_file_text(&text, path).map_err(|e| StartError::Config(path.to_owned(), e))
+    let bytes = read_config(path)?;
+    super::reload::parse_config(path, &bytes)
+}
+
+/// Reads a config file: a regular file (a FIFO or `/dev/zero` is refused
+/// before it is opened) of at most [`MAX_CONFIG_BYTES`].
+pub(crate) fn read_config(path: &Path) -> Result<Vec<u8>, StartError> {
+    crate::discover::file::read_bounded(path, MAX_CONFIG_BYTES)
+        .map(|(bytes, _)| bytes)
+        .map_err(|e| StartError::Read(path.to_owned(), e))
 }
 
 /// Runs the proxy on `config` (read from `path`, which is watched for

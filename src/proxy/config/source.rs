@@ -4,6 +4,7 @@
 use super::*;
 
 use std::ops::Range;
+use std::sync::OnceLock;
 
 use toml::de::{DeArray, DeTable, DeValue};
 
@@ -61,6 +62,27 @@ pub(crate) fn dir_of(path: &Path) -> PathBuf {
 }
 
 /// The 1-based line of a byte offset.
+/// Where a text's lines end: each offset → line lookup is a binary
+/// search, not a rescan of the text (a parse makes one per node, and a
+/// rescan each made parsing quadratic in the file's size).
+pub(crate) struct LineIndex(Vec<usize>);
+
+impl LineIndex {
+    pub(crate) fn new(text: &str) -> LineIndex {
+        LineIndex(
+            text.bytes()
+                .enumerate()
+                .filter_map(|(i, b)| (b == b'\n').then_some(i))
+                .collect(),
+        )
+    }
+
+    /// The 1-based line of the byte at `offset`.
+    pub(crate) fn line(&self, offset: usize) -> usize {
+        self.0.partition_point(|&newline| newline < offset) + 1
+    }
+}
+
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     let bytes = text.as_bytes();
     bytes[..offset.min(bytes.len())]
@@ -259,15 +281,40 @@ impl fmt::Display for FieldPath {
 
 /// Where each field of a parsed file was written: path → 1-based line.
 /// Compares equal to every other (it is not part of the configuration).
+///
+/// It keeps the file's text and indexes it on the first lookup: a valid
+/// file is never looked up, and indexing every key of a large file (a
+/// path per key) cost more than parsing it.
 #[derive(Clone, Default)]
 pub(crate) struct SourceMap {
-    pub(crate) lines: Option<Arc<HashMap<FieldPath, usize>>>,
+    source: Option<Arc<Source>>,
+}
+
+struct Source {
+    text: Box<str>,
+    lines: OnceLock<HashMap<FieldPath, usize>>,
+}
+
+impl Source {
+    fn lines(&self) -> &HashMap<FieldPath, usize> {
+        self.lines.get_or_init(|| {
+            let (doc, _) = DeTable::parse_recoverable(&self.text);
+            let index = LineIndex::new(&self.text);
+            index_document(doc.get_ref())
+                .into_iter()
+                .map(|n| {
+                    let start = n.key.as_ref().unwrap_or(&n.value).start;
+                    (n.path, index.line(start))
+                })
+                .collect()
+        })
+    }
 }
 
 impl fmt::Debug for SourceMap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.lines {
-            Some(lines) => write!(f, "SourceMap({} fields)", lines.len()),
+        match &self.source {
+            Some(s) => write!(f, "SourceMap({} bytes)", s.text.len()),
             None => f.write_str("SourceMap(none)"),
         }
     }
@@ -280,9 +327,28 @@ impl PartialEq for SourceMap {
 }
 
 impl SourceMap {
+    /// The source map of a file whose text is `text`.
+    pub(crate) fn of(text: &str) -> SourceMap {
+        SourceMap {
+            source: Some(Arc::new(Source {
+                text: text.into(),
+                lines: OnceLock::new(),
+            })),
+        }
+    }
+
+    fn lines(&self) -> Option<&HashMap<FieldPath, usize>> {
+        self.source.as_deref().map(Source::lines)
+    }
+
+    /// Whether `path` itself was written in the file.
+    pub(crate) fn written(&self, path: &FieldPath) -> bool {
+        self.lines().is_some_and(|lines| lines.contains_key(path))
+    }
+
     /// The line of `path`, or of its nearest ancestor that was written.
     pub(crate) fn line(&self, path: &FieldPath) -> Option<usize> {
-        let lines = self.lines.as_ref()?;
+        let lines = self.lines()?;
         let mut segs = path.0.as_slice();
         // One clone for the lookups, shortened as we go up.
         let mut probe = FieldPath(segs.to_vec());
@@ -299,7 +365,7 @@ impl SourceMap {
     }
 
     pub(crate) fn line_of_rendered(&self, field: &str) -> Option<usize> {
-        let lines = self.lines.as_ref()?;
+        let lines = self.lines()?;
         // Paths are few; compare renderings, going up to the nearest
         // ancestor that was written.
         let mut best: Option<(usize, usize)> = None;
@@ -441,7 +507,7 @@ pub(crate) const MAX_PARSE_ERRORS: usize = 100;
 /// A TOML or serde error placed in the file: its problem, and the key or
 /// array element it is about.
 pub(crate) fn place<'n>(
-    text: &str,
+    lines: &LineIndex,
     nodes: &'n [Node],
     e: &toml::de::Error,
     unplaced: &str,
@@ -470,7 +536,7 @@ pub(crate) fn place<'n>(
     };
     let problem = Problem {
         field,
-        line: span.map(|s| line_of(text, s.start)),
+        line: span.map(|s| lines.line(s.start)),
         message,
     };
     (problem, node)
@@ -478,11 +544,12 @@ pub(crate) fn place<'n>(
 
 pub(crate) fn parse(text: &str) -> Result<Config, ConfigError> {
     let (doc, syntax) = DeTable::parse_recoverable(text);
-    let nodes = index_document(doc.get_ref());
     if !syntax.is_empty() {
+        let nodes = index_document(doc.get_ref());
+        let lines = LineIndex::new(text);
         let mut problems: Vec<Problem> = Vec::new();
         for e in syntax.iter().take(MAX_PARSE_ERRORS) {
-            let (problem, _) = place(text, &nodes, e, "(syntax)");
+            let (problem, _) = place(&lines, &nodes, e, "(syntax)");
             if !problems.contains(&problem) {
                 problems.push(problem);
             }
@@ -491,30 +558,35 @@ pub(crate) fn parse(text: &str) -> Result<Config, ConfigError> {
         return Err(ConfigError { problems });
     }
 
+    // A valid file (the common case) is deserialized once, without a copy
+    // of the document, and its source map indexed only if a line is ever
+    // asked for.
+    let e = match Config::deserialize(toml::de::Deserializer::from(doc)) {
+        Ok(mut config) => {
+            config.source = SourceMap::of(text);
+            return Ok(config);
+        }
+        Err(e) => e,
+    };
+
     // serde stops at the first error. To report the others too, take the
     // key (or array element) it is about out of the document and try again.
-    let mut current = doc.clone();
+    let (doc, _) = DeTable::parse_recoverable(text);
+    let nodes = index_document(doc.get_ref());
+    let lines = LineIndex::new(text);
+    let mut current = doc;
     let mut problems: Vec<Problem> = Vec::new();
     let mut removed: Vec<FieldPath> = Vec::new();
+    let mut next = Some(e);
     for _ in 0..MAX_PARSE_ERRORS {
-        let e = match Config::deserialize(toml::de::Deserializer::from(current.clone())) {
-            Ok(mut config) if problems.is_empty() => {
-                let lines = nodes
-                    .iter()
-                    .map(|n| {
-                        let start = n.key.as_ref().unwrap_or(&n.value).start;
-                        (n.path.clone(), line_of(text, start))
-                    })
-                    .collect();
-                config.source = SourceMap {
-                    lines: Some(Arc::new(lines)),
-                };
-                return Ok(config);
-            }
-            Ok(_) => break,
-            Err(e) => e,
+        let e = match next.take() {
+            Some(e) => e,
+            None => match Config::deserialize(toml::de::Deserializer::from(current.clone())) {
+                Ok(_) => break,
+                Err(e) => e,
+            },
         };
-        let (problem, node) = place(text, &nodes, &e, "(file)");
+        let (problem, node) = place(&lines, &nodes, &e, "(file)");
         // A key we took out is then missing, and the table it was in may
         // then be incomplete (`discovery = {}`): not news.
         let ours = removed.iter().any(|r| {

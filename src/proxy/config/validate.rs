@@ -31,10 +31,7 @@ impl<'a> Report<'a> {
     /// Whether `path` itself was written in the file (not just a table
     /// around it).
     pub(crate) fn written(&self, path: &FieldPath) -> bool {
-        self.source
-            .lines
-            .as_ref()
-            .is_some_and(|lines| lines.contains_key(path))
+        self.source.written(path)
     }
 
     /// `path` for a message, with its line when known: `routes[0] (line 7)`.

@@ -1413,3 +1413,42 @@ fn config_files_must_be_regular_and_bounded() {
     let _ = std::fs::remove_file(&fifo);
     let _ = std::fs::remove_file(&big);
 }
+
+/// `server.header_read_timeout`: a connection that sends nothing, one that
+/// stops in the middle of its head, and one kept alive and idle after a
+/// response are all closed once it passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_read_timeout_closes_silent_slow_and_idle_connections() {
+    let backend = Backend::spawn(Behavior::new()).await.unwrap();
+    let text = support::proxy::config_text(
+        &(service("app", &[backend.addr()]) + "[[routes]]\nservice = \"app\"\n"),
+    )
+    .replace(
+        "max_header_bytes = 8192",
+        "max_header_bytes = 8192\nheader_read_timeout = \"500ms\"",
+    );
+    let proxy = Proxy::start_with(&text);
+    ready(&plain(), &proxy).await;
+
+    /// Whether the proxy closes `stream` within 5 s (it reads to its end).
+    async fn closed(mut stream: TcpStream) -> bool {
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+            .await
+            .is_ok()
+    }
+    let silent = TcpStream::connect(proxy.listen).await.unwrap();
+    let mut slow = TcpStream::connect(proxy.listen).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n")
+        .await
+        .unwrap();
+    let mut idle = TcpStream::connect(proxy.listen).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status_of(&mut idle).await, 200);
+    let (silent, slow, idle) = tokio::join!(closed(silent), closed(slow), closed(idle));
+    assert!(silent, "a connection that sent nothing stayed open");
+    assert!(slow, "a connection with half a head stayed open");
+    assert!(idle, "an idle kept-alive connection stayed open");
+}

@@ -247,9 +247,9 @@ pub async fn run(
 /// Accepts connections on `listener` until told to stop; each connection is
 /// watched by `graceful` so that shutdown can drain it.
 ///
-/// A connection gets the running config's `server.max_header_bytes` and
-/// `max_headers`: a reload that changes them applies to the connections
-/// accepted after it.
+/// A connection gets the running config's `server.max_header_bytes`,
+/// `max_headers` and `header_read_timeout`: a reload that changes them
+/// applies to the connections accepted after it.
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<State>,
@@ -265,7 +265,12 @@ pub(crate) async fn serve(
             let max = server
                 .max_connections
                 .unwrap_or(state.default_max_connections);
-            ((server.max_header_bytes, server.max_headers), max)
+            let limits = ConnectionLimits {
+                max_header_bytes: server.max_header_bytes,
+                max_headers: server.max_headers,
+                header_read_timeout: server.header_read_timeout,
+            };
+            (limits, max)
         };
         // Over the cap: closed at once (and counted), before it costs more.
         let Some(admitted) = state.connections.admit(max_connections) else {
@@ -277,7 +282,7 @@ pub(crate) async fn serve(
         let builders = match &current {
             Some(c) if c.limits == limits => c.clone(),
             _ => {
-                let c = Arc::new(Connections::new(limits.0, limits.1));
+                let c = Arc::new(Connections::new(limits));
                 current = Some(c.clone());
                 c
             }
@@ -290,7 +295,8 @@ pub(crate) async fn serve(
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(handle(&state, req, remote).await) }
             });
-            let (h2, stream) = match tokio::time::timeout(PREFACE_TIMEOUT, sniff(stream)).await {
+            let read_timeout = builders.limits.header_read_timeout;
+            let (h2, stream) = match tokio::time::timeout(read_timeout, sniff(stream)).await {
                 Ok(Ok(sniffed)) => sniffed,
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, %remote, "connection ended before its first request");
@@ -324,9 +330,9 @@ pub(crate) const MIN_MAX_HEADER_BYTES: usize = 1024;
 /// the header slots on the heap, per request).
 pub(crate) const MAX_MAX_HEADERS: usize = 10_000;
 
-/// How long a new connection may take to send enough bytes to tell h2c
-/// from HTTP/1 (hyper's own default for reading a request head).
-const PREFACE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an idle h2c connection is pinged, and how long the answer
+/// may take before the connection is closed as dead.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 /// The client preface that starts every h2c connection (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -364,32 +370,47 @@ async fn sniff(mut stream: tokio::net::TcpStream) -> std::io::Result<(bool, Snif
     Ok((h2, TokioIo::new(io)))
 }
 
+/// The `server` settings a connection is served with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnectionLimits {
+    pub(crate) max_header_bytes: usize,
+    pub(crate) max_headers: usize,
+    pub(crate) header_read_timeout: Duration,
+}
+
 /// How the listeners serve a connection, HTTP/1.1 or h2c, with request
 /// heads limited to `max_header_bytes`, exactly: on HTTP/1.1 the request
 /// line and headers (hyper's `max_header_size`), on h2c the header list as
 /// HTTP/2 counts it (`h2` refuses a list whose size reaches its setting, so
 /// the setting is one more than the largest list accepted).
 pub(crate) struct Connections {
-    /// `max_header_bytes` and `max_headers`.
-    limits: (usize, usize),
+    limits: ConnectionLimits,
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
 
 impl Connections {
-    pub(crate) fn new(max_header_bytes: usize, max_headers: usize) -> Connections {
+    pub(crate) fn new(limits: ConnectionLimits) -> Connections {
+        let ConnectionLimits {
+            max_header_bytes,
+            max_headers,
+            header_read_timeout,
+        } = limits;
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .max_header_size(max_header_bytes)
             .max_headers(max_headers)
+            .header_read_timeout(header_read_timeout)
             .timer(hyper_util::rt::TokioTimer::new());
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         let list = u32::try_from(max_header_bytes.saturating_add(1)).unwrap_or(u32::MAX);
         http2
             .max_header_list_size(list)
+            .keep_alive_interval(H2_KEEP_ALIVE)
+            .keep_alive_timeout(H2_KEEP_ALIVE)
             .timer(hyper_util::rt::TokioTimer::new());
         Connections {
-            limits: (max_header_bytes, max_headers),
+            limits,
             http1,
             http2,
         }

@@ -169,6 +169,12 @@ pub struct Server {
     /// (raised to the hard limit at startup) leaves after 128, at least 64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// How long a client has to send a complete request head: from the
+    /// connection's start, and on HTTP/1.1 from the end of the previous
+    /// response (so it is also how long a kept-alive connection may sit
+    /// idle). Greater than 0. Default 30 s.
+    #[serde(default = "default_header_read_timeout", with = "duration")]
+    pub header_read_timeout: Duration,
     /// How often the config file is checked for changes; greater than 0.
     /// Default 2 s.
     #[serde(default = "default_watch_interval", with = "duration")]
@@ -180,6 +186,9 @@ fn default_grace() -> Duration {
 }
 fn default_max_header_bytes() -> usize {
     64 * 1024
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_max_headers() -> usize {
     100
@@ -195,6 +204,7 @@ impl Default for Server {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             max_connections: None,
+            header_read_timeout: default_header_read_timeout(),
             watch_interval: default_watch_interval(),
         }
     }

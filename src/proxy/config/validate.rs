@@ -219,6 +219,12 @@ pub(crate) fn validate(c: &Config, r: &mut Report<'_>) {
             ),
         );
     }
+    if c.server.header_read_timeout.is_zero() {
+        r.add(
+            &root.at("server.header_read_timeout"),
+            "must be greater than 0",
+        );
+    }
     if c.server.max_connections == Some(0) {
         r.add(&root.at("server.max_connections"), "must be at least 1");
     }

@@ -1001,43 +1001,54 @@ async fn dns_discovery_moves_traffic_when_the_zone_changes() {
     );
 }
 
-/// A server that behaves as gRPC servers do: h2c only, it refuses a request
-/// without `te: trailers` (grpc-go and tonic answer such a request with an
-/// error), and puts `grpc-status` in the trailers.
-async fn grpc_like_backend() -> SocketAddr {
+/// Serves every connection to a fresh port of 127.0.0.1 with `handle`, each
+/// on its own task: the test backends below that hyper's server cannot
+/// play.
+async fn serve_raw<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let te = req.headers().get("te").is_some_and(|v| v == "trailers");
-                        let mut trailers = http::HeaderMap::new();
-                        let code = if te { "0" } else { "13" };
-                        trailers.insert("grpc-status", http::HeaderValue::from_static(code));
-                        let frames = vec![
-                            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
-                                bytes::Bytes::from_static(b"\0\0\0\0\0"),
-                            )),
-                            Ok(hyper::body::Frame::trailers(trailers)),
-                        ];
-                        let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
-                        let rsp = http::Response::builder()
-                            .status(if te { 200 } else { 400 })
-                            .header("content-type", "application/grpc")
-                            .body(body)
-                            .unwrap();
-                        Ok::<_, std::convert::Infallible>(rsp)
-                    },
-                );
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
+            tokio::spawn(handle(stream));
         }
     });
     addr
+}
+
+/// A server that behaves as gRPC servers do: h2c only, it refuses a request
+/// without `te: trailers` (grpc-go and tonic answer such a request with an
+/// error), and puts `grpc-status` in the trailers.
+async fn grpc_like_backend() -> SocketAddr {
+    serve_raw(|stream| async move {
+        let service =
+            hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                let te = req.headers().get("te").is_some_and(|v| v == "trailers");
+                let mut trailers = http::HeaderMap::new();
+                let code = if te { "0" } else { "13" };
+                trailers.insert("grpc-status", http::HeaderValue::from_static(code));
+                let frames = vec![
+                    Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+                        bytes::Bytes::from_static(b"\0\0\0\0\0"),
+                    )),
+                    Ok(hyper::body::Frame::trailers(trailers)),
+                ];
+                let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+                let rsp = http::Response::builder()
+                    .status(if te { 200 } else { 400 })
+                    .header("content-type", "application/grpc")
+                    .body(body)
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(rsp)
+            });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+    })
+    .await
 }
 
 /// A gRPC call through the proxy reaches a gRPC server: `te: trailers` is
@@ -1110,20 +1121,16 @@ async fn a_grpc_call_gets_the_proxys_own_errors_as_grpc_statuses() {
 /// A backend that answers every request with `101 Switching Protocols`,
 /// which nobody asked for.
 async fn upgrading_backend() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let _ = stream.read(&mut buf).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: raw\r\nConnection: upgrade\r\n\r\n")
-                    .await;
-            });
-        }
-    });
-    addr
+    serve_raw(|mut stream| async move {
+        let mut buf = vec![0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let _ = stream
+            .write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: raw\r\nConnection: upgrade\r\n\r\n",
+            )
+            .await;
+    })
+    .await
 }
 
 /// One Host: the request is routed by the host the backend is asked for;
@@ -1190,36 +1197,33 @@ fn fields(n: usize) -> Vec<u8> {
 /// A backend that takes any head (it does not parse the headers, so it
 /// has no header limit of its own), counts it, and answers 200.
 async fn any_head_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let heads = Arc::new(AtomicUsize::new(0));
     let counted = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let heads = counted.clone();
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 8192];
-                loop {
-                    let Ok(n) = stream.read(&mut buf).await else {
+    let addr = serve_raw(move |mut stream| {
+        let heads = counted.clone();
+        async move {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 8192];
+            loop {
+                let Ok(n) = stream.read(&mut buf).await else {
+                    return;
+                };
+                if n == 0 {
+                    return;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                    seen.drain(..end + 4);
+                    heads.fetch_add(1, Ordering::SeqCst);
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    if stream.write_all(ok).await.is_err() {
                         return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        heads.fetch_add(1, Ordering::SeqCst);
-                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-                        if stream.write_all(ok).await.is_err() {
-                            return;
-                        }
                     }
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
     (addr, heads)
 }
 
@@ -1256,25 +1260,18 @@ async fn max_headers_is_the_most_header_fields_accepted() {
 
 /// A backend that answers with the request body it received.
 async fn echo_body_backend() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        use http_body_util::BodyExt;
-                        let body = req.into_body().collect().await?.to_bytes();
-                        Ok::<_, hyper::Error>(http::Response::new(Full::new(body)))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
+    serve_raw(|stream| async move {
+        let service =
+            hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                use http_body_util::BodyExt;
+                let body = req.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>(http::Response::new(Full::new(body)))
             });
-        }
-    });
-    addr
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+    })
+    .await
 }
 
 /// A GET's chunked body reaches the backend (hyper's client would drop a

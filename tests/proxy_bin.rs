@@ -1111,11 +1111,27 @@ async fn a_grpc_call_gets_the_proxys_own_errors_as_grpc_statuses() {
     assert_eq!(rsp.headers()["x-palisade-error"], "upstream-error");
     let message = rsp.headers()["grpc-message"].to_str().unwrap();
     assert!(message.contains("grpc"), "names the service: {message}");
+    assert!(
+        !message.contains(&dead.to_string()),
+        "shows an endpoint: {message}"
+    );
 
-    // The same failure, asked in plain HTTP, is an HTTP status.
+    // The same failure, asked in plain HTTP, is an HTTP status, whose body
+    // names the service, not the endpoint or the connection error.
     let rsp = send("application/json").await.unwrap();
     assert_eq!(rsp.status(), 502);
     assert!(!rsp.headers().contains_key("grpc-status"));
+    let body = http_body_util::BodyExt::collect(rsp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("service \"grpc\""), "{body}");
+    assert!(
+        !body.contains(&dead.to_string()),
+        "shows an endpoint: {body}"
+    );
+    assert!(!body.contains("refused"), "shows the inner error: {body}");
 }
 
 /// A backend that answers every request with `101 Switching Protocols`,

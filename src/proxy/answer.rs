@@ -2,7 +2,9 @@
 //! in the request's own dialect.
 //!
 //! An HTTP request gets a status (`503`, `504`, …), a one-line text body
-//! and [`ERROR_HEADER`] naming the reason. A gRPC request
+//! and [`ERROR_HEADER`] naming the reason. The text never carries an
+//! endpoint's address or the inner client's error chain: those are logged
+//! (at debug), not shown to whoever sent the request. A gRPC request
 //! (`content-type: application/grpc…`) gets what a gRPC client can read: a
 //! Trailers-Only response, `200` with `grpc-status` and a `grpc-message`
 //! naming the reason in its head and no body, because a gRPC client turns
@@ -113,17 +115,27 @@ pub(crate) fn error_response(dialect: Dialect, service: &str, e: &Error) -> Resp
             "upstream-error",
         ),
     };
-    let mut text = e.to_string();
+    // The whole chain (endpoint addresses, the inner client's errors) is
+    // for the log; the client is told palisade's own reason.
+    let mut chain = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
         let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text = format!("{text}: {cause_text}");
+        if !chain.ends_with(&cause_text) {
+            chain = format!("{chain}: {cause_text}");
         }
         source = cause.source();
     }
-    tracing::debug!(service, error = %text, "answering with an error");
-    let mut rsp = own(dialect, status, code, reason, text);
+    tracing::debug!(service, error = %chain, "answering with an error");
+    let told = match e {
+        Error::Inner { .. } => format!("service {service:?}: the upstream request failed"),
+        Error::Caller { .. } => {
+            format!("service {service:?}: the request body broke off or was malformed")
+        }
+        // The typed refusals name the limit or the wait, nothing internal.
+        refusal => refusal.to_string(),
+    };
+    let mut rsp = own(dialect, status, code, reason, told);
     if let Some(Limit::Rate { retry_in, .. }) = e.limit() {
         let (name, value) = match dialect {
             Dialect::Http => (

@@ -408,6 +408,16 @@ pub enum Limit {
         /// The most keys tracked.
         max: usize,
     },
+    /// Every endpoint had `max` requests outstanding
+    /// ([`BalanceSettings::endpoint_max_in_flight`](crate::balance::BalanceSettings::endpoint_max_in_flight)),
+    /// and none freed a slot within `waited`
+    /// ([`endpoint_wait`](crate::balance::BalanceSettings::endpoint_wait)).
+    EndpointInFlight {
+        /// Requests allowed outstanding per endpoint.
+        max: usize,
+        /// How long the request waited for a slot.
+        waited: Duration,
+    },
     /// Adaptive client throttling rejected the request locally, with this
     /// probability (requests − K·accepts) / (requests + 1).
     Throttled {
@@ -441,6 +451,10 @@ impl fmt::Display for Limit {
             Limit::Keys { max } => {
                 write!(f, "rate limit key table full ({max} keys, all in use)")
             }
+            Limit::EndpointInFlight { max, waited } => write!(
+                f,
+                "every endpoint has {max} requests outstanding (balancer.endpoint_max_in_flight); waited {waited:?} for one to finish"
+            ),
             Limit::Throttled { probability } => write!(
                 f,
                 "adaptive throttling rejected the request locally (rejecting {:.1}% of requests)",

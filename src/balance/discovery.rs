@@ -105,6 +105,8 @@ fn apply<K, N, S, C>(
                     seed_rtt(shared, slots.values()),
                     Instant::now(),
                     &shared.ejection,
+                    shared.config.endpoint_max_in_flight,
+                    shared.room.clone(),
                 )),
             };
             tracing::debug!(service = %shared.name, endpoint = %endpoint.address(), weight = endpoint.weight(), "endpoint added");

@@ -9,7 +9,7 @@ use tower::Service;
 
 use super::{Hints, InFlight, Shared, Tried, wait_for_endpoints};
 use crate::classify::{Class, Classify, ResponseEos, Retry};
-use crate::error::{BoxError, Error};
+use crate::error::{BoxError, Error, Limit};
 
 /// The response future of [`Balance`](super::Balance).
 ///
@@ -44,6 +44,7 @@ where
     Waiting {
         wait: Pin<Box<dyn Future<Output = ()> + Send>>,
         since: Instant,
+        until: Instant,
         req: Option<Req>,
     },
     Ready {
@@ -130,6 +131,7 @@ where
             state: State::Waiting {
                 wait: Box::pin(wait_for_endpoints(shared.clone(), until)),
                 since,
+                until,
                 req: Some(req),
             },
             shared,
@@ -151,7 +153,12 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Waiting { wait, since, req } => {
+                StateProj::Waiting {
+                    wait,
+                    since,
+                    until,
+                    req,
+                } => {
                     ready!(wait.as_mut().poll(cx));
                     let set = this.shared.set.load();
                     if set.is_empty() {
@@ -162,14 +169,34 @@ where
                             waited,
                         }));
                     }
-                    let req = req.take().expect("polled after completion");
-                    let in_flight = match this.shared.pick_for(&set, &req) {
-                        Ok(in_flight) => in_flight,
+                    let in_flight = match this
+                        .shared
+                        .pick_for(&set, req.as_ref().expect("polled after completion"))
+                    {
+                        Ok(Some(in_flight)) => in_flight,
+                        // Another request took the slot first: wait again,
+                        // while there is time.
+                        Ok(None) if Instant::now() < *until => {
+                            *wait = Box::pin(wait_for_endpoints(this.shared.clone(), *until));
+                            continue;
+                        }
+                        Ok(None) => {
+                            let waited = since.elapsed();
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(Error::Overloaded {
+                                service: this.shared.name.clone(),
+                                limit: Limit::EndpointInFlight {
+                                    max: this.shared.config.endpoint_max_in_flight,
+                                    waited,
+                                },
+                            }));
+                        }
                         Err(error) => {
                             this.state.set(State::Done);
                             return Poll::Ready(Err(error));
                         }
                     };
+                    let req = req.take().expect("polled after completion");
                     this.state.set(State::Ready {
                         service: in_flight.slot.service.clone(),
                         req: Some(req),

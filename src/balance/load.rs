@@ -1,10 +1,11 @@
 //! Per-endpoint load: the peak-EWMA latency estimate, in-flight count,
 //! `Retry-After` busy mark and counters.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::health::Health;
@@ -195,11 +196,62 @@ pub(crate) struct Load {
     pub(crate) requests: AtomicU64,
     pub(crate) failures: AtomicU64,
     pub(crate) health: Health,
+    /// The most requests outstanding at once
+    /// ([`endpoint_max_in_flight`](super::BalanceSettings::endpoint_max_in_flight)).
+    max_in_flight: usize,
+    /// Where requests wait for an endpoint to free a slot: shared by every
+    /// endpoint's load.
+    room: Arc<Room>,
+}
+
+/// Requests waiting for a slot at a balancer whose endpoints are all at
+/// their cap, and how they hear of one.
+#[derive(Debug, Default)]
+pub(crate) struct Room {
+    freed: Notify,
+    waiting: AtomicUsize,
+}
+
+impl Room {
+    /// Counts a waiting request while the guard lives; its
+    /// [`freed`](RoomWaiter::freed) future completes when a slot is freed
+    /// after this call.
+    pub(crate) fn wait(self: &Arc<Self>) -> RoomWaiter {
+        // SeqCst, with the loads in `Load::leave` and `Load::has_room`: either
+        // the waiter sees the freed slot or the leaver sees the waiter.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        RoomWaiter { room: self.clone() }
+    }
+}
+
+/// A request waiting for a slot; see [`Room::wait`].
+pub(crate) struct RoomWaiter {
+    room: Arc<Room>,
+}
+
+impl RoomWaiter {
+    pub(crate) fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.room.freed.notified()
+    }
+}
+
+impl Drop for RoomWaiter {
+    fn drop(&mut self) {
+        self.room.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Load {
-    pub(crate) fn new(seed: Duration, now: Instant, ejection: &EjectionSettings) -> Self {
+    pub(crate) fn new(
+        seed: Duration,
+        now: Instant,
+        ejection: &EjectionSettings,
+        max_in_flight: usize,
+        room: Arc<Room>,
+    ) -> Self {
         Load {
+            max_in_flight,
+            room,
             health: Health::new(ejection),
             ewma: PeakEwma::new(seed, now),
             in_flight: AtomicUsize::new(0),
@@ -212,6 +264,30 @@ impl Load {
 
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether one more request may be sent now.
+    pub(crate) fn has_room(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) < self.max_in_flight
+    }
+
+    /// Counts one more request outstanding, unless the endpoint is at its
+    /// cap.
+    pub(crate) fn try_enter(&self) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < self.max_in_flight).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Counts one request fewer outstanding; a request waiting for a slot
+    /// hears of it.
+    pub(crate) fn leave(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.room.waiting.load(Ordering::SeqCst) > 0 {
+            self.room.freed.notify_one();
+        }
     }
 
     /// Whether the endpoint failed within the last `quarantine_ns`.
@@ -359,6 +435,8 @@ mod tests {
             Duration::from_millis(1),
             Instant::now(),
             &EjectionSettings::default(),
+            1,
+            Arc::default(),
         );
         l.mark_busy(100);
         l.mark_busy(50);

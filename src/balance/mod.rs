@@ -189,7 +189,7 @@ use tokio::time::Instant;
 use tower::Service;
 use tower::discover::{Change, Discover};
 
-use self::load::Load;
+use self::load::{Load, Room};
 use self::set::{CostModel, EndpointSet, Slot};
 use crate::classify::{Classify, ResponseEos};
 use crate::discover::{Address, Endpoint};
@@ -224,6 +224,8 @@ pub(crate) struct Shared<S, C> {
     name: Arc<str>,
     set: ArcSwap<EndpointSet<S>>,
     changed: Notify,
+    /// Where requests wait when every endpoint is at its in-flight cap.
+    room: Arc<Room>,
     classify: C,
     config: BalanceSettings,
     ejection: EjectionSettings,
@@ -331,6 +333,7 @@ where
             name,
             set: ArcSwap::from_pointee(EndpointSet::empty()),
             changed: Notify::new(),
+            room: Arc::default(),
             classify,
             cost: CostModel {
                 decay: config.decay,
@@ -487,22 +490,28 @@ impl<S, C> Shared<S, C> {
         now.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
-    /// Picks an endpoint from a non-empty set.
     /// Picks an endpoint for `req` from a non-empty set, avoiding the
     /// endpoints its earlier attempts tried whenever another is available,
-    /// and records the choice for later attempts.
+    /// and records the choice for later attempts. `None` when every
+    /// endpoint is at its in-flight cap.
     ///
     /// A retry (some endpoint was tried before) whose chosen endpoint's
     /// latency estimate (the plain one, without failure penalties) does not
     /// fit before the request's deadline is not started: that is
     /// [`Error::DeadlineExceeded`].
-    fn pick_for<Req: Hints>(&self, set: &EndpointSet<S>, req: &Req) -> Result<InFlight<S>, Error> {
+    fn pick_for<Req: Hints>(
+        &self,
+        set: &EndpointSet<S>,
+        req: &Req,
+    ) -> Result<Option<InFlight<S>>, Error> {
         let Some(tried) = req.tried() else {
             return Ok(self.pick(set, &[]));
         };
         let mut tried = tried.lock();
         let retry = !tried.is_empty();
-        let picked = self.pick(set, &tried);
+        let Some(picked) = self.pick(set, &tried) else {
+            return Ok(None);
+        };
         let slot = &picked.slot;
         tried.push(slot.endpoint.address().clone());
         drop(tried);
@@ -519,22 +528,24 @@ impl<S, C> Shared<S, C> {
                 });
             }
         }
-        Ok(picked)
+        Ok(Some(picked))
     }
 
     /// Picks an endpoint from a non-empty set, avoiding those in `avoid`
     /// and ejected ones while others exist, and sending a probe to an ejected
-    /// endpoint whose penalty has passed when one is drawn. The returned
+    /// endpoint whose penalty has passed when one is drawn. An endpoint at
+    /// its in-flight cap is never picked: `None` when all are. The returned
     /// guard counts the request against the endpoint.
-    fn pick(&self, set: &EndpointSet<S>, avoid: &[Address]) -> InFlight<S> {
+    fn pick(&self, set: &EndpointSet<S>, avoid: &[Address]) -> Option<InFlight<S>> {
         let n = set.len();
         let now_ns = self.nanos(Instant::now());
         let health = |i: usize| &set.slots[i].load.health;
-        let chosen = |i: usize, probe: bool| InFlight::new(set.slots[i].clone(), probe);
+        let room = |i: usize| set.slots[i].load.has_room();
+        let chosen = |i: usize, probe: bool| InFlight::enter(set.slots[i].clone(), probe);
         if n == 1 {
             // Nothing to fall back on: used ejected or not (panic mode), but
             // still probed, so that it can be restored.
-            return chosen(0, health(0).try_claim_probe(now_ns));
+            return room(0).then(|| chosen(0, health(0).try_claim_probe(now_ns)))?;
         }
         let ejected = self.ejected.load(Ordering::Relaxed).min(n);
         let panic = ejected > 0 && self.ejection.panics(n - ejected, n);
@@ -551,10 +562,14 @@ impl<S, C> Shared<S, C> {
             health(i).consecutive_failures() >= 2
                 && set.slots[i].load.recently_failed(now_ns, quarantine)
         };
-        let allowed = |i: usize| !tried(i) && (panic || !health(i).is_ejected()) && !quarantined(i);
+        let allowed = |i: usize| {
+            room(i) && !tried(i) && (panic || !health(i).is_ejected()) && !quarantined(i)
+        };
         // Only when most endpoints are excluded do the draws below miss; then
-        // a scan finds one (bounded by the set size).
+        // a scan finds one (bounded by the set size). When none is allowed,
+        // any endpoint with room will do: preferences give way to capacity.
         let first_allowed = || (0..n).find(|&i| allowed(i));
+        let any_with_room = || (0..n).find(|&i| room(i));
         let mut rng = rand::rng();
         let i = match self.config.choice {
             Choice::Random => {
@@ -568,7 +583,7 @@ impl<S, C> Shared<S, C> {
                 if allowed(i) {
                     i
                 } else {
-                    first_allowed().unwrap_or(i)
+                    first_allowed().or_else(|| room(i).then_some(i).or_else(any_with_room))?
                 }
             }
             Choice::PeakEwmaP2c => {
@@ -576,7 +591,7 @@ impl<S, C> Shared<S, C> {
                 // An ejected endpoint drawn when its penalty is over gets
                 // the probe, whatever its cost.
                 for i in [pair.0, pair.1] {
-                    if !tried(i) && health(i).try_claim_probe(now_ns) {
+                    if !tried(i) && room(i) && health(i).try_claim_probe(now_ns) {
                         return chosen(i, true);
                     }
                 }
@@ -599,11 +614,16 @@ impl<S, C> Shared<S, C> {
                 match (allowed(pair.0), allowed(pair.1)) {
                     (true, false) => pair.0,
                     (false, true) => pair.1,
+                    (true, true) => self.cheaper(set, pair, &mut rng),
                     (false, false) => match first_allowed() {
                         Some(i) => i,
-                        None => self.cheaper(set, pair, &mut rng),
+                        None => match (room(pair.0), room(pair.1)) {
+                            (true, true) => self.cheaper(set, pair, &mut rng),
+                            (true, false) => pair.0,
+                            (false, true) => pair.1,
+                            (false, false) => any_with_room()?,
+                        },
                     },
-                    (true, true) => self.cheaper(set, pair, &mut rng),
                 }
             }
         };
@@ -683,7 +703,7 @@ where
         }
         let picked = self.shared.pick_for(&set, &req);
         drop(set);
-        if let Ok(in_flight) = &picked {
+        if let Ok(Some(in_flight)) = &picked {
             // Fills the retry layer's attempt span, when there is one.
             tracing::Span::current().record(
                 "endpoint",
@@ -691,21 +711,28 @@ where
             );
         }
         match picked {
-            Ok(in_flight) => ResponseFuture::ready(self.shared.clone(), in_flight, req),
+            Ok(Some(in_flight)) => ResponseFuture::ready(self.shared.clone(), in_flight, req),
+            // Every endpoint is at its cap: wait for a slot.
+            Ok(None) => ResponseFuture::waiting(self.shared.clone(), req),
             Err(error) => ResponseFuture::failed(self.shared.clone(), error),
         }
     }
 }
 
-/// Waits until the set is non-empty or `until` passes.
+/// Waits until some endpoint could take a request (the set is non-empty
+/// and one endpoint is below its in-flight cap) or `until` passes.
 async fn wait_for_endpoints<S, C>(shared: Arc<Shared<S, C>>, until: Instant) {
     loop {
-        let mut notified = pin!(shared.changed.notified());
-        notified.as_mut().enable();
-        if !shared.set.load().is_empty() {
+        let mut changed = pin!(shared.changed.notified());
+        changed.as_mut().enable();
+        let waiter = shared.room.wait();
+        let mut room = pin!(waiter.freed());
+        room.as_mut().enable();
+        if shared.set.load().slots.iter().any(|s| s.load.has_room()) {
             return;
         }
-        if tokio::time::timeout_at(until, notified).await.is_err() {
+        let either = futures::future::select(changed, room);
+        if tokio::time::timeout_at(until, either).await.is_err() {
             return;
         }
     }
@@ -719,6 +746,8 @@ const TIE: f64 = 0.1;
 
 pub(crate) use verdict::InFlight;
 
+#[cfg(test)]
+mod cap_tests;
 #[cfg(test)]
 mod eos_tests;
 #[cfg(test)]

@@ -54,10 +54,22 @@ pub struct BalanceSettings {
     /// time constant. Default 1 s.
     #[cfg_attr(feature = "serde", serde(with = "crate::settings::duration"))]
     pub failure_penalty: Duration,
-    /// How long a request waits for an endpoint when there is none.
-    /// Default 3 s.
+    /// How long a request waits for an endpoint when there is none, or
+    /// when every endpoint has
+    /// [`endpoint_max_in_flight`](Self::endpoint_max_in_flight) requests
+    /// outstanding. Default 3 s.
     #[cfg_attr(feature = "serde", serde(with = "crate::settings::duration"))]
     pub endpoint_wait: Duration,
+    /// The most requests one endpoint may have outstanding at once (until
+    /// each response's body ends). An endpoint at this cap is passed over;
+    /// when every endpoint is, a request waits for a slot up to
+    /// [`endpoint_wait`](Self::endpoint_wait) (and never past its
+    /// deadline), then fails with [`Error::Overloaded`](crate::Error::Overloaded)
+    /// ([`Limit::EndpointInFlight`](crate::error::Limit::EndpointInFlight)).
+    /// Over HTTP/1.1 each outstanding request holds a connection of its
+    /// own, so this is also the cap on connections per endpoint; over
+    /// HTTP/2 it caps streams. At least 1. Default 256.
+    pub endpoint_max_in_flight: usize,
     /// The selection strategy. Default [`Choice::PeakEwmaP2c`].
     pub choice: Choice,
 }
@@ -70,6 +82,7 @@ impl Default for BalanceSettings {
             min_rtt: Duration::from_millis(1),
             failure_penalty: Duration::from_secs(1),
             endpoint_wait: Duration::from_secs(3),
+            endpoint_max_in_flight: 256,
             choice: Choice::PeakEwmaP2c,
         }
     }
@@ -176,6 +189,7 @@ impl BalanceSettings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         let mut p = Problems::new();
         p.positive("decay", self.decay, "");
+        p.at_least("endpoint_max_in_flight", self.endpoint_max_in_flight, 1, "");
         p.finish()
     }
 }

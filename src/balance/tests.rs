@@ -284,7 +284,12 @@ async fn weights_scale_the_in_flight_share() {
             .with_weight(3.0)
             .unwrap(),
     ];
-    let b = fleet.balance(Static::new(eps), BalanceSettings::default());
+    // Room for all 400 on either endpoint: the split is the weights' doing.
+    let settings = BalanceSettings {
+        endpoint_max_in_flight: 400,
+        ..BalanceSettings::default()
+    };
+    let b = fleet.balance(Static::new(eps), settings);
     settle(&b, 2).await;
     let futures: Vec<_> = (0..400).map(|_| start(&b)).collect();
     let stats = b.endpoint_stats();

@@ -145,16 +145,23 @@ pub(crate) struct InFlight<S> {
 }
 
 impl<S> InFlight<S> {
-    pub(super) fn new(slot: Arc<Slot<S>>, probe: bool) -> Self {
-        slot.load.in_flight.fetch_add(1, Ordering::Relaxed);
+    /// Counts a request against `slot`, unless it is at its cap: then
+    /// `None`, and a `probe` claimed for it is given back.
+    pub(super) fn enter(slot: Arc<Slot<S>>, probe: bool) -> Option<Self> {
+        if !slot.load.try_enter() {
+            if probe {
+                slot.load.health.release_probe();
+            }
+            return None;
+        }
         slot.load.requests.fetch_add(1, Ordering::Relaxed);
-        InFlight { slot, probe }
+        Some(InFlight { slot, probe })
     }
 }
 
 impl<S> Drop for InFlight<S> {
     fn drop(&mut self) {
-        self.slot.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.slot.load.leave();
         if self.probe {
             self.slot.load.health.release_probe();
         }

@@ -14,6 +14,17 @@
 //! under every endpoint; a layer used on its own, over a service without
 //! it, judges by the head alone.
 //!
+//! A body that sends nothing for too long can be cut: with an
+//! [idle timeout](WatchEos::idle_timeout) (the client builder sets
+//! [`DeadlineSettings::body_idle_timeout`](crate::deadline::DeadlineSettings::body_idle_timeout),
+//! 60 s by default), a body that stays pending that long after its last
+//! frame fails with [`BodyStalled`]: an error, so the endpoint's failure,
+//! and the reader sees the body end in that error (a truncation). Time
+//! counts only while the reader is waiting for the body, never while the
+//! reader is slow to ask. gRPC responses are left alone: their streams may
+//! idle for as long as their deadline (`grpc-timeout`, which the server
+//! enforces) allows.
+//!
 //! How a stream ends ([`End`]):
 //!
 //! - **complete**: the body ended, with trailers or without;
@@ -54,12 +65,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project::{pin_project, pinned_drop};
+use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
+use super::grpc::is_grpc_content_type;
 use crate::error::BoxError;
 
 /// How a response's stream ended; see the [module docs](self).
@@ -170,12 +184,63 @@ impl<B> ResponseEos for http::Response<B> {
     }
 }
 
-/// A response body that tells its [`Eos`] how it ended.
+/// A response body that sent nothing for its idle timeout, and was cut:
+/// the endpoint's failure.
+///
+/// ```
+/// use palisade::classify::BodyStalled;
+/// use std::time::Duration;
+///
+/// let e = BodyStalled::new(Duration::from_secs(60));
+/// assert_eq!(e.to_string(), "response body sent nothing for 60s (body idle timeout)");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyStalled {
+    after: Duration,
+}
+
+impl BodyStalled {
+    /// A body cut after sending nothing for `after`.
+    pub fn new(after: Duration) -> Self {
+        BodyStalled { after }
+    }
+
+    /// How long the body had sent nothing.
+    pub fn after(&self) -> Duration {
+        self.after
+    }
+}
+
+impl fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "response body sent nothing for {:?} (body idle timeout)",
+            self.after
+        )
+    }
+}
+
+impl StdError for BodyStalled {}
+
+/// A response body that tells its [`Eos`] how it ended, and is cut when it
+/// sends nothing for its idle timeout (if it has one).
 #[pin_project(PinnedDrop)]
 pub struct EosBody<B> {
     #[pin]
     inner: B,
     eos: Option<Eos>,
+    /// How long the body may stay pending after a frame.
+    idle: Option<Duration>,
+    /// Armed at the first pending poll, re-armed at the first pending poll
+    /// after each frame: no timer work while frames keep coming. Boxed so
+    /// that the body stays `Unpin` when its inner body is, and allocated
+    /// only for a body that ever waits.
+    stall: Option<Pin<Box<Sleep>>>,
+    /// Whether a frame arrived since the timer was armed.
+    progressed: bool,
+    /// Cut for stalling: ended.
+    cut: bool,
 }
 
 impl<B> EosBody<B> {
@@ -184,7 +249,18 @@ impl<B> EosBody<B> {
         EosBody {
             inner,
             eos: Some(eos),
+            idle: None,
+            stall: None,
+            progressed: false,
+            cut: false,
         }
+    }
+
+    /// Cuts the body with [`BodyStalled`] when it stays pending for `idle`
+    /// after its last frame (or its first poll); `None` never cuts it.
+    pub fn idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.idle = idle;
+        self
     }
 
     /// The wrapped body.
@@ -226,7 +302,35 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx)).map(|f| f.map_err(Into::into));
+        if *this.cut {
+            return Poll::Ready(None);
+        }
+        let frame = match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(frame) => {
+                *this.progressed = true;
+                frame.map(|f| f.map_err(Into::into))
+            }
+            Poll::Pending => {
+                let Some(idle) = *this.idle else {
+                    return Poll::Pending;
+                };
+                let stall = match this.stall {
+                    None => this.stall.insert(Box::pin(tokio::time::sleep(idle))),
+                    Some(sleep) => {
+                        if *this.progressed {
+                            sleep.as_mut().reset(Instant::now() + idle);
+                        }
+                        sleep
+                    }
+                };
+                *this.progressed = false;
+                if stall.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                *this.cut = true;
+                Some(Err(Box::new(BodyStalled::new(idle)) as BoxError))
+            }
+        };
         if let Some(eos) = this.eos.take() {
             match &frame {
                 None => eos.end(&End::Complete(None)),
@@ -244,7 +348,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.cut || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -257,12 +361,21 @@ where
 #[derive(Debug, Clone)]
 pub struct WatchEos<S> {
     inner: S,
+    idle: Option<Duration>,
 }
 
 impl<S> WatchEos<S> {
-    /// Watches `inner`'s responses.
+    /// Watches `inner`'s responses (with no idle timeout).
     pub fn new(inner: S) -> Self {
-        WatchEos { inner }
+        WatchEos { inner, idle: None }
+    }
+
+    /// Cuts a response body that sends nothing for `idle` (see
+    /// [`EosBody::idle_timeout`]); gRPC responses excepted. `None` (the
+    /// default here) never cuts one.
+    pub fn idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.idle = idle;
+        self
     }
 
     /// The inner service.
@@ -273,13 +386,28 @@ impl<S> WatchEos<S> {
 
 /// The [`Layer`] of [`WatchEos`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct WatchEosLayer;
+pub struct WatchEosLayer {
+    idle: Option<Duration>,
+}
+
+impl WatchEosLayer {
+    /// Watches responses, with no idle timeout.
+    pub fn new() -> Self {
+        WatchEosLayer::default()
+    }
+
+    /// See [`WatchEos::idle_timeout`].
+    pub fn idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.idle = idle;
+        self
+    }
+}
 
 impl<S> Layer<S> for WatchEosLayer {
     type Service = WatchEos<S>;
 
     fn layer(&self, inner: S) -> WatchEos<S> {
-        WatchEos::new(inner)
+        WatchEos::new(inner).idle_timeout(self.idle)
     }
 }
 
@@ -298,6 +426,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         WatchFuture {
             inner: self.inner.call(req),
+            idle: self.idle,
         }
     }
 }
@@ -309,6 +438,7 @@ where
 pub struct WatchFuture<F> {
     #[pin]
     inner: F,
+    idle: Option<Duration>,
 }
 
 impl<F, B, E> Future for WatchFuture<F>
@@ -318,13 +448,16 @@ where
     type Output = Result<http::Response<EosBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let rsp = ready!(self.project().inner.poll(cx))?;
+        let this = self.project();
+        let rsp = ready!(this.inner.poll(cx))?;
         let eos = Eos::default();
         let (mut parts, body) = rsp.into_parts();
         parts.extensions.insert(eos.clone());
+        // A gRPC stream may idle as long as its deadline allows.
+        let idle = this.idle.filter(|_| !is_grpc_content_type(&parts.headers));
         Poll::Ready(Ok(http::Response::from_parts(
             parts,
-            EosBody::new(body, eos),
+            EosBody::new(body, eos).idle_timeout(idle),
         )))
     }
 }
@@ -333,8 +466,10 @@ where
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use futures::StreamExt;
     use http_body_util::{BodyExt, StreamBody};
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::ServiceExt;
 
     /// What the listeners heard, as text.
     fn recorder(eos: &Eos) -> Arc<Mutex<Vec<String>>> {
@@ -433,5 +568,70 @@ mod tests {
             r.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(ran.load(Ordering::Relaxed), 1);
+    }
+
+    /// A body that is always ready is never cut, however slowly it is
+    /// read: the timer runs only while the reader waits for the body.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_is_not_a_stalled_body() {
+        let b = EosBody::new(
+            body(vec![
+                Ok(Frame::data(Bytes::from("a"))),
+                Ok(Frame::data(Bytes::from("b"))),
+            ]),
+            Eos::default(),
+        )
+        .idle_timeout(Some(Duration::from_secs(1)));
+        let mut b = std::pin::pin!(b);
+        for _ in 0..2 {
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            assert!(b.frame().await.unwrap().is_ok());
+        }
+        assert!(b.frame().await.is_none());
+    }
+
+    /// A stalled body ends in `BodyStalled`, heard as an error; a gRPC
+    /// response through `WatchEos` is left to its deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_is_cut_but_a_grpc_stream_is_not() {
+        let stalling = |grpc: bool| {
+            let svc = tower::service_fn(move |_: ()| async move {
+                let frames =
+                    futures::stream::iter([Ok::<_, std::io::Error>(Frame::data(Bytes::from("a")))])
+                        .chain(futures::stream::pending());
+                let mut rsp = http::Response::new(StreamBody::new(frames));
+                if grpc {
+                    rsp.headers_mut()
+                        .insert("content-type", "application/grpc".parse().unwrap());
+                }
+                Ok::<_, std::convert::Infallible>(rsp)
+            });
+            WatchEosLayer::new()
+                .idle_timeout(Some(Duration::from_secs(5)))
+                .layer(svc)
+        };
+        let rsp = stalling(false).oneshot(()).await.unwrap();
+        let heard = recorder(rsp.extensions().get::<Eos>().unwrap());
+        let mut b = rsp.into_body();
+        assert!(b.frame().await.unwrap().is_ok());
+        let start = tokio::time::Instant::now();
+        let err = b.frame().await.unwrap().unwrap_err();
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        assert_eq!(
+            err.downcast_ref::<BodyStalled>(),
+            Some(&BodyStalled::new(Duration::from_secs(5)))
+        );
+        assert!(b.is_end_stream());
+        assert!(b.frame().await.is_none(), "ended after the cut");
+        assert_eq!(
+            heard.lock().unwrap()[0],
+            "0: error response body sent nothing for 5s (body idle timeout)"
+        );
+
+        let rsp = stalling(true).oneshot(()).await.unwrap();
+        let mut b = rsp.into_body();
+        assert!(b.frame().await.unwrap().is_ok());
+        let waited = tokio::time::timeout(Duration::from_secs(600), b.frame()).await;
+        assert!(waited.is_err(), "a gRPC stream may idle until its deadline");
     }
 }

@@ -64,7 +64,7 @@ pub mod eos;
 mod grpc;
 mod rules;
 
-pub use eos::{End, Eos, EosBody, ResponseEos, WatchEos, WatchEosLayer};
+pub use eos::{BodyStalled, End, Eos, EosBody, ResponseEos, WatchEos, WatchEosLayer};
 pub use grpc::{
     GRPC_MESSAGE, GRPC_RETRY_PUSHBACK_MS, GRPC_STATUS, GrpcCode, UnknownGrpcCode,
     is_grpc_content_type,
@@ -74,7 +74,7 @@ pub use rules::HttpClassify;
 use std::error::Error as StdError;
 use std::time::{Duration, SystemTime};
 
-use crate::error::CallerError;
+use crate::error::{CallerError, Error};
 
 use http::HeaderValue;
 
@@ -285,8 +285,9 @@ pub trait Classify<Rsp>: Clone + Send + Sync + 'static {
 /// - the caller's own body stream failed (a [`CallerError`] in the chain,
 ///   which [`ReplayBody`](crate::replay::ReplayBody) puts there):
 ///   [`Outcome::Caller`];
-/// - this process ran out of file descriptors or ephemeral ports:
-///   [`Outcome::Local`];
+/// - this process ran out of file descriptors or ephemeral ports, or the
+///   balancer shed the request because every endpoint was at its in-flight
+///   cap ([`Error::Overloaded`](crate::Error::Overloaded)): [`Outcome::Local`];
 /// - a refused connection (or a hyper-util connect error), and an HTTP/2
 ///   stream the server refused unprocessed (REFUSED_STREAM, or above a
 ///   graceful GOAWAY's last stream), never reached the application and may
@@ -303,7 +304,9 @@ pub trait Classify<Rsp>: Clone + Send + Sync + 'static {
 pub fn classify_transport_error(err: &(dyn StdError + 'static)) -> Class {
     if CallerError::is_in(err) {
         Class::caller()
-    } else if out_of_local_resources(err) {
+    } else if out_of_local_resources(err)
+        || matches!(err.downcast_ref::<Error>(), Some(Error::Overloaded { .. }))
+    {
         Class::local()
     } else if never_sent(err) {
         Class::failure(Retry::Always)

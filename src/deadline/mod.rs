@@ -8,14 +8,20 @@
 //!    its own incoming request with [`Deadline::from_headers`]);
 //! 2. the tightest valid deadline header on the request (see [`header`]):
 //!    `palisade-deadline-ms`, `grpc-timeout`, `x-envoy-expected-rq-timeout-ms`,
-//!    clamped to [`max_timeout`](DeadlineSettings::max_timeout);
+//!    which by default can only shorten the
+//!    [`timeout`](DeadlineSettings::timeout), never extend it (see
+//!    [`headers_may_extend`](DeadlineSettings::headers_may_extend) and
+//!    [`header_cap`](DeadlineSettings::header_cap));
 //! 3. the [`timeout`](DeadlineSettings::timeout) (15 s).
 //!
 //! A deadline that is already spent fails at once with
 //! [`Error::DeadlineExceeded`] without calling the inner service. Otherwise
 //! the whole call below — retries, backoff, balancer waits — is cut off at
 //! the deadline with the same error. The deadline covers getting the
-//! response head; streaming the body afterwards is not cut.
+//! response head; streaming the body afterwards is not cut by it, but a
+//! body that sends nothing for
+//! [`body_idle_timeout`](DeadlineSettings::body_idle_timeout) (60 s) is,
+//! by the client builder's [`WatchEos`](crate::classify::WatchEos).
 //!
 //! Outgoing requests carry what remains, minus a
 //! [`reserve`](DeadlineSettings::reserve) for the trip back (5 ms), in
@@ -104,8 +110,10 @@ pub struct DeadlineSettings {
     /// `None` for no deadline at all (`"none"` in a file). Default 15 s.
     #[cfg_attr(feature = "serde", serde(with = "crate::settings::opt_duration"))]
     pub timeout: Option<Duration>,
-    /// The longest deadline a request header may ask for; longer ones are
-    /// clamped to it. Greater than 0. Default 5 min.
+    /// The longest deadline a request header may ask for when
+    /// [`headers_may_extend`](Self::headers_may_extend) is set, or when
+    /// there is no [`timeout`](Self::timeout); longer ones are clamped to
+    /// it. Greater than 0. Default 5 min.
     #[cfg_attr(feature = "serde", serde(with = "crate::settings::duration"))]
     pub max_timeout: Duration,
     /// Subtracted from what remains before it is written to outgoing
@@ -115,6 +123,23 @@ pub struct DeadlineSettings {
     /// Whether outgoing requests carry the remaining deadline. Default
     /// true.
     pub propagate: bool,
+    /// Whether a deadline header may ask for more time than
+    /// [`timeout`](Self::timeout) (up to [`max_timeout`](Self::max_timeout)).
+    /// Default false: a header can only shorten the deadline, so a caller
+    /// cannot hold a connection and an endpoint's slot for minutes by
+    /// asking. Set it for callers trusted to know their own deadline.
+    pub headers_may_extend: bool,
+    /// How long a response body may send nothing once its head has
+    /// arrived; a body silent that long is cut, counted as the endpoint's
+    /// failure, and ends in an error for the reader
+    /// ([`BodyStalled`](crate::classify::BodyStalled)). Time counts only
+    /// while the reader waits for the body. gRPC responses are exempt:
+    /// their streams may idle, and `grpc-timeout` bounds them. Greater
+    /// than 0, or `None` (`"none"`) for bodies that may idle indefinitely
+    /// (server-sent events without heartbeats, long polls). Default 60 s,
+    /// nginx's `proxy_read_timeout`.
+    #[cfg_attr(feature = "serde", serde(with = "crate::settings::opt_duration"))]
+    pub body_idle_timeout: Option<Duration>,
 }
 
 impl Default for DeadlineSettings {
@@ -124,11 +149,33 @@ impl Default for DeadlineSettings {
             max_timeout: Duration::from_secs(300),
             reserve: Duration::from_millis(5),
             propagate: true,
+            headers_may_extend: false,
+            body_idle_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
 
 impl DeadlineSettings {
+    /// The longest deadline a request header may ask for: the
+    /// [`timeout`](Self::timeout), unless headers may extend it (or there
+    /// is none), then [`max_timeout`](Self::max_timeout).
+    ///
+    /// ```
+    /// use palisade::deadline::DeadlineSettings;
+    /// use std::time::Duration;
+    ///
+    /// let settings = DeadlineSettings::default();
+    /// assert_eq!(settings.header_cap(), Duration::from_secs(15));
+    /// let trusting = DeadlineSettings { headers_may_extend: true, ..settings };
+    /// assert_eq!(trusting.header_cap(), Duration::from_secs(300));
+    /// ```
+    pub fn header_cap(&self) -> Duration {
+        match self.timeout {
+            Some(timeout) if !self.headers_may_extend => timeout.min(self.max_timeout),
+            _ => self.max_timeout,
+        }
+    }
+
     /// Every problem with these settings, each at its field (`"timeout"`).
     pub fn validate(&self) -> Result<(), SettingsError> {
         let mut p = Problems::new();
@@ -136,6 +183,13 @@ impl DeadlineSettings {
             p.positive("timeout", timeout, "\"none\" for no default deadline");
         }
         p.positive("max_timeout", self.max_timeout, "");
+        if let Some(idle) = self.body_idle_timeout {
+            p.positive(
+                "body_idle_timeout",
+                idle,
+                "\"none\" for bodies that may idle indefinitely",
+            );
+        }
         p.finish()
     }
 }
@@ -218,7 +272,7 @@ where
         let deadline = match parts.extensions.get::<Deadline>() {
             Some(d) => Some(*d),
             None => header::incoming_timeout(&parts.headers)
-                .map(|t| t.min(settings.max_timeout))
+                .map(|t| t.min(settings.header_cap()))
                 .or(settings.timeout)
                 .map(Deadline::after),
         };

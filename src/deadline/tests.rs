@@ -160,6 +160,35 @@ async fn where_the_deadline_comes_from() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn by_default_a_header_can_shorten_the_timeout_but_never_extend_it() {
+    let ask_a_minute = || with_header(header::DEADLINE_HEADER, "60000");
+    // The default timeout is 15 s: a caller asking for a minute gets 15 s.
+    let (result, _, _) = send(layer(), Duration::ZERO, ask_a_minute()).await;
+    assert_eq!(deadline_ms(&result.unwrap()), 14_995);
+    let (result, _, _) = send(
+        layer(),
+        Duration::ZERO,
+        with_header(header::GRPC_TIMEOUT, "20S"),
+    )
+    .await;
+    assert_eq!(deadline_ms(&result.unwrap()), 14_995);
+    // Trusted callers may ask for more, up to max_timeout.
+    let trusting = DeadlineSettings {
+        headers_may_extend: true,
+        ..DeadlineSettings::default()
+    };
+    let (result, _, _) = send(layer_with(trusting), Duration::ZERO, ask_a_minute()).await;
+    assert_eq!(deadline_ms(&result.unwrap()), 59_995);
+    // With no default timeout, max_timeout is the only cap.
+    let unbounded = DeadlineSettings {
+        timeout: None,
+        ..DeadlineSettings::default()
+    };
+    let (result, _, _) = send(layer_with(unbounded), Duration::ZERO, ask_a_minute()).await;
+    assert_eq!(deadline_ms(&result.unwrap()), 59_995);
+}
+
+#[tokio::test(start_paused = true)]
 async fn malformed_headers_are_ignored_never_zero() {
     for (name, value) in [
         (header::DEADLINE_HEADER, "-1"),
@@ -283,6 +312,8 @@ fn each_bad_value_is_refused_at_its_field() {
         max_timeout: Duration::from_nanos(1),
         reserve: Duration::ZERO,
         propagate: false,
+        headers_may_extend: true,
+        body_idle_timeout: None,
     };
     assert_eq!(edges.validate(), Ok(()));
     let edges = DeadlineSettings {
@@ -345,7 +376,7 @@ mod settings_files {
                 timeout: Some(Duration::from_millis(2500)),
                 max_timeout: Duration::from_secs(60),
                 reserve: Duration::from_millis(10),
-                propagate: true,
+                ..DeadlineSettings::default()
             }
         );
         let text = toml::to_string(&s).unwrap();

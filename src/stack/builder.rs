@@ -178,9 +178,19 @@ impl<D, N, C> Builder<D, N, C> {
 
     /// How long a request waits for an endpoint when there is none
     /// (default 3 s) before failing with
-    /// [`Error::NoEndpoints`](crate::Error::NoEndpoints).
+    /// [`Error::NoEndpoints`](crate::Error::NoEndpoints), or for a slot
+    /// when every endpoint is at
+    /// [`endpoint_max_in_flight`](Self::endpoint_max_in_flight).
     pub fn endpoint_wait(mut self, wait: Duration) -> Self {
         self.parts.config.balancer.endpoint_wait = wait;
+        self
+    }
+
+    /// The most requests one endpoint may have outstanding (default 256;
+    /// over HTTP/1.1, its connections). See
+    /// [`BalanceSettings::endpoint_max_in_flight`].
+    pub fn endpoint_max_in_flight(mut self, max: usize) -> Self {
+        self.parts.config.balancer.endpoint_max_in_flight = max;
         self
     }
 
@@ -216,8 +226,16 @@ impl<D, N, C> Builder<D, N, C> {
         self
     }
 
-    /// The deadline settings (timeout, header cap, reserve, propagation;
-    /// see [`DeadlineSettings`]).
+    /// How long a response body may send nothing before it is cut as the
+    /// endpoint's failure (default 60 s; `None` for never). See
+    /// [`DeadlineSettings::body_idle_timeout`].
+    pub fn body_idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        self.parts.config.deadline.body_idle_timeout = idle;
+        self
+    }
+
+    /// The deadline settings (timeout, header cap, reserve, propagation,
+    /// body idle timeout; see [`DeadlineSettings`]).
     pub fn deadline(mut self, settings: DeadlineSettings) -> Self {
         self.parts.config.deadline = settings;
         self
@@ -497,8 +515,12 @@ impl<D, N, C> Builder<D, N, C> {
         // Every endpoint's responses are watched to the end of their
         // stream, where the layers above take their verdicts.
         let mut new_endpoint = new_endpoint;
-        let watched =
-            move |endpoint: &Endpoint| new_endpoint.new_endpoint(endpoint).map(WatchEos::new);
+        let idle = config.deadline.body_idle_timeout;
+        let watched = move |endpoint: &Endpoint| {
+            new_endpoint
+                .new_endpoint(endpoint)
+                .map(|svc| WatchEos::new(svc).idle_timeout(idle))
+        };
         let balance = Balance::new(
             name.clone(),
             discover,

@@ -10,106 +10,25 @@
 
 #![cfg(feature = "demo")]
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::future::join_all;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::body::Frame;
 use palisade::classify::BodyStalled;
 use palisade::discover::Endpoint;
 use palisade::http::{hyper_client, hyper_h2c_client};
 use palisade::retry::ReplayBody;
 use palisade::{Client, Hyper};
+use support::backends::{Answer, backend};
 use tower::ServiceExt;
-
-/// Open connections now, and the most ever open at once.
-#[derive(Default)]
-struct Conns {
-    open: AtomicUsize,
-    max: AtomicUsize,
-    accepted: AtomicUsize,
-}
-
-/// How the test backend answers a request.
-#[derive(Clone, Copy)]
-enum Answer {
-    /// `200` after this long, echoing the request's deadline header.
-    After(Duration),
-    /// A head promising 100 bytes, 10 of them, then nothing ever again.
-    Stall,
-}
-
-/// A hyper server on 127.0.0.1 (HTTP/1.1, or h2c when `h2`), counting its
-/// connections.
-async fn backend(h2: bool, answer: Answer) -> (SocketAddr, Arc<Conns>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let conns = Arc::new(Conns::default());
-    let counts = conns.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counts.accepted.fetch_add(1, Ordering::SeqCst);
-            let now = counts.open.fetch_add(1, Ordering::SeqCst) + 1;
-            counts.max.fetch_max(now, Ordering::SeqCst);
-            let counts = counts.clone();
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                        let asked = req
-                            .headers()
-                            .get("palisade-deadline-ms")
-                            .map(|v| v.to_str().unwrap().to_owned())
-                            .unwrap_or_default();
-                        let body = match answer {
-                            Answer::After(latency) => {
-                                tokio::time::sleep(latency).await;
-                                StreamBody::new(
-                                    futures::stream::iter([Ok::<_, Infallible>(Frame::data(
-                                        Bytes::from(asked),
-                                    ))])
-                                    .boxed(),
-                                )
-                            }
-                            Answer::Stall => StreamBody::new(
-                                futures::stream::iter([Ok(Frame::data(Bytes::from_static(
-                                    b"0123456789",
-                                )))])
-                                .chain(futures::stream::pending())
-                                .boxed(),
-                            ),
-                        };
-                        let mut rsp = Response::new(body);
-                        if let Answer::Stall = answer {
-                            rsp.headers_mut()
-                                .insert("content-length", "100".parse().unwrap());
-                        }
-                        Ok::<_, Infallible>(rsp)
-                    });
-                let io = TokioIo::new(stream);
-                let _ = if h2 {
-                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .max_concurrent_streams(1000)
-                        .serve_connection(io, service)
-                        .await
-                } else {
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await
-                };
-                counts.open.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-    });
-    (addr, conns)
-}
 
 type Body = Full<Bytes>;
 

@@ -14,6 +14,7 @@
 // Each test crate uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod dns;
 pub mod faulty;
 #[cfg(feature = "tonic")]

@@ -38,6 +38,44 @@ fn backend() -> impl Service<
     service_fn(|_: Request<()>| ready(Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))))))
 }
 
+/// A one-frame body that is pending once before its frame, as a body read
+/// off a socket often is: the case where the idle timer is armed.
+struct PendingOnce {
+    pended: bool,
+    data: Option<Bytes>,
+}
+
+impl http_body::Body for PendingOnce {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if !self.pended {
+            self.pended = true;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(self.data.take().map(|d| Ok(http_body::Frame::data(d))))
+    }
+}
+
+fn pending_backend() -> impl Service<
+    Request<()>,
+    Response = Response<PendingOnce>,
+    Error = palisade::Error,
+    Future = Ready<Result<Response<PendingOnce>, palisade::Error>>,
+> + Clone {
+    service_fn(|_: Request<()>| {
+        ready(Ok(Response::new(PendingOnce {
+            pended: false,
+            data: Some(Bytes::from_static(b"ok\n")),
+        })))
+    })
+}
+
 /// ns per request of `svc`, sending `REQUESTS` back to back, each body read
 /// to its end; with `listen`, a no-op listener is put on each response's
 /// end of stream first.
@@ -81,7 +119,8 @@ fn main() {
     let metrics = Metrics::register(&mut registry);
     let telemetry = TelemetryLayer::new("bench", Some(&metrics), HttpClassify::default());
 
-    let mut runs: [Vec<f64>; 5] = Default::default();
+    let idle = Some(std::time::Duration::from_secs(60));
+    let mut runs: [Vec<f64>; 8] = Default::default();
     rt.block_on(async {
         // Interleaved repetitions: noise hits every variant alike.
         for _ in 0..reps {
@@ -90,9 +129,13 @@ fn main() {
             runs[2].push(measure(WatchEos::new(backend()), true).await);
             runs[3].push(measure(telemetry.layer(backend()), false).await);
             runs[4].push(measure(telemetry.layer(WatchEos::new(backend())), false).await);
+            runs[5].push(measure(pending_backend(), false).await);
+            runs[6].push(measure(WatchEos::new(pending_backend()), false).await);
+            let timed = WatchEos::new(pending_backend()).idle_timeout(idle);
+            runs[7].push(measure(timed, false).await);
         }
     });
-    let [bare, watched, listened, head, end] = runs.map(median);
+    let [bare, watched, listened, head, end, p_bare, p_watched, p_timed] = runs.map(median);
     println!(
         "end-of-stream cost, {REQUESTS} requests × {reps} interleaved reps, medians, 1 thread, no tracing subscriber"
     );
@@ -112,6 +155,20 @@ fn main() {
         bare,
     );
     row("telemetry, verdict at the end (over WatchEos)", end, bare);
+    println!(
+        "{:<58} {:>8.1} {:>9}",
+        "body pending once, bare (baseline)", p_bare, "-"
+    );
+    row("body pending once, WatchEos", p_watched, p_bare);
+    row(
+        "body pending once, WatchEos + 60 s idle timeout",
+        p_timed,
+        p_bare,
+    );
+    println!(
+        "the idle timeout adds {:.1} ns to a body that waits once (a timer armed and dropped); none to a body that never waits",
+        p_timed - p_watched
+    );
     println!(
         "the end-of-stream verdict adds {:.1} ns to the telemetry layer ({:.2}×); one listener costs {:.1} ns",
         end - head,

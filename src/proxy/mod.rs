@@ -7,6 +7,7 @@ pub mod check;
 pub mod config;
 mod conns;
 mod inbound;
+mod listen;
 mod reload;
 mod routes;
 pub mod server;

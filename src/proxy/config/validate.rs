@@ -1,7 +1,7 @@
 //! Validation: every problem in a config, each at its field and line.
 
 use super::*;
-use crate::proxy::server::{MAX_MAX_HEADERS, MIN_MAX_HEADER_BYTES};
+use crate::proxy::listen::{MAX_MAX_HEADERS, MIN_MAX_HEADER_BYTES};
 
 // ---------------------------------------------------------------------------
 // Validation and lints.

@@ -1,0 +1,120 @@
+//! The proxy binary's listeners against clients that hold, drip or probe:
+//! the admin listener's limits, idle h2c connections, what `/config` and
+//! error answers show. Real sockets on 127.0.0.1; small timeouts set in
+//! the config, never an assertion on speed.
+
+#![cfg(all(feature = "cli", unix))]
+
+mod support;
+
+use palisade::demo::{Backend, Behavior};
+use support::proxy::{
+    Proxy, closed, config_with_server, eventually, head, plain, raw, ready, service,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The proxy over one demo backend behaving as `behavior`, with the lines
+/// `server` added to its `[server]` table.
+async fn proxy_over(behavior: Behavior, server: &str) -> (Backend, Proxy) {
+    let backend = Backend::spawn(behavior).await.unwrap();
+    let body = service("app", &[backend.addr()]) + "[[routes]]\nservice = \"app\"\n";
+    let proxy = Proxy::start_with(&config_with_server(&body, server));
+    (backend, proxy)
+}
+
+/// The admin listener has the listeners' request-head limits and timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_has_the_listeners_timeouts_and_head_limits() {
+    let (_backend, proxy) = proxy_over(Behavior::new(), "header_read_timeout = \"500ms\"").await;
+    ready(&plain(), &proxy).await;
+
+    // A head of exactly `max_header_bytes` is read (and not found); one
+    // more byte is 431.
+    assert_eq!(raw(proxy.admin, &head(8192)).await, 404);
+    assert_eq!(raw(proxy.admin, &head(8193)).await, 431);
+
+    let silent = TcpStream::connect(proxy.admin).await.unwrap();
+    let mut drip = TcpStream::connect(proxy.admin).await.unwrap();
+    drip.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n")
+        .await
+        .unwrap();
+    let (silent, drip) = tokio::join!(closed(silent), closed(drip));
+    assert!(silent, "an admin connection that sent nothing stayed open");
+    assert!(drip, "an admin connection with half a head stayed open");
+}
+
+/// A GET on a connection of its own (closed after the answer), so that no
+/// pooled connection holds a place: the answer's text, or `None` when the
+/// connection was closed without one.
+async fn get_alone(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.ok()?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    answer.starts_with("HTTP/1.1 ").then_some(answer)
+}
+
+/// The value of a `series` in Prometheus text.
+fn series(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The admin listener is capped by `server.max_connections` too, counted
+/// apart from the proxy's listeners: neither can lock the other out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_is_capped_apart_from_the_listeners() {
+    let (_backend, proxy) = proxy_over(Behavior::new(), "max_connections = 3").await;
+
+    // Three admin connections that send nothing hold every admin place.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(proxy.admin).await.unwrap());
+    }
+    // Connections are accepted in order: a fourth is closed at once,
+    // whatever it asks.
+    let mut fourth = TcpStream::connect(proxy.admin).await.unwrap();
+    let _ = fourth
+        .write_all(b"GET /live HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        fourth.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the fourth admin connection was held open");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+
+    // The proxy's listener still serves: its places are its own.
+    eventually(async || {
+        let answer = get_alone(proxy.listen, "/").await.unwrap_or_default();
+        answer.starts_with("HTTP/1.1 200")
+    })
+    .await;
+
+    // A freed admin place is taken again, and the refusal was counted.
+    drop(held.pop());
+    eventually(async || {
+        let metrics = get_alone(proxy.admin, "/metrics").await.unwrap_or_default();
+        series(&metrics, "palisade_proxy_admin_connections_refused_total") >= Some(1)
+    })
+    .await;
+
+    // And the other way round: the listener full, the admin still answers.
+    drop(held);
+    let mut busy = Vec::new();
+    for _ in 0..3 {
+        busy.push(TcpStream::connect(proxy.listen).await.unwrap());
+    }
+    eventually(async || {
+        let metrics = get_alone(proxy.admin, "/metrics").await.unwrap_or_default();
+        series(&metrics, "palisade_proxy_connections") == Some(3)
+    })
+    .await;
+    let live = get_alone(proxy.admin, "/live").await.unwrap_or_default();
+    assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+}

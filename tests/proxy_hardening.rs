@@ -7,6 +7,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use palisade::demo::{Backend, Behavior};
 use support::proxy::{
     Proxy, closed, config_with_server, eventually, head, plain, raw, ready, service,
@@ -81,11 +83,7 @@ async fn the_admin_listener_is_capped_apart_from_the_listeners() {
         .write_all(b"GET /live HTTP/1.1\r\nHost: admin\r\n\r\n")
         .await;
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        fourth.read_to_end(&mut answer),
-    )
-    .await;
+    let read = tokio::time::timeout(Duration::from_secs(5), fourth.read_to_end(&mut answer)).await;
     assert!(read.is_ok(), "the fourth admin connection was held open");
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
 
@@ -117,4 +115,54 @@ async fn the_admin_listener_is_capped_apart_from_the_listeners() {
     .await;
     let live = get_alone(proxy.admin, "/live").await.unwrap_or_default();
     assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+}
+
+/// GETs `/` on an h2c connection and reads the answer to its end: the
+/// status, or the h2 error that stopped it (a GOAWAY, a closed
+/// connection).
+async fn h2c_get(
+    h2: h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+) -> Result<u16, h2::Error> {
+    let mut h2 = h2.ready().await?;
+    let req = http::Request::get(format!("http://{addr}/"))
+        .body(())
+        .unwrap();
+    let (rsp, _) = h2.send_request(req, true)?;
+    let rsp = rsp.await?;
+    let status = rsp.status().as_u16();
+    let mut body = rsp.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        body.flow_control().release_capacity(chunk.len())?;
+    }
+    Ok(status)
+}
+
+/// `server.idle_timeout`: an h2c connection with no open stream for that
+/// long is closed (GOAWAY), but a request in flight for far longer keeps
+/// it open, and it can still be used as soon as that request is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2c_connection_is_closed_but_not_while_a_request_is_in_flight() {
+    let slow = Behavior::new().latency(Duration::from_secs(3));
+    let (backend, proxy) = proxy_over(slow, "idle_timeout = \"1s\"").await;
+    ready(&plain(), &proxy).await;
+
+    let tcp = TcpStream::connect(proxy.listen).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    // Three times the idle timeout in flight.
+    assert_eq!(h2c_get(h2.clone(), proxy.listen).await.unwrap(), 200);
+    assert!(
+        !conn.is_finished(),
+        "the connection was closed while a request was in flight"
+    );
+    // At once, a second request on the same connection: no GOAWAY came.
+    assert_eq!(h2c_get(h2.clone(), proxy.listen).await.unwrap(), 200);
+    assert_eq!(backend.requests(), 2);
+
+    // Then idle: the proxy closes it (the client answers its pings, so
+    // nothing else would).
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "an idle h2c connection stayed open");
 }

@@ -10,6 +10,11 @@
 //! response in flight; h2c: GOAWAY, the open streams complete); the
 //! connection drops its receiver when it has ended, so the sender's
 //! `closed()` is "every connection has drained".
+//!
+//! An h2c connection is asked to finish the same way once it has had no
+//! open stream for `server.idle_timeout` (see `idle`): a client that opens
+//! a connection and leaves it idle cannot hold it for good (HTTP/1.1 has
+//! `header_read_timeout` between requests for that).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::conns::{AcceptErrors, Connections as Count};
+use super::idle::{Counted, OpenStreams};
 use super::server::State;
 
 /// The smallest `server.max_header_bytes` a config may ask for.
@@ -75,7 +81,7 @@ impl Side {
 /// with `handler` (given the request and the peer's address).
 ///
 /// A connection gets the running config's `server.max_header_bytes`,
-/// `max_headers` and `header_read_timeout`, and counts against
+/// `max_headers`, `header_read_timeout` and `idle_timeout`, and counts against
 /// `max_connections`: a reload that changes them applies to the
 /// connections accepted after it.
 pub(crate) async fn serve<H, F, B>(
@@ -101,6 +107,7 @@ pub(crate) async fn serve<H, F, B>(
                 max_header_bytes: server.max_header_bytes,
                 max_headers: server.max_headers,
                 header_read_timeout: server.header_read_timeout,
+                idle_timeout: server.idle_timeout,
             };
             (limits, server.max_connections)
         };
@@ -159,34 +166,50 @@ async fn serve_connection<H, F, B>(
             return;
         }
     };
-    let service = hyper::service::service_fn(move |req| {
-        let rsp = handler(req, remote);
-        async move { Ok::<_, Infallible>(rsp.await) }
-    });
+    // Each request's stream is open until its response body is done.
+    let streams = OpenStreams::new();
+    let service = {
+        let streams = streams.clone();
+        hyper::service::service_fn(move |req| {
+            let stream = streams.open();
+            let rsp = handler(req, remote);
+            async move { Ok::<_, Infallible>(rsp.await.map(|body| Counted::new(body, stream))) }
+        })
+    };
     let result = if h2 {
         let conn = builders.http2.serve_connection(io, service);
-        drive(conn, |c| c.graceful_shutdown(), stop).await
+        let idle = streams.idle_for(builders.limits.idle_timeout);
+        drive(conn, |c| c.graceful_shutdown(), stop, idle).await
     } else {
+        // Between HTTP/1.1 requests, `header_read_timeout` is the idle bound.
         let conn = builders.http1.serve_connection(io, service);
-        drive(conn, |c| c.graceful_shutdown(), stop).await
+        drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            stop,
+            std::future::pending(),
+        )
+        .await
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, %remote, "connection ended with an error");
     }
 }
 
-/// Drives `conn` to its end; once `stop` says so, asks it to `finish`
-/// (hyper's graceful shutdown) and drives it on until its requests in
-/// flight are done.
+/// Drives `conn` to its end; once `stop` says so or it is `idle`, asks
+/// it to `finish` (hyper's graceful shutdown) and drives it on until its
+/// requests in flight are done.
 async fn drive<C: Future>(
     conn: C,
     finish: impl FnOnce(Pin<&mut C>),
     mut stop: watch::Receiver<bool>,
+    idle: impl Future<Output = ()>,
 ) -> C::Output {
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
         out = conn.as_mut() => return out,
         () = stopped(&mut stop) => {}
+        () = idle => tracing::debug!("closing an idle h2c connection"),
     }
     finish(conn.as_mut());
     // `stop` is held until the connection has ended: the drain waits for it.
@@ -239,6 +262,7 @@ pub(crate) struct ConnectionLimits {
     pub(crate) max_header_bytes: usize,
     pub(crate) max_headers: usize,
     pub(crate) header_read_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
 }
 
 /// How a connection is served, HTTP/1.1 or h2c, with request heads
@@ -258,6 +282,7 @@ impl Builders {
             max_header_bytes,
             max_headers,
             header_read_timeout,
+            idle_timeout: _,
         } = limits;
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1

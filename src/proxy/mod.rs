@@ -6,6 +6,7 @@ mod answer;
 pub mod check;
 pub mod config;
 mod conns;
+mod idle;
 mod inbound;
 mod listen;
 mod reload;

@@ -175,6 +175,11 @@ pub struct Server {
     /// idle). Greater than 0. Default 30 s.
     #[serde(default = "default_header_read_timeout", with = "duration")]
     pub header_read_timeout: Duration,
+    /// How long an h2c connection may have no open stream before it is
+    /// closed gracefully (GOAWAY); a stream is open from its request to
+    /// the end of its response body. Greater than 0. Default 5 min.
+    #[serde(default = "default_idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
     /// How often the config file is checked for changes; greater than 0.
     /// Default 2 s.
     #[serde(default = "default_watch_interval", with = "duration")]
@@ -189,6 +194,9 @@ fn default_max_header_bytes() -> usize {
 }
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(5 * 60)
 }
 fn default_max_headers() -> usize {
     100
@@ -205,6 +213,7 @@ impl Default for Server {
             max_headers: default_max_headers(),
             max_connections: None,
             header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
             watch_interval: default_watch_interval(),
         }
     }

@@ -2061,3 +2061,12 @@ proptest! {
         exercise(&text);
     }
 }
+
+#[test]
+fn server_idle_timeout_defaults_to_5_minutes_and_must_be_positive() {
+    let config = Config::from_toml(&format!("{TWO}{ROUTE}")).unwrap();
+    assert_eq!(config.server.idle_timeout, Duration::from_secs(300));
+    let p = errors(&format!("[server]\nidle_timeout = \"0s\"\n{TWO}{ROUTE}"));
+    assert_has(&p, "server.idle_timeout", Some(2), "must be greater than 0");
+    assert_eq!(p.len(), 1, "{p:#?}");
+}

@@ -225,6 +225,9 @@ pub(crate) fn validate(c: &Config, r: &mut Report<'_>) {
             "must be greater than 0",
         );
     }
+    if c.server.idle_timeout.is_zero() {
+        r.add(&root.at("server.idle_timeout"), "must be greater than 0");
+    }
     if c.server.max_connections == Some(0) {
         r.add(&root.at("server.max_connections"), "must be at least 1");
     }

@@ -459,7 +459,8 @@ impl Config {
         }
     }
 
-    /// Policies that are valid but cannot work as written: per-try timeouts
+    /// Policies that are valid but cannot work as written, or expose more
+    /// than meant: an admin address that is not loopback, per-try timeouts
     /// that do not fit in the deadline, budgets above 1, retries where no
     /// route sends an idempotent method, backoff as long as the deadline,
     /// default deadlines above `max_timeout`, routes that can never match,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use palisade::demo::{Backend, Behavior};
 use support::proxy::{
-    Proxy, closed, config_with_server, eventually, head, plain, raw, ready, service,
+    Proxy, closed, config_with_server, eventually, get, head, plain, raw, ready, service,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -165,4 +165,33 @@ async fn an_idle_h2c_connection_is_closed_but_not_while_a_request_is_in_flight()
     // nothing else would).
     let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
     assert!(ended.is_ok(), "an idle h2c connection stayed open");
+}
+
+/// `/config` shows header-match values and endpoint labels as
+/// `"<redacted>"`, keeping their keys and everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_config_redacts_header_match_values_and_endpoint_labels() {
+    let backend = Backend::spawn(Behavior::new()).await.unwrap();
+    let body = format!(
+        "[[services]]\nname = \"app\"\n\
+         endpoints = [{{ address = \"{}\", labels = {{ zone = \"vault-zone-7\" }} }}]\n\n\
+         [[routes]]\nmatch = {{ headers = {{ authorization = \"Bearer s3cr3t-token\" }} }}\n\
+         service = \"app\"\n",
+        backend.addr()
+    );
+    let proxy = Proxy::start(&body);
+    let client = plain();
+    ready(&client, &proxy).await;
+    let (status, _, text) = get(&client, proxy.admin, "/config").await;
+    assert_eq!(status, 200);
+    assert!(!text.contains("s3cr3t-token"), "{text}");
+    assert!(!text.contains("vault-zone-7"), "{text}");
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let route = &config["routes"][0];
+    assert_eq!(route["match"]["headers"]["authorization"], "<redacted>");
+    assert_eq!(route["service"], "app");
+    let endpoint = &config["services"][0]["endpoints"][0];
+    assert_eq!(endpoint["labels"]["zone"], "<redacted>");
+    assert_eq!(endpoint["address"], backend.addr().to_string());
+    assert_eq!(config["services"][0]["retry"]["max_attempts"], 3);
 }

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::proxy::config::{self, Config, Discovery};
+use crate::proxy::config::{self, Config, Discovery, EndpointSpec};
 
 use super::listen::{Side, serve};
 use super::server::*;
@@ -187,7 +187,8 @@ pub(crate) fn discovery_json(
 
 /// The running config: the file's, with each service's client settings
 /// read back from its client's layers (the same structs the file is read
-/// into), so `/config` shows what runs, not only what was asked for.
+/// into), so `/config` shows what runs, not only what was asked for; and
+/// [redacted](redact).
 fn effective_config(routing: &Routing) -> Config {
     let mut config = (*routing.config).clone();
     for svc in &mut config.services {
@@ -195,5 +196,29 @@ fn effective_config(routing: &Routing) -> Config {
             svc.client = upstream.client.settings();
         }
     }
+    redact(&mut config);
     config
+}
+
+/// What `/config` shows in place of a value that may be a secret.
+pub(crate) const REDACTED: &str = "<redacted>";
+
+/// Replaces the values that may be secrets with [`REDACTED`], keeping
+/// their keys: the values a route's `match.headers` asks for (an
+/// `authorization` to match is a credential) and endpoint labels.
+fn redact(config: &mut Config) {
+    for route in &mut config.routes {
+        for value in route.matches.headers.values_mut() {
+            *value = REDACTED.into();
+        }
+    }
+    for svc in &mut config.services {
+        for endpoint in &mut svc.endpoints {
+            if let EndpointSpec::Detailed { labels, .. } = endpoint {
+                for value in labels.values_mut() {
+                    *value = REDACTED.into();
+                }
+            }
+        }
+    }
 }

@@ -195,3 +195,23 @@ async fn admin_config_redacts_header_match_values_and_endpoint_labels() {
     assert_eq!(endpoint["address"], backend.addr().to_string());
     assert_eq!(config["services"][0]["retry"]["max_attempts"], 3);
 }
+
+/// `server.verbose_errors = true` puts the whole error, the endpoint and
+/// the connection error included, in the proxy's own answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbose_errors_show_the_whole_error() {
+    // An address nothing listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let body = service("app", &[dead]) + "[[routes]]\nservice = \"app\"\n";
+    let proxy = Proxy::start_with(&config_with_server(&body, "verbose_errors = true"));
+    let client = plain();
+    ready(&client, &proxy).await;
+    let (status, headers, text) = get(&client, proxy.listen, "/").await;
+    assert_eq!(status, 502, "{text}");
+    assert_eq!(headers["x-palisade-error"], "upstream-error");
+    assert!(text.contains(&dead.to_string()), "{text}");
+    assert!(text.contains("refused"), "{text}");
+}

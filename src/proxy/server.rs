@@ -325,7 +325,7 @@ pub(crate) async fn handle(
             let _ = strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Either::Left(body))
         }
-        Err(e) => error_response(dialect, service, &e),
+        Err(e) => error_response(dialect, service, &e, routing.config.server.verbose_errors),
     }
 }
 

@@ -180,6 +180,12 @@ pub struct Server {
     /// the end of its response body. Greater than 0. Default 5 min.
     #[serde(default = "default_idle_timeout", with = "duration")]
     pub idle_timeout: Duration,
+    /// Whether the proxy's error answers carry the whole error, with the
+    /// inner client's chain and the endpoint's address, instead of the
+    /// reason alone: for debugging, never for clients one does not trust.
+    /// Default false.
+    #[serde(default)]
+    pub verbose_errors: bool,
     /// How often the config file is checked for changes; greater than 0.
     /// Default 2 s.
     #[serde(default = "default_watch_interval", with = "duration")]
@@ -214,6 +220,7 @@ impl Default for Server {
             max_connections: None,
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),
+            verbose_errors: false,
             watch_interval: default_watch_interval(),
         }
     }

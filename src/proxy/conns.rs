@@ -9,7 +9,9 @@
 //!   of 128 (each client connection may need an upstream one too), at
 //!   least 64. A connection over the cap is closed at once and counted in
 //!   `palisade_proxy_connections_refused_total`; the open ones are
-//!   `palisade_proxy_connections`.
+//!   `palisade_proxy_connections`. The admin listener's connections are
+//!   counted apart (`palisade_proxy_admin_connections`), capped at
+//!   `max_connections` but never more than 64, which the reserve covers.
 //! - An accept error (out of descriptors, say) backs off, from 10 ms up to
 //!   1 s while the errors go on, and is logged at most once a second, with
 //!   the number of errors since the last line.

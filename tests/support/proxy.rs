@@ -348,3 +348,14 @@ pub async fn closed(mut stream: TcpStream) -> bool {
         .await
         .is_ok()
 }
+
+/// Asserts that a new connection to `addr` sending `request` is closed
+/// without a byte of answer (within 5 s): refused over a connection cap.
+pub async fn refused_at_once(addr: SocketAddr, request: &[u8]) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was held open, not refused");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+}

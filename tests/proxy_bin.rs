@@ -15,7 +15,10 @@ use http_body_util::Full;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use palisade::demo::{Backend, Behavior};
-use support::proxy::{Plain, Proxy, config_path, eventually, get, plain, ready, service};
+use support::proxy::{
+    Plain, Proxy, closed, config_path, eventually, get, head, plain, raw, ready, refused_at_once,
+    service, status_of,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -280,32 +283,6 @@ async fn ready_answers_503_while_draining() {
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");
-}
-
-/// Sends raw bytes and returns the status code of the response.
-async fn raw(addr: SocketAddr, bytes: &[u8]) -> u16 {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(bytes).await.unwrap();
-    status_of(&mut stream).await
-}
-
-/// The status of the next response head on `stream`.
-async fn status_of(stream: &mut TcpStream) -> u16 {
-    let mut buf = vec![0u8; 1024];
-    let n = stream.read(&mut buf).await.unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]);
-    head.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{head:?}"))
-}
-
-/// A request head of exactly `len` bytes: request line, `Host`, a padding
-/// header, the blank line.
-fn head(len: usize) -> Vec<u8> {
-    let start = "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: ";
-    let pad = len - start.len() - "\r\n\r\n".len();
-    format!("{start}{}\r\n\r\n", "a".repeat(pad)).into_bytes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1348,14 +1325,7 @@ async fn descriptors_are_raised_and_client_connections_capped() {
     eventually(async || metrics().await.contains("palisade_proxy_connections 3")).await;
 
     // A fourth is closed at once, whatever it sends.
-    let mut fourth = TcpStream::connect(proxy.listen).await.unwrap();
-    let _ = fourth
-        .write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
-        .await;
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), fourth.read_to_end(&mut answer)).await;
-    assert!(read.is_ok(), "the fourth connection was held, not closed");
-    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    refused_at_once(proxy.listen, b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await;
     let text = metrics().await;
     assert!(
         text.contains("palisade_proxy_connections_refused_total 1"),
@@ -1443,13 +1413,6 @@ async fn header_read_timeout_closes_silent_slow_and_idle_connections() {
     let proxy = Proxy::start_with(&text);
     ready(&plain(), &proxy).await;
 
-    /// Whether the proxy closes `stream` within 5 s (it reads to its end).
-    async fn closed(mut stream: TcpStream) -> bool {
-        let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
-            .await
-            .is_ok()
-    }
     let silent = TcpStream::connect(proxy.listen).await.unwrap();
     let mut slow = TcpStream::connect(proxy.listen).await.unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n")

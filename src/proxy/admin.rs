@@ -1,7 +1,6 @@
 //! The admin server: `/metrics`, `/ready`, `/live`, `/config` and
 //! `/snapshot`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -10,35 +9,30 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::proxy::config::{self, Config, Discovery};
+use crate::proxy::config::{self, Config, Discovery, EndpointSpec};
 
-use super::conns::AcceptErrors;
+use super::listen::{Side, serve};
 use super::server::*;
 
-/// The admin server: `/metrics`, `/ready`, `/live`, `/config`, `/snapshot`.
+/// The admin server: `/metrics`, `/ready`, `/live`, `/config`, `/snapshot`,
+/// until `stop` says so. Its connections are served as the listeners' are
+/// (the same request-head limits and timeouts), and counted apart.
 pub(crate) async fn admin_server(
     listener: TcpListener,
     state: Arc<State>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut errors = AcceptErrors::default();
-    while let Some((stream, _)) = accept(&listener, &mut stop, &mut errors).await {
+    let handler = {
         let state = state.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(admin(&state, &req)) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        move |req: Request<Incoming>, _| {
+            let state = state.clone();
+            async move { admin(&state, &req) }
+        }
+    };
+    serve(listener, state, Side::Admin, stop, handler).await;
 }
 
 pub(crate) fn admin(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -193,7 +187,8 @@ pub(crate) fn discovery_json(
 
 /// The running config: the file's, with each service's client settings
 /// read back from its client's layers (the same structs the file is read
-/// into), so `/config` shows what runs, not only what was asked for.
+/// into), so `/config` shows what runs, not only what was asked for; and
+/// [redacted](redact).
 fn effective_config(routing: &Routing) -> Config {
     let mut config = (*routing.config).clone();
     for svc in &mut config.services {
@@ -201,5 +196,29 @@ fn effective_config(routing: &Routing) -> Config {
             svc.client = upstream.client.settings();
         }
     }
+    redact(&mut config);
     config
+}
+
+/// What `/config` shows in place of a value that may be a secret.
+pub(crate) const REDACTED: &str = "<redacted>";
+
+/// Replaces the values that may be secrets with [`REDACTED`], keeping
+/// their keys: the values a route's `match.headers` asks for (an
+/// `authorization` to match is a credential) and endpoint labels.
+fn redact(config: &mut Config) {
+    for route in &mut config.routes {
+        for value in route.matches.headers.values_mut() {
+            *value = REDACTED.into();
+        }
+    }
+    for svc in &mut config.services {
+        for endpoint in &mut svc.endpoints {
+            if let EndpointSpec::Detailed { labels, .. } = endpoint {
+                for value in labels.values_mut() {
+                    *value = REDACTED.into();
+                }
+            }
+        }
+    }
 }

@@ -4,7 +4,9 @@
 //! An HTTP request gets a status (`503`, `504`, …), a one-line text body
 //! and [`ERROR_HEADER`] naming the reason. The text never carries an
 //! endpoint's address or the inner client's error chain: those are logged
-//! (at debug), not shown to whoever sent the request. A gRPC request
+//! (at debug), not shown to whoever sent the request, unless
+//! `server.verbose_errors` is on (for debugging), when the text is the
+//! whole error with its chain. A gRPC request
 //! (`content-type: application/grpc…`) gets what a gRPC client can read: a
 //! Trailers-Only response, `200` with `grpc-status` and a `grpc-message`
 //! naming the reason in its head and no body, because a gRPC client turns
@@ -78,9 +80,14 @@ pub(crate) fn own(
     rsp
 }
 
-/// A typed error as an answer naming the reason, with the error's whole
-/// chain as its text.
-pub(crate) fn error_response(dialect: Dialect, service: &str, e: &Error) -> Response<ProxyBody> {
+/// A typed error as an answer naming the reason; its text is the reason
+/// in words, or, when `verbose`, the error's whole chain.
+pub(crate) fn error_response(
+    dialect: Dialect,
+    service: &str,
+    e: &Error,
+    verbose: bool,
+) -> Response<ProxyBody> {
     let (status, code, reason) = match e {
         Error::NoEndpoints { .. } => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -116,7 +123,8 @@ pub(crate) fn error_response(dialect: Dialect, service: &str, e: &Error) -> Resp
         ),
     };
     // The whole chain (endpoint addresses, the inner client's errors) is
-    // for the log; the client is told palisade's own reason.
+    // for the log; the client is told palisade's own reason, or the chain
+    // with `server.verbose_errors`.
     let mut chain = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
@@ -128,6 +136,7 @@ pub(crate) fn error_response(dialect: Dialect, service: &str, e: &Error) -> Resp
     }
     tracing::debug!(service, error = %chain, "answering with an error");
     let told = match e {
+        _ if verbose => chain,
         Error::Inner { .. } => format!("service {service:?}: the upstream request failed"),
         Error::Caller { .. } => {
             format!("service {service:?}: the request body broke off or was malformed")
@@ -200,7 +209,7 @@ mod tests {
             service: "users".into(),
             elapsed: Duration::from_secs(1),
         };
-        let rsp = error_response(Dialect::Grpc, "users", &e);
+        let rsp = error_response(Dialect::Grpc, "users", &e, false);
         assert_eq!(rsp.status(), StatusCode::OK);
         assert_eq!(rsp.headers()["content-type"], "application/grpc");
         assert_eq!(rsp.headers()[GRPC_STATUS], "4");
@@ -209,9 +218,48 @@ mod tests {
         assert!(message.contains("users"), "{message}");
         assert!(matches!(rsp.body(), Either::Right(b) if b.size_hint().exact() == Some(0)));
 
-        let http = error_response(Dialect::Http, "users", &e);
+        let http = error_response(Dialect::Http, "users", &e, false);
         assert_eq!(http.status(), StatusCode::GATEWAY_TIMEOUT);
         assert!(!http.headers().contains_key(GRPC_STATUS));
+    }
+
+    #[tokio::test]
+    async fn verbose_errors_show_the_whole_chain_and_only_then() {
+        use http_body_util::BodyExt;
+        let e = || Error::Inner {
+            service: "users".into(),
+            endpoint: None,
+            source: Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "connect to 10.0.0.7:8080: connection refused",
+            )),
+            retry_stop: None,
+        };
+        let text = async |dialect, verbose| {
+            let rsp = error_response(dialect, "users", &e(), verbose);
+            assert_eq!(rsp.headers()[ERROR_HEADER], "upstream-error");
+            match rsp.headers().get(GRPC_MESSAGE) {
+                Some(message) => message.to_str().unwrap().to_owned(),
+                None => {
+                    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+                    String::from_utf8(body.to_vec()).unwrap()
+                }
+            }
+        };
+        for dialect in [Dialect::Http, Dialect::Grpc] {
+            let terse = text(dialect, false).await;
+            assert!(terse.contains("service \"users\""), "{terse}");
+            assert!(!terse.contains("10.0.0.7"), "{dialect:?}: {terse}");
+            let verbose = text(dialect, true).await;
+            assert!(
+                verbose.starts_with("service \"users\": request"),
+                "{verbose}"
+            );
+            assert!(
+                verbose.contains("connect to 10.0.0.7:8080: connection refused"),
+                "{dialect:?}: {verbose}"
+            );
+        }
     }
 
     #[test]

@@ -187,6 +187,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_admin_address_open_to_all_is_a_warning_naming_the_field() {
+        let text = "[admin]\naddress = \"0.0.0.0:9990\"\n\
+                    [[services]]\nname = \"app\"\nendpoints = [\"127.0.0.1:1\"]\n\
+                    [[routes]]\nservice = \"app\"\n";
+        let report = check_str("proxy.toml", text);
+        assert_eq!(report.exit_code(), 0, "{report}");
+        let text = report.to_string();
+        assert!(
+            text.starts_with(
+                "proxy.toml:2: warning: admin.address: 0.0.0.0 is not a loopback address: anyone who can reach it"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn examples_check_clean() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
         for name in ["palisade.toml", "minimal.toml"] {

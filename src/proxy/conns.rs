@@ -9,7 +9,9 @@
 //!   of 128 (each client connection may need an upstream one too), at
 //!   least 64. A connection over the cap is closed at once and counted in
 //!   `palisade_proxy_connections_refused_total`; the open ones are
-//!   `palisade_proxy_connections`.
+//!   `palisade_proxy_connections`. The admin listener's connections are
+//!   counted apart (`palisade_proxy_admin_connections`), capped at
+//!   `max_connections` but never more than 64, which the reserve covers.
 //! - An accept error (out of descriptors, say) backs off, from 10 ms up to
 //!   1 s while the errors go on, and is logged at most once a second, with
 //!   the number of errors since the last line.
@@ -22,6 +24,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
+
+use super::listen::Side;
 
 /// Descriptors kept back from the connection cap for everything else:
 /// listeners, config and discovery files, DNS, logs.
@@ -101,17 +105,28 @@ impl Drop for Admitted {
 }
 
 impl Connections {
-    /// Counts into `registry` (the proxy's).
-    pub(crate) fn register(registry: &mut Registry) -> Connections {
+    /// Counts one listener's connections into `registry` (the proxy's):
+    /// `palisade_proxy_connections` and `…_refused_total` for the proxy's
+    /// listeners, `palisade_proxy_admin_connections` and `…_refused_total`
+    /// for the admin listener.
+    pub(crate) fn register(registry: &mut Registry, side: Side) -> Connections {
         let open_gauge = Gauge::<i64, AtomicI64>::default();
         let refused = Counter::default();
+        let (name, open_help, refused_help) = match side {
+            Side::Proxy => (
+                "connections",
+                "Client connections open",
+                "Client connections closed at once: server.max_connections were open",
+            ),
+            Side::Admin => (
+                "admin_connections",
+                "Admin connections open",
+                "Admin connections closed at once: server.max_connections (at most 64) were open",
+            ),
+        };
         let r = registry.sub_registry_with_prefix("palisade_proxy");
-        r.register("connections", "Client connections open", open_gauge.clone());
-        r.register(
-            "connections_refused",
-            "Client connections closed at once: server.max_connections were open",
-            refused.clone(),
-        );
+        r.register(name, open_help, open_gauge.clone());
+        r.register(format!("{name}_refused"), refused_help, refused.clone());
         Connections {
             open: Arc::new(AtomicUsize::new(0)),
             open_gauge,
@@ -217,7 +232,7 @@ mod tests {
     #[test]
     fn the_cap_refuses_and_counts_and_a_closed_connection_frees_its_place() {
         let mut registry = Registry::default();
-        let c = Connections::register(&mut registry);
+        let c = Connections::register(&mut registry, Side::Proxy);
         let first = c.admit(2).unwrap();
         let _second = c.admit(2).unwrap();
         assert!(c.admit(2).is_none());

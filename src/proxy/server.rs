@@ -8,20 +8,16 @@
 //! header handling, error statuses, admin endpoints and reload.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -31,9 +27,10 @@ pub(crate) use super::admin::*;
 use super::answer::{Dialect, error_response, own};
 use super::config::{Config, ConfigError};
 use super::conns::{
-    AcceptErrors, Connections as ClientConnections, default_max_connections, raise_descriptor_limit,
+    Connections as ClientConnections, default_max_connections, raise_descriptor_limit,
 };
 use super::inbound::{Refusal, host_of, prepare, strip_hop_by_hop};
+use super::listen::{Side, serve};
 pub(crate) use super::reload::*;
 use super::routes::CompiledRoute;
 pub(crate) use super::upstream::*;
@@ -125,6 +122,8 @@ pub(crate) struct State {
     pub(crate) draining: AtomicBool,
     /// The client connections open, and those refused over the cap.
     pub(crate) connections: ClientConnections,
+    /// The same for the admin listener, counted apart.
+    pub(crate) admin_connections: ClientConnections,
     /// `server.max_connections` when the config leaves it out: from the
     /// descriptor limit, raised at startup.
     pub(crate) default_max_connections: usize,
@@ -136,7 +135,8 @@ impl State {
     pub(crate) async fn new(path: PathBuf, config: Config) -> Result<State, StartError> {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
-        let connections = ClientConnections::register(&mut registry);
+        let connections = ClientConnections::register(&mut registry, Side::Proxy);
+        let admin_connections = ClientConnections::register(&mut registry, Side::Admin);
         let default_max_connections = default_max_connections(raise_descriptor_limit());
         let http = Upstreams {
             http1: hyper_client(),
@@ -151,6 +151,7 @@ impl State {
             path,
             draining: AtomicBool::new(false),
             connections,
+            admin_connections,
             default_max_connections,
         })
     }
@@ -206,23 +207,33 @@ pub async fn run(
         .local_addr()
         .map_err(|e| StartError::Bind(config.admin.address, e))?;
 
-    // The listeners and the watcher stop when shutdown begins; the admin
-    // server only once the drain is over, so that `/ready` can say 503
-    // meanwhile.
+    // The listeners and the watcher stop when shutdown begins, and every
+    // connection is asked to finish; the admin server only once the drain
+    // is over, so that `/ready` can say 503 meanwhile.
     let (stop_tx, stop_rx) = watch::channel(false);
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-    let graceful = Arc::new(GracefulShutdown::new());
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
+        let handler = {
+            let state = state.clone();
+            move |req, remote| {
+                let state = state.clone();
+                async move { handle(&state, req, remote).await }
+            }
+        };
         tasks.spawn(serve(
             listener,
             state.clone(),
+            Side::Proxy,
             stop_rx.clone(),
-            graceful.clone(),
+            handler,
         ));
     }
     let admin_task = tokio::spawn(admin_server(admin, state.clone(), admin_stop_rx));
     tasks.spawn(watch_config(state.clone(), stop_rx.clone()));
+    // From here on only the connections hold receivers: the sender's
+    // `closed()` is every connection drained.
+    drop(stop_rx);
     ready(&bound, admin_addr);
     tracing::info!(listeners = ?bound, admin = %admin_addr, "palisade proxy serving");
 
@@ -232,214 +243,12 @@ pub async fn run(
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
     let grace = state.routing.load().config.server.grace_period;
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_default();
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, stop_tx.closed()).await.is_err() {
         tracing::warn!(?grace, "grace period over with requests still in flight");
     }
     let _ = admin_stop_tx.send(true);
     let _ = admin_task.await;
     Ok(())
-}
-
-/// Accepts connections on `listener` until told to stop; each connection is
-/// watched by `graceful` so that shutdown can drain it.
-///
-/// A connection gets the running config's `server.max_header_bytes`,
-/// `max_headers` and `header_read_timeout`: a reload that changes them
-/// applies to the connections accepted after it.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    state: Arc<State>,
-    mut stop: watch::Receiver<bool>,
-    graceful: Arc<GracefulShutdown>,
-) {
-    let mut current: Option<Arc<Connections>> = None;
-    let mut errors = AcceptErrors::default();
-    while let Some((stream, remote)) = accept(&listener, &mut stop, &mut errors).await {
-        let (limits, max_connections) = {
-            let routing = state.routing.load();
-            let server = &routing.config.server;
-            let max = server
-                .max_connections
-                .unwrap_or(state.default_max_connections);
-            let limits = ConnectionLimits {
-                max_header_bytes: server.max_header_bytes,
-                max_headers: server.max_headers,
-                header_read_timeout: server.header_read_timeout,
-            };
-            (limits, max)
-        };
-        // Over the cap: closed at once (and counted), before it costs more.
-        let Some(admitted) = state.connections.admit(max_connections) else {
-            tracing::debug!(%remote, max_connections, "connection refused: server.max_connections are open");
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let builders = match &current {
-            Some(c) if c.limits == limits => c.clone(),
-            _ => {
-                let c = Arc::new(Connections::new(limits));
-                current = Some(c.clone());
-                c
-            }
-        };
-        let state = state.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _admitted = admitted;
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req, remote).await) }
-            });
-            let read_timeout = builders.limits.header_read_timeout;
-            let (h2, stream) = match tokio::time::timeout(read_timeout, sniff(stream)).await {
-                Ok(Ok(sniffed)) => sniffed,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, %remote, "connection ended before its first request");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%remote, "connection sent no request in time");
-                    return;
-                }
-            };
-            let result = if h2 {
-                watcher
-                    .watch(builders.http2.serve_connection(stream, service))
-                    .await
-            } else {
-                watcher
-                    .watch(builders.http1.serve_connection(stream, service))
-                    .await
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, %remote, "connection ended with an error");
-            }
-        });
-    }
-}
-
-/// The smallest `server.max_header_bytes` a config may ask for.
-pub(crate) const MIN_MAX_HEADER_BYTES: usize = 1024;
-
-/// The most `server.max_headers` a config may ask for (hyper then keeps
-/// the header slots on the heap, per request).
-pub(crate) const MAX_MAX_HEADERS: usize = 10_000;
-
-/// How often an idle h2c connection is pinged, and how long the answer
-/// may take before the connection is closed as dead.
-const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
-
-/// The client preface that starts every h2c connection (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// A connection's bytes: the ones read to tell the protocol, then the rest.
-type Sniffed = TokioIo<
-    tokio::io::Join<
-        tokio::io::Chain<std::io::Cursor<Vec<u8>>, tokio::net::tcp::OwnedReadHalf>,
-        tokio::net::tcp::OwnedWriteHalf,
-    >,
->;
-
-/// Reads just enough of a new connection to tell the h2c preface from an
-/// HTTP/1 request line (at most the preface's 24 bytes; one byte settles
-/// most HTTP/1 requests), and hands back the connection with those bytes
-/// in front.
-async fn sniff(mut stream: tokio::net::TcpStream) -> std::io::Result<(bool, Sniffed)> {
-    use tokio::io::AsyncReadExt;
-    let mut seen = Vec::with_capacity(H2_PREFACE.len());
-    let mut chunk = [0u8; 24];
-    let h2 = loop {
-        let n = stream
-            .read(&mut chunk[..H2_PREFACE.len() - seen.len()])
-            .await?;
-        seen.extend_from_slice(&chunk[..n]);
-        if n == 0 || !H2_PREFACE.starts_with(&seen) {
-            break false;
-        }
-        if seen.len() == H2_PREFACE.len() {
-            break true;
-        }
-    };
-    let (read, write) = stream.into_split();
-    let io = tokio::io::join(std::io::Cursor::new(seen).chain(read), write);
-    Ok((h2, TokioIo::new(io)))
-}
-
-/// The `server` settings a connection is served with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ConnectionLimits {
-    pub(crate) max_header_bytes: usize,
-    pub(crate) max_headers: usize,
-    pub(crate) header_read_timeout: Duration,
-}
-
-/// How the listeners serve a connection, HTTP/1.1 or h2c, with request
-/// heads limited to `max_header_bytes`, exactly: on HTTP/1.1 the request
-/// line and headers (hyper's `max_header_size`), on h2c the header list as
-/// HTTP/2 counts it (`h2` refuses a list whose size reaches its setting, so
-/// the setting is one more than the largest list accepted).
-pub(crate) struct Connections {
-    limits: ConnectionLimits,
-    http1: hyper::server::conn::http1::Builder,
-    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
-}
-
-impl Connections {
-    pub(crate) fn new(limits: ConnectionLimits) -> Connections {
-        let ConnectionLimits {
-            max_header_bytes,
-            max_headers,
-            header_read_timeout,
-        } = limits;
-        let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1
-            .max_header_size(max_header_bytes)
-            .max_headers(max_headers)
-            .header_read_timeout(header_read_timeout)
-            .timer(hyper_util::rt::TokioTimer::new());
-        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        let list = u32::try_from(max_header_bytes.saturating_add(1)).unwrap_or(u32::MAX);
-        http2
-            .max_header_list_size(list)
-            .keep_alive_interval(H2_KEEP_ALIVE)
-            .keep_alive_timeout(H2_KEEP_ALIVE)
-            .timer(hyper_util::rt::TokioTimer::new());
-        Connections {
-            limits,
-            http1,
-            http2,
-        }
-    }
-}
-
-/// The next connection, or `None` once told to stop. Accept errors (out of
-/// file descriptors and the like) pause accepting, longer while they go
-/// on, and are logged at most once a second (see `conns`).
-pub(crate) async fn accept(
-    listener: &TcpListener,
-    stop: &mut watch::Receiver<bool>,
-    errors: &mut AcceptErrors,
-) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return None,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => {
-                    errors.succeeded();
-                    return Some(accepted);
-                }
-                Err(e) => {
-                    let pause = errors.failed(&e);
-                    tokio::time::sleep(pause).await;
-                }
-            },
-        }
-    }
 }
 
 /// Routes and forwards one request.
@@ -516,13 +325,14 @@ pub(crate) async fn handle(
             let _ = strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Either::Left(body))
         }
-        Err(e) => error_response(dialect, service, &e),
+        Err(e) => error_response(dialect, service, &e, routing.config.server.verbose_errors),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn every_source_feeds_a_client_and_says_where_endpoints_come_from() {

@@ -16,6 +16,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::{ID_HEADER, Outcome, Sender, read_body};
@@ -45,6 +47,15 @@ pub fn config_text(body: &str) -> String {
     format!(
         "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n\
          [server]\nwatch_interval = \"100ms\"\ngrace_period = \"5s\"\nmax_header_bytes = 8192\n\n{body}"
+    )
+}
+
+/// [`config_text`]`(body)` with the lines `extra` added to its `[server]`
+/// table.
+pub fn config_with_server(body: &str, extra: &str) -> String {
+    config_text(body).replace(
+        "max_header_bytes = 8192",
+        &format!("max_header_bytes = 8192\n{extra}"),
     )
 }
 
@@ -302,4 +313,49 @@ pub async fn metric(client: &Plain, proxy: &Proxy, series: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u64)
+}
+
+/// Sends raw bytes and returns the status code of the response.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> u16 {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    status_of(&mut stream).await
+}
+
+/// The status of the next response head on `stream`.
+pub async fn status_of(stream: &mut TcpStream) -> u16 {
+    let mut buf = vec![0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{head:?}"))
+}
+
+/// A request head of exactly `len` bytes: request line, `Host`, a padding
+/// header, the blank line.
+pub fn head(len: usize) -> Vec<u8> {
+    let start = "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: ";
+    let pad = len - start.len() - "\r\n\r\n".len();
+    format!("{start}{}\r\n\r\n", "a".repeat(pad)).into_bytes()
+}
+
+/// Whether the proxy closes `stream` within 5 s (it reads to its end).
+pub async fn closed(mut stream: TcpStream) -> bool {
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+        .await
+        .is_ok()
+}
+
+/// Asserts that a new connection to `addr` sending `request` is closed
+/// without a byte of answer (within 5 s): refused over a connection cap.
+pub async fn refused_at_once(addr: SocketAddr, request: &[u8]) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was held open, not refused");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
 }

@@ -12,6 +12,17 @@ pub(crate) fn covers(a: &Match, b: &Match) -> bool {
 pub(crate) fn lint(c: &Config, r: &mut Report<'_>) {
     let root = FieldPath::root();
 
+    // The admin server answers anyone who reaches it.
+    let admin = c.admin.address.ip();
+    if !admin.to_canonical().is_loopback() {
+        r.add(
+            &root.at("admin.address"),
+            format!(
+                "{admin} is not a loopback address: anyone who can reach it can read /config (routes and services), /snapshot (every endpoint and its health) and /metrics; bind 127.0.0.1 or ::1 unless a firewall or network policy keeps others out"
+            ),
+        );
+    }
+
     // Routes that can never match: an earlier route takes all their requests.
     let mut live = vec![true; c.routes.len()];
     for (j, route) in c.routes.iter().enumerate() {

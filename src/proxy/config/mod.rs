@@ -175,6 +175,17 @@ pub struct Server {
     /// idle). Greater than 0. Default 30 s.
     #[serde(default = "default_header_read_timeout", with = "duration")]
     pub header_read_timeout: Duration,
+    /// How long an h2c connection may have no open stream before it is
+    /// closed gracefully (GOAWAY); a stream is open from its request to
+    /// the end of its response body. Greater than 0. Default 5 min.
+    #[serde(default = "default_idle_timeout", with = "duration")]
+    pub idle_timeout: Duration,
+    /// Whether the proxy's error answers carry the whole error, with the
+    /// inner client's chain and the endpoint's address, instead of the
+    /// reason alone: for debugging, never for clients one does not trust.
+    /// Default false.
+    #[serde(default)]
+    pub verbose_errors: bool,
     /// How often the config file is checked for changes; greater than 0.
     /// Default 2 s.
     #[serde(default = "default_watch_interval", with = "duration")]
@@ -189,6 +200,9 @@ fn default_max_header_bytes() -> usize {
 }
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(5 * 60)
 }
 fn default_max_headers() -> usize {
     100
@@ -205,6 +219,8 @@ impl Default for Server {
             max_headers: default_max_headers(),
             max_connections: None,
             header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            verbose_errors: false,
             watch_interval: default_watch_interval(),
         }
     }
@@ -450,7 +466,8 @@ impl Config {
         }
     }
 
-    /// Policies that are valid but cannot work as written: per-try timeouts
+    /// Policies that are valid but cannot work as written, or expose more
+    /// than meant: an admin address that is not loopback, per-try timeouts
     /// that do not fit in the deadline, budgets above 1, retries where no
     /// route sends an idempotent method, backoff as long as the deadline,
     /// default deadlines above `max_timeout`, routes that can never match,

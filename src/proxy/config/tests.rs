@@ -2061,3 +2061,31 @@ proptest! {
         exercise(&text);
     }
 }
+
+#[test]
+fn server_idle_timeout_defaults_to_5_minutes_and_must_be_positive() {
+    let config = Config::from_toml(&format!("{TWO}{ROUTE}")).unwrap();
+    assert_eq!(config.server.idle_timeout, Duration::from_secs(300));
+    let p = errors(&format!("[server]\nidle_timeout = \"0s\"\n{TWO}{ROUTE}"));
+    assert_has(&p, "server.idle_timeout", Some(2), "must be greater than 0");
+    assert_eq!(p.len(), 1, "{p:#?}");
+}
+
+#[test]
+fn lint_an_admin_address_that_is_not_loopback() {
+    for address in ["0.0.0.0:9990", "[::]:9990", "10.1.2.3:9990"] {
+        let p = lints(&format!("[admin]\naddress = \"{address}\"\n{TWO}{ROUTE}"));
+        assert_has(&p, "admin.address", Some(2), "is not a loopback address");
+        assert_has(&p, "admin.address", Some(2), "/config");
+        assert_eq!(p.len(), 1, "{address}: {p:#?}");
+    }
+    for address in [
+        "127.0.0.1:9990",
+        "127.0.0.2:0",
+        "[::1]:9990",
+        "[::ffff:127.0.0.1]:9990",
+    ] {
+        let p = lints(&format!("[admin]\naddress = \"{address}\"\n{TWO}{ROUTE}"));
+        assert_eq!(p, vec![], "{address}");
+    }
+}

@@ -1,7 +1,7 @@
 //! Validation: every problem in a config, each at its field and line.
 
 use super::*;
-use crate::proxy::server::{MAX_MAX_HEADERS, MIN_MAX_HEADER_BYTES};
+use crate::proxy::listen::{MAX_MAX_HEADERS, MIN_MAX_HEADER_BYTES};
 
 // ---------------------------------------------------------------------------
 // Validation and lints.
@@ -224,6 +224,9 @@ pub(crate) fn validate(c: &Config, r: &mut Report<'_>) {
             &root.at("server.header_read_timeout"),
             "must be greater than 0",
         );
+    }
+    if c.server.idle_timeout.is_zero() {
+        r.add(&root.at("server.idle_timeout"), "must be greater than 0");
     }
     if c.server.max_connections == Some(0) {
         r.add(&root.at("server.max_connections"), "must be at least 1");

@@ -135,7 +135,16 @@ fn main() {
             runs[7].push(measure(timed, false).await);
         }
     });
-    let [bare, watched, listened, head, end, p_bare, p_watched, p_timed] = runs.map(median);
+    let [
+        bare,
+        watched,
+        listened,
+        head,
+        end,
+        p_bare,
+        p_watched,
+        p_timed,
+    ] = runs.map(median);
     println!(
         "end-of-stream cost, {REQUESTS} requests × {reps} interleaved reps, medians, 1 thread, no tracing subscriber"
     );

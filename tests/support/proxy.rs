@@ -359,3 +359,21 @@ pub async fn refused_at_once(addr: SocketAddr, request: &[u8]) {
     assert!(read.is_ok(), "the connection was held open, not refused");
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
 }
+
+/// Serves every connection to a fresh port of 127.0.0.1 with `handle`, each
+/// on its own task: the test backends below that hyper's server cannot
+/// play.
+pub async fn serve_raw<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(handle(stream));
+        }
+    });
+    addr
+}

@@ -1,6 +1,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
 use pin_project::{pin_project, pinned_drop};
@@ -10,6 +11,7 @@ use tower::Service;
 use super::{Hints, InFlight, Shared, Tried, wait_for_endpoints};
 use crate::classify::{Class, Classify, ResponseEos, Retry};
 use crate::error::{BoxError, Error, Limit};
+use crate::facts::Deadline;
 
 /// The response future of [`Balance`](super::Balance).
 ///
@@ -19,12 +21,15 @@ use crate::error::{BoxError, Error, Limit};
 ///
 /// Dropped while its call is in flight, it tells the endpoint what it
 /// learned: cut off by the retry layer's per-try timeout (marked in the
-/// request's [`Tried`](super::Tried)), the call is a failure of the
-/// endpoint, as if it had failed then; cancelled for any other reason (a
-/// hedge won, the deadline fired, the caller went away), it took at least
-/// as long as it ran, and the endpoint's latency estimate rises to that if
-/// it was lower. Either way an endpoint whose calls are always cut short
-/// cannot look fast.
+/// request's [`Tried`](super::Tried)) or by the request's deadline (it is
+/// dropped at or after the [`Deadline`] in the request), the call is a
+/// failure of the endpoint, as if it had failed then, and is counted in
+/// [`EndpointStats::timeouts`](super::EndpointStats::timeouts);
+/// cancelled for any other reason (a hedge won, the caller went away),
+/// it took at least as long as it ran, and the endpoint's latency
+/// estimate rises to that if it was lower. Either way an endpoint whose
+/// calls are always cut short cannot look fast, and one that never
+/// answers is ejected with the defaults.
 #[pin_project(PinnedDrop)]
 #[must_use = "futures do nothing unless polled"]
 pub struct ResponseFuture<S, C, Req>
@@ -62,6 +67,9 @@ where
         /// The request's `Tried`, to learn on drop whether the retry layer
         /// cut the call off with its per-try timeout.
         tried: Option<Tried>,
+        /// The request's deadline, to learn on drop whether it was the
+        /// deadline that cut the call off.
+        deadline: Option<Deadline>,
     },
     Failed {
         error: Option<Error>,
@@ -80,14 +88,19 @@ where
             in_flight: Some(in_flight),
             start,
             tried,
+            deadline,
             ..
         } = this.state.project()
         {
             let now = Instant::now();
             let elapsed = now.saturating_duration_since(*start);
-            if tried.as_ref().is_some_and(Tried::timed_out) {
-                // Cut off by the per-try timeout: a failure of this
-                // endpoint, so that one that never answers gets ejected.
+            let cut = tried.as_ref().is_some_and(Tried::timed_out)
+                || deadline.is_some_and(|d| now >= d.instant());
+            if cut {
+                // Cut off by the per-try timeout or the deadline while it
+                // waited on this endpoint: a failure of the endpoint, so
+                // that one that never answers gets ejected.
+                in_flight.slot.load.timeouts.fetch_add(1, Ordering::Relaxed);
                 let class = Class::failure(Retry::IfIdempotent);
                 this.shared.record(in_flight, class, elapsed, now);
             } else {
@@ -225,6 +238,7 @@ where
                     let req = req.take().expect("polled after completion");
                     let in_flight = in_flight.take().expect("polled after completion");
                     let tried = req.tried().cloned();
+                    let deadline = req.deadline();
                     let start = Instant::now();
                     let future = service.call(req);
                     this.state.set(State::Calling {
@@ -232,6 +246,7 @@ where
                         in_flight: Some(in_flight),
                         start,
                         tried,
+                        deadline,
                     });
                 }
                 StateProj::Calling {

@@ -195,6 +195,9 @@ pub(crate) struct Load {
     pub(crate) failed_at: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) failures: AtomicU64,
+    /// Of the failures, the calls cut off while they waited on the
+    /// endpoint: by the per-try timeout or the deadline.
+    pub(crate) timeouts: AtomicU64,
     pub(crate) health: Health,
     /// The most requests outstanding at once
     /// ([`endpoint_max_in_flight`](super::BalanceSettings::endpoint_max_in_flight)).
@@ -259,6 +262,7 @@ impl Load {
             failed_at: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
         }
     }
 

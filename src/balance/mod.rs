@@ -63,7 +63,8 @@
 //! count lasts until then, so a long stream counts as load. A response
 //! that is not watched is judged by its head. A failure (5xx, a gRPC
 //! failure status, a transport or body error, 429 with the default
-//! classifier) enters the latency estimate at the latency it really had,
+//! classifier, a call cut off by the per-try timeout or the deadline while
+//! it waited) enters the latency estimate at the latency it really had,
 //! and also raises the endpoint's
 //! *penalty* to [`failure_penalty`](BalanceSettings::failure_penalty) (1 s).
 //! The penalty is added to the latency in the cost and fades with its own
@@ -279,6 +280,10 @@ pub struct EndpointStats {
     pub requests: u64,
     /// Of those, how many were classified as failures.
     pub failures: u64,
+    /// Of the failures, how many were calls cut off while they waited on
+    /// the endpoint, by the per-try timeout or the deadline: a hung
+    /// endpoint's signature.
+    pub timeouts: u64,
     /// How much longer it is marked busy by `Retry-After`, if it is.
     #[cfg_attr(
         feature = "serde",
@@ -475,6 +480,7 @@ impl<S, C> Balance<S, C> {
                     in_flight: load.in_flight(),
                     requests: load.requests.load(Ordering::Relaxed),
                     failures: load.failures.load(Ordering::Relaxed),
+                    timeouts: load.timeouts.load(Ordering::Relaxed),
                     busy_for: (busy_until > now_ns)
                         .then(|| Duration::from_nanos(busy_until - now_ns)),
                     state: load.health.state(now_ns),
@@ -748,6 +754,8 @@ pub(crate) use verdict::InFlight;
 
 #[cfg(test)]
 mod cap_tests;
+#[cfg(test)]
+mod cut_tests;
 #[cfg(test)]
 mod eos_tests;
 #[cfg(test)]

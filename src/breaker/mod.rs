@@ -30,7 +30,11 @@
 //!   nothing and frees its slot for the next request.
 //!
 //! A request admitted while closed whose outcome arrives after the breaker
-//! has moved on is not counted, and a cancelled request counts as nothing.
+//! has moved on is not counted, and a cancelled request counts as nothing,
+//! except one cut off by its deadline (its response future dropped once the
+//! request's [`Deadline`](crate::deadline::Deadline) has passed): the
+//! service kept it waiting too long, which is how a hung service looks, so
+//! that is a failure (a probe's too).
 //! Transitions are logged with `tracing` at `info` (open, close, reopen),
 //! naming the service, the error rate and the volume. A breaker whose
 //! settings say [`enabled = false`](BreakerSettings::enabled) counts nothing
@@ -106,6 +110,7 @@ use tower::{Layer, Service};
 
 use crate::classify::{Classify, HttpClassify, ResponseEos};
 use crate::error::{BoxError, Error};
+use crate::facts::Hints;
 use crate::refuse::{Finish, Refusable};
 use crate::settings::{Problems, SettingsError};
 use state::{Core, Permit};
@@ -299,6 +304,7 @@ impl<S, C> Breaker<S, C> {
 
 impl<S, C, Req> Service<Req> for Breaker<S, C>
 where
+    Req: Hints,
     S: Service<Req>,
     S::Response: ResponseEos,
     S::Error: Into<BoxError>,
@@ -316,13 +322,16 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         match self.core.admit() {
-            Ok(permit) => Refusable::running(
-                self.inner.call(req),
-                RecordOutcome {
-                    permit,
-                    classify: self.classify.clone(),
-                },
-            ),
+            Ok(permit) => {
+                let permit = permit.until(req.deadline().map(|d| d.instant()));
+                Refusable::running(
+                    self.inner.call(req),
+                    RecordOutcome {
+                        permit,
+                        classify: self.classify.clone(),
+                    },
+                )
+            }
             Err(retry_in) => Refusable::refused(Error::CircuitOpen {
                 service: self.core.service.clone(),
                 retry_in,
@@ -335,7 +344,9 @@ where
 ///
 /// It holds the request's admission: dropping it before it completes
 /// cancels the request without counting an outcome, and hands a half-open
-/// probe's slot back.
+/// probe's slot back; unless the request's deadline has passed, in which
+/// case the call was cut off waiting on the service, and counts as a
+/// failure.
 pub type ResponseFuture<F, C> = Refusable<F, RecordOutcome<C>>;
 
 /// The [`Finish`] step of [`Breaker`]: records the outcome against the

@@ -68,6 +68,9 @@ pub(super) struct Permit {
     generation: u64,
     probe: bool,
     done: bool,
+    /// The request's deadline: dropped after it, the call was cut off
+    /// waiting on the service, and that is a failure.
+    deadline: Option<Instant>,
 }
 
 impl fmt::Debug for Permit {
@@ -85,8 +88,19 @@ impl Permit {
         &self.core.service
     }
 
+    /// The request's deadline, so that a call the deadline cuts off counts
+    /// as a failure.
+    pub(super) fn until(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
     /// Records the request's outcome.
     pub(super) fn record(mut self, failure: bool) {
+        self.done(failure);
+    }
+
+    fn done(&mut self, failure: bool) {
         self.done = true;
         let now = Instant::now();
         if self.probe {
@@ -99,7 +113,14 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if self.probe && !self.done {
+        if self.done {
+            return;
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            // The deadline cut the call off while it waited: the service
+            // did not answer in time, which a hung endpoint looks like.
+            self.done(true);
+        } else if self.probe {
             self.core.probe_cancelled(self.generation);
         }
     }
@@ -155,6 +176,7 @@ impl Core {
             generation,
             probe,
             done: false,
+            deadline: None,
         }
     }
 

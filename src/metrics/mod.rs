@@ -31,7 +31,7 @@
 //!
 //!   | metric | type | labels |
 //!   |---|---|---|
-//!   | `palisade_endpoint_requests_total`, `_failures_total`, `_ejections_total` | counter | client, endpoint |
+//!   | `palisade_endpoint_requests_total`, `_failures_total`, `_timeouts_total` (of the failures, attempts cut off waiting: per-try timeout or deadline), `_ejections_total` | counter | client, endpoint |
 //!   | `palisade_endpoint_rtt_seconds` (cost estimate), `_latency_seconds`, `_in_flight` | gauge | client, endpoint |
 //!   | `palisade_endpoint_state` (1 for the current one) | gauge | client, endpoint, state (`active`, `ejected`, `probing`) |
 //!   | `palisade_retry_budget_balance` | gauge | client |
@@ -609,7 +609,7 @@ impl Collector for Collector_ {
 
         // Per-endpoint series, at most `max` per client.
         type EndpointValue = fn(&crate::balance::EndpointStats) -> f64;
-        let endpoint_series: [(&str, &str, MetricType, EndpointValue); 6] = [
+        let endpoint_series: [(&str, &str, MetricType, EndpointValue); 7] = [
             (
                 "endpoint_requests",
                 "Attempts sent to the endpoint",
@@ -621,6 +621,12 @@ impl Collector for Collector_ {
                 "Attempts the endpoint failed",
                 MetricType::Counter,
                 |e| e.failures as f64,
+            ),
+            (
+                "endpoint_timeouts",
+                "Of the failures, attempts cut off while they waited on the endpoint (per-try timeout or deadline)",
+                MetricType::Counter,
+                |e| e.timeouts as f64,
             ),
             (
                 "endpoint_ejections",

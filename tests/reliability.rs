@@ -215,6 +215,70 @@ async fn b_blackholed_backend_is_ejected() {
     assert!(end - mid <= 5, "{} attempts on the blackhole", end - mid);
 }
 
+/// The same blackhole with the defaults: no per-try timeout, the 15 s
+/// deadline. Stall detection gives up a GET waiting on the blackhole once
+/// it has answered nothing for a second while the other endpoints answer
+/// requests sent since, and the retry layer sends it elsewhere; the
+/// stalled endpoint is passed over meanwhile, and ejected as its given-up
+/// calls add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_blackholed_backend_with_the_defaults() {
+    let _serial = serial().await;
+    eprintln!("b (defaults): one of 5 backends blackholed; no per-try timeout, 15 s deadline");
+    let fleet = Fleet::spawn(5, fast()).await;
+    let ledger = Ledger::default();
+    let client = client(&fleet, &ledger, |b| b).await;
+    let healthy = baseline(&client, 600, 10).await;
+    let hole = Address::from(fleet.addrs()[2]);
+    let on_hole = |c: &support::TestClient| {
+        c.endpoint_stats()
+            .into_iter()
+            .find(|s| s.address == hole)
+            .map_or(0, |s| s.requests)
+    };
+    let before = on_hole(&client);
+    fleet.faulties[2].set(Fault::Blackhole).await;
+    // Steady load: other traffic goes on while the measured requests run
+    // and after (stall detection judges an endpoint against answers to
+    // requests sent after it should have answered; a load that simply
+    // stops leaves its last stuck request to the deadline).
+    let steady = {
+        let send = via_client(&client);
+        tokio::spawn(async move {
+            for n in 0.. {
+                let _ = send(http::Method::GET, format!("steady-{n}")).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let total = 4000;
+    let run = Load::start(via_client(&client), Plan::new("quiet", total, 16))
+        .finish()
+        .await;
+    steady.abort();
+    eprintln!("  blackhole: {}", run.summary());
+    run.assert_each_answered_once(total);
+    let worst = run.quantile(1.0, |_| true);
+    let stats = client.endpoint_stats();
+    let hole_stats = stats.iter().find(|s| s.address == hole).unwrap();
+    eprintln!(
+        "  success {:.3} %, slowest {:.0} ms; attempts sent to the blackhole: {} \
+         ({} given up as stalled), ejections {}",
+        run.success_rate() * 100.0,
+        ms(worst),
+        hole_stats.requests - before,
+        hole_stats.timeouts,
+        hole_stats.ejections,
+    );
+    assert!(run.success_rate() >= 0.9995, "{}", run.summary());
+    assert!(
+        worst <= Duration::from_secs(2),
+        "slowest request {worst:?}: a GET waited on the blackhole"
+    );
+    assert!(hole_stats.timeouts >= 1, "{hole_stats:?}");
+    let _ = (healthy, ledger);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn c_reset_before_the_head_is_retried_elsewhere() {
     let _serial = serial().await;

@@ -25,7 +25,12 @@ fn get_within(deadline: Deadline) -> Request<Body> {
 async fn calls_cut_off_by_their_deadline_eject_a_hung_endpoint() {
     let fleet = Fleet::default();
     let eps = vec![fleet.set("127.0.0.1:1", Answer::ok(3_600_000))];
-    let b = fleet.balance(Static::new(eps), BalanceSettings::default());
+    // The deadline alone: stall detection would give these up first.
+    let settings = BalanceSettings {
+        stall_detection: false,
+        ..BalanceSettings::default()
+    };
+    let b = fleet.balance(Static::new(eps), settings);
     settle_until(&b, |b| b.len() == 1).await;
     let stats = |b: &Balance<_, _>| b.endpoint_stats().remove(0);
 
@@ -56,4 +61,138 @@ async fn calls_cut_off_by_their_deadline_eject_a_hung_endpoint() {
         "{:?}",
         stats(&b).state
     );
+}
+
+fn request(method: http::Method) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri("http://test/")
+        .body(Body::new())
+        .unwrap()
+}
+
+fn stats_of<S, C>(b: &Balance<S, C>, addr: &str) -> EndpointStats {
+    b.endpoint_stats()
+        .into_iter()
+        .find(|s| s.address.to_string() == addr)
+        .unwrap()
+}
+
+/// With the defaults, a GET waiting on an endpoint that answers nothing,
+/// while another endpoint answers requests sent after the first should
+/// have answered, is given up soon after the stall floor (1 s), as the
+/// endpoint's failure, with an error the retry layer may send elsewhere.
+#[tokio::test(start_paused = true)]
+async fn a_get_on_a_hung_endpoint_is_given_up_after_the_stall_floor() {
+    let fleet = Fleet::default();
+    let (handle, discover) = crate::discover::dynamic();
+    handle.insert(fleet.set("127.0.0.1:1", Answer::ok(3_600_000)));
+    let b = fleet.balance::<Body, _>(discover, BalanceSettings::default());
+    settle_until(&b, |b| b.len() == 1).await;
+    let start = tokio::time::Instant::now();
+    let stuck = tokio::spawn(b.clone().oneshot(request(http::Method::GET)));
+    handle.insert(fleet.set("127.0.0.1:2", Answer::ok(10)));
+    settle_until(&b, |b| b.len() == 2).await;
+    // Other traffic, answered by the healthy endpoint, until the stuck
+    // GET is given up.
+    let traffic = async {
+        loop {
+            let _ = b.clone().oneshot(request(http::Method::GET)).await;
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    };
+    let err = tokio::select! {
+        result = stuck => result.unwrap().unwrap_err(),
+        () = traffic => unreachable!(),
+    };
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited <= Duration::from_millis(1200),
+        "given up {waited:?} after it was sent"
+    );
+    let stalled = std::error::Error::source(&err)
+        .and_then(|e| e.downcast_ref::<Stalled>())
+        .unwrap_or_else(|| panic!("a Stalled error: {err}"));
+    assert!(stalled.silent() >= Duration::from_secs(1));
+    let s = stats_of(&b, "127.0.0.1:1");
+    assert_eq!((s.failures, s.timeouts, s.in_flight), (1, 1, 0));
+    assert_eq!(
+        crate::classify::classify_transport_error(&err).retry(),
+        crate::classify::Retry::IfIdempotent
+    );
+}
+
+/// An endpoint alone, or a fleet that goes silent as a whole (everything
+/// slowed down at once), is not judged stalled: nothing shows that it
+/// should have answered. Its GETs wait for their answers.
+#[tokio::test(start_paused = true)]
+async fn a_fleet_silent_as_a_whole_is_not_stalled() {
+    let fleet = Fleet::default();
+    let eps = vec![
+        fleet.set("127.0.0.1:1", Answer::ok(5_000)),
+        fleet.set("127.0.0.1:2", Answer::ok(5_000)),
+    ];
+    let b = fleet.balance(Static::new(eps), BalanceSettings::default());
+    settle_until(&b, |b| b.len() == 2).await;
+    let results =
+        futures::future::join_all((0..10).map(|_| b.clone().oneshot(request(http::Method::GET))))
+            .await;
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert!(b.endpoint_stats().iter().all(|s| s.timeouts == 0));
+}
+
+/// A POST is never given up (it may not be sent twice), but while it
+/// waits on a silent endpoint past the threshold, that endpoint is passed
+/// over: new requests go to the others.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_endpoint_is_passed_over_and_its_post_waits() {
+    let fleet = Fleet::default();
+    let (handle, discover) = crate::discover::dynamic();
+    handle.insert(fleet.set("127.0.0.1:2", Answer::ok(3_600_000)));
+    let b = fleet.balance::<Body, _>(discover, BalanceSettings::default());
+    settle_until(&b, |b| b.len() == 1).await;
+    let waiting = tokio::spawn(b.clone().oneshot(request(http::Method::POST)));
+    // Slower than the hung endpoint looks (its 30 ms seed): only stall
+    // detection keeps requests away from the hung one.
+    handle.insert(fleet.set("127.0.0.1:1", Answer::ok(100)));
+    settle_until(&b, |b| b.len() == 2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = fleet.count("127.0.0.1:2");
+    for _ in 0..20 {
+        let rsp = b.clone().oneshot(request(http::Method::GET)).await.unwrap();
+        assert_eq!(rsp.status(), 200);
+    }
+    assert_eq!(fleet.count("127.0.0.1:2"), before, "stalled: passed over");
+    assert!(
+        !waiting.is_finished(),
+        "the POST still waits for its answer"
+    );
+    assert_eq!(stats_of(&b, "127.0.0.1:2").timeouts, 0);
+}
+
+/// A slow endpoint (20× the others) answers: it is not stalled, and its
+/// requests complete there.
+#[tokio::test(start_paused = true)]
+async fn a_slow_endpoint_is_not_stalled() {
+    let fleet = Fleet::default();
+    let eps = vec![
+        fleet.set("127.0.0.1:1", Answer::ok(10)),
+        fleet.set("127.0.0.1:2", Answer::ok(10)),
+        fleet.set("127.0.0.1:3", Answer::ok(200)),
+    ];
+    let b = fleet.balance(Static::new(eps), BalanceSettings::default());
+    settle_until(&b, |b| b.len() == 3).await;
+    let results = futures::future::join_all((0..300).map(|_| {
+        let b = b.clone();
+        async move {
+            b.oneshot(request(http::Method::GET))
+                .await
+                .map(|r| r.status())
+        }
+    }))
+    .await;
+    assert!(results.iter().all(|r| matches!(r, Ok(s) if *s == 200)));
+    let slow = stats_of(&b, "127.0.0.1:3");
+    assert!(slow.requests > 0, "the slow endpoint got requests");
+    assert_eq!((slow.failures, slow.timeouts), (0, 0));
 }

@@ -101,13 +101,17 @@ fn apply<K, N, S, C>(
             };
             let load = match slots.get(&key) {
                 Some(old) if old.endpoint.address() == endpoint.address() => old.load.clone(),
-                _ => Arc::new(Load::new(
-                    seed_rtt(shared, slots.values()),
-                    Instant::now(),
-                    &shared.ejection,
-                    shared.config.endpoint_max_in_flight,
-                    shared.room.clone(),
-                )),
+                _ => {
+                    let seed = seed_rtt(shared, slots.values());
+                    Arc::new(Load::new(
+                        seed,
+                        Instant::now(),
+                        &shared.ejection,
+                        shared.config.endpoint_max_in_flight,
+                        shared.room.clone(),
+                        Duration::from_nanos(shared.config.stall_after_ns(seed.as_nanos() as f64)),
+                    ))
+                }
             };
             tracing::debug!(service = %shared.name, endpoint = %endpoint.address(), weight = endpoint.weight(), "endpoint added");
             slots.insert(

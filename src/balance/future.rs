@@ -1,14 +1,13 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
 use pin_project::{pin_project, pinned_drop};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tower::Service;
 
-use super::{Hints, InFlight, Shared, Tried, wait_for_endpoints};
+use super::{Hints, InFlight, Shared, Stalled, Tried, wait_for_endpoints};
 use crate::classify::{Class, Classify, ResponseEos, Retry};
 use crate::error::{BoxError, Error, Limit};
 use crate::facts::Deadline;
@@ -70,6 +69,12 @@ where
         /// The request's deadline, to learn on drop whether it was the
         /// deadline that cut the call off.
         deadline: Option<Deadline>,
+        /// Whether the call may be given up when its endpoint stalls.
+        idempotent: bool,
+        /// Fires when the endpoint would be stalled if it has not answered
+        /// anything by then; armed at the call's first pending poll.
+        #[pin]
+        stall: Option<Sleep>,
     },
     Failed {
         error: Option<Error>,
@@ -100,9 +105,7 @@ where
                 // Cut off by the per-try timeout or the deadline while it
                 // waited on this endpoint: a failure of the endpoint, so
                 // that one that never answers gets ejected.
-                in_flight.slot.load.timeouts.fetch_add(1, Ordering::Relaxed);
-                let class = Class::failure(Retry::IfIdempotent);
-                this.shared.record(in_flight, class, elapsed, now);
+                this.shared.record_cut(in_flight, elapsed, now);
             } else {
                 in_flight
                     .slot
@@ -239,6 +242,7 @@ where
                     let in_flight = in_flight.take().expect("polled after completion");
                     let tried = req.tried().cloned();
                     let deadline = req.deadline();
+                    let idempotent = this.shared.config.stall_detection && req.idempotent();
                     let start = Instant::now();
                     let future = service.call(req);
                     this.state.set(State::Calling {
@@ -247,15 +251,42 @@ where
                         start,
                         tried,
                         deadline,
+                        idempotent,
+                        stall: None,
                     });
                 }
                 StateProj::Calling {
                     future,
                     in_flight,
                     start,
+                    idempotent,
+                    mut stall,
                     ..
                 } => {
-                    let result = ready!(future.poll(cx));
+                    let result = match future.poll(cx) {
+                        Poll::Ready(result) => result,
+                        Poll::Pending if !*idempotent => return Poll::Pending,
+                        Poll::Pending => {
+                            let load = &in_flight.as_ref().expect("in flight").slot.load;
+                            let Some(silent) = this.shared.watch_stall(load, stall.as_mut(), cx)
+                            else {
+                                return Poll::Pending;
+                            };
+                            // Given up: the endpoint's failure, and an error
+                            // the retry layer may send elsewhere.
+                            let mut in_flight = in_flight.take().expect("in flight");
+                            let now = Instant::now();
+                            let latency = now.saturating_duration_since(*start);
+                            this.shared.record_cut(&mut in_flight, latency, now);
+                            let class = Class::failure(Retry::IfIdempotent);
+                            let endpoint = in_flight.slot.endpoint.address().clone();
+                            tracing::debug!(service = %this.shared.name, %endpoint, ?silent, "endpoint stalled: giving the call up");
+                            let e = Box::new(Stalled::new(endpoint, silent));
+                            let error = this.shared.error(&in_flight, class, e);
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(error));
+                        }
+                    };
                     let now = Instant::now();
                     let latency = now.saturating_duration_since(*start);
                     let mut in_flight = in_flight.take().expect("polled after completion");

@@ -142,13 +142,14 @@ impl PeakEwma {
 
     /// Records one outcome observed at `now`: what it took, and for a
     /// failure the penalty (`penalty` also sets how fast it fades).
+    /// Returns the latency estimate after it, in nanoseconds.
     pub(crate) fn observe(
         &self,
         latency: Duration,
         failure: Option<Duration>,
         now: Instant,
         tau: Duration,
-    ) {
+    ) -> f64 {
         let mut s = self.lock();
         let w = decay_weight(now.saturating_duration_since(s.stamp), tau);
         let sample = latency.as_nanos() as f64;
@@ -171,6 +172,7 @@ impl PeakEwma {
         if let Some(penalty) = failure {
             s.penalize(penalty, now);
         }
+        s.latency_ns
     }
 
     /// Records a failure at `now`: raises the penalty to at least
@@ -196,8 +198,22 @@ pub(crate) struct Load {
     pub(crate) requests: AtomicU64,
     pub(crate) failures: AtomicU64,
     /// Of the failures, the calls cut off while they waited on the
-    /// endpoint: by the per-try timeout or the deadline.
+    /// endpoint: by the per-try timeout, the deadline, or stall detection.
     pub(crate) timeouts: AtomicU64,
+    /// Nanoseconds since the balancer's epoch after which the endpoint is
+    /// stalled if it still has requests outstanding and has not answered
+    /// any: its last sign of life (a response head, or a request sent when
+    /// it had none outstanding) plus `stall_after_ns`. 0 before its first
+    /// request.
+    pub(crate) alive_until: AtomicU64,
+    /// Nanoseconds since the balancer's epoch at which the latest-sent
+    /// request this endpoint has answered was sent: other endpoints' stall
+    /// judgments compare against it.
+    pub(crate) answered_sent: AtomicU64,
+    /// How long the endpoint may go silent with requests outstanding:
+    /// `max(stall_factor × latency estimate, stall_floor)`, as of its last
+    /// answer.
+    pub(crate) stall_after_ns: AtomicU64,
     pub(crate) health: Health,
     /// The most requests outstanding at once
     /// ([`endpoint_max_in_flight`](super::BalanceSettings::endpoint_max_in_flight)).
@@ -251,10 +267,14 @@ impl Load {
         ejection: &EjectionSettings,
         max_in_flight: usize,
         room: Arc<Room>,
+        stall_after: Duration,
     ) -> Self {
         Load {
             max_in_flight,
             room,
+            alive_until: AtomicU64::new(0),
+            answered_sent: AtomicU64::new(0),
+            stall_after_ns: AtomicU64::new(stall_after.as_nanos() as u64),
             health: Health::new(ejection),
             ewma: PeakEwma::new(seed, now),
             in_flight: AtomicUsize::new(0),
@@ -275,14 +295,38 @@ impl Load {
         self.in_flight.load(Ordering::SeqCst) < self.max_in_flight
     }
 
-    /// Counts one more request outstanding, unless the endpoint is at its
-    /// cap.
-    pub(crate) fn try_enter(&self) -> bool {
-        self.in_flight
+    /// Counts one more request outstanding at `now_ns`, unless the
+    /// endpoint is at its cap. A request sent to an endpoint with none
+    /// outstanding starts its silence clock.
+    pub(crate) fn try_enter(&self, now_ns: u64) -> bool {
+        match self
+            .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < self.max_in_flight).then_some(n + 1)
-            })
-            .is_ok()
+            }) {
+            Ok(0) => {
+                self.heard_at(now_ns);
+                true
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// A sign of life at `now_ns`: the endpoint is not stalled before
+    /// `now_ns + stall_after_ns`.
+    pub(crate) fn heard_at(&self, now_ns: u64) {
+        let until = now_ns.saturating_add(self.stall_after_ns.load(Ordering::Relaxed));
+        self.alive_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// When the endpoint has requests outstanding and has been silent past
+    /// its stall threshold at `now_ns`: the moment it should have answered
+    /// by. Stalled if another endpoint has since answered a request sent
+    /// after that moment (see [`Shared::is_stalled`](super::Shared)).
+    pub(crate) fn silent_past(&self, now_ns: u64) -> Option<u64> {
+        let until = self.alive_until.load(Ordering::Relaxed);
+        (until != 0 && now_ns >= until && self.in_flight() > 0).then_some(until)
     }
 
     /// Counts one request fewer outstanding; a request waiting for a slot
@@ -441,6 +485,7 @@ mod tests {
             &EjectionSettings::default(),
             1,
             Arc::default(),
+            Duration::from_secs(1),
         );
         l.mark_busy(100);
         l.mark_busy(50);

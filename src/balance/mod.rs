@@ -107,6 +107,47 @@
 //! (default 3 s) for one to appear, then fails with
 //! [`Error::NoEndpoints`].
 //!
+//! # Stalled endpoints
+//!
+//! An endpoint that accepts requests and never answers (a hung process, a
+//! full accept queue behind a live listener, a long GC pause) is caught
+//! without a per-try timeout. Each endpoint keeps a silence clock: its
+//! last sign of life (a response head, or a request sent to it when it had
+//! none outstanding) plus a threshold of
+//! `max(stall_factor × its latency estimate, stall_floor)` (8×, at least
+//! 1 s) as of its last answer. It is **stalled** when it has requests
+//! outstanding, the clock has run out, and *another endpoint has answered
+//! a request sent after that moment*: the fleet shows the endpoint should
+//! have answered by then. That last part keeps a fleet that slows down as
+//! a whole (every endpoint silent at once: an overloaded database behind
+//! all of them) from being judged stalled, and an endpoint alone is never
+//! judged (its deadline decides).
+//!
+//! A stalled endpoint is passed over like a quarantined one. Its
+//! idempotent requests (GET, HEAD, OPTIONS, PUT, DELETE, TRACE; see
+//! [`Hints::idempotent`]) are given up: each in-flight call arms a timer
+//! for the end of its endpoint's silence clock when it first waits
+//! (rechecking, at an eighth of the silence so far, while no other
+//! endpoint has shown the silence to be abnormal), and when it finds the
+//! endpoint stalled it fails with [`Stalled`]: the endpoint's failure
+//! (penalty, failure accrual, counted in
+//! [`EndpointStats::timeouts`]), which the retry layer may send to another
+//! endpoint within its budget and the deadline. A POST is not given up (it
+//! may have been acted on); it waits for its answer or its deadline.
+//!
+//! Under steady traffic a request stuck on a hung endpoint is given up
+//! about a second after the endpoint went silent (tests/reliability.rs
+//! `b_blackholed_backend_with_the_defaults`: 4000 GETs, one of five
+//! backends blackholed, all succeeded, the slowest in 1.15 s, 7 attempts
+//! ever sent to the blackhole). Without other traffic there is no
+//! evidence, and the deadline cuts the call, also as the endpoint's
+//! failure. The cost: an endpoint that normally takes longer than
+//! `stall_floor` while the others answer fast is judged stalled too, and
+//! its idempotent requests go to the others; raise `stall_floor` above
+//! such an endpoint's latency, or turn `stall_detection` off, if that is
+//! not wanted. An endpoint slower than the others but under the floor
+//! (20× of 5 ms) is never judged (tests/hangs.rs).
+//!
 //! # Readiness
 //!
 //! `poll_ready` is always ready: capacity is decided per request, not per
@@ -165,7 +206,10 @@ mod future;
 mod health;
 mod load;
 mod set;
+mod stall;
 mod verdict;
+
+pub use stall::Stalled;
 
 pub use future::ResponseFuture;
 mod settings;
@@ -547,7 +591,7 @@ impl<S, C> Shared<S, C> {
         let now_ns = self.nanos(Instant::now());
         let health = |i: usize| &set.slots[i].load.health;
         let room = |i: usize| set.slots[i].load.has_room();
-        let chosen = |i: usize, probe: bool| InFlight::enter(set.slots[i].clone(), probe);
+        let chosen = |i: usize, probe: bool| InFlight::enter(set.slots[i].clone(), probe, now_ns);
         if n == 1 {
             // Nothing to fall back on: used ejected or not (panic mode), but
             // still probed, so that it can be restored.
@@ -568,8 +612,15 @@ impl<S, C> Shared<S, C> {
             health(i).consecutive_failures() >= 2
                 && set.slots[i].load.recently_failed(now_ns, quarantine)
         };
+        // A stalled endpoint (silent too long with requests outstanding)
+        // is passed over like a quarantined one.
+        let stalled = |i: usize| self.is_stalled(set, &set.slots[i].load, now_ns);
         let allowed = |i: usize| {
-            room(i) && !tried(i) && (panic || !health(i).is_ejected()) && !quarantined(i)
+            room(i)
+                && !tried(i)
+                && (panic || !health(i).is_ejected())
+                && !quarantined(i)
+                && !stalled(i)
         };
         // Only when most endpoints are excluded do the draws below miss; then
         // a scan finds one (bounded by the set size). When none is allowed,

@@ -70,6 +70,20 @@ pub struct BalanceSettings {
     /// own, so this is also the cap on connections per endpoint; over
     /// HTTP/2 it caps streams. At least 1. Default 256.
     pub endpoint_max_in_flight: usize,
+    /// Whether the balancer watches for stalled endpoints: one that has
+    /// requests outstanding and has answered none of them for
+    /// `max(stall_factor × its latency estimate, stall_floor)` is not
+    /// picked, and its idempotent requests are given up (the endpoint's
+    /// failure) so that the retry layer can send them elsewhere. Default
+    /// true; see the [module docs](super#stalled-endpoints).
+    pub stall_detection: bool,
+    /// How many times its own latency estimate an endpoint may go silent
+    /// before it is stalled. At least 1. Default 8.
+    pub stall_factor: f64,
+    /// The least silence that makes an endpoint stalled, however fast it
+    /// usually answers. Greater than 0. Default 1 s.
+    #[cfg_attr(feature = "serde", serde(with = "crate::settings::duration"))]
+    pub stall_floor: Duration,
     /// The selection strategy. Default [`Choice::PeakEwmaP2c`].
     pub choice: Choice,
 }
@@ -83,6 +97,9 @@ impl Default for BalanceSettings {
             failure_penalty: Duration::from_secs(1),
             endpoint_wait: Duration::from_secs(3),
             endpoint_max_in_flight: 256,
+            stall_detection: true,
+            stall_factor: 8.0,
+            stall_floor: Duration::from_secs(1),
             choice: Choice::PeakEwmaP2c,
         }
     }
@@ -177,6 +194,16 @@ impl Default for EjectionSettings {
 }
 
 impl BalanceSettings {
+    /// How long an endpoint whose latency estimate is `estimate_ns` may go
+    /// silent with requests outstanding before it is stalled; `u64::MAX`
+    /// (never) with stall detection off.
+    pub(crate) fn stall_after_ns(&self, estimate_ns: f64) -> u64 {
+        if !self.stall_detection {
+            return u64::MAX;
+        }
+        (self.stall_factor * estimate_ns).max(self.stall_floor.as_nanos() as f64) as u64
+    }
+
     /// Every problem with these settings, each at its field.
     ///
     /// ```
@@ -190,6 +217,16 @@ impl BalanceSettings {
         let mut p = Problems::new();
         p.positive("decay", self.decay, "");
         p.at_least("endpoint_max_in_flight", self.endpoint_max_in_flight, 1, "");
+        if !(self.stall_factor >= 1.0 && self.stall_factor.is_finite()) {
+            p.add(
+                "stall_factor",
+                format!(
+                    "must be a finite number of at least 1, got {}",
+                    self.stall_factor
+                ),
+            );
+        }
+        p.positive("stall_floor", self.stall_floor, "");
         p.finish()
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::Shared;
 use super::health::Verdict;
 use super::set::Slot;
-use crate::classify::{Class, Outcome};
+use crate::classify::{Class, Outcome, Retry};
 use crate::error::{BoxError, Error};
 
 impl<S, C> Shared<S, C> {
@@ -31,6 +31,18 @@ impl<S, C> Shared<S, C> {
         self.settle(in_flight, class, latency, now);
     }
 
+    /// A call cut off while it waited on the endpoint, `elapsed` after it
+    /// started (by the per-try timeout, the deadline, or stall detection):
+    /// the endpoint's failure, counted in `timeouts`. Its latency was at
+    /// least `elapsed`; but it is no sign of life, so the endpoint's
+    /// silence clock runs on.
+    pub(super) fn record_cut(&self, in_flight: &mut InFlight<S>, elapsed: Duration, now: Instant) {
+        let load = &in_flight.slot.load;
+        load.timeouts.fetch_add(1, Ordering::Relaxed);
+        load.ewma.observe_at_least(elapsed, now, self.config.decay);
+        self.settle(in_flight, Class::failure(Retry::IfIdempotent), elapsed, now);
+    }
+
     /// A response head (or an error) arrived `latency` after the call:
     /// the latency sample, and a server-requested pause (`Retry-After`).
     ///
@@ -46,9 +58,16 @@ impl<S, C> Shared<S, C> {
         now: Instant,
     ) {
         let load = &slot.load;
-        load.ewma.observe(latency, None, now, self.config.decay);
+        let estimate = load.ewma.observe(latency, None, now, self.config.decay);
+        // A head is a sign of life: the silence clock restarts, with a
+        // threshold from the estimate it just updated.
+        let now_ns = self.nanos(now);
+        load.stall_after_ns
+            .store(self.config.stall_after_ns(estimate), Ordering::Relaxed);
+        load.heard_at(now_ns);
+        let sent = now_ns.saturating_sub(latency.as_nanos() as u64);
+        load.answered_sent.fetch_max(sent, Ordering::Relaxed);
         if let Some(after) = class.retry_after() {
-            let now_ns = self.nanos(now);
             load.mark_busy(now_ns.saturating_add(after.as_nanos() as u64));
         }
     }
@@ -147,8 +166,8 @@ pub(crate) struct InFlight<S> {
 impl<S> InFlight<S> {
     /// Counts a request against `slot`, unless it is at its cap: then
     /// `None`, and a `probe` claimed for it is given back.
-    pub(super) fn enter(slot: Arc<Slot<S>>, probe: bool) -> Option<Self> {
-        if !slot.load.try_enter() {
+    pub(super) fn enter(slot: Arc<Slot<S>>, probe: bool, now_ns: u64) -> Option<Self> {
+        if !slot.load.try_enter(now_ns) {
             if probe {
                 slot.load.health.release_probe();
             }

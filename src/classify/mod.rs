@@ -287,7 +287,7 @@ pub trait Classify<Rsp>: Clone + Send + Sync + 'static {
 ///   [`Outcome::Caller`];
 /// - this process ran out of file descriptors or ephemeral ports, or the
 ///   balancer shed the request because every endpoint was at its in-flight
-///   cap ([`Error::Overloaded`](crate::Error::Overloaded)): [`Outcome::Local`];
+///   cap ([`Error::Overloaded`]): [`Outcome::Local`];
 /// - a refused connection (or a hyper-util connect error), and an HTTP/2
 ///   stream the server refused unprocessed (REFUSED_STREAM, or above a
 ///   graceful GOAWAY's last stream), never reached the application and may

@@ -32,7 +32,7 @@ pub trait Circuit: fmt::Debug + Send + Sync {
 }
 
 /// What the balancer reads from a request: the endpoints its earlier
-/// attempts tried, and its deadline.
+/// attempts tried, its deadline, and whether it may be sent again.
 ///
 /// Implemented for `http::Request<B>` (both live in its extensions). A
 /// custom request type opts in with an empty impl, which gives no hints:
@@ -50,6 +50,13 @@ pub trait Hints {
     fn deadline(&self) -> Option<Deadline> {
         None
     }
+    /// Whether sending the request twice is as good as once (an
+    /// idempotent method): the balancer gives up on such a request when
+    /// its endpoint stalls, so that it can be sent elsewhere. Default
+    /// false: a request of unknown kind waits for its endpoint.
+    fn idempotent(&self) -> bool {
+        false
+    }
 }
 
 impl<B> Hints for http::Request<B> {
@@ -58,6 +65,9 @@ impl<B> Hints for http::Request<B> {
     }
     fn deadline(&self) -> Option<Deadline> {
         Deadline::of(self)
+    }
+    fn idempotent(&self) -> bool {
+        crate::classify::is_idempotent(self.method())
     }
 }
 

@@ -204,3 +204,77 @@ async fn a_post_caught_by_a_connect_timeout_succeeds_on_another_endpoint_once() 
         "the unreachable endpoint was tried and its connect counted against it: {stats:?}"
     );
 }
+/// A request handed to a pooled connection that the server closed while
+/// it sat idle goes out on a new connection, GET or POST alike, once.
+///
+/// The race is made certain rather than likely: this runtime has one
+/// thread, and the test blocks it while the backend (on its own runtime)
+/// closes the idle connection, so the client's connection task cannot see
+/// the close before the next request is taken from the pool.
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_on_a_connection_closed_while_idle_is_sent_again_unwritten() {
+    let (addr, seen) = backend(Some(Duration::from_secs(1)));
+    let client = hyper_client::<Body>();
+    let methods = [Method::GET, Method::POST, Method::GET, Method::POST];
+    for (i, method) in methods.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        let rsp = client
+            .request(request(method.clone(), addr, &format!("{method}-{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("request {i} ({method}): {e:?}"));
+        assert_eq!(rsp.status(), 200);
+        rsp.into_body().collect().await.unwrap();
+    }
+    let posts = seen.count(&Method::POST);
+    assert_eq!(
+        posts,
+        HashMap::from([("POST-1".into(), 1), ("POST-3".into(), 1)])
+    );
+    assert_eq!(seen.count(&Method::GET).len(), 2);
+    // Every request after the first found its connection closed.
+    assert_eq!(seen.accepted.load(Ordering::SeqCst), 4);
+}
+
+/// A backend that reads a request head and closes without answering.
+async fn closes_after_the_head() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let count = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// The other side of the line: a POST that was written is not sent again
+/// by the transport, and the classifier allows a retry only to idempotent
+/// methods, since the server may have acted on it.
+#[tokio::test]
+async fn a_written_post_is_not_sent_again_when_the_connection_closes() {
+    let (addr, heads) = closes_after_the_head().await;
+    let client = hyper_client::<Body>();
+    let err = client
+        .request(request(Method::POST, addr, "once"))
+        .await
+        .unwrap_err();
+    assert!(!err.is_connect(), "{err:?}");
+    assert_eq!(classify_transport_error(&err).retry(), Retry::IfIdempotent);
+    assert_eq!(heads.load(Ordering::SeqCst), 1);
+}

@@ -33,10 +33,14 @@
 //! # }
 //! ```
 
+#[cfg(feature = "http")]
+mod connect;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
 mod settings;
 
+#[cfg(feature = "http")]
+pub use connect::{Conn, Connector};
 pub use settings::HttpSettings;
 
 use std::task::{Context, Poll};
@@ -51,8 +55,7 @@ use crate::settings::SettingsError;
 
 /// The hyper-util client [`hyper_client`] builds.
 #[cfg(feature = "http")]
-pub type HyperClient<B> =
-    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, B>;
+pub type HyperClient<B> = hyper_util::client::legacy::Client<Connector, B>;
 
 /// A hyper-util legacy client over plain TCP with palisade's defaults
 /// ([`HttpSettings::default`]): HTTP/1.1, `TCP_NODELAY`, a 1 s connect
@@ -125,7 +128,9 @@ impl HttpSettings {
 /// the pool relies on it: a request handed to a pooled HTTP/1.1 connection
 /// that turns out to be closed (the server's FIN arrived as the request was
 /// taken from the pool, a keep-alive race) comes back unwritten and is sent
-/// again on another connection, whatever its method. A request that was
+/// again on another connection, whatever its method; over HTTP/1.1 the
+/// [`Connector`]'s connections make sure a close the kernel has already
+/// seen is noticed before the request is written. A request that was
 /// written is never resent here; whether it may be is the classifier's call
 /// (idempotent methods only).
 #[cfg(feature = "http")]
@@ -144,7 +149,7 @@ where
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .timer(hyper_util::rt::TokioTimer::new())
         .http2_only(http2_only)
-        .build(connector)
+        .build(Connector::new(connector, !http2_only))
 }
 
 /// A [`NewEndpoint`] factory that shares one HTTP client across endpoints;

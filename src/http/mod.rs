@@ -33,8 +33,15 @@
 //! # }
 //! ```
 
+#[cfg(feature = "http")]
+mod connect;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;
+mod settings;
+
+#[cfg(feature = "http")]
+pub use connect::{Conn, Connector};
+pub use settings::HttpSettings;
 
 use std::task::{Context, Poll};
 
@@ -43,15 +50,17 @@ use http::{HeaderValue, Request, Uri};
 use tower::Service;
 
 use crate::endpoint::{Endpoint, EndpointError, NewEndpoint};
+#[cfg(feature = "http")]
+use crate::settings::SettingsError;
 
 /// The hyper-util client [`hyper_client`] builds.
 #[cfg(feature = "http")]
-pub type HyperClient<B> =
-    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, B>;
+pub type HyperClient<B> = hyper_util::client::legacy::Client<Connector, B>;
 
-/// A hyper-util legacy client over plain TCP with palisade's defaults:
-/// HTTP/1.1, `TCP_NODELAY`, idle connections kept 90 s and at most 64 idle
-/// connections per endpoint (hyper-util's own default is unbounded).
+/// A hyper-util legacy client over plain TCP with palisade's defaults
+/// ([`HttpSettings::default`]): HTTP/1.1, `TCP_NODELAY`, a 1 s connect
+/// timeout, idle connections kept 90 s and at most 64 idle connections per
+/// endpoint (hyper-util's own default is unbounded).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -66,7 +75,7 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
-    pooled_client(false)
+    pooled_client(&HttpSettings::default(), false)
 }
 
 /// Like [`hyper_client`], but speaking HTTP/2 over plain TCP with prior
@@ -85,26 +94,62 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
-    pooled_client(true)
+    pooled_client(&HttpSettings::default(), true)
 }
 
-/// The one place the pool defaults live: nodelay, 90 s idle, 64 idle
-/// connections per endpoint.
 #[cfg(feature = "http")]
-fn pooled_client<B>(http2_only: bool) -> HyperClient<B>
+impl HttpSettings {
+    /// An HTTP/1.1 client like [`hyper_client`], with these settings;
+    /// fails with every problem [`validate`](Self::validate) finds.
+    pub fn http1_client<B>(&self) -> Result<HyperClient<B>, SettingsError>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+    {
+        self.validate()?;
+        Ok(pooled_client(self, false))
+    }
+
+    /// An h2c client like [`hyper_h2c_client`], with these settings;
+    /// fails with every problem [`validate`](Self::validate) finds.
+    pub fn h2c_client<B>(&self) -> Result<HyperClient<B>, SettingsError>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+    {
+        self.validate()?;
+        Ok(pooled_client(self, true))
+    }
+}
+
+/// The one place the pooled client is built from its settings.
+///
+/// `retry_canceled_requests` is hyper-util's default, written out because
+/// the pool relies on it: a request handed to a pooled HTTP/1.1 connection
+/// that turns out to be closed (the server's FIN arrived as the request was
+/// taken from the pool, a keep-alive race) comes back unwritten and is sent
+/// again on another connection, whatever its method; over HTTP/1.1 the
+/// [`Connector`]'s connections make sure a close the kernel has already
+/// seen is noticed before the request is written. A request that was
+/// written is never resent here; whether it may be is the classifier's call
+/// (idempotent methods only).
+#[cfg(feature = "http")]
+fn pooled_client<B>(settings: &HttpSettings, http2_only: bool) -> HyperClient<B>
 where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(settings.connect_timeout));
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .pool_max_idle_per_host(64)
+        .pool_idle_timeout(settings.idle_timeout)
+        .pool_max_idle_per_host(settings.max_idle_per_endpoint)
+        .retry_canceled_requests(true)
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .timer(hyper_util::rt::TokioTimer::new())
         .http2_only(http2_only)
-        .build(connector)
+        .build(Connector::new(connector, !http2_only))
 }
 
 /// A [`NewEndpoint`] factory that shares one HTTP client across endpoints;

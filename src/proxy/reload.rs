@@ -175,7 +175,7 @@ pub(crate) async fn reload(state: &State, mut config: Config) -> bool {
     if *old.config == config {
         return false;
     }
-    match build_routing(Arc::new(config), Some(&old), &state.http, &state.metrics).await {
+    match build_routing(Arc::new(config), Some(&old), &state.metrics).await {
         Ok(routing) => {
             state.routing.store(Arc::new(routing));
             if kept.is_empty() {

@@ -25,7 +25,7 @@ use tower::ServiceExt;
 
 pub(crate) use super::admin::*;
 use super::answer::{Dialect, error_response, own};
-use super::config::{Config, ConfigError};
+use super::config::{Config, ConfigError, Protocol};
 use super::conns::{
     Connections as ClientConnections, default_max_connections, raise_descriptor_limit,
 };
@@ -36,7 +36,7 @@ use super::routes::CompiledRoute;
 pub(crate) use super::upstream::*;
 use crate::classify::{EosBody, GrpcCode};
 use crate::discover::DynamicHandle;
-use crate::http::{HyperClient, hyper_client, hyper_h2c_client};
+use crate::http::{HttpSettings, HyperClient};
 use crate::metrics::Metrics;
 use crate::retry::ReplayBody;
 use crate::stack::Hyper;
@@ -60,6 +60,10 @@ pub(crate) struct Routing {
     pub(crate) config: Arc<Config>,
     pub(crate) services: HashMap<String, Upstream>,
     pub(crate) routes: Vec<CompiledRoute>,
+    /// The connection pools the services use, one per protocol and
+    /// transport settings; a reload reuses the pools whose key it still
+    /// has, and those no service uses any more close with the old routing.
+    pub(crate) pools: HashMap<PoolKey, Arc<Pool>>,
 }
 
 /// One service's client, and what keeps its endpoint source going. Kept
@@ -104,16 +108,15 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// The shared connection pools, one per upstream protocol.
-pub(crate) struct Upstreams {
-    pub(crate) http1: HyperClient<ReplayBody<Incoming>>,
-    pub(crate) h2c: HyperClient<ReplayBody<Incoming>>,
-}
+/// A pooled upstream client, shared by the services of one [`PoolKey`].
+pub(crate) type Pool = HyperClient<ReplayBody<Incoming>>;
+
+/// What services share a pool by: the protocol and the transport settings.
+pub(crate) type PoolKey = (Protocol, HttpSettings);
 
 /// The running proxy's shared state.
 pub(crate) struct State {
     pub(crate) routing: ArcSwap<Routing>,
-    pub(crate) http: Upstreams,
     pub(crate) metrics: Metrics,
     pub(crate) registry: std::sync::Mutex<Registry>,
     pub(crate) path: PathBuf,
@@ -138,14 +141,9 @@ impl State {
         let connections = ClientConnections::register(&mut registry, Side::Proxy);
         let admin_connections = ClientConnections::register(&mut registry, Side::Admin);
         let default_max_connections = default_max_connections(raise_descriptor_limit());
-        let http = Upstreams {
-            http1: hyper_client(),
-            h2c: hyper_h2c_client(),
-        };
-        let routing = build_routing(Arc::new(config), None, &http, &metrics).await?;
+        let routing = build_routing(Arc::new(config), None, &metrics).await?;
         Ok(State {
             routing: ArcSwap::from_pointee(routing),
-            http,
             metrics,
             registry: std::sync::Mutex::new(registry),
             path,
@@ -350,11 +348,7 @@ mod tests {
         text += "[[routes]]\nsplit = [{ service = \"listed\", weight = 1 }, { service = \"filed\", weight = 1 }]\n";
         let config = Config::from_file_text(&text, &dir.join("proxy.toml")).unwrap();
         let metrics = Metrics::register(&mut Registry::default());
-        let http = Upstreams {
-            http1: hyper_client(),
-            h2c: hyper_h2c_client(),
-        };
-        let routing = build_routing(Arc::new(config), None, &http, &metrics)
+        let routing = build_routing(Arc::new(config), None, &metrics)
             .await
             .unwrap();
         let upstream = |name: &str| &routing.services[name];

@@ -16,22 +16,38 @@ use super::server::*;
 /// whose settings (discovery and limits included) did not change, so their
 /// load estimates, limits and discovery tasks survive. The clients of
 /// services changed or removed are dropped with the old routing; their
-/// discovery tasks stop with them.
+/// discovery tasks stop with them. Services share a connection pool when
+/// their protocol and `http` settings are equal; the old routing's pools
+/// are reused by key.
 pub(crate) async fn build_routing(
     config: Arc<Config>,
     old: Option<&Routing>,
-    http: &Upstreams,
     metrics: &Metrics,
 ) -> Result<Routing, StartError> {
+    let mut pools: HashMap<PoolKey, Arc<Pool>> = HashMap::new();
     let mut services = HashMap::new();
     for svc in &config.services {
+        let key = (svc.protocol, svc.http.clone());
+        let pool = match pools.get(&key) {
+            Some(pool) => pool.clone(),
+            None => {
+                let pool = match old.and_then(|old| old.pools.get(&key)) {
+                    Some(pool) => pool.clone(),
+                    None => Arc::new(new_pool(&key).map_err(|e| {
+                        StartError::Build(format!("service {:?}: http: {e}", svc.name))
+                    })?),
+                };
+                pools.insert(key, pool.clone());
+                pool
+            }
+        };
         let reused = old.and_then(|old| {
             let before = old.config.services.iter().find(|s| s.name == svc.name)?;
             (before == svc).then(|| old.services.get(&svc.name).cloned())?
         });
         let upstream = match reused {
             Some(upstream) => upstream,
-            None => build_upstream(svc, &config, http, metrics).await?,
+            None => build_upstream(svc, &config, &pool, metrics).await?,
         };
         services.insert(svc.name.clone(), upstream);
     }
@@ -45,14 +61,23 @@ pub(crate) async fn build_routing(
         config,
         services,
         routes,
+        pools,
     })
+}
+
+/// A connection pool for services of `key`'s protocol and settings.
+fn new_pool((protocol, settings): &PoolKey) -> Result<Pool, crate::settings::SettingsError> {
+    match protocol {
+        config::Protocol::H2c => settings.h2c_client(),
+        _ => settings.http1_client(),
+    }
 }
 
 /// One service's endpoint source, started, and its client.
 pub(crate) async fn build_upstream(
     svc: &config::Service,
     config: &Config,
-    http: &Upstreams,
+    pool: &Pool,
     metrics: &Metrics,
 ) -> Result<Upstream, StartError> {
     let bad = |e: &dyn std::fmt::Display| StartError::Build(format!("service {:?}: {e}", svc.name));
@@ -102,7 +127,7 @@ pub(crate) async fn build_upstream(
         }
     };
     Ok(Upstream {
-        client: build_client(svc, discover, http, metrics)?,
+        client: build_client(svc, discover, pool, metrics)?,
         http1: !matches!(svc.protocol, config::Protocol::H2c),
         _endpoints: upstream_endpoints,
         #[cfg(feature = "dns")]
@@ -115,13 +140,9 @@ pub(crate) async fn build_upstream(
 pub(crate) fn build_client(
     svc: &config::Service,
     discover: Dynamic,
-    http: &Upstreams,
+    pool: &Pool,
     metrics: &Metrics,
 ) -> Result<ServiceClient, StartError> {
-    let pool = match svc.protocol {
-        config::Protocol::H2c => &http.h2c,
-        _ => &http.http1,
-    };
     let bad = |e: &dyn std::fmt::Display| StartError::Build(format!("service {:?}: {e}", svc.name));
     // Every client setting reaches its layer through the one ClientConfig:
     // nothing is copied field by field.
@@ -250,10 +271,7 @@ mod tests {
             leaves(),
             "KNOBS must list every client setting, once"
         );
-        let http = Upstreams {
-            http1: crate::http::hyper_client(),
-            h2c: crate::http::hyper_h2c_client(),
-        };
+        let pool = crate::http::hyper_client();
         let metrics = Metrics::register(&mut Registry::default());
         for (path, value) in KNOBS {
             let text = format!(
@@ -271,13 +289,66 @@ mod tests {
                 "{path} = {value} is the default: pick another value"
             );
             let (_handle, discover) = crate::discover::dynamic();
-            let client = build_client(svc, discover, &http, &metrics).unwrap();
+            let client = build_client(svc, discover, &pool, &metrics).unwrap();
             assert_eq!(
                 client.settings(),
                 svc.client,
                 "{path} = {value} was parsed but did not reach its layer"
             );
         }
+    }
+
+    /// Services share a pool when their protocol and `http` settings are
+    /// equal, and only then; a reload keeps the pools whose key it still
+    /// has and drops the others.
+    #[tokio::test]
+    async fn services_share_pools_by_protocol_and_http_settings() {
+        let text = |timeout: &str| {
+            let svc = |name: &str, extra: &str| {
+                format!("[[services]]\nname = \"{name}\"\nendpoints = [\"127.0.0.1:1\"]\n{extra}\n")
+            };
+            svc("a", "")
+                + &svc(
+                    "b",
+                    &format!("http = {{ connect_timeout = \"{timeout}\" }}"),
+                )
+                + &svc("c", "protocol = \"h2c\"")
+                + &svc("d", "http = { idle_timeout = \"90s\" }")
+                + "[[routes]]\nservice = \"a\"\n"
+        };
+        let metrics = Metrics::register(&mut Registry::default());
+        let config = Config::from_toml(&text("100ms")).unwrap();
+        assert_eq!(
+            config.services[1].http.connect_timeout,
+            std::time::Duration::from_millis(100)
+        );
+        let old = build_routing(Arc::new(config), None, &metrics)
+            .await
+            .unwrap();
+        let http1 = (
+            config::Protocol::Http1,
+            crate::http::HttpSettings::default(),
+        );
+        let mut keys: Vec<_> = old.pools.keys().cloned().collect();
+        keys.sort_by_key(|(p, s)| (*p == config::Protocol::H2c, s.connect_timeout));
+        assert_eq!(
+            keys,
+            [
+                (config::Protocol::Http1, old.config.services[1].http.clone()),
+                http1.clone(),
+                (config::Protocol::H2c, crate::http::HttpSettings::default()),
+            ],
+            "a and d (the default written out) share one pool"
+        );
+
+        let config = Config::from_toml(&text("200ms")).unwrap();
+        let new = build_routing(Arc::new(config), Some(&old), &metrics)
+            .await
+            .unwrap();
+        assert_eq!(new.pools.len(), 3);
+        assert!(Arc::ptr_eq(&new.pools[&http1], &old.pools[&http1]));
+        let b = |r: &Routing| (config::Protocol::Http1, r.config.services[1].http.clone());
+        assert!(!old.pools.contains_key(&b(&new)) && !new.pools.contains_key(&b(&old)));
     }
 
     fn leaves_of(config: &ClientConfig) -> std::collections::BTreeMap<String, serde_json::Value> {

@@ -52,6 +52,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::ClientConfig;
 use crate::discover::{Address, Endpoint};
+use crate::http::HttpSettings;
 
 mod discovery;
 mod lint;
@@ -228,7 +229,7 @@ impl Default for Server {
 
 /// An upstream service: a name, its endpoints, and the client's settings.
 ///
-/// Beside `name`, `endpoints`, `discovery` and `protocol`, a service's
+/// Beside `name`, `endpoints`, `discovery`, `protocol` and `http`, a service's
 /// table holds the library's [`ClientConfig`] tables directly (`retry`,
 /// `budget`, `balancer`, `ejection`, `limits`, …): the same structs, the
 /// same defaults and the same validation as `Client::builder(..).config(..)`.
@@ -262,8 +263,13 @@ pub struct Service {
     pub discovery: Option<Discovery>,
     /// How the proxy talks to the endpoints: `"http1"` (default) or `"h2c"`
     /// (HTTP/2 over plain TCP, prior knowledge). Either way connections are
-    /// pooled and shared by every service with the same protocol.
+    /// pooled and shared by every service with the same protocol and
+    /// [`http`](Service::http) settings.
     pub protocol: Protocol,
+    /// How the endpoints are connected to and their connections kept: the
+    /// connect timeout, and the pool's idle timeout and idle connections
+    /// per endpoint (the library's [`HttpSettings`]).
+    pub http: HttpSettings,
     /// The client's settings, one table per layer (written beside the keys
     /// above, not under a key of their own).
     #[serde(flatten)]
@@ -271,7 +277,7 @@ pub struct Service {
 }
 
 /// The keys of a service table that are not [`ClientConfig`]'s.
-const SERVICE_KEYS: &[&str] = &["name", "endpoints", "discovery", "protocol"];
+const SERVICE_KEYS: &[&str] = &["name", "endpoints", "discovery", "protocol", "http"];
 
 impl<'de> Deserialize<'de> for Service {
     /// Reads the service's own keys and hands the rest to
@@ -294,6 +300,7 @@ impl<'de> Deserialize<'de> for Service {
                 let mut endpoints = None;
                 let mut discovery = None;
                 let mut protocol = None;
+                let mut http = None;
                 let mut client = ClientConfig::default();
                 // An unknown key is refused while the key is read, so the
                 // error points at it.
@@ -303,6 +310,7 @@ impl<'de> Deserialize<'de> for Service {
                         "endpoints" => endpoints = Some(map.next_value()?),
                         "discovery" => discovery = Some(map.next_value()?),
                         "protocol" => protocol = Some(map.next_value()?),
+                        "http" => http = Some(map.next_value()?),
                         other => {
                             client.read_key(other, &mut map)?;
                         }
@@ -313,6 +321,7 @@ impl<'de> Deserialize<'de> for Service {
                     endpoints: endpoints.unwrap_or_default(),
                     discovery,
                     protocol: protocol.unwrap_or_default(),
+                    http: http.unwrap_or_default(),
                     client,
                 })
             }
@@ -358,7 +367,7 @@ fn service_keys() -> &'static [&'static str] {
 }
 
 /// The protocol to the endpoints of a service.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Protocol {

@@ -2089,3 +2089,29 @@ fn lint_an_admin_address_that_is_not_loopback() {
         assert_eq!(p, vec![], "{address}");
     }
 }
+
+#[test]
+fn service_http_settings_default_to_the_librarys_and_are_validated_at_their_line() {
+    let config = Config::from_toml(&format!("{TWO}{ROUTE}")).unwrap();
+    assert_eq!(
+        config.services[0].http,
+        crate::http::HttpSettings::default()
+    );
+    let text = "[[services]]\nname = \"a\"\nendpoints = [\"127.0.0.1:1\"]\n\
+                http = { connect_timeout = \"0s\", max_idle_per_endpoint = 0 }\n\
+                [[routes]]\nservice = \"a\"\n";
+    let p = errors(text);
+    assert_has(
+        &p,
+        "services[0].http.connect_timeout",
+        Some(4),
+        "must be greater than 0",
+    );
+    assert_eq!(p.len(), 1, "{p:#?}");
+    let p = errors(&text.replace("connect_timeout", "connect"));
+    assert!(
+        p.iter()
+            .any(|(_, _, m)| m.contains("unknown field `connect`")),
+        "{p:#?}"
+    );
+}

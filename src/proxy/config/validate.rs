@@ -347,6 +347,11 @@ pub(crate) fn validate_service(s: &Service, sp: &FieldPath, r: &mut Report<'_>) 
     if let Some(discovery) = &s.discovery {
         validate_discovery(discovery, &sp.key("discovery"), r);
     }
+    if let Err(e) = s.http.validate() {
+        for p in e.into_problems() {
+            r.add(&sp.key("http").at(&p.field), p.message);
+        }
+    }
     // Every client table: the library's own checks, each at its field.
     if let Err(e) = s.client.validate() {
         for p in e.into_problems() {

@@ -1,0 +1,171 @@
+//! The pooled client's connector: hyper-util's `HttpConnector`, whose
+//! HTTP/1.1 connections notice a close by the server before they are
+//! reused.
+//!
+//! A kept-alive HTTP/1.1 connection the server closes while it sits idle
+//! (its keep-alive timeout ran out) is dropped from the pool once the
+//! connection's task reads the end of the stream. The task reads when the
+//! runtime's reactor says the socket is readable, and the reactor may not
+//! have looked yet when the next request takes the connection: the task
+//! then skips the read (no readiness), writes the request onto the closed
+//! socket, and the request fails as `IncompleteMessage`, written, which no
+//! one may resend for a POST. [`Conn`] closes that gap: while a connection
+//! is between a response and the next request, a read that would wait
+//! first asks the kernel (a one-byte non-blocking `MSG_PEEK`) whether the
+//! server has closed. If it has, hyper sees the end of the stream before
+//! it takes the request, hands the request back unwritten, and hyper-util
+//! (`retry_canceled_requests`) sends it on a new connection, whatever its
+//! method. A close that lands after the request was written is still an
+//! error the classifier retries only for idempotent methods.
+
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::Uri;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tower::Service;
+
+use crate::BoxError;
+
+/// hyper-util's [`HttpConnector`], whose connections are [`Conn`]s.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    inner: HttpConnector,
+    check_close: bool,
+}
+
+impl Connector {
+    /// Wraps `inner`; with `check_close` (HTTP/1.1), each connection looks
+    /// for the server's close before it is reused.
+    pub(crate) fn new(inner: HttpConnector, check_close: bool) -> Connector {
+        Connector { inner, check_close }
+    }
+}
+
+impl Service<Uri> for Connector {
+    type Response = Conn;
+    type Error = BoxError;
+    // Once per connection, not per request.
+    type Future = Pin<Box<dyn Future<Output = Result<Conn, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let connecting = self.inner.call(dst);
+        let check_close = self.check_close;
+        Box::pin(async move {
+            let io = connecting.await?;
+            Ok(Conn {
+                io,
+                check_close,
+                idle: false,
+            })
+        })
+    }
+}
+
+/// A TCP connection of the pooled client; see the [module docs](self).
+#[derive(Debug)]
+pub struct Conn {
+    io: TokioIo<TcpStream>,
+    check_close: bool,
+    /// Whether the last bytes moved were read: the connection is between
+    /// a response (or part of one) and the next request.
+    idle: bool,
+}
+
+impl Conn {
+    /// Whether the server has closed the connection (or reset it), asked
+    /// of the kernel now rather than of the reactor's last word.
+    fn peer_closed(&self) -> Option<io::Result<()>> {
+        let mut byte = [MaybeUninit::<u8>::uninit()];
+        match socket2::SockRef::from(self.io.inner()).peek(&mut byte) {
+            Ok(0) => Some(Ok(())),
+            Ok(_) => None,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                None
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+impl Read for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                self.idle = true;
+                Poll::Ready(Ok(()))
+            }
+            // The reactor registered interest: if the kernel has data the
+            // task is woken; a close it has already seen is the end of the
+            // stream now (nothing was put in `buf`).
+            Poll::Pending if self.check_close && self.idle => match self.peer_closed() {
+                Some(closed) => Poll::Ready(closed),
+                None => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+}
+
+impl Write for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.idle = false;
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            self.idle = false;
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        self.io.connected()
+    }
+}

@@ -196,3 +196,51 @@ async fn a_slow_endpoint_is_not_stalled() {
     assert!(slow.requests > 0, "the slow endpoint got requests");
     assert_eq!((slow.failures, slow.timeouts), (0, 0));
 }
+
+/// An endpoint whose connects are refused is out of the choice at once,
+/// with failure accrual's backoff, not after a run of five failures; the
+/// fleet guard still keeps half the set in play; a successful probe
+/// restores it.
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_endpoint_is_ejected_at_once_and_backs_off() {
+    let fleet = Fleet::default();
+    let eps = vec![
+        fleet.set("127.0.0.1:1", Answer::ok(10)),
+        fleet.set("127.0.0.1:2", Answer::refused()),
+        fleet.set("127.0.0.1:3", Answer::refused()),
+    ];
+    let ejection = EjectionSettings {
+        jitter: 0.0,
+        ..EjectionSettings::default()
+    };
+    let b = fleet.balance_with(Static::new(eps), BalanceSettings::default(), ejection);
+    settle_until(&b, |b| b.len() == 3).await;
+    // Requests until both refusing endpoints have been tried once.
+    for _ in 0..50 {
+        let _ = b.clone().oneshot(request(http::Method::GET)).await;
+        if fleet.count("127.0.0.1:2") > 0 && fleet.count("127.0.0.1:3") > 0 {
+            break;
+        }
+    }
+    let (two, three) = (stats_of(&b, "127.0.0.1:2"), stats_of(&b, "127.0.0.1:3"));
+    // One refusal ejects; the fleet guard (half of three, rounded down:
+    // one) keeps the other in play.
+    let ejected = [&two, &three]
+        .iter()
+        .filter(|s| matches!(s.state, EndpointState::Ejected { .. }))
+        .count();
+    assert_eq!(ejected, 1, "{two:?} {three:?}");
+    let out = if matches!(two.state, EndpointState::Ejected { .. }) {
+        &two
+    } else {
+        &three
+    };
+    assert_eq!(out.failures, 1, "ejected on its first refusal: {out:?}");
+    assert_eq!(
+        out.state,
+        EndpointState::Ejected {
+            probe_in: Duration::from_secs(1)
+        },
+        "the first backoff is 1 s"
+    );
+}

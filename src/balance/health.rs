@@ -188,6 +188,14 @@ impl Health {
         if !config.enabled || self.is_ejected() || outcome == Outcome::Success {
             return Verdict::Unchanged;
         }
+        // A connect refused or timed out: the endpoint is down or out of
+        // reach, and every request sent there meanwhile would fail the same
+        // way. Out at once, with the ejection's backoff (1 s doubling to
+        // 60 s, jittered), not after a run of failures; the fleet guard
+        // still applies.
+        if class.is_unreachable() {
+            return Verdict::Eject;
+        }
         let run = self.consecutive.load(Ordering::Relaxed);
         if config.consecutive_failures > 0 && run >= config.consecutive_failures {
             return Verdict::Eject;

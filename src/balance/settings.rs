@@ -108,7 +108,9 @@ impl Default for BalanceSettings {
 /// When endpoints are ejected, for how long, and how many may be.
 ///
 /// An endpoint is ejected after [`consecutive_failures`](Self::consecutive_failures)
-/// failures in a row, or when its success rate over
+/// failures in a row, at once when it cannot be reached (a connect refused
+/// or timed out: [`Class::unreachable`](crate::classify::Class::unreachable)),
+/// or when its success rate over
 /// [`window`](Self::window) falls below [`success_rate`](Self::success_rate)
 /// with at least [`min_requests`](Self::min_requests) requests in it. A 429
 /// (an [`Outcome::Overloaded`](crate::classify::Outcome::Overloaded)) counts against the success rate but does not

@@ -122,6 +122,7 @@ pub struct Class {
     retry_after: Option<Duration>,
     grpc: Option<GrpcCode>,
     awaiting_trailers: bool,
+    unreachable: bool,
 }
 
 impl Class {
@@ -132,6 +133,7 @@ impl Class {
         retry_after: None,
         grpc: None,
         awaiting_trailers: false,
+        unreachable: false,
     };
 
     /// A failure with the given retry rule.
@@ -139,6 +141,19 @@ impl Class {
         Class {
             outcome: Outcome::Failure,
             retry,
+            ..Class::SUCCESS
+        }
+    }
+
+    /// The endpoint could not be reached: its connect was refused or timed
+    /// out, so nothing was sent. A failure that may be retried for any
+    /// method, and that takes the endpoint out of the balancer's choice at
+    /// once (failure accrual ejects it, and backs off).
+    pub const fn unreachable() -> Class {
+        Class {
+            outcome: Outcome::Failure,
+            retry: Retry::Always,
+            unreachable: true,
             ..Class::SUCCESS
         }
     }
@@ -191,6 +206,12 @@ impl Class {
     pub const fn awaiting_trailers(mut self) -> Class {
         self.awaiting_trailers = true;
         self
+    }
+
+    /// Whether the endpoint could not be reached (see
+    /// [`unreachable`](Self::unreachable)).
+    pub fn is_unreachable(&self) -> bool {
+        self.unreachable
     }
 
     /// Success or failure.
@@ -288,7 +309,10 @@ pub trait Classify<Rsp>: Clone + Send + Sync + 'static {
 /// - this process ran out of file descriptors or ephemeral ports, or the
 ///   balancer shed the request because every endpoint was at its in-flight
 ///   cap ([`Error::Overloaded`]): [`Outcome::Local`];
-/// - a refused connection (or a hyper-util connect error), and an HTTP/2
+/// - a refused or timed-out connect (a hyper-util connect error) is
+///   [`Class::unreachable`]: never sent, retried for any method, and the
+///   endpoint is ejected at once (failure accrual's backoff);
+/// - an HTTP/2
 ///   stream the server refused unprocessed (REFUSED_STREAM, or above a
 ///   graceful GOAWAY's last stream), never reached the application and may
 ///   be retried for any method;
@@ -308,8 +332,11 @@ pub fn classify_transport_error(err: &(dyn StdError + 'static)) -> Class {
         || matches!(err.downcast_ref::<Error>(), Some(Error::Overloaded { .. }))
     {
         Class::local()
-    } else if never_sent(err) {
-        Class::failure(Retry::Always)
+    } else if let Some(unsent) = never_sent(err) {
+        match unsent {
+            Unsent::Unreachable => Class::unreachable(),
+            Unsent::Refused => Class::failure(Retry::Always),
+        }
     } else {
         Class::failure(Retry::IfIdempotent)
     }
@@ -340,20 +367,28 @@ const ENOBUFS: i32 = 105;
 #[cfg(not(target_os = "linux"))]
 const ENOBUFS: i32 = 55;
 
-/// Whether an error proves the request never left this process.
-fn never_sent(err: &(dyn StdError + 'static)) -> bool {
+/// Why a request never left this process.
+enum Unsent {
+    /// The endpoint could not be connected to (refused, timed out).
+    Unreachable,
+    /// The server refused the stream before processing it.
+    Refused,
+}
+
+/// Whether an error proves the request never left this process, and why.
+fn never_sent(err: &(dyn StdError + 'static)) -> Option<Unsent> {
     let mut cur = Some(err);
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::ConnectionRefused
         {
-            return true;
+            return Some(Unsent::Unreachable);
         }
         #[cfg(feature = "http")]
         if let Some(legacy) = e.downcast_ref::<hyper_util::client::legacy::Error>()
             && legacy.is_connect()
         {
-            return true;
+            return Some(Unsent::Unreachable);
         }
         // HTTP/2: the server refused the stream before processing it
         // (RST_STREAM REFUSED_STREAM), or its graceful GOAWAY came before
@@ -364,11 +399,11 @@ fn never_sent(err: &(dyn StdError + 'static)) -> bool {
             && (h2.reason() == Some(h2::Reason::REFUSED_STREAM)
                 || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR)))
         {
-            return true;
+            return Some(Unsent::Refused);
         }
         cur = e.source();
     }
-    false
+    None
 }
 
 /// Parses a `Retry-After` value: delta-seconds (`"120"`) or an HTTP date.

@@ -33,7 +33,17 @@ use tower::Service;
 
 use crate::BoxError;
 
-/// hyper-util's [`HttpConnector`], whose connections are [`Conn`]s.
+/// hyper-util's [`HttpConnector`], whose connections are [`Conn`]s: an
+/// HTTP/1.1 connection the server closed while it sat idle in the pool
+/// (its keep-alive timeout ran out) is never written to. Between a
+/// response and the next request, a read that would wait first asks the
+/// kernel (a one-byte non-blocking `MSG_PEEK`) whether the server has
+/// closed; if it has, hyper sees the end of the stream before it takes the
+/// next request, hands the request back unwritten, and hyper-util sends
+/// it on a new connection, whatever its method. Without it, a request
+/// taking the connection before the runtime had read the close was
+/// written onto the closed socket and failed as `IncompleteMessage`,
+/// which no one may resend for a POST.
 #[derive(Debug, Clone)]
 pub struct Connector {
     inner: HttpConnector,
@@ -72,7 +82,8 @@ impl Service<Uri> for Connector {
     }
 }
 
-/// A TCP connection of the pooled client; see the [module docs](self).
+/// A TCP connection of the pooled client, made by [`Connector`] (which
+/// says what it adds to a plain TCP stream).
 #[derive(Debug)]
 pub struct Conn {
     io: TokioIo<TcpStream>,

@@ -179,6 +179,7 @@ pub(crate) fn discovery_json(
                 "lookups": status.lookups(),
                 "consecutive_failures": status.consecutive_failures(),
                 "last_error": status.last_error(),
+                "family_errors": status.family_errors(),
             }),
         );
     }

@@ -36,6 +36,9 @@ pub enum Mode {
     ServFail,
     /// Nothing at all: every query times out.
     Silent,
+    /// REFUSED to queries of this type, answers to the others (dnsmasq
+    /// with no upstream, asked for AAAA).
+    Refuse(RecordType),
 }
 
 pub struct ZoneState {
@@ -149,17 +152,22 @@ impl Zone {
         let builder = MessageResponseBuilder::from_message_request(request);
         let sent = match mode {
             Mode::Silent => return silent,
+            Mode::Refuse(refused) if refused == qtype => {
+                response
+                    .send_response(builder.error_msg(&request.metadata, ResponseCode::Refused))
+                    .await
+            }
             Mode::ServFail => {
                 response
                     .send_response(builder.error_msg(&request.metadata, ResponseCode::ServFail))
                     .await
             }
-            Mode::Answer if !known => {
+            Mode::Answer | Mode::Refuse(_) if !known => {
                 response
                     .send_response(builder.error_msg(&request.metadata, ResponseCode::NXDomain))
                     .await
             }
-            Mode::Answer => {
+            Mode::Answer | Mode::Refuse(_) => {
                 let rsp = builder.build(metadata, answers.iter(), None, None, None);
                 response.send_response(rsp).await
             }

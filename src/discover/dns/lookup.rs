@@ -37,6 +37,7 @@ impl Resolve for Hickory {
                             .map(|ip| Endpoint::new(SocketAddr::new(ip, *port)))
                             .collect(),
                         ttl: ips.ttl,
+                        family_errors: ips.family_errors,
                     },
                     Err(miss) => miss.into_outcome(self.family),
                 }
@@ -46,11 +47,13 @@ impl Resolve for Hickory {
     }
 }
 
-/// Addresses of one name, and the smallest TTL of the records behind them.
+/// Addresses of one name, the smallest TTL of the records behind them, and
+/// the errors of the address families that failed while another answered.
 #[derive(Debug, Default)]
 pub(super) struct Ips {
     pub(super) addrs: Vec<IpAddr>,
     pub(super) ttl: Option<u32>,
+    pub(super) family_errors: Vec<String>,
 }
 
 /// Why a name produced no addresses.
@@ -123,12 +126,18 @@ pub(super) async fn lookup_ips(
             },
         }
     }
-    if !errors.is_empty() {
-        return Err(Miss::Failed(errors.join("; ")));
-    }
+    // One family's failure (a server that refuses AAAA, as dnsmasq does
+    // with no upstream) does not hide another family's answer: the round
+    // fails only when no family produced an address and one failed. The
+    // failed families are kept for the status.
     if ips.addrs.is_empty() {
-        return Err(Miss::NoRecords { nxdomain });
+        return Err(if errors.is_empty() {
+            Miss::NoRecords { nxdomain }
+        } else {
+            Miss::Failed(errors.join("; "))
+        });
     }
+    ips.family_errors = errors;
     Ok(ips)
 }
 
@@ -191,10 +200,12 @@ pub(super) async fn lookup_srv(resolver: &TokioResolver, name: &Name, family: Ip
         .await;
 
     let mut addrs = HashMap::new();
+    let mut family_errors = Vec::new();
     for (target, result) in resolved {
         match result {
             Ok(ips) => {
                 ttl = min_ttl(ttl, ips.ttl);
+                family_errors.extend(ips.family_errors);
                 addrs.insert(target, ips.addrs);
             }
             Err(Miss::Failed(error)) => return Outcome::Failed(error),
@@ -212,7 +223,11 @@ pub(super) async fn lookup_srv(resolver: &TokioResolver, name: &Name, family: Ip
     if endpoints.is_empty() {
         return Outcome::Missing("no SRV target has addresses".into());
     }
-    Outcome::Found { endpoints, ttl }
+    Outcome::Found {
+        endpoints,
+        ttl,
+        family_errors,
+    }
 }
 
 /// A target name as compared and shown: lower case, no final dot; `""` for

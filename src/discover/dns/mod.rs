@@ -54,7 +54,11 @@
 //!
 //! - **A/AAAA** ([`Dns::new`]): both record types are queried at once (see
 //!   [`Dns::ip_family`]); every address becomes an [`Endpoint`] at the
-//!   given port with weight 1.
+//!   given port with weight 1. One family failing (a server that answers
+//!   REFUSED or SERVFAIL for AAAA, as dnsmasq does with no upstream) does
+//!   not fail the lookup when the other answered: its addresses are used
+//!   and the failure is kept in [`DnsStatus::family_errors`]. The lookup
+//!   fails only when no family produced an address and one failed.
 //! - **SRV** ([`Dns::srv`]): only the records with the lowest priority
 //!   number are used (RFC 2782: the others are fallbacks for clients that
 //!   cannot reach them, while the balancer's own health checks already
@@ -592,6 +596,7 @@ struct StatusState {
     endpoints: Vec<Endpoint>,
     last_success: Option<Instant>,
     last_error: Option<String>,
+    family_errors: Vec<String>,
     failures: u32,
     lookups: u64,
 }
@@ -631,6 +636,16 @@ impl DnsStatus {
         self.update(|s| s.last_error.clone())
     }
 
+    /// The errors of the address families that failed in the last lookup
+    /// that produced endpoints, because another family answered: with
+    /// [`IpFamily::Both`], a server that refuses AAAA (as dnsmasq does with
+    /// no upstream) while A answers gives
+    /// `["AAAA h.svc.test.: … Query Refused"]`, and the A addresses are
+    /// used. Empty when every family answered.
+    pub fn family_errors(&self) -> Vec<String> {
+        self.update(|s| s.family_errors.clone())
+    }
+
     /// Lookups in a row that did not produce endpoints.
     pub fn consecutive_failures(&self) -> u32 {
         self.update(|s| s.failures)
@@ -650,6 +665,7 @@ impl fmt::Debug for DnsStatus {
                 .field("endpoints", &s.endpoints.len())
                 .field("last_success", &s.last_success)
                 .field("last_error", &s.last_error)
+                .field("family_errors", &s.family_errors)
                 .field("failures", &s.failures)
                 .field("lookups", &s.lookups)
                 .finish()
@@ -943,6 +959,7 @@ mod tests {
         Outcome::Found {
             endpoints: addrs.iter().map(|a| ep(a)).collect(),
             ttl: Some(ttl),
+            family_errors: Vec::new(),
         }
     }
 

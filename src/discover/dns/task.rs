@@ -18,10 +18,13 @@ use super::*;
 /// The outcome of one lookup round.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Outcome {
-    /// Endpoints, and the smallest TTL (seconds) of the records behind them.
+    /// Endpoints, the smallest TTL (seconds) of the records behind them,
+    /// and the errors of address families that failed while another
+    /// answered (`AAAA h.svc.test.: … Query Refused`).
     Found {
         endpoints: Vec<Endpoint>,
         ttl: Option<u32>,
+        family_errors: Vec<String>,
     },
     /// NXDOMAIN, or no usable records.
     Missing(String),
@@ -70,7 +73,11 @@ pub(super) async fn run<R: Resolve>(
             outcome = lookup.resolve() => outcome,
         };
         let delay = match outcome {
-            Outcome::Found { mut endpoints, ttl } => {
+            Outcome::Found {
+                mut endpoints,
+                ttl,
+                family_errors,
+            } => {
                 endpoints.sort_by(|a, b| a.address().cmp(b.address()));
                 if endpoints.len() > MAX_ENDPOINTS {
                     tracing::warn!(
@@ -93,13 +100,24 @@ pub(super) async fn run<R: Resolve>(
                     handle.replace(endpoints.iter().cloned());
                 }
                 failures = 0;
-                status.update(|s| {
+                let newly = status.update(|s| {
+                    let newly = s.family_errors != family_errors;
                     s.endpoints = endpoints;
                     s.last_success = Some(Instant::now());
                     s.last_error = None;
+                    s.family_errors = family_errors.clone();
                     s.failures = 0;
                     s.lookups += 1;
+                    newly
                 });
+                if newly && !family_errors.is_empty() {
+                    // Logged when it starts or changes, not every round.
+                    tracing::warn!(
+                        dns.name = %name,
+                        errors = %family_errors.join("; "),
+                        "an address family failed; using the others' answers",
+                    );
+                }
                 delay
             }
             Outcome::Missing(reason) => {

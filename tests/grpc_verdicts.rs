@@ -178,3 +178,29 @@ async fn a_stream_reset_midway_is_penalised_and_ejected_when_it_repeats() {
         "never ejected after 6 resets: {stats:?}"
     );
 }
+
+/// A tonic server that lets the propagated deadline run out answers
+/// CANCELLED ("Timeout expired") before the caller's own deadline fires:
+/// the caller gets DEADLINE_EXCEEDED, and the endpoint is charged a
+/// failure through the classifier (not a cut: the answer came in time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_gives_up_at_its_deadline_is_failing() {
+    let server = GrpcServer::spawn().await;
+    server.set(Fault::Slow(Duration::from_secs(30)));
+    // The server is told 300 ms less than the caller waits.
+    let deadline = palisade::deadline::DeadlineSettings {
+        timeout: Some(Duration::from_millis(600)),
+        reserve: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let channel = ready(builder([server.addr()]).deadline(deadline), 1).await;
+    let mut greeter = GreeterClient::new(channel.clone());
+    let status = greeter.say_hello(hello("late", 0)).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status}");
+    let stats = stats_of(&channel, server.addr());
+    assert_eq!(
+        (stats.failures, stats.timeouts),
+        (1, 0),
+        "a failure by its CANCELLED, not a cut: {stats:?}"
+    );
+}

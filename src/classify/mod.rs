@@ -36,6 +36,7 @@
 //! |---|---|---|
 //! | UNAVAILABLE in the head | failure | any method (configurable) |
 //! | UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS | failure | never |
+//! | CANCELLED (a server gave up: tonic's answer to an expired `grpc-timeout`; a caller that cancels sees no status) | failure | never |
 //! | RESOURCE_EXHAUSTED | overloaded | never (configurable) |
 //! | any other code (OK, NOT_FOUND, INVALID_ARGUMENT, …: the caller's affair) | success | never |
 //! | none: the stream ended without a status | failure (UNKNOWN, as the caller's gRPC library reports it) | — |

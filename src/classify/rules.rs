@@ -102,7 +102,11 @@ impl HttpClassify {
     pub fn classify_grpc(&self, code: GrpcCode) -> Class {
         let class = if code == GrpcCode::ResourceExhausted {
             Class::overloaded()
-        } else if GrpcCodes::FAILURES.contains(code) {
+        } else if GrpcCodes::FAILURES.contains(code) || code == GrpcCode::Cancelled {
+            // CANCELLED that a server sends is its own giving up: tonic's
+            // servers answer an expired `grpc-timeout` with it, so a server
+            // that let the deadline run out would otherwise look healthy.
+            // (A caller that cancels sees no status: it dropped the call.)
             Class::failure(Retry::Never)
         } else {
             Class::SUCCESS
@@ -275,7 +279,7 @@ mod tests {
         assert!(unavailable.is_failure());
         assert_eq!(unavailable.retry(), Retry::Always);
         assert_eq!(unavailable.grpc_status(), Some(GrpcCode::Unavailable));
-        for code in ["2", "4", "13", "15"] {
+        for code in ["1", "2", "4", "13", "15"] {
             let class = c.classify_response(&grpc(&[("grpc-status", code)]));
             assert_eq!(class.outcome(), super::super::Outcome::Failure, "{code}");
             assert_eq!(class.retry(), Retry::Never, "{code}");

@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::RecordType;
 use http_body_util::{BodyExt, Full};
 use palisade::Client;
@@ -464,44 +465,52 @@ async fn an_invalid_name_is_a_typed_error_naming_it() {
 }
 
 /// With the default `ip_family` (both), a server that refuses AAAA (as
-/// dnsmasq does with no upstream) while it answers A: the A addresses are
-/// used, for a host name and for an SRV target, and the refusal is kept in
-/// the status. Before, the whole lookup failed and no endpoint was ever
-/// found. When every family fails, the lookup fails as before.
+/// dnsmasq does with no upstream), or answers it SERVFAIL, while it answers
+/// A: the A addresses are used, for a host name and for an SRV target, and
+/// the failure is kept in the status. Before, the whole lookup failed and
+/// no endpoint was ever found. When every family fails, the lookup fails as
+/// before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_family_that_fails_does_not_hide_the_others_answer() {
-    let b = backend(Behavior::new()).await;
-    let zone = Zone::new();
-    zone.a("h.svc.test");
-    zone.srv(
-        "_http._tcp.svc.test",
-        &[(0, 1, b.addr().port(), "h.svc.test")],
-    );
-    zone.mode(Mode::Refuse(RecordType::AAAA));
-    let server = DnsServer::start(&zone).await;
+    for (code, says) in [
+        (ResponseCode::Refused, "Refused"),
+        (ResponseCode::ServFail, "Server Failure"),
+    ] {
+        let b = backend(Behavior::new()).await;
+        let zone = Zone::new();
+        zone.a("h.svc.test");
+        zone.srv(
+            "_http._tcp.svc.test",
+            &[(0, 1, b.addr().port(), "h.svc.test")],
+        );
+        zone.mode(Mode::FailType(RecordType::AAAA, code));
+        let server = DnsServer::start(&zone).await;
 
-    let srv = dns("_http._tcp.svc.test", &server);
-    let status = srv.status();
-    let srv_client = client(srv);
-    until_addrs(&srv_client, &[b.addr()]).await;
-    assert_eq!(send(&srv_client).await, b.addr());
-    let errors = status.family_errors();
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(
-        errors[0].starts_with("AAAA h.svc.test.") && errors[0].contains("Refused"),
-        "{errors:?}"
-    );
-    assert_eq!(status.last_error(), None);
+        let srv = dns("_http._tcp.svc.test", &server);
+        let status = srv.status();
+        let srv_client = client(srv);
+        until_addrs(&srv_client, &[b.addr()]).await;
+        assert_eq!(send(&srv_client).await, b.addr());
+        let errors = status.family_errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("AAAA h.svc.test.") && errors[0].contains(says),
+            "{code}: {errors:?}"
+        );
+        assert_eq!(status.last_error(), None);
 
-    let host = dns(&format!("h.svc.test:{}", b.addr().port()), &server);
-    let host_status = host.status();
-    let host_client = client(host);
-    until_addrs(&host_client, &[b.addr()]).await;
-    assert_eq!(host_status.family_errors().len(), 1);
+        let host = dns(&format!("h.svc.test:{}", b.addr().port()), &server);
+        let host_status = host.status();
+        let host_client = client(host);
+        until_addrs(&host_client, &[b.addr()]).await;
+        assert_eq!(host_status.family_errors().len(), 1);
 
-    // Every family failing fails the lookup; the last good set stays.
-    zone.mode(Mode::ServFail);
-    until_failures(&status, 2).await;
-    assert!(status.last_error().is_some());
-    assert_eq!(addrs(&srv_client), [b.addr()]);
+        // Every family failing fails the lookup; the last good set stays.
+        zone.mode(Mode::ServFail);
+        until_failures(&status, 2).await;
+        until_failures(&host_status, 2).await;
+        assert!(status.last_error().is_some());
+        assert_eq!(addrs(&srv_client), [b.addr()]);
+        assert_eq!(addrs(&host_client), [b.addr()]);
+    }
 }

@@ -1,7 +1,7 @@
 //! A real DNS server for tests: hickory-server on 127.0.0.1 (UDP, and TCP
 //! on the same port when it is free) serving a [`Zone`] the test changes
-//! while it runs (records, TTL, SERVFAIL, silence, NXDOMAIN), counting the
-//! queries. Used by `tests/discover_dns.rs` and by the proxy's DNS
+//! while it runs (records, TTL, SERVFAIL, REFUSED, silence, NXDOMAIN),
+//! counting the queries. Used by `tests/discover_dns.rs` and by the proxy's DNS
 //! discovery test in `tests/proxy_bin.rs`.
 
 use std::collections::HashMap;
@@ -36,9 +36,9 @@ pub enum Mode {
     ServFail,
     /// Nothing at all: every query times out.
     Silent,
-    /// REFUSED to queries of this type, answers to the others (dnsmasq
-    /// with no upstream, asked for AAAA).
-    Refuse(RecordType),
+    /// This error (REFUSED, SERVFAIL) to queries of this type, answers to
+    /// the others (dnsmasq with no upstream refuses AAAA).
+    FailType(RecordType, ResponseCode),
 }
 
 pub struct ZoneState {
@@ -152,9 +152,9 @@ impl Zone {
         let builder = MessageResponseBuilder::from_message_request(request);
         let sent = match mode {
             Mode::Silent => return silent,
-            Mode::Refuse(refused) if refused == qtype => {
+            Mode::FailType(failed, code) if failed == qtype => {
                 response
-                    .send_response(builder.error_msg(&request.metadata, ResponseCode::Refused))
+                    .send_response(builder.error_msg(&request.metadata, code))
                     .await
             }
             Mode::ServFail => {
@@ -162,12 +162,12 @@ impl Zone {
                     .send_response(builder.error_msg(&request.metadata, ResponseCode::ServFail))
                     .await
             }
-            Mode::Answer | Mode::Refuse(_) if !known => {
+            Mode::Answer | Mode::FailType(..) if !known => {
                 response
                     .send_response(builder.error_msg(&request.metadata, ResponseCode::NXDomain))
                     .await
             }
-            Mode::Answer | Mode::Refuse(_) => {
+            Mode::Answer | Mode::FailType(..) => {
                 let rsp = builder.build(metadata, answers.iter(), None, None, None);
                 response.send_response(rsp).await
             }

@@ -129,9 +129,13 @@ pub(super) async fn lookup_ips(
     // One family's failure (a server that refuses AAAA, as dnsmasq does
     // with no upstream) does not hide another family's answer: the round
     // fails only when no family produced an address and one failed. The
-    // failed families are kept for the status.
+    // failed families are kept for the status. NXDOMAIN is said of the
+    // name, not of one type, so it stands even when another family's query
+    // failed: a deleted name behind such a server is still missing (and
+    // `OnNxdomain::Clear` still clears). An empty answer (NODATA) says
+    // nothing of the other type, so next to a failure it is a failure.
     if ips.addrs.is_empty() {
-        return Err(if errors.is_empty() {
+        return Err(if errors.is_empty() || nxdomain {
             Miss::NoRecords { nxdomain }
         } else {
             Miss::Failed(errors.join("; "))

@@ -58,7 +58,9 @@
 //!   REFUSED or SERVFAIL for AAAA, as dnsmasq does with no upstream) does
 //!   not fail the lookup when the other answered: its addresses are used
 //!   and the failure is kept in [`DnsStatus::family_errors`]. The lookup
-//!   fails only when no family produced an address and one failed.
+//!   fails only when no family produced an address and one failed;
+//!   NXDOMAIN from one family, being said of the name, makes it missing
+//!   even when the other failed.
 //! - **SRV** ([`Dns::srv`]): only the records with the lowest priority
 //!   number are used (RFC 2782: the others are fallbacks for clients that
 //!   cannot reach them, while the balancer's own health checks already
@@ -163,8 +165,9 @@ pub enum OnNxdomain {
 /// Which address records a name is resolved to.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum IpFamily {
-    /// A and AAAA, queried at once (the default). A failure of either
-    /// counts as a failed lookup; a name with only one kind is fine.
+    /// A and AAAA, queried at once (the default). A name with only one
+    /// kind is fine, and so is one kind failing while the other answers
+    /// (see [`DnsStatus::family_errors`]); the lookup fails when both fail.
     #[default]
     Both,
     /// A records only.

@@ -527,3 +527,67 @@ async fn a_family_that_fails_does_not_hide_the_others_answer() {
         assert_eq!(addrs(&host_client), [b.addr()]);
     }
 }
+
+/// An SRV target whose every family fails (a name outside dnsmasq's zone,
+/// refused) is to the round what one failed family is to a name: the other
+/// targets' answers are used, the failed target keeps the addresses it had,
+/// and its error is kept in the status. The round fails only when every
+/// target fails. Before, one such target failed every round, so a service
+/// started while it failed never became ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_srv_target_that_fails_does_not_fail_the_round() {
+    let (b1, b2, b3) = (
+        backend(Behavior::new()).await,
+        backend(Behavior::new()).await,
+        backend(Behavior::new()).await,
+    );
+    let zone = Zone::new();
+    zone.a("one.svc.test");
+    zone.a("two.svc.test");
+    let records = |one: &Backend| {
+        [
+            (0, 1, one.addr().port(), "one.svc.test"),
+            (0, 1, b2.addr().port(), "two.svc.test"),
+        ]
+    };
+    zone.srv("_http._tcp.svc.test", &records(&b1));
+    zone.mode(Mode::FailType(RecordType::AAAA, ResponseCode::Refused));
+    let server = DnsServer::start(&zone).await;
+    let source = dns("_http._tcp.svc.test", &server);
+    let status = source.status();
+    let running = client(source);
+    until_addrs(&running, &[b1.addr(), b2.addr()]).await;
+
+    // two.svc.test fails; rounds still succeed (a change to the other
+    // target is seen) and two keeps its address.
+    zone.fail_name("two.svc.test", ResponseCode::Refused);
+    zone.srv("_http._tcp.svc.test", &records(&b3));
+    until_addrs(&running, &[b2.addr(), b3.addr()]).await;
+    assert_eq!(status.last_error(), None);
+    let errors = status.family_errors();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("A two.svc.test.") && e.contains("Refused")),
+        "{errors:?}"
+    );
+
+    // A source started while two fails is ready with one's endpoint.
+    let fresh = dns("_http._tcp.svc.test", &server);
+    let fresh_status = fresh.status();
+    let fresh = client(fresh);
+    until_addrs(&fresh, &[b3.addr()]).await;
+    assert_eq!(send(&fresh).await, b3.addr());
+
+    // Every target failing fails the round; the last good set stays.
+    zone.fail_name("one.svc.test", ResponseCode::ServFail);
+    until_failures(&fresh_status, 2).await;
+    until_failures(&status, 2).await;
+    let error = status.last_error().unwrap();
+    assert!(
+        error.contains("one.svc.test.") && error.contains("two.svc.test."),
+        "{error}"
+    );
+    assert_eq!(addrs(&running), sorted(vec![b2.addr(), b3.addr()]));
+    assert_eq!(addrs(&fresh), [b3.addr()]);
+}

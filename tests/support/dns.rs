@@ -46,6 +46,9 @@ pub struct ZoneState {
     pub records: HashMap<(String, RecordType), Vec<RData>>,
     pub ttl: u32,
     pub mode: Mode,
+    /// (lower-case name without final dot) → the error every query of it
+    /// gets, whatever the mode (a name outside dnsmasq's zone).
+    pub failing: HashMap<String, ResponseCode>,
 }
 
 /// A zone the tests change while the server runs; it counts the queries.
@@ -70,6 +73,7 @@ impl Zone {
                 records: HashMap::new(),
                 ttl: 0,
                 mode: Mode::Answer,
+                failing: HashMap::new(),
             })),
             queries: Arc::new(AtomicU64::new(0)),
         }
@@ -118,6 +122,13 @@ impl Zone {
         self.edit(|z| z.mode = mode);
     }
 
+    /// Every query of `owner` gets `code` from now on.
+    pub fn fail_name(&self, owner: &str, code: ResponseCode) {
+        self.edit(|z| {
+            z.failing.insert(owner.to_owned(), code);
+        });
+    }
+
     async fn answer<R: ResponseHandler>(&self, request: &Request, mut response: R) -> ResponseInfo {
         self.queries.fetch_add(1, Ordering::Relaxed);
         let mut metadata = Metadata::response_from_request(&request.metadata);
@@ -137,6 +148,10 @@ impl Zone {
         let (mode, answers, known) = {
             let z = self.state.lock().unwrap();
             let owner = key(&qname);
+            let mode = match z.failing.get(&owner) {
+                Some(&code) => Mode::FailType(qtype, code),
+                None => z.mode,
+            };
             let answers: Vec<Record> = z
                 .records
                 .get(&(owner.clone(), qtype))
@@ -147,7 +162,7 @@ impl Zone {
                 })
                 .unwrap_or_default();
             let known = z.records.keys().any(|(n, _)| *n == owner);
-            (z.mode, answers, known)
+            (mode, answers, known)
         };
         let builder = MessageResponseBuilder::from_message_request(request);
         let sent = match mode {

@@ -20,6 +20,9 @@ pub(super) struct Hickory {
     pub(super) resolver: TokioResolver,
     pub(super) target: Target,
     pub(super) family: IpFamily,
+    /// SRV: each target's addresses in the last set published, kept for a
+    /// target whose lookup fails while others answer.
+    pub(super) srv_targets: HashMap<String, Vec<IpAddr>>,
 }
 
 impl Resolve for Hickory {
@@ -42,7 +45,9 @@ impl Resolve for Hickory {
                     Err(miss) => miss.into_outcome(self.family),
                 }
             }
-            Target::Srv { name } => lookup_srv(&self.resolver, name, self.family).await,
+            Target::Srv { name } => {
+                lookup_srv(&self.resolver, name, self.family, &mut self.srv_targets).await
+            }
         }
     }
 }
@@ -150,7 +155,16 @@ pub(super) fn classify(error: &NetError) -> Option<bool> {
     error.is_no_records_found().then(|| error.is_nx_domain())
 }
 
-pub(super) async fn lookup_srv(resolver: &TokioResolver, name: &Name, family: IpFamily) -> Outcome {
+/// SRV records and their targets' addresses. `last` holds each target's
+/// addresses in the last set this produced: a target whose lookup fails
+/// while another target answers keeps them; it is replaced by every
+/// answer.
+pub(super) async fn lookup_srv(
+    resolver: &TokioResolver,
+    name: &Name,
+    family: IpFamily,
+    last: &mut HashMap<String, Vec<IpAddr>>,
+) -> Outcome {
     let lookup = match resolver.lookup(name.clone(), RecordType::SRV).await {
         Ok(lookup) => lookup,
         Err(e) => {
@@ -205,6 +219,7 @@ pub(super) async fn lookup_srv(resolver: &TokioResolver, name: &Name, family: Ip
 
     let mut addrs = HashMap::new();
     let mut family_errors = Vec::new();
+    let mut failed = Vec::new();
     for (target, result) in resolved {
         match result {
             Ok(ips) => {
@@ -212,7 +227,7 @@ pub(super) async fn lookup_srv(resolver: &TokioResolver, name: &Name, family: Ip
                 family_errors.extend(ips.family_errors);
                 addrs.insert(target, ips.addrs);
             }
-            Err(Miss::Failed(error)) => return Outcome::Failed(error),
+            Err(Miss::Failed(error)) => failed.push((target, error)),
             Err(Miss::NoRecords { nxdomain }) => {
                 tracing::warn!(
                     dns.name = %name,
@@ -223,10 +238,25 @@ pub(super) async fn lookup_srv(resolver: &TokioResolver, name: &Name, family: Ip
             }
         }
     }
+    // A target whose every family failed (a name the server refuses) is
+    // what one failed family is to a name: the round fails only when no
+    // target answered. Otherwise the target keeps its last addresses (the
+    // last good set holds for it) and its error is kept for the status.
+    if !failed.is_empty() && addrs.is_empty() {
+        let errors: Vec<String> = failed.into_iter().map(|(_, error)| error).collect();
+        return Outcome::Failed(errors.join("; "));
+    }
+    for (target, error) in failed {
+        if let Some(kept) = last.remove(&target) {
+            addrs.insert(target, kept);
+        }
+        family_errors.push(error);
+    }
     let endpoints = srv_endpoints(&picks, &addrs);
     if endpoints.is_empty() {
         return Outcome::Missing("no SRV target has addresses".into());
     }
+    *last = addrs;
     Outcome::Found {
         endpoints,
         ttl,

@@ -96,10 +96,13 @@
 //! # When it fails
 //!
 //! - A lookup that fails (timeout, SERVFAIL, REFUSED, connection error,
-//!   or a failure of any SRV target's lookup) keeps the last good set and
+//!   or a failure of every SRV target's lookup) keeps the last good set and
 //!   is retried with [`Backoff`](crate::backoff::Backoff): retry `n` waits a
 //!   random time up to `min × 2^(n−1)`, capped by the upper bound, and
 //!   never less than the lower bound.
+//! - An SRV target whose lookup fails while another target answers keeps
+//!   the addresses it had in the last set, and its error is kept in
+//!   [`DnsStatus::family_errors`], as one failed address family is.
 //! - NXDOMAIN or an answer without usable records keeps the last set by
 //!   default, or clears it with [`OnNxdomain::Clear`]; it is re-checked on
 //!   the same backoff schedule. An SRV target with no addresses is
@@ -113,6 +116,7 @@
 //! endpoints per answer; the rest, in address order, are dropped with a
 //! warning.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
@@ -319,6 +323,7 @@ impl Dns {
             resolver,
             target,
             family: self.ip_family,
+            srv_targets: HashMap::new(),
         };
         runtime.spawn(run(lookup, handle, schedule, self.status));
         Ok(discover)
@@ -644,7 +649,10 @@ impl DnsStatus {
     /// [`IpFamily::Both`], a server that refuses AAAA (as dnsmasq does with
     /// no upstream) while A answers gives
     /// `["AAAA h.svc.test.: … Query Refused"]`, and the A addresses are
-    /// used. Empty when every family answered.
+    /// used. For SRV, one entry per failed family of each target, and an
+    /// SRV target whose families all failed while another target answered
+    /// (`"A db.example.: …; AAAA db.example.: …"`; it kept its last
+    /// addresses). Empty when every family answered.
     pub fn family_errors(&self) -> Vec<String> {
         self.update(|s| s.family_errors.clone())
     }

@@ -884,8 +884,29 @@ pub(crate) struct Watched {
     stamp: Option<Result<FileStamp, io::ErrorKind>>,
     /// Re-read at the next check whatever the stamp.
     racy: bool,
-    /// The content last read, `None` before the first good read.
-    content: Option<Vec<u8>>,
+    /// A digest of the content last read, `None` before the first good
+    /// read: the content itself is not kept (a large file would be held
+    /// twice, once as text and once parsed).
+    content: Option<Digest>,
+}
+
+/// A 128-bit digest of a file's content: two SipHash sums under different
+/// prefixes, and the length. Content that changes and keeps its digest
+/// (odds of 2⁻¹²⁸ by accident) would be missed until the next change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Digest(u64, u64, usize);
+
+impl Digest {
+    fn of(bytes: &[u8]) -> Digest {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let sum = |prefix: u8| {
+            let mut h = DefaultHasher::new();
+            prefix.hash(&mut h);
+            bytes.hash(&mut h);
+            h.finish()
+        };
+        Digest(sum(0), sum(1), bytes.len())
+    }
 }
 
 impl Watched {
@@ -907,7 +928,7 @@ impl Watched {
     /// (missing, unreadable, or larger than the limit: then the error's
     /// kind is `FileTooLarge` and its message names the limit). Blocking;
     /// cheap when nothing changed (one `stat`).
-    pub(crate) fn check(&mut self) -> io::Result<Option<&[u8]>> {
+    pub(crate) fn check(&mut self) -> io::Result<Option<Vec<u8>>> {
         let metadata = fs::metadata(&self.path);
         let stamp = match &metadata {
             Ok(m) => Ok(FileStamp::of(m)),
@@ -924,10 +945,12 @@ impl Watched {
         // `stat` above; if so the next check sees it).
         self.stamp = Some(Ok(stamp));
         self.racy = stamp.is_racy();
-        if self.content.as_ref() == Some(&bytes) {
+        let digest = Digest::of(&bytes);
+        if self.content == Some(digest) {
             return Ok(None);
         }
-        Ok(Some(self.content.insert(bytes)))
+        self.content = Some(digest);
+        Ok(Some(bytes))
     }
 
     /// Forgets what was seen, so that the next [`check`](Watched::check)
@@ -1004,7 +1027,7 @@ impl Source {
             return Ok(None);
         };
         let endpoints =
-            parse_bytes(bytes, self.format, self.max_endpoints).map_err(|e| e.at(path))?;
+            parse_bytes(&bytes, self.format, self.max_endpoints).map_err(|e| e.at(path))?;
         let n = endpoints.len();
         self.handle.replace(endpoints);
         Ok(Some(n))
@@ -1500,31 +1523,38 @@ labels = { zone = "a" }
         let path = dir.join("e.json");
         fs::write(&path, "[\"10.0.0.1:80\"]").unwrap();
         let mut w = Watched::new(path.clone(), DEFAULT_MAX_BYTES);
-        assert_eq!(w.check().unwrap(), Some(&b"[\"10.0.0.1:80\"]"[..]));
-        assert_eq!(w.check().unwrap(), None);
+        assert_eq!(
+            w.check().unwrap().as_deref(),
+            Some(&b"[\"10.0.0.1:80\"]"[..])
+        );
+        assert_eq!(w.check().unwrap().as_deref(), None);
 
         // In place, another length.
         fs::write(&path, "[\"10.0.0.1:80\", \"10.0.0.2:80\"]").unwrap();
         assert_eq!(
-            w.check().unwrap(),
+            w.check().unwrap().as_deref(),
             Some(&b"[\"10.0.0.1:80\", \"10.0.0.2:80\"]"[..])
         );
         // The same bytes again: no change.
         fs::write(&path, "[\"10.0.0.1:80\", \"10.0.0.2:80\"]").unwrap();
-        assert_eq!(w.check().unwrap(), None);
+        assert_eq!(w.check().unwrap().as_deref(), None);
         // In place, the same length, at once: a fresh file is re-read
         // whatever its stamp says.
         fs::write(&path, "[\"10.0.0.1:80\", \"10.0.0.3:80\"]").unwrap();
         assert_eq!(
-            w.check().unwrap(),
+            w.check().unwrap().as_deref(),
             Some(&b"[\"10.0.0.1:80\", \"10.0.0.3:80\"]"[..])
         );
 
         // An old file whose stamp is unchanged is not read again.
         age(&path);
-        assert_eq!(w.check().unwrap(), None, "the content is the same");
+        assert_eq!(
+            w.check().unwrap().as_deref(),
+            None,
+            "the content is the same"
+        );
         assert!(!w.racy);
-        assert_eq!(w.check().unwrap(), None);
+        assert_eq!(w.check().unwrap().as_deref(), None);
 
         w.forget();
         assert!(
@@ -1541,7 +1571,7 @@ labels = { zone = "a" }
         age(&path);
         let mut w = Watched::new(path.clone(), DEFAULT_MAX_BYTES);
         assert!(w.check().unwrap().is_some());
-        assert_eq!(w.check().unwrap(), None);
+        assert_eq!(w.check().unwrap().as_deref(), None);
 
         // Same length, and the same (old) modification time: the inode tells.
         let tmp = dir.join("e.tmp");
@@ -1553,11 +1583,14 @@ labels = { zone = "a" }
             .set_modified(fs::metadata(&path).unwrap().modified().unwrap())
             .unwrap();
         fs::rename(&tmp, &path).unwrap();
-        assert_eq!(w.check().unwrap(), Some(&b"[\"10.0.0.2:80\"]"[..]));
+        assert_eq!(
+            w.check().unwrap().as_deref(),
+            Some(&b"[\"10.0.0.2:80\"]"[..])
+        );
 
         // The same content renamed over: no change.
         replace(&path, "[\"10.0.0.2:80\"]");
-        assert_eq!(w.check().unwrap(), None);
+        assert_eq!(w.check().unwrap().as_deref(), None);
     }
 
     #[cfg(unix)]
@@ -1585,16 +1618,22 @@ labels = { zone = "a" }
         symlink("..data/endpoints.json", &path).unwrap();
 
         let mut w = Watched::new(path.clone(), DEFAULT_MAX_BYTES);
-        assert_eq!(w.check().unwrap(), Some(&b"[\"10.0.0.1:80\"]"[..]));
-        assert_eq!(w.check().unwrap(), None);
+        assert_eq!(
+            w.check().unwrap().as_deref(),
+            Some(&b"[\"10.0.0.1:80\"]"[..])
+        );
+        assert_eq!(w.check().unwrap().as_deref(), None);
 
         publish("b", "[\"10.0.0.2:80\"]");
-        assert_eq!(w.check().unwrap(), Some(&b"[\"10.0.0.2:80\"]"[..]));
-        assert_eq!(w.check().unwrap(), None);
+        assert_eq!(
+            w.check().unwrap().as_deref(),
+            Some(&b"[\"10.0.0.2:80\"]"[..])
+        );
+        assert_eq!(w.check().unwrap().as_deref(), None);
 
         // A new version with the same content is no change.
         publish("c", "[\"10.0.0.2:80\"]");
-        assert_eq!(w.check().unwrap(), None);
+        assert_eq!(w.check().unwrap().as_deref(), None);
     }
 
     #[test]
@@ -1604,16 +1643,16 @@ labels = { zone = "a" }
         let mut w = Watched::new(path.clone(), DEFAULT_MAX_BYTES);
         let e = w.check().unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
-        assert_eq!(w.check().unwrap(), None, "reported once");
+        assert_eq!(w.check().unwrap().as_deref(), None, "reported once");
 
         fs::write(&path, "[]").unwrap();
-        assert_eq!(w.check().unwrap(), Some(&b"[]"[..]));
+        assert_eq!(w.check().unwrap().as_deref(), Some(&b"[]"[..]));
         fs::remove_file(&path).unwrap();
         assert!(w.check().is_err());
-        assert_eq!(w.check().unwrap(), None);
+        assert_eq!(w.check().unwrap().as_deref(), None);
         // Back with the content it had: nothing new.
         fs::write(&path, "[]").unwrap();
-        assert_eq!(w.check().unwrap(), None);
+        assert_eq!(w.check().unwrap().as_deref(), None);
     }
 
     #[test]
@@ -1635,7 +1674,7 @@ labels = { zone = "a" }
             )
         );
         fs::write(&path, "[]").unwrap();
-        assert_eq!(w.check().unwrap(), Some(&b"[]"[..]));
+        assert_eq!(w.check().unwrap().as_deref(), Some(&b"[]"[..]));
     }
 
     // --- The polling task ------------------------------------------------------

@@ -54,7 +54,7 @@ pub(crate) async fn watch_config(state: Arc<State>, mut stop: watch::Receiver<bo
         let checked = tokio::task::spawn_blocking(move || {
             let config = match watched.check() {
                 Ok(None) => None,
-                Ok(Some(bytes)) => Some(parse_config(&path, bytes)),
+                Ok(Some(bytes)) => Some(parse_config(&path, &bytes)),
                 Err(e) => Some(Err(StartError::Read(path.clone(), e))),
             };
             (watched, config)
@@ -172,10 +172,14 @@ pub(crate) async fn reload(state: &State, mut config: Config) -> bool {
             k.file,
         );
     }
-    if *old.config == config {
+    // The running config keeps its routes apart, in their table.
+    let routes = std::mem::take(&mut config.routes);
+    let unchanged = *old.config == config && old.routes.is(&routes);
+    config.routes = routes;
+    if unchanged {
         return false;
     }
-    match build_routing(Arc::new(config), Some(&old), &state.metrics).await {
+    match build_routing(config, Some(&old), &state.metrics).await {
         Ok(routing) => {
             state.routing.store(Arc::new(routing));
             if kept.is_empty() {

@@ -192,6 +192,7 @@ pub(crate) fn discovery_json(
 /// [redacted](redact).
 fn effective_config(routing: &Routing) -> Config {
     let mut config = (*routing.config).clone();
+    config.routes = routing.routes.to_routes();
     for svc in &mut config.services {
         if let Some(upstream) = routing.services.get(&svc.name) {
             svc.client = upstream.client.settings();

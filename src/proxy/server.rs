@@ -32,7 +32,7 @@ use super::conns::{
 use super::inbound::{Refusal, host_of, prepare, strip_hop_by_hop};
 use super::listen::{Side, serve};
 pub(crate) use super::reload::*;
-use super::routes::CompiledRoute;
+use super::routes::RouteTable;
 pub(crate) use super::upstream::*;
 use crate::classify::{EosBody, GrpcCode};
 use crate::discover::DynamicHandle;
@@ -57,9 +57,11 @@ pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// What requests are routed with: swapped whole on reload, so a request
 /// keeps the routing it started with.
 pub(crate) struct Routing {
+    /// The running config, without its routes (they are in `routes`) and
+    /// without the text it was read from.
     pub(crate) config: Arc<Config>,
     pub(crate) services: HashMap<String, Upstream>,
-    pub(crate) routes: Vec<CompiledRoute>,
+    pub(crate) routes: RouteTable,
     /// The connection pools the services use, one per protocol and
     /// transport settings; a reload reuses the pools whose key it still
     /// has, and those no service uses any more close with the old routing.
@@ -141,7 +143,7 @@ impl State {
         let connections = ClientConnections::register(&mut registry, Side::Proxy);
         let admin_connections = ClientConnections::register(&mut registry, Side::Admin);
         let default_max_connections = default_max_connections(raise_descriptor_limit());
-        let routing = build_routing(Arc::new(config), None, &metrics).await?;
+        let routing = build_routing(config, None, &metrics).await?;
         Ok(State {
             routing: ArcSwap::from_pointee(routing),
             metrics,
@@ -269,7 +271,7 @@ pub(crate) async fn handle(
     // `prepare` made the target's authority and `Host` agree, and checked
     // them: this is the host the backend will be asked for.
     let host = host_of(&req).unwrap_or(None);
-    let Some(route) = routing.routes.iter().find(|r| r.matches(host, &req)) else {
+    let Some(route) = routing.routes.find(host, &req) else {
         return own(
             dialect,
             StatusCode::NOT_FOUND,
@@ -285,7 +287,7 @@ pub(crate) async fn handle(
             StatusCode::BAD_GATEWAY,
             GrpcCode::Unavailable,
             "no-service",
-            format!("route {:?} names unknown service {service:?}", route.name),
+            format!("route {:?} names unknown service {service:?}", route.name()),
         );
     };
     // The upstream pool picks the protocol (HTTP/1.1 or h2c) whatever the
@@ -348,9 +350,7 @@ mod tests {
         text += "[[routes]]\nsplit = [{ service = \"listed\", weight = 1 }, { service = \"filed\", weight = 1 }]\n";
         let config = Config::from_file_text(&text, &dir.join("proxy.toml")).unwrap();
         let metrics = Metrics::register(&mut Registry::default());
-        let routing = build_routing(Arc::new(config), None, &metrics)
-            .await
-            .unwrap();
+        let routing = build_routing(config, None, &metrics).await.unwrap();
         let upstream = |name: &str| &routing.services[name];
         let svc = |name: &str| {
             let config = &routing.config;

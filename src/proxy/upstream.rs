@@ -8,7 +8,7 @@ use crate::Client;
 use crate::discover::{self, Dynamic};
 use crate::metrics::Metrics;
 use crate::proxy::config::{self, Config, Discovery};
-use crate::proxy::routes::CompiledRoute;
+use crate::proxy::routes::RouteTable;
 
 use super::server::*;
 
@@ -20,7 +20,7 @@ use super::server::*;
 /// their protocol and `http` settings are equal; the old routing's pools
 /// are reused by key.
 pub(crate) async fn build_routing(
-    config: Arc<Config>,
+    mut config: Config,
     old: Option<&Routing>,
     metrics: &Metrics,
 ) -> Result<Routing, StartError> {
@@ -51,14 +51,11 @@ pub(crate) async fn build_routing(
         };
         services.insert(svc.name.clone(), upstream);
     }
-    let routes = config
-        .routes
-        .iter()
-        .enumerate()
-        .map(|(i, r)| CompiledRoute::new(i, r))
-        .collect();
+    // The routes move into their compact table, and the file's text goes:
+    // a large config costs about its size while it runs.
+    let routes = RouteTable::new(&std::mem::take(&mut config.routes));
     Ok(Routing {
-        config,
+        config: Arc::new(config.without_source()),
         services,
         routes,
         pools,
@@ -322,9 +319,7 @@ mod tests {
             config.services[1].http.connect_timeout,
             std::time::Duration::from_millis(100)
         );
-        let old = build_routing(Arc::new(config), None, &metrics)
-            .await
-            .unwrap();
+        let old = build_routing(config, None, &metrics).await.unwrap();
         let http1 = (
             config::Protocol::Http1,
             crate::http::HttpSettings::default(),
@@ -342,9 +337,7 @@ mod tests {
         );
 
         let config = Config::from_toml(&text("200ms")).unwrap();
-        let new = build_routing(Arc::new(config), Some(&old), &metrics)
-            .await
-            .unwrap();
+        let new = build_routing(config, Some(&old), &metrics).await.unwrap();
         assert_eq!(new.pools.len(), 3);
         assert!(Arc::ptr_eq(&new.pools[&http1], &old.pools[&http1]));
         let b = |r: &Routing| (config::Protocol::Http1, r.config.services[1].http.clone());

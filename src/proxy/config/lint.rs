@@ -1,13 +1,7 @@
 //! Lints: policies that parse but cannot work as written.
 
 use super::*;
-use crate::proxy::routes::Matcher;
-
-/// Whether every request `b` matches, `a` matches too (the router's own
-/// matching decides).
-pub(crate) fn covers(a: &Match, b: &Match) -> bool {
-    Matcher::new(a).covers(&Matcher::new(b))
-}
+pub(crate) use crate::proxy::routes::{covers, is_catch_all};
 
 pub(crate) fn lint(c: &Config, r: &mut Report<'_>) {
     let root = FieldPath::root();
@@ -29,7 +23,7 @@ pub(crate) fn lint(c: &Config, r: &mut Report<'_>) {
         if let Some(i) = (0..j).find(|&i| covers(&c.routes[i].matches, &route.matches)) {
             live[j] = false;
             let earlier = root.key("routes").index(i);
-            let message = if Matcher::new(&c.routes[i].matches).is_catch_all() {
+            let message = if is_catch_all(&c.routes[i].matches) {
                 format!(
                     "unreachable: {} before it matches every request",
                     r.at(&earlier)

@@ -491,6 +491,14 @@ impl Config {
         report.finish()
     }
 
+    /// The config without the text it was read from (kept for line
+    /// numbers in problems): what a running proxy holds once the config is
+    /// checked.
+    pub(crate) fn without_source(mut self) -> Config {
+        self.source = SourceMap::default();
+        self
+    }
+
     /// The 1-based line a field (a path as in [`Problem::field`]) was written
     /// on, or the line of the nearest enclosing table that was; `None` for a
     /// config not read from text.

@@ -15,7 +15,10 @@
 #      to one CPU (PINNED=1);
 #   2. wrk -t2 -c50 for DURATION s: requests/s, and the proxy's CPU per
 #      request (utime+stime from /proc/PID/stat, summed over the proxy's
-#      processes, before/after, divided by the requests wrk completed);
+#      processes, before/after, divided by the requests wrk completed),
+#      split into user and system time, and its context switches per
+#      request (voluntary and involuntary, summed over every thread in
+#      /proc/PID/task/*/status);
 #   3. VmRSS of the proxy's process(es) right after run 2.
 #
 # Environment:
@@ -341,16 +344,23 @@ port_of() {
     esac
 }
 
-# Sum of utime+stime (clock ticks) over the given PIDs.
-cpu_ticks() {
-    local total=0 pid line
+# "USER SYS SWITCHES" over the given PIDs: utime and stime in clock ticks
+# (the whole process's, exited threads included), and context switches,
+# voluntary plus involuntary, summed over the threads alive now (a proxy's
+# worker threads live as long as it does).
+cpu_counters() {
+    local user=0 sys=0 pid line
     local -a f
     for pid in "$@"; do
         read -r line <"/proc/$pid/stat"
         read -ra f <<<"${line##*) }" # fields from 3 (state) on; utime is 14, stime 15
-        total=$((total + f[11] + f[12]))
+        user=$((user + f[11]))
+        sys=$((sys + f[12]))
     done
-    echo "$total"
+    local switches
+    switches=$(for pid in "$@"; do cat /proc/"$pid"/task/*/status 2>/dev/null; done |
+        awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ { n += $2 } END { print n + 0 }')
+    echo "$user $sys $switches"
 }
 
 # Sum of VmRSS (kB) over the given PIDs.
@@ -379,25 +389,34 @@ printf 'rep\tvariant\tmetric\tvalue\n' >"$RAW"
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RAW"; }
 
 # One wrk run against VARIANT (THREADS CONNS SECONDS [CPU to pin wrk to]);
-# sets WRK_OUT, REQS, CPU_US_REQ and CPU_SHARE (empty for direct) and ERRS.
+# sets WRK_OUT, REQS, CPU_US_REQ, USER_US_REQ, SYS_US_REQ, CSW_REQ and
+# CPU_SHARE (empty for direct) and ERRS.
 wrk_run() {
     local variant=$1 threads=$2 conns=$3 secs=$4 pin=${5:-} port before after
-    local -a pids prefix=()
+    local -a pids prefix=() c0 c1
     [[ -n "$pin" ]] && prefix=(taskset -c "$pin")
     port=$(port_of "$variant")
     mapfile -t pids < <(proxy_pids "$variant")
-    before=$( ((${#pids[@]})) && cpu_ticks "${pids[@]}" || echo 0)
+    read -ra c0 <<<"$( ((${#pids[@]})) && cpu_counters "${pids[@]}" || echo 0 0 0)"
     WRK_OUT=$("${prefix[@]}" "$WRK" -t"$threads" -c"$conns" -d"${secs}s" --latency "http://$ADDR:$port/")
-    after=$( ((${#pids[@]})) && cpu_ticks "${pids[@]}" || echo 0)
+    read -ra c1 <<<"$( ((${#pids[@]})) && cpu_counters "${pids[@]}" || echo 0 0 0)"
+    before=$((c0[0] + c0[1]))
+    after=$((c1[0] + c1[1]))
     REQS=$(awk '/ requests in / { print $1 }' <<<"$WRK_OUT")
     [[ "$REQS" =~ ^[0-9]+$ && "$REQS" -gt 0 ]] || die "wrk made no requests against $variant: $WRK_OUT"
     ERRS=$(awk '/Non-2xx or 3xx responses:/ { n += $NF } /Socket errors:/ { gsub(/,/, ""); n += $4 + $6 + $8 + $10 } END { print n + 0 }' <<<"$WRK_OUT")
     if ((${#pids[@]})); then
         CPU_US_REQ=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$REQS" 'BEGIN { printf "%.3f", t * 1e6 / hz / n }')
         CPU_SHARE=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v s="$secs" 'BEGIN { printf "%.1f", 100 * t / hz / s }')
+        USER_US_REQ=$(awk -v t=$((c1[0] - c0[0])) -v hz="$CLK_TCK" -v n="$REQS" 'BEGIN { printf "%.3f", t * 1e6 / hz / n }')
+        SYS_US_REQ=$(awk -v t=$((c1[1] - c0[1])) -v hz="$CLK_TCK" -v n="$REQS" 'BEGIN { printf "%.3f", t * 1e6 / hz / n }')
+        CSW_REQ=$(awk -v t=$((c1[2] - c0[2])) -v n="$REQS" 'BEGIN { printf "%.4f", t / n }')
     else
         CPU_US_REQ=
         CPU_SHARE=
+        USER_US_REQ=
+        SYS_US_REQ=
+        CSW_REQ=
     fi
 }
 
@@ -449,6 +468,9 @@ measure() {
     if [[ -n "$CPU_US_REQ" ]]; then
         record "$rep" "$variant" cpu_us_req "$CPU_US_REQ"
         record "$rep" "$variant" cpu_pct "$CPU_SHARE"
+        record "$rep" "$variant" user_us_req "$USER_US_REQ"
+        record "$rep" "$variant" sys_us_req "$SYS_US_REQ"
+        record "$rep" "$variant" csw_req "$CSW_REQ"
         # (d) memory right after the run.
         mapfile -t pids < <(proxy_pids "$variant")
         record "$rep" "$variant" rss_mb "$(awk -v k="$(rss_kb "${pids[@]}")" 'BEGIN { printf "%.1f", k / 1024 }')"
@@ -506,6 +528,8 @@ awk -F'\t' -v OFS='\t' '
                 n = names[i]
                 if (v[r, n, "cpu_us_req"] > 0)
                     print r, "palisade/" n, "cpu_ratio", v[r, "palisade", "cpu_us_req"] / v[r, n, "cpu_us_req"]
+                if (v[r, n, "csw_req"] > 0)
+                    print r, "palisade/" n, "csw_ratio", v[r, "palisade", "csw_req"] / v[r, n, "csw_req"]
                 if (v[r, n, "cpu_us_req_c1"] > 0)
                     print r, "palisade/" n, "cpu_ratio_c1", v[r, "palisade", "cpu_us_req_c1"] / v[r, n, "cpu_us_req_c1"]
                 a = v[r, n, "p50_us"] - d50
@@ -550,11 +574,14 @@ errors_of() {
     awk -F'\t' -v var="$1" '$2 == var && ($3 == "errors" || $3 == "errors_c1") { n += $4 } END { print n + 0 }' "$RAW"
 }
 echo "(a, c, d) $CONNS connections, wrk -t2 -c$CONNS:"
-printf '  %-9s %11s %7s %10s %8s %8s %9s %7s\n' \
-    variant "CPU us/req" "CPU %" "req/s" "vs dir" "RSS MB" "new conn" errors
+printf '  %-9s %11s %8s %8s %9s %7s %10s %8s %8s %9s %7s\n' \
+    variant "CPU us/req" "user" "sys" "csw/req" "CPU %" "req/s" "vs dir" "RSS MB" "new conn" errors
 for v in "${VARIANTS[@]}"; do
-    printf '  %-9s %11s %7s %10s %8s %8s %9s %7s\n' "$v" \
+    printf '  %-9s %11s %8s %8s %9s %7s %10s %8s %8s %9s %7s\n' "$v" \
         "$(fmt %.2f "$(median "$v" cpu_us_req)")" \
+        "$(fmt %.2f "$(median "$v" user_us_req)")" \
+        "$(fmt %.2f "$(median "$v" sys_us_req)")" \
+        "$(fmt %.3f "$(median "$v" csw_req)")" \
         "$(fmt %.0f%% "$(median "$v" cpu_pct)")" \
         "$(fmt %.0f "$(median "$v" rps)")" \
         "$(if [[ $v == direct ]]; then echo 1.00; else fmt %.2f "$(median "$v" rps_vs_direct)"; fi)" \
@@ -562,7 +589,8 @@ for v in "${VARIANTS[@]}"; do
         "$(median "$v" new_upstream_conns)" \
         "$(errors_of "$v")"
 done
-echo "  CPU us/req: the proxy's utime+stime per request; CPU %: of one core; RSS: VmRSS after the run"
+echo "  CPU us/req: the proxy's utime+stime per request (user, sys: the split); csw/req: its context"
+echo "  switches per request, voluntary + involuntary, over its threads; CPU %: of one core; RSS: VmRSS after the run"
 echo "  (nginx: master + workers); new conn: connections the backends accepted during the run"
 echo
 echo "(b) 1 connection, wrk -t1 -c1 (p50 and added p50 in us; CPU in us per request):"
@@ -592,9 +620,12 @@ p50p_ratio=$(median palisade/haproxy added_p50_pinned_ratio)
 p50p_diff=$(median palisade-haproxy p50_pinned_diff_us)
 rss=$(median palisade rss_mb)
 verdict() { if awk -v x="$1" -v y="$2" 'BEGIN { exit !(x != "-" && x + 0 <= y + 0) }'; then echo met; else echo MISSED; fi; }
-echo "targets (issue 6), medians of per-repetition ratios:"
-printf '  %-40s %7s   %-14s %s\n' "CPU per request, palisade / haproxy" "$(fmt %.2f "$cpu_ratio")" "target <= 0.80" \
-    "$(verdict "$cpu_ratio" 0.8)  (range $(range palisade/haproxy cpu_ratio))"
+csw_ratio=$(median palisade/haproxy csw_ratio)
+echo "targets (issue 17), medians of per-repetition ratios:"
+printf '  %-40s %7s   %-14s %s\n' "CPU per request, palisade / haproxy" "$(fmt %.2f "$cpu_ratio")" "target <= 1.00" \
+    "$(verdict "$cpu_ratio" 1.0)  (range $(range palisade/haproxy cpu_ratio))"
+printf '  %-40s %7s   %-14s %s\n' "context switches per request, pal / hap" "$(fmt %.2f "$csw_ratio")" "target <= 1.00" \
+    "$(verdict "$csw_ratio" 1.0)  (range $(range palisade/haproxy csw_ratio))"
 printf '  %-40s %7s   %-14s %s\n' "added p50, palisade / haproxy" "$(fmt %.2f "$p50_ratio")" "target <= 1.00" \
     "$(verdict "$p50_diff" 0)  (p50 palisade - haproxy: median $(fmt %+.1f "$p50_diff") us, range $(range palisade-haproxy p50_diff_us))"
 if [[ "$PINNED" == 1 ]]; then

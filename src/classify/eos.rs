@@ -100,20 +100,38 @@ pub struct Eos {
     listeners: Arc<Mutex<Listeners>>,
 }
 
+/// Listeners kept in the `Eos`'s own allocation: a client's usual ones
+/// (balancer, breaker, throttle, metrics) need no list of their own.
+const INLINE_LISTENERS: usize = 4;
+
 #[derive(Default)]
 enum Listeners {
     #[default]
     Empty,
-    Open(Vec<Listener>),
+    Open {
+        inline: [Option<Listener>; INLINE_LISTENERS],
+        /// Those past the inline ones, in order.
+        more: Vec<Listener>,
+    },
     Ended,
+}
+
+impl Listeners {
+    fn count(&self) -> usize {
+        match self {
+            Listeners::Open { inline, more } => {
+                inline.iter().filter(|l| l.is_some()).count() + more.len()
+            }
+            _ => 0,
+        }
+    }
 }
 
 impl fmt::Debug for Eos {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &*self.lock() {
-            Listeners::Empty => "open, 0 listeners".to_owned(),
-            Listeners::Open(l) => format!("open, {} listeners", l.len()),
             Listeners::Ended => "ended".to_owned(),
+            open => format!("open, {} listeners", open.count()),
         };
         f.debug_tuple("Eos").field(&state).finish()
     }
@@ -130,16 +148,21 @@ impl Eos {
     /// with [`End::Dropped`] (judge by the head).
     pub fn on_end(&self, listener: impl FnOnce(&End<'_>) + Send + 'static) {
         let mut guard = self.lock();
+        if let Listeners::Empty = &*guard {
+            *guard = Listeners::Open {
+                inline: Default::default(),
+                more: Vec::new(),
+            };
+        }
         match &mut *guard {
-            Listeners::Empty => {
-                // Room for a client's usual listeners (balancer, breaker,
-                // throttle, metrics) in one allocation.
-                let mut list: Vec<Listener> = Vec::with_capacity(4);
-                list.push(Box::new(listener));
-                *guard = Listeners::Open(list);
+            Listeners::Open { inline, more } => {
+                let listener: Listener = Box::new(listener);
+                match inline.iter_mut().find(|slot| slot.is_none()) {
+                    Some(slot) => *slot = Some(listener),
+                    None => more.push(listener),
+                }
             }
-            Listeners::Open(list) => list.push(Box::new(listener)),
-            Listeners::Ended => {
+            Listeners::Empty | Listeners::Ended => {
                 drop(guard);
                 listener(&End::Dropped);
             }
@@ -154,8 +177,8 @@ impl Eos {
     /// Tells every listener how the stream ended; later calls do nothing.
     fn end(&self, end: &End<'_>) {
         let list = std::mem::replace(&mut *self.lock(), Listeners::Ended);
-        if let Listeners::Open(list) = list {
-            for listener in list {
+        if let Listeners::Open { inline, more } = list {
+            for listener in inline.into_iter().flatten().chain(more) {
                 listener(end);
             }
         }
@@ -514,6 +537,26 @@ mod tests {
         assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
         assert_eq!(*heard.lock().unwrap(), ["0: trailers 1", "1: trailers 1"]);
         assert!(eos.has_ended());
+    }
+
+    /// More listeners than fit inline still run, all of them, in order.
+    #[test]
+    fn listeners_past_the_inline_ones_run_in_order() {
+        let eos = Eos::default();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..INLINE_LISTENERS + 3 {
+            let h = heard.clone();
+            eos.on_end(move |_| h.lock().unwrap().push(i));
+        }
+        assert_eq!(
+            format!("{eos:?}"),
+            format!("Eos(\"open, {} listeners\")", INLINE_LISTENERS + 3)
+        );
+        eos.end(&End::Complete(None));
+        assert_eq!(
+            *heard.lock().unwrap(),
+            (0..INLINE_LISTENERS + 3).collect::<Vec<_>>()
+        );
     }
 
     #[tokio::test]

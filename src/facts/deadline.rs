@@ -94,12 +94,12 @@ pub(crate) fn stamp_headers(parts: &mut http::request::Parts) {
     };
     let left = deadline.remaining().saturating_sub(propagate.reserve);
     let headers = &mut parts.headers;
-    headers.insert(header::DEADLINE_HEADER, header::format_millis(left));
+    headers.insert(header::DEADLINE_NAME, header::format_millis(left));
     headers.remove(header::ENVOY_TIMEOUT);
     let grpc = headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
     if grpc {
-        headers.insert(header::GRPC_TIMEOUT, header::format_grpc_timeout(left));
+        headers.insert(header::GRPC_TIMEOUT_NAME, header::format_grpc_timeout(left));
     }
 }

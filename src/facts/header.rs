@@ -22,6 +22,12 @@ pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 /// Envoy's expected-timeout header, read for compatibility.
 pub const ENVOY_TIMEOUT: &str = "x-envoy-expected-rq-timeout-ms";
 
+/// The written headers' names, made once: inserting by `&str` builds a
+/// `HeaderName` (an allocation for a name outside the standard set) every
+/// time, and these are written on every attempt.
+pub(crate) const DEADLINE_NAME: http::HeaderName = http::HeaderName::from_static(DEADLINE_HEADER);
+pub(crate) const GRPC_TIMEOUT_NAME: http::HeaderName = http::HeaderName::from_static(GRPC_TIMEOUT);
+
 /// Why a deadline header was not understood.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderError {

@@ -7,7 +7,7 @@ use super::*;
 
 /// Most changes applied before the set is republished, so a flood of changes
 /// cannot delay publication indefinitely.
-const MAX_BATCH: usize = 1024;
+pub(super) const MAX_BATCH: usize = 1024;
 
 /// Applies discovery changes to the published set until the balancer is
 /// dropped or the source ends (the last set is kept).
@@ -35,7 +35,7 @@ pub(super) async fn discover_task<D, N, S, C>(
             return;
         };
         let mut ended = false;
-        for _ in 0..MAX_BATCH {
+        for read in 1..=MAX_BATCH {
             match change {
                 None => {
                     ended = true;
@@ -46,6 +46,11 @@ pub(super) async fn discover_task<D, N, S, C>(
                     let e: BoxError = e.into();
                     tracing::warn!(service = %shared.name, error = %e, "discovery failed; keeping the last endpoint set");
                 }
+            }
+            // A change is read only when this batch has room for it: one
+            // read on the last pass used to be dropped.
+            if read == MAX_BATCH {
+                break;
             }
             match futures::future::poll_fn(|cx| discover.as_mut().poll_discover(cx)).now_or_never()
             {

@@ -600,6 +600,8 @@ mod cap_tests;
 #[cfg(test)]
 mod cut_tests;
 #[cfg(test)]
+mod discovery_tests;
+#[cfg(test)]
 mod eos_tests;
 #[cfg(test)]
 mod tests;

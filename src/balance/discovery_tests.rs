@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 
+use futures::StreamExt;
 use futures::channel::mpsc;
 use proptest::prelude::*;
 
@@ -188,4 +189,29 @@ proptest! {
     ) {
         paused_runtime().block_on(converges(rounds));
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn discovery_yields_between_rounds() {
+    // A source with many rounds' worth of changes always ready: the task
+    // used to apply them all in one poll, holding the worker that requests
+    // on this (current-thread) runtime need.
+    let fleet = Fleet::default();
+    let rounds = 8;
+    let n = (rounds * MAX_BATCH) as u16;
+    let changes: Vec<_> = (0..n)
+        .map(|key| Ok::<_, Infallible>(Change::Insert(key, endpoint(&fleet, key, 0))))
+        .collect();
+    let source = futures::stream::iter(changes).chain(futures::stream::pending());
+    let b = fleet.balance::<Body, _>(source, BalanceSettings::default());
+    // Each turn this task gets while the set fills is one a request would
+    // have had.
+    let mut turns = 0;
+    while b.len() < n as usize {
+        tokio::task::yield_now().await;
+        turns += 1;
+        assert!(turns < 1000, "the set never filled: {}", b.len());
+    }
+    assert!(turns >= rounds, "{turns} turns in {rounds} rounds");
+    assert_eq!(b.len(), n as usize);
 }

@@ -169,10 +169,11 @@ where
 /// has changed, so a burst of k changes costs k applies and at most
 /// `1 + 4k / set` copies, O(k) in all. Measured (`benches/scale.rs`,
 /// release, one worker): a copy costs about 13 ns an endpoint (0.65 ms at
-/// 50,000), and the cost per change of a burst stays flat from 1,000 to
-/// 50,000 endpoints (0.5-1 µs). What does pay O(set) per change is a
-/// source that trickles changes in one at a time into a very large set:
-/// 0.3 ms a change at 10,000, 0.65 ms at 50,000; changes that arrive
+/// 50,000), and the cost per change of a burst stays nearly flat: 0.25 µs
+/// at 1,000 endpoints (all in cache), 0.35-0.4 µs at 10,000, 0.45-0.55 µs
+/// at 50,000. What does pay O(set) per change is a source that trickles
+/// changes in one at a time into a very large set: 0.12 ms a change at
+/// 10,000, 0.65 ms at 50,000; changes that arrive
 /// during one publication are coalesced into the next, so that cost is
 /// bounded by the CPU of one copy at a time however fast they come.
 fn publish<K, S, C>(shared: &Shared<S, C>, slots: &Slots<K, S>) {

@@ -14,14 +14,15 @@ use crate::testing::{Answer, Fleet, paused_runtime, settle_until};
 
 type Body = http_body_util::Empty<bytes::Bytes>;
 type Svc = crate::testing::Svc<Body>;
-type Source = mpsc::UnboundedReceiver<Result<Change<u16, Endpoint>, Infallible>>;
+type Item = Result<Change<u16, Endpoint>, Infallible>;
+type Source = mpsc::UnboundedReceiver<Item>;
 
 /// A balancer fed by a channel: whatever is sent before the discovery task
 /// runs is ready to it all at once.
 fn channel_balance(
     fleet: &Fleet,
 ) -> (
-    mpsc::UnboundedSender<Result<Change<u16, Endpoint>, Infallible>>,
+    mpsc::UnboundedSender<Item>,
     Balance<Svc, crate::classify::HttpClassify>,
 ) {
     let (tx, rx): (_, Source) = mpsc::unbounded();

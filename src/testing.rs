@@ -196,6 +196,16 @@ pub(crate) async fn settle_until<S, C>(b: &Balance<S, C>, done: impl Fn(&Balance
         .unwrap_or_else(|_| panic!("the balancer did not apply the change: {b:?}"));
 }
 
+/// A current-thread runtime on paused time, for tests that build their own
+/// (proptests, which cannot be `#[tokio::test]`s).
+pub(crate) fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
 /// The problems of a `validate()` result, each as `field: message` (none
 /// when the settings are valid).
 pub(crate) fn problems(result: Result<(), SettingsError>) -> Vec<String> {

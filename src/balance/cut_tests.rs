@@ -91,6 +91,9 @@ async fn a_get_on_a_hung_endpoint_is_given_up_after_the_stall_floor() {
     settle_until(&b, |b| b.len() == 1).await;
     let start = tokio::time::Instant::now();
     let stuck = tokio::spawn(b.clone().oneshot(request(http::Method::GET)));
+    // The GET is on the hung endpoint before the other one appears.
+    tokio::task::yield_now().await;
+    assert_eq!(stats_of(&b, "127.0.0.1:1").in_flight, 1);
     handle.insert(fleet.set("127.0.0.1:2", Answer::ok(10)));
     settle_until(&b, |b| b.len() == 2).await;
     // Other traffic, answered by the healthy endpoint, until the stuck
@@ -152,6 +155,9 @@ async fn a_stalled_endpoint_is_passed_over_and_its_post_waits() {
     let b = fleet.balance::<Body, _>(discover, BalanceSettings::default());
     settle_until(&b, |b| b.len() == 1).await;
     let waiting = tokio::spawn(b.clone().oneshot(request(http::Method::POST)));
+    // The POST is on the hung endpoint before the other one appears.
+    tokio::task::yield_now().await;
+    assert_eq!(stats_of(&b, "127.0.0.1:2").in_flight, 1);
     // Slower than the hung endpoint looks (its 30 ms seed): only stall
     // detection keeps requests away from the hung one.
     handle.insert(fleet.set("127.0.0.1:1", Answer::ok(100)));

@@ -43,7 +43,9 @@
 //!   most of the decay time, which let an idle slow endpoint look as cheap
 //!   as a busy fast one.
 //!
-//! A new endpoint starts at the median estimate of the current set (or
+//! A new endpoint starts at the median estimate of the current set (of a
+//! random sample of 63 of its endpoints when it has more, so that adding
+//! one costs the same at any size; or
 //! [`default_rtt`](BalanceSettings::default_rtt), 30 ms, when the set is
 //! empty), never below [`min_rtt`](BalanceSettings::min_rtt) (1 ms), so it is
 //! neither flooded nor starved while it earns a real estimate. Its first
@@ -599,6 +601,8 @@ pub(crate) use verdict::InFlight;
 mod cap_tests;
 #[cfg(test)]
 mod cut_tests;
+#[cfg(test)]
+mod discovery_tests;
 #[cfg(test)]
 mod eos_tests;
 #[cfg(test)]

@@ -74,12 +74,16 @@ impl Sampler {
 }
 
 impl<S> EndpointSet<S> {
-    pub(crate) fn new(slots: Vec<Arc<Slot<S>>>) -> Self {
-        let weights: Vec<f64> = slots.iter().map(|s| s.endpoint.weight()).collect();
-        EndpointSet {
-            sampler: Sampler::new(&weights),
-            slots,
-        }
+    /// The set of `slots`; `uniform` says that their weights are all equal,
+    /// which spares reading every one.
+    pub(crate) fn new(slots: Vec<Arc<Slot<S>>>, uniform: bool) -> Self {
+        let sampler = if uniform {
+            Sampler::Uniform
+        } else {
+            let weights: Vec<f64> = slots.iter().map(|s| s.endpoint.weight()).collect();
+            Sampler::new(&weights)
+        };
+        EndpointSet { sampler, slots }
     }
 
     pub(crate) fn empty() -> Self {

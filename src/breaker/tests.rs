@@ -15,7 +15,7 @@ use tokio_test::task::{Spawn, spawn};
 use tower::ServiceExt;
 
 use super::*;
-use crate::testing::problems;
+use crate::testing::{paused_runtime, problems};
 
 type Reply = Result<Response<()>, io::Error>;
 type BackendFuture = Pin<Box<dyn Future<Output = Result<Response<()>, BoxError>> + Send>>;
@@ -680,14 +680,6 @@ async fn run(ops: Vec<Op>, probes: u32, successes_only: bool) -> Result<(), Test
     let _ = h.finish(call, status(200));
     prop_assert_eq!(h.state(), BreakerState::Closed);
     Ok(())
-}
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap()
 }
 
 proptest! {

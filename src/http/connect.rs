@@ -17,12 +17,21 @@
 //! (`retry_canceled_requests`) sends it on a new connection, whatever its
 //! method. A close that lands after the request was written is still an
 //! error the classifier retries only for idempotent methods.
+//!
+//! hyper polls an idle connection's read several times between two
+//! requests (after the response, after answering its own caller, before
+//! the next request): a peek on each cost five system calls per request.
+//! A connection peeks at most once per [`PEEK_INTERVAL`]; a close the
+//! kernel saw within that interval before the next request is the one left
+//! to the classifier, a window of microseconds against keep-alive timeouts
+//! of seconds.
 
 use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
@@ -77,6 +86,7 @@ impl Service<Uri> for Connector {
                 io,
                 check_close,
                 idle: false,
+                peeked: None,
             })
         })
     }
@@ -91,12 +101,25 @@ pub struct Conn {
     /// Whether the last bytes moved were read: the connection is between
     /// a response (or part of one) and the next request.
     idle: bool,
+    /// When the kernel was last asked whether the server closed.
+    peeked: Option<Instant>,
 }
+
+/// The least time between two peeks of one idle connection.
+const PEEK_INTERVAL: Duration = Duration::from_micros(50);
 
 impl Conn {
     /// Whether the server has closed the connection (or reset it), asked
     /// of the kernel now rather than of the reactor's last word.
-    fn peer_closed(&self) -> Option<io::Result<()>> {
+    fn peer_closed(&mut self) -> Option<io::Result<()>> {
+        let now = Instant::now();
+        if self
+            .peeked
+            .is_some_and(|at| now.duration_since(at) < PEEK_INTERVAL)
+        {
+            return None;
+        }
+        self.peeked = Some(now);
         let mut byte = [MaybeUninit::<u8>::uninit()];
         match socket2::SockRef::from(self.io.inner()).peek(&mut byte) {
             Ok(0) => Some(Ok(())),
@@ -122,7 +145,10 @@ impl Read for Conn {
     ) -> Poll<io::Result<()>> {
         match Pin::new(&mut self.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
+                // Data (or the end of the stream): the next wait is a new
+                // idle period, whose first read peeks.
                 self.idle = true;
+                self.peeked = None;
                 Poll::Ready(Ok(()))
             }
             // The reactor registered interest: if the kernel has data the

@@ -121,11 +121,12 @@ async fn a_proxied_get_allocates_a_bounded_number_of_times() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("proxy.toml");
     // The minimal config: every default on (retries, ejection, breaker,
-    // deadline, metrics, spans).
+    // deadline, metrics, spans); one serving thread, the counted runtime.
     std::fs::write(
         &path,
         format!(
             "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+             [server]\nthreads = 1\n\
              [[services]]\nname = \"app\"\nendpoints = [\"{upstream}\"]\n\
              [[routes]]\nservice = \"app\"\n"
         ),

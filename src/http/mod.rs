@@ -134,7 +134,7 @@ impl HttpSettings {
 /// written is never resent here; whether it may be is the classifier's call
 /// (idempotent methods only).
 #[cfg(feature = "http")]
-fn pooled_client<B>(settings: &HttpSettings, http2_only: bool) -> HyperClient<B>
+pub(crate) fn pooled_client<B>(settings: &HttpSettings, http2_only: bool) -> HyperClient<B>
 where
     B: http_body::Body + Send + 'static,
     B::Data: Send,

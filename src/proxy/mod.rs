@@ -9,6 +9,7 @@ mod conns;
 mod idle;
 mod inbound;
 mod listen;
+mod pool;
 mod reload;
 mod routes;
 pub mod server;

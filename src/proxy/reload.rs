@@ -150,6 +150,18 @@ fn keep_bound_addresses(running: &Config, config: &mut Config) -> Vec<NeedsResta
         });
         config.admin = running.admin.clone();
     }
+    if config.server.threads != running.server.threads {
+        let threads = |c: &Config| match c.server.threads {
+            Some(n) => n.to_string(),
+            None => format!("one per CPU ({})", c.server.threads()),
+        };
+        kept.push(NeedsRestart {
+            field: "server.threads",
+            running: threads(running),
+            file: threads(config),
+        });
+        config.server.threads = running.server.threads;
+    }
     kept
 }
 

@@ -31,6 +31,7 @@ use super::conns::{
 };
 use super::inbound::{Refusal, host_of, prepare, strip_hop_by_hop};
 use super::listen::{Side, serve};
+use super::pool::PerThread;
 pub(crate) use super::reload::*;
 use super::routes::RouteTable;
 pub(crate) use super::upstream::*;
@@ -39,7 +40,6 @@ use crate::discover::DynamicHandle;
 use crate::http::{HttpSettings, HyperClient};
 use crate::metrics::Metrics;
 use crate::retry::ReplayBody;
-use crate::stack::Hyper;
 
 /// The body of every response the proxy sends: the upstream's, streamed, or
 /// one of its own.
@@ -48,7 +48,7 @@ pub type ProxyBody = Either<EosBody<Incoming>, Full<Bytes>>;
 /// The header naming why the proxy itself answered.
 pub const ERROR_HEADER: &str = "x-palisade-error";
 
-pub(crate) type ServiceClient = Hyper<Incoming>;
+pub(crate) type ServiceClient = crate::Client<crate::http::HttpEndpoint<Pool>>;
 
 /// The largest config file the proxy reads (at startup, on reload, and
 /// in `palisade check`).
@@ -111,7 +111,7 @@ impl std::fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 /// A pooled upstream client, shared by the services of one [`PoolKey`].
-pub(crate) type Pool = HyperClient<ReplayBody<Incoming>>;
+pub(crate) type Pool = PerThread<HyperClient<ReplayBody<Incoming>>>;
 
 /// What services share a pool by: the protocol and the transport settings.
 pub(crate) type PoolKey = (Protocol, HttpSettings);
@@ -180,6 +180,11 @@ pub(crate) fn read_config(path: &Path) -> Result<Vec<u8>, StartError> {
 /// in-flight requests for up to the grace period, the admin server still
 /// answering (`/ready` with 503). `ready` receives the bound addresses
 /// (listeners, then admin) once serving.
+///
+/// The runtime `run` is called on serves the listeners, the admin server,
+/// discovery and reloads; `server.threads` − 1 more threads each serve
+/// the listeners on a current-thread runtime of their own (see
+/// [`Server::threads`](super::config::Server::threads)).
 pub async fn run(
     path: PathBuf,
     config: Config,
@@ -188,12 +193,11 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let state = Arc::new(State::new(path, config).await?);
     let config = state.routing.load().config.clone();
+    let threads = config.server.threads();
 
     let mut listeners = Vec::new();
     for l in &config.listeners {
-        let listener = TcpListener::bind(l.address)
-            .await
-            .map_err(|e| StartError::Bind(l.address, e))?;
+        let listener = bind(l.address, threads > 1).map_err(|e| StartError::Bind(l.address, e))?;
         listeners.push(listener);
     }
     let admin = TcpListener::bind(config.admin.address)
@@ -201,41 +205,50 @@ pub async fn run(
         .map_err(|e| StartError::Bind(config.admin.address, e))?;
     let bound: Vec<SocketAddr> = listeners
         .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect();
+        .map(TcpListener::local_addr)
+        .collect::<Result<_, _>>()
+        .map_err(|e| StartError::Bind(config.listeners[0].address, e))?;
     let admin_addr = admin
         .local_addr()
         .map_err(|e| StartError::Bind(config.admin.address, e))?;
 
     // The listeners and the watcher stop when shutdown begins, and every
     // connection is asked to finish; the admin server only once the drain
-    // is over, so that `/ready` can say 503 meanwhile.
+    // is over, so that `/ready` can say 503 meanwhile; the other serving
+    // threads' runtimes (with their connections) only then too.
     let (stop_tx, stop_rx) = watch::channel(false);
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let (exit_tx, exit_rx) = watch::channel(false);
+    let mut cores = Vec::new();
+    for index in 1..threads {
+        let started = spawn_core(
+            index,
+            bound.clone(),
+            state.clone(),
+            stop_rx.clone(),
+            exit_rx.clone(),
+        )
+        .await;
+        match started {
+            Ok(core) => cores.push(core),
+            Err(e) => {
+                let _ = stop_tx.send(true);
+                let _ = exit_tx.send(true);
+                return Err(e);
+            }
+        }
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
-        let handler = {
-            let state = state.clone();
-            move |req, remote| {
-                let state = state.clone();
-                async move { handle(&state, req, remote).await }
-            }
-        };
-        tasks.spawn(serve(
-            listener,
-            state.clone(),
-            Side::Proxy,
-            stop_rx.clone(),
-            handler,
-        ));
+        tasks.spawn(serve_proxy(listener, state.clone(), stop_rx.clone()));
     }
     let admin_task = tokio::spawn(admin_server(admin, state.clone(), admin_stop_rx));
     tasks.spawn(watch_config(state.clone(), stop_rx.clone()));
     // From here on only the connections hold receivers: the sender's
-    // `closed()` is every connection drained.
+    // `closed()` is every connection drained, on every thread.
     drop(stop_rx);
     ready(&bound, admin_addr);
-    tracing::info!(listeners = ?bound, admin = %admin_addr, "palisade proxy serving");
+    tracing::info!(listeners = ?bound, admin = %admin_addr, threads, "palisade proxy serving");
 
     shutdown.await;
     state.draining.store(true, Ordering::Relaxed);
@@ -246,9 +259,103 @@ pub async fn run(
     if tokio::time::timeout(grace, stop_tx.closed()).await.is_err() {
         tracing::warn!(?grace, "grace period over with requests still in flight");
     }
+    let _ = exit_tx.send(true);
+    for core in cores {
+        let _ = tokio::task::spawn_blocking(move || core.join()).await;
+    }
     let _ = admin_stop_tx.send(true);
     let _ = admin_task.await;
     Ok(())
+}
+
+/// A listening socket on `address`; with `shared`, `SO_REUSEPORT` is set
+/// first, so that every serving thread can have its own socket on the
+/// address and the kernel spreads new connections over them. (Only a
+/// process of the same user can bind beside them.)
+fn bind(address: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    if shared {
+        socket.set_reuseport(true)?;
+    }
+    #[cfg(not(unix))]
+    let _ = shared;
+    socket.bind(address)?;
+    socket.listen(1024)
+}
+
+/// Serves one proxy listener until `stop` says so.
+async fn serve_proxy(listener: TcpListener, state: Arc<State>, stop: watch::Receiver<bool>) {
+    let handler = {
+        let state = state.clone();
+        move |req, remote| {
+            let state = state.clone();
+            async move { handle(&state, req, remote).await }
+        }
+    };
+    serve(listener, state, Side::Proxy, stop, handler).await;
+}
+
+/// Starts serving thread number `index`: a current-thread runtime with
+/// its own sockets on `addresses` (the first thread's, ports resolved),
+/// serving until `stop`, then keeping its runtime, and the connections
+/// draining on it, until `exit`. Returns once its sockets are bound.
+async fn spawn_core(
+    index: usize,
+    addresses: Vec<SocketAddr>,
+    state: Arc<State>,
+    stop: watch::Receiver<bool>,
+    mut exit: watch::Receiver<bool>,
+) -> Result<std::thread::JoinHandle<()>, StartError> {
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let first = addresses[0];
+    let thread = std::thread::Builder::new()
+        .name(format!("palisade-serve-{index}"))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = bound_tx.send(Err(StartError::Bind(first, e)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let mut listeners = Vec::new();
+                for &address in &addresses {
+                    match bind(address, true) {
+                        Ok(listener) => listeners.push(listener),
+                        Err(e) => {
+                            let _ = bound_tx.send(Err(StartError::Bind(address, e)));
+                            return;
+                        }
+                    }
+                }
+                let _ = bound_tx.send(Ok(()));
+                let mut tasks = tokio::task::JoinSet::new();
+                for listener in listeners {
+                    tasks.spawn(serve_proxy(listener, state.clone(), stop.clone()));
+                }
+                drop(stop);
+                while tasks.join_next().await.is_some() {}
+                let _ = exit.wait_for(|exit| *exit).await;
+            });
+        })
+        .map_err(|e| StartError::Bind(first, e))?;
+    match bound_rx.await {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(StartError::Bind(
+            first,
+            std::io::Error::other("the serving thread ended before it bound its sockets"),
+        )),
+    }
 }
 
 /// Routes and forwards one request.

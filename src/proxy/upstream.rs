@@ -8,6 +8,7 @@ use crate::Client;
 use crate::discover::{self, Dynamic};
 use crate::metrics::Metrics;
 use crate::proxy::config::{self, Config, Discovery};
+use crate::proxy::pool::PerThread;
 use crate::proxy::routes::RouteTable;
 
 use super::server::*;
@@ -63,11 +64,14 @@ pub(crate) async fn build_routing(
 }
 
 /// A connection pool for services of `key`'s protocol and settings.
+/// Each thread that serves requests gets its own client from the same
+/// settings (see `pool.rs`).
 fn new_pool((protocol, settings): &PoolKey) -> Result<Pool, crate::settings::SettingsError> {
-    match protocol {
-        config::Protocol::H2c => settings.h2c_client(),
-        _ => settings.http1_client(),
-    }
+    settings.validate()?;
+    let (settings, h2c) = (settings.clone(), *protocol == config::Protocol::H2c);
+    Ok(PerThread::new(move || {
+        crate::http::pooled_client(&settings, h2c)
+    }))
 }
 
 /// One service's endpoint source, started, and its client.
@@ -268,7 +272,11 @@ mod tests {
             leaves(),
             "KNOBS must list every client setting, once"
         );
-        let pool = crate::http::hyper_client();
+        let pool = new_pool(&(
+            config::Protocol::Http1,
+            crate::http::HttpSettings::default(),
+        ))
+        .unwrap();
         let metrics = Metrics::register(&mut Registry::default());
         for (path, value) in KNOBS {
             let text = format!(

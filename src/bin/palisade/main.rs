@@ -67,7 +67,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => with_runtime(demo::run(args)),
         Command::Proxy { config } => {
             fix_malloc_thresholds();
-            with_runtime(proxy(config))
+            // The first serving thread; the proxy starts one more per
+            // `server.threads`, each with a runtime of its own.
+            with_current_thread_runtime(proxy(config))
         }
     };
     match result {
@@ -132,6 +134,17 @@ fn fix_malloc_thresholds() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 10);
     }
+}
+
+/// Starts a current-thread Tokio runtime and runs a subcommand on it.
+fn with_current_thread_runtime(
+    job: impl std::future::Future<Output = Result<(), CliError>>,
+) -> Result<(), CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new("could not start the Tokio runtime").because(e))?
+        .block_on(job)
 }
 
 /// `palisade proxy`: loads the config, serves until SIGTERM/SIGINT.

@@ -191,6 +191,29 @@ pub struct Server {
     /// Default 2 s.
     #[serde(default = "default_watch_interval", with = "duration")]
     pub watch_interval: Duration,
+    /// How many threads serve the listeners, each with its own runtime,
+    /// its own socket on every listener address (`SO_REUSEPORT`: the
+    /// kernel spreads new connections over them) and its own upstream
+    /// connections; balancers, limits and metrics are shared. 1 to 1024.
+    /// Default: one per CPU the process may run on. Read at startup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+}
+
+/// The most serving threads `server.threads` may ask for.
+pub const MAX_THREADS: usize = 1024;
+
+impl Server {
+    /// The serving threads: `threads`, or one per CPU the process may run
+    /// on. Only Unix has `SO_REUSEPORT`: elsewhere, one.
+    pub fn threads(&self) -> usize {
+        if cfg!(not(unix)) {
+            return 1;
+        }
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
 }
 
 fn default_grace() -> Duration {
@@ -223,6 +246,7 @@ impl Default for Server {
             idle_timeout: default_idle_timeout(),
             verbose_errors: false,
             watch_interval: default_watch_interval(),
+            threads: None,
         }
     }
 }

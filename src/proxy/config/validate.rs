@@ -228,6 +228,14 @@ pub(crate) fn validate(c: &Config, r: &mut Report<'_>) {
     if c.server.idle_timeout.is_zero() {
         r.add(&root.at("server.idle_timeout"), "must be greater than 0");
     }
+    if let Some(threads) = c.server.threads
+        && !(1..=MAX_THREADS).contains(&threads)
+    {
+        r.add(
+            &root.at("server.threads"),
+            format!("must be 1 to {MAX_THREADS}, got {threads}"),
+        );
+    }
     if c.server.max_connections == Some(0) {
         r.add(&root.at("server.max_connections"), "must be at least 1");
     }

@@ -20,11 +20,13 @@
 //!
 //! hyper polls an idle connection's read several times between two
 //! requests (after the response, after answering its own caller, before
-//! the next request): a peek on each cost five system calls per request.
-//! A connection peeks at most once per [`PEEK_INTERVAL`]; a close the
-//! kernel saw within that interval before the next request is the one left
-//! to the classifier, a window of microseconds against keep-alive timeouts
-//! of seconds.
+//! the next request): a peek on each cost three to five system calls per
+//! proxied request. A connection is asked only once it has been idle for
+//! [`PEEK_AFTER`], and then at most once per [`PEEK_INTERVAL`]. Servers
+//! close idle connections after keep-alive timeouts of a second or more;
+//! a connection reused sooner than [`PEEK_AFTER`] after its response was
+//! closed by a server going away, which the classifier handles (an
+//! idempotent request is retried).
 
 use std::future::Future;
 use std::io;
@@ -86,6 +88,7 @@ impl Service<Uri> for Connector {
                 io,
                 check_close,
                 idle: false,
+                read_at: None,
                 peeked: None,
             })
         })
@@ -101,9 +104,15 @@ pub struct Conn {
     /// Whether the last bytes moved were read: the connection is between
     /// a response (or part of one) and the next request.
     idle: bool,
+    /// When the last bytes were read: the idle period's start.
+    read_at: Option<Instant>,
     /// When the kernel was last asked whether the server closed.
     peeked: Option<Instant>,
 }
+
+/// How long a connection is idle before a read that would wait asks the
+/// kernel whether the server closed it.
+const PEEK_AFTER: Duration = Duration::from_millis(1);
 
 /// The least time between two peeks of one idle connection.
 const PEEK_INTERVAL: Duration = Duration::from_micros(50);
@@ -113,10 +122,13 @@ impl Conn {
     /// of the kernel now rather than of the reactor's last word.
     fn peer_closed(&mut self) -> Option<io::Result<()>> {
         let now = Instant::now();
-        if self
+        let fresh = self
+            .read_at
+            .is_some_and(|at| now.duration_since(at) < PEEK_AFTER);
+        let asked = self
             .peeked
-            .is_some_and(|at| now.duration_since(at) < PEEK_INTERVAL)
-        {
+            .is_some_and(|at| now.duration_since(at) < PEEK_INTERVAL);
+        if fresh || asked {
             return None;
         }
         self.peeked = Some(now);
@@ -148,6 +160,7 @@ impl Read for Conn {
                 // Data (or the end of the stream): the next wait is a new
                 // idle period, whose first read peeks.
                 self.idle = true;
+                self.read_at = Some(Instant::now());
                 self.peeked = None;
                 Poll::Ready(Ok(()))
             }

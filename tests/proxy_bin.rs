@@ -479,7 +479,9 @@ fn check_reports_errors_with_lines_and_exits_1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_host_path_header_and_split() {
-    let (a, b, c) = (
+    let (a, b, c, d, e) = (
+        Backend::spawn(Behavior::new()).await.unwrap(),
+        Backend::spawn(Behavior::new()).await.unwrap(),
         Backend::spawn(Behavior::new()).await.unwrap(),
         Backend::spawn(Behavior::new()).await.unwrap(),
         Backend::spawn(Behavior::new()).await.unwrap(),
@@ -487,19 +489,51 @@ async fn routes_by_host_path_header_and_split() {
     let body = service("a", &[a.addr()])
         + &service("b", &[b.addr()])
         + &service("c", &[c.addr()])
+        + &service("d", &[d.addr()])
+        + &service("e", &[e.addr()])
         + "[[routes]]\nmatch = { headers = { \"x-canary\" = \"1\" } }\nservice = \"c\"\n\n\
+           [[routes]]\nmatch = { host = \"*.tenants.example\" }\nservice = \"d\"\n\n\
+           [[routes]]\nmatch = { host = \"api.example\", methods = [\"POST\"] }\nservice = \"e\"\n\n\
            [[routes]]\nmatch = { path_prefix = \"/b\" }\nservice = \"b\"\n\n\
            [[routes]]\nsplit = [{ service = \"a\", weight = 3 }, { service = \"b\", weight = 1 }]\n";
     let proxy = Proxy::start(&body);
     let client = plain();
     ready(&client, &proxy).await;
+    let send = async |method: http::Method, host: &str, path: &str, canary: bool| {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", proxy.listen))
+            .header("host", host);
+        if canary {
+            req = req.header("x-canary", "1");
+        }
+        let rsp = client.request(req.body(Full::default()).unwrap()).await;
+        assert_eq!(rsp.unwrap().status(), 200);
+    };
 
-    let req = http::Request::get(format!("http://{}/x", proxy.listen))
-        .header("x-canary", "1")
-        .body(Full::default())
-        .unwrap();
-    assert_eq!(client.request(req).await.unwrap().status(), 200);
+    send(http::Method::GET, "x", "/x", true).await;
     assert_eq!(c.requests(), 1, "header route");
+    // A wildcard host matches names under it at any depth, in any case,
+    // with a port or not; not the bare name.
+    send(http::Method::GET, "a.tenants.example", "/", false).await;
+    send(http::Method::GET, "x.y.TENANTS.example:8080", "/", false).await;
+    assert_eq!(d.requests(), 2, "wildcard host route");
+    // An exact host with a method: both must match.
+    send(http::Method::POST, "API.example", "/", false).await;
+    assert_eq!(e.requests(), 1, "host and method route");
+    let (a0, b0) = (a.requests(), b.requests());
+    send(http::Method::GET, "tenants.example", "/b", false).await;
+    send(http::Method::GET, "api.example", "/b", false).await;
+    assert_eq!(
+        (d.requests(), e.requests()),
+        (2, 1),
+        "bare name, other method"
+    );
+    assert_eq!(
+        (a.requests(), b.requests()),
+        (a0, b0 + 2),
+        "the path route took them"
+    );
     get(&client, proxy.listen, "/b/thing").await;
     get(&client, proxy.listen, "/bx").await; // not under /b: the split
     let b_before = b.requests();
@@ -517,11 +551,17 @@ async fn routes_by_host_path_header_and_split() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_upstreams_are_pooled_and_used() {
     let backend = Backend::spawn(Behavior::new()).await.unwrap();
+    let (counted, conns) =
+        support::backends::backend(true, support::backends::Answer::After(Duration::ZERO)).await;
     let body = format!(
-        "[[services]]\nname = \"app\"\nprotocol = \"h2c\"\nendpoints = [\"{}\"]\n\n[[routes]]\nservice = \"app\"\n",
+        "[[services]]\nname = \"app\"\nprotocol = \"h2c\"\nendpoints = [\"{}\"]\n\n\
+         [[services]]\nname = \"counted\"\nprotocol = \"h2c\"\nendpoints = [\"{counted}\"]\n\n\
+         [[routes]]\nmatch = {{ path_prefix = \"/counted\" }}\nservice = \"counted\"\n\n\
+         [[routes]]\nservice = \"app\"\n",
         backend.addr()
     );
-    let proxy = Proxy::start(&body);
+    // One serving thread: one pool, so one connection is all it may open.
+    let proxy = Proxy::start_with(&support::proxy::config_with_server(&body, "threads = 1"));
     let client = plain();
     ready(&client, &proxy).await;
     for _ in 0..5 {
@@ -530,6 +570,18 @@ async fn h2c_upstreams_are_pooled_and_used() {
     let seen = backend.last_request().unwrap();
     assert_eq!(seen.version, http::Version::HTTP_2);
     assert_eq!(backend.requests(), 5);
+    // Pooled: 40 requests, 20 at a time, share one h2c connection.
+    for _ in 0..2 {
+        let batch = (0..20).map(|_| get(&client, proxy.listen, "/counted"));
+        for (status, _, _) in futures::future::join_all(batch).await {
+            assert_eq!(status, 200);
+        }
+    }
+    assert_eq!(
+        conns.accepted.load(Ordering::SeqCst),
+        1,
+        "one pooled h2c connection"
+    );
 }
 
 /// Writes `text` to `path` atomically: a temporary file renamed over it.

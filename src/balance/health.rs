@@ -266,7 +266,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn five_failures_in_a_row_eject() {
-        let (h, c) = (Health::new(&config()), config());
+        // The success-rate trigger off: only the run of failures can eject.
+        let c = EjectionSettings {
+            success_rate: 0.0,
+            ..config()
+        };
+        let h = Health::new(&c);
         for _ in 0..4 {
             assert_eq!(
                 h.observe(FAIL, false, &c, Instant::now()),
@@ -281,9 +286,11 @@ mod tests {
         for _ in 0..3 {
             h.observe(FAIL, false, &c, Instant::now());
         }
-        // 3 of the last 9 failed... then 4 and 5 in a row: the run ejects
-        // (the rate alone would have at 7 failures of 9 already; see below).
-        let _ = h.observe(FAIL, false, &c, Instant::now());
+        // The fourth in this run is not enough; the fifth ejects.
+        assert_eq!(
+            h.observe(FAIL, false, &c, Instant::now()),
+            Verdict::Unchanged
+        );
         assert_eq!(h.observe(FAIL, false, &c, Instant::now()), Verdict::Eject);
     }
 

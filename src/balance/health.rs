@@ -264,6 +264,34 @@ mod tests {
     const FAIL: Class = Class::failure(Retry::Never);
     const BUSY: Class = Class::overloaded();
 
+    /// With the default jitter (0.5), ejection penalties spread over
+    /// `base × [0.75, 1.25]`, so endpoints ejected together are not probed
+    /// together; repeat ejections double around the doubled base.
+    #[test]
+    fn penalties_are_jittered_by_the_default() {
+        let c = EjectionSettings::default();
+        assert_eq!(c.jitter, 0.5);
+        let base = c.base_penalty.as_secs_f64();
+        let firsts: Vec<f64> = (0..400)
+            .map(|_| {
+                let h = Health::new(&c);
+                h.eject(0, &c, false).unwrap().as_secs_f64() / base
+            })
+            .collect();
+        let (min, max) = firsts
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        let mean = firsts.iter().sum::<f64>() / firsts.len() as f64;
+        assert!(min >= 0.75 && max <= 1.25, "factors {min}..{max}");
+        assert!(max - min > 0.4, "400 penalties spread only over {min}..{max}");
+        assert!((0.95..1.05).contains(&mean), "mean factor {mean}");
+
+        let h = Health::new(&c);
+        h.eject(0, &c, false);
+        let second = h.eject(0, &c, true).unwrap().as_secs_f64() / base;
+        assert!((1.5..=2.5).contains(&second), "second penalty {second} × base");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn five_failures_in_a_row_eject() {
         // The success-rate trigger off: only the run of failures can eject.

@@ -283,13 +283,19 @@ mod tests {
             .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
         let mean = firsts.iter().sum::<f64>() / firsts.len() as f64;
         assert!(min >= 0.75 && max <= 1.25, "factors {min}..{max}");
-        assert!(max - min > 0.4, "400 penalties spread only over {min}..{max}");
+        assert!(
+            max - min > 0.4,
+            "400 penalties spread only over {min}..{max}"
+        );
         assert!((0.95..1.05).contains(&mean), "mean factor {mean}");
 
         let h = Health::new(&c);
         h.eject(0, &c, false);
         let second = h.eject(0, &c, true).unwrap().as_secs_f64() / base;
-        assert!((1.5..=2.5).contains(&second), "second penalty {second} × base");
+        assert!(
+            (1.5..=2.5).contains(&second),
+            "second penalty {second} × base"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -151,8 +151,9 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_MAX_BYTES: u64 = 4 << 20;
 
 /// The most entries a file may list unless [`Watch::max_endpoints`] says:
-/// 10 000.
-pub const DEFAULT_MAX_ENDPOINTS: usize = 10_000;
+/// 100,000 (about 2 MB of bare `"10.1.2.3:8080"` entries, within
+/// [`DEFAULT_MAX_BYTES`]; raise that too for entries with labels).
+pub const DEFAULT_MAX_ENDPOINTS: usize = 100_000;
 
 /// The shortest poll interval; shorter ones are raised to it.
 const MIN_INTERVAL: Duration = Duration::from_millis(1);
@@ -504,10 +505,9 @@ impl fmt::Display for FileError {
             ErrorKind::Syntax(message) | ErrorKind::Invalid(message) => f.write_str(message),
             ErrorKind::Endpoint(e) => e.fmt(f),
             ErrorKind::Duplicate { address, first } => spec::duplicate(f, address, *first),
-            ErrorKind::TooManyEndpoints { limit } => write!(
-                f,
-                "more than {limit} endpoints, the limit (Watch::max_endpoints)"
-            ),
+            ErrorKind::TooManyEndpoints { limit } => {
+                write!(f, "more than {limit} endpoints, the limit (max_endpoints)")
+            }
             ErrorKind::UnknownFormat => f.write_str(
                 "cannot tell the format from the file name: name it *.json or *.toml, \
                  or set Watch::format",

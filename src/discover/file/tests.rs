@@ -1,4 +1,3 @@
-
 use super::*;
 use futures::{FutureExt, StreamExt};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -267,7 +266,7 @@ fn the_number_of_entries_is_bounded() {
     assert!(matches!(e.kind(), ErrorKind::TooManyEndpoints { limit: 2 }));
     assert_eq!(
         e.to_string(),
-        "line 1, column 32: endpoints[2]: more than 2 endpoints, the limit (Watch::max_endpoints)"
+        "line 1, column 32: endpoints[2]: more than 2 endpoints, the limit (max_endpoints)"
     );
 
     let e = parse_text(
@@ -278,6 +277,26 @@ fn the_number_of_entries_is_bounded() {
     .unwrap_err();
     assert_eq!(place(&e), (Some(2), Some(3), Some("endpoints[1]")));
     assert!(matches!(e.kind(), ErrorKind::TooManyEndpoints { limit: 1 }));
+}
+
+#[test]
+fn the_default_limit_admits_past_the_old_10_000_cap() {
+    let entries: Vec<String> = (0..20_000u32)
+        .map(|i| format!("\"{}:80\"", std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+        .collect();
+    let text = format!("[{}]", entries.join(","));
+    assert!(text.len() as u64 <= DEFAULT_MAX_BYTES);
+    assert_eq!(parse(&text, Format::Json).unwrap().len(), 20_000);
+    let e = parse_text(&text, Format::Json, 19_999).unwrap_err();
+    assert!(matches!(
+        e.kind(),
+        ErrorKind::TooManyEndpoints { limit: 19_999 }
+    ));
+    assert!(
+        e.to_string()
+            .ends_with("more than 19999 endpoints, the limit (max_endpoints)"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -61,9 +61,10 @@
 //!   controller copies from the Service) except its bookkeeping labels. At
 //!   most 16 labels an endpoint; a key longer than 128 bytes or a value
 //!   longer than 256 bytes is left out.
-//! - **Size.** At most [`max_endpoints`](Kubernetes::max_endpoints) (10 000
-//!   by default) endpoints are published, the first by address; a larger set
-//!   is logged.
+//! - **Size.** At most [`max_endpoints`](Kubernetes::max_endpoints)
+//!   ([`DEFAULT_MAX_ENDPOINTS`], 100,000, by default) endpoints are
+//!   published, the first by address; a larger set is logged with a warning
+//!   naming the limit.
 //!
 //! # Failures
 //!
@@ -115,7 +116,8 @@ const SKIPPED_SLICE_LABELS: &[&str] = &[
 const MAX_LABELS: usize = 16;
 const MAX_LABEL_KEY_LEN: usize = 128;
 const MAX_LABEL_VALUE_LEN: usize = 256;
-const DEFAULT_MAX_ENDPOINTS: usize = 10_000;
+/// The default of [`Kubernetes::max_endpoints`]: 100,000 endpoints.
+pub const DEFAULT_MAX_ENDPOINTS: usize = 100_000;
 const DEFAULT_BACKOFF: (Duration, Duration) = (Duration::from_millis(800), Duration::from_secs(30));
 
 /// Builds a Kubernetes discovery source; see the [module docs](self).
@@ -193,8 +195,9 @@ impl Kubernetes {
         self
     }
 
-    /// The most endpoints published (default 10 000, at least 1); beyond
-    /// it the first by address are kept and the excess is logged.
+    /// The most endpoints published (default [`DEFAULT_MAX_ENDPOINTS`],
+    /// 100,000; at least 1); beyond it the first by address are kept and a
+    /// warning names the limit.
     pub fn max_endpoints(mut self, max: usize) -> Kubernetes {
         self.max_endpoints = max.max(1);
         self
@@ -596,7 +599,8 @@ impl SliceSet {
                 service = %self.service,
                 limit = self.max_endpoints,
                 dropped,
-                "kubernetes discovery: more endpoints than the limit; the rest are left out",
+                "kubernetes discovery: more than {} endpoints, the limit (max_endpoints); the rest are left out",
+                self.max_endpoints,
             );
         }
         self.over_limit = dropped > 0;
@@ -1315,6 +1319,27 @@ mod tests {
             chain(&top),
             "watch failed: client error (Connect): connection refused"
         );
+    }
+
+    #[test]
+    fn the_default_limit_admits_past_the_old_10_000_cap_and_a_lower_one_cuts() {
+        let endpoints: Vec<Value> = (0..20_000u32)
+            .map(|i| json!({ "addresses": [IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)).to_string()] }))
+            .collect();
+        let slices: BTreeMap<String, Converted> = endpoints
+            .chunks(100)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let name = format!("users-{i:03}");
+                let slice = users(&name, http(), json!(chunk));
+                (name, convert(&slice, "users", None))
+            })
+            .collect();
+        let (all, dropped) = union(&slices, true, DEFAULT_MAX_ENDPOINTS);
+        assert_eq!((all.len(), dropped), (20_000, 0));
+        let (cut, dropped) = union(&slices, true, 5);
+        assert_eq!((cut.len(), dropped), (5, 19_995));
+        assert_eq!(cut[..], all[..5]);
     }
 
     #[test]

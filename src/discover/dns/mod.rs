@@ -112,9 +112,10 @@
 //!
 //! # Bounds
 //!
-//! At most 256 distinct SRV targets (16 looked up at a time) and 1024
-//! endpoints per answer; the rest, in address order, are dropped with a
-//! warning.
+//! At most 256 distinct SRV targets (16 looked up at a time) and
+//! [`Dns::max_endpoints`] endpoints per answer ([`DEFAULT_MAX_ENDPOINTS`],
+//! 100,000, by default); past the limit the first by address are kept and a
+//! warning naming the limit is logged.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -145,8 +146,8 @@ pub const DEFAULT_MAX_REFRESH: Duration = Duration::from_secs(60);
 const MAX_SRV_TARGETS: usize = 256;
 /// SRV target lookups in flight at once.
 const TARGET_CONCURRENCY: usize = 16;
-/// Endpoints kept per answer.
-const MAX_ENDPOINTS: usize = 1024;
+/// The default of [`Dns::max_endpoints`]: 100,000 endpoints per answer.
+pub const DEFAULT_MAX_ENDPOINTS: usize = 100_000;
 /// Weight of an SRV weight-0 record next to records with weights above 0.
 const SRV_ZERO_WEIGHT: f64 = 0.01;
 /// The label that carries an SRV endpoint's target name.
@@ -202,6 +203,7 @@ pub struct Dns {
     nameservers: Option<Vec<SocketAddr>>,
     query_timeout: Option<Duration>,
     ip_family: IpFamily,
+    max_endpoints: usize,
     status: DnsStatus,
 }
 
@@ -251,6 +253,7 @@ impl Dns {
             nameservers: None,
             query_timeout: None,
             ip_family: IpFamily::Both,
+            max_endpoints: DEFAULT_MAX_ENDPOINTS,
             status: DnsStatus::new(name),
         }
     }
@@ -297,6 +300,27 @@ impl Dns {
         self
     }
 
+    /// The most endpoints one answer may give the balancer; at least 1.
+    /// Default [`DEFAULT_MAX_ENDPOINTS`] (100,000). Past it the first by
+    /// address are kept, and a warning names the limit.
+    ///
+    /// ```
+    /// use palisade::discover::dns::Dns;
+    ///
+    /// let dns = Dns::parse("users.internal:8080").unwrap().max_endpoints(0);
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # let _guard = rt.enter();
+    /// let err = dns.spawn().unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "dns discovery for \"users.internal:8080\": max_endpoints: must be at least 1"
+    /// );
+    /// ```
+    pub fn max_endpoints(mut self, max: usize) -> Dns {
+        self.max_endpoints = max;
+        self
+    }
+
     /// A handle on this source's live state (current set, last success, last
     /// error), for admin endpoints and tests. Take it before
     /// [`spawn`](Dns::spawn).
@@ -318,6 +342,7 @@ impl Dns {
             min: self.min_refresh,
             max: self.max_refresh,
             on_nxdomain: self.on_nxdomain,
+            max_endpoints: self.max_endpoints,
         };
         let lookup = Hickory {
             resolver,
@@ -353,6 +378,9 @@ impl Dns {
         }
         if self.query_timeout.is_some_and(|t| t.is_zero()) {
             return Err(invalid("query_timeout", "must be above zero".into()));
+        }
+        if self.max_endpoints == 0 {
+            return Err(invalid("max_endpoints", "must be at least 1".into()));
         }
         if self.nameservers.as_ref().is_some_and(Vec::is_empty) {
             return Err(invalid("nameservers", "no addresses given".into()));
@@ -709,6 +737,7 @@ mod tests {
             min: Duration::from_millis(min_ms),
             max: Duration::from_millis(max_ms),
             on_nxdomain: OnNxdomain::Keep,
+            max_endpoints: DEFAULT_MAX_ENDPOINTS,
         }
     }
 
@@ -933,6 +962,7 @@ mod tests {
             (base().refresh_bounds(secs(2), secs(1)), "refresh_bounds"),
             (base().query_timeout(Duration::ZERO), "query_timeout"),
             (base().nameservers([]), "nameservers"),
+            (base().max_endpoints(0), "max_endpoints"),
         ];
         for (dns, setting) in cases {
             let err = dns.spawn().unwrap_err();
@@ -1170,6 +1200,45 @@ mod tests {
             events
                 .iter()
                 .any(|e| e.starts_with("INFO") && e.contains("recovered")),
+            "{events:#?}"
+        );
+    }
+
+    /// `n` distinct addresses, 10.0.0.0 upwards on port 80.
+    fn many(n: u32) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("{}:80", Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_past_the_old_1024_cap_reach_the_balancer_by_default() {
+        let addrs = many(20_000);
+        let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        let h = start(vec![found(&refs, 3600)], schedule(1000, 60_000));
+        h.until_asked(1).await;
+        assert_eq!(h.handle.endpoints().len(), 20_000);
+        assert_eq!(h.status.endpoints().len(), 20_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_configured_cap_keeps_the_first_by_address_and_warns_naming_the_limit() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let events = Events::default();
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+        let addrs = many(5);
+        let mut refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        refs.reverse();
+        let mut capped = schedule(1000, 60_000);
+        capped.max_endpoints = 3;
+        let h = start(vec![found(&refs, 3600)], capped);
+        h.until_asked(1).await;
+        assert_eq!(h.addrs(), vec!["10.0.0.0:80", "10.0.0.1:80", "10.0.0.2:80"]);
+        let events = events.0.lock().unwrap().clone();
+        assert!(
+            events.iter().any(|e| e.starts_with("WARN")
+                && e.contains("more than 3 endpoints, the limit (max_endpoints)")),
             "{events:#?}"
         );
     }

@@ -41,6 +41,8 @@ pub(super) struct Schedule {
     pub(super) min: Duration,
     pub(super) max: Duration,
     pub(super) on_nxdomain: OnNxdomain,
+    /// The most endpoints an answer gives the balancer ([`Dns::max_endpoints`]).
+    pub(super) max_endpoints: usize,
 }
 
 impl Schedule {
@@ -79,14 +81,15 @@ pub(super) async fn run<R: Resolve>(
                 family_errors,
             } => {
                 endpoints.sort_by(|a, b| a.address().cmp(b.address()));
-                if endpoints.len() > MAX_ENDPOINTS {
+                let limit = schedule.max_endpoints;
+                if endpoints.len() > limit {
                     tracing::warn!(
                         dns.name = %name,
                         endpoints = endpoints.len(),
-                        kept = MAX_ENDPOINTS,
-                        "dns answer has too many endpoints; ignoring the rest (in address order)",
+                        limit,
+                        "dns answer has more than {limit} endpoints, the limit (max_endpoints); keeping the first {limit} by address",
                     );
-                    endpoints.truncate(MAX_ENDPOINTS);
+                    endpoints.truncate(limit);
                 }
                 let delay = schedule.refresh(ttl);
                 let changed = status.endpoints() != endpoints;

@@ -69,6 +69,10 @@ pub struct DnsDiscovery {
     pub nameservers: Option<Vec<SocketAddr>>,
     /// How long one query may take. Default: the system configuration's.
     pub query_timeout: Option<Duration>,
+    /// The most endpoints one answer gives the balancer (at least 1); past
+    /// it the first by address are kept. Default: the library's
+    /// (`dns::DEFAULT_MAX_ENDPOINTS`, 100,000).
+    pub max_endpoints: Option<usize>,
 }
 
 impl DnsDiscovery {
@@ -82,6 +86,7 @@ impl DnsDiscovery {
             ip_family: IpFamily::default(),
             nameservers: None,
             query_timeout: None,
+            max_endpoints: None,
         }
     }
 
@@ -111,6 +116,9 @@ impl DnsDiscovery {
         }
         if let Some(timeout) = self.query_timeout {
             source = source.query_timeout(timeout);
+        }
+        if let Some(max) = self.max_endpoints {
+            source = source.max_endpoints(max);
         }
         source.check()?;
         Ok(source)
@@ -157,6 +165,12 @@ pub struct FileDiscovery {
     /// The format, whatever the file's name says. Default: from the name's
     /// extension.
     pub format: Option<FileFormat>,
+    /// The most entries the file may list; a file with more is rejected
+    /// (the last good set stays) with an error naming the limit. Default:
+    /// the library's
+    /// ([`file::DEFAULT_MAX_ENDPOINTS`](crate::discover::file::DEFAULT_MAX_ENDPOINTS),
+    /// 100,000).
+    pub max_endpoints: Option<usize>,
 }
 
 impl FileDiscovery {
@@ -166,6 +180,7 @@ impl FileDiscovery {
             path: path.into(),
             interval: crate::discover::file::DEFAULT_INTERVAL,
             format: None,
+            max_endpoints: None,
         }
     }
 
@@ -173,7 +188,10 @@ impl FileDiscovery {
     /// path resolved against `config`'s directory.
     pub(crate) fn to_watch(&self, config: &Config) -> crate::discover::file::Watch {
         use crate::discover::file::{Format, Watch};
-        let watch = Watch::new(config.resolve_path(&self.path)).interval(self.interval);
+        let mut watch = Watch::new(config.resolve_path(&self.path)).interval(self.interval);
+        if let Some(max) = self.max_endpoints {
+            watch = watch.max_endpoints(max);
+        }
         match self.format {
             Some(FileFormat::Json) => watch.format(Format::Json),
             Some(FileFormat::Toml) => watch.format(Format::Toml),
@@ -263,6 +281,9 @@ pub(crate) struct DiscoveryTable {
     interval: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     format: Option<FileFormat>,
+    // dns and file
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_endpoints: Option<usize>,
 }
 
 /// The settings of each source, as they are written.
@@ -324,6 +345,7 @@ impl TryFrom<DiscoveryTable> for Discovery {
                     ip_family: t.ip_family.unwrap_or_default(),
                     nameservers: t.nameservers,
                     query_timeout: t.query_timeout,
+                    max_endpoints: t.max_endpoints,
                 }))
             }
             (None, Some(path), None) => {
@@ -334,12 +356,17 @@ impl TryFrom<DiscoveryTable> for Discovery {
                 let mut file = FileDiscovery::new(path);
                 file.interval = t.interval.unwrap_or(file.interval);
                 file.format = t.format;
+                file.max_endpoints = t.max_endpoints;
                 Ok(Discovery::File(file))
             }
             (None, None, Some(kubernetes)) => {
                 let takes = "whose settings are in its own table";
-                let others: [(&str, &[(&'static str, bool)]); 2] =
-                    [("dns", &dns_settings), ("file", &file_settings)];
+                let shared = [("max_endpoints", t.max_endpoints.is_some())];
+                let others: [(&str, &[(&'static str, bool)]); 3] = [
+                    ("dns", &dns_settings),
+                    ("file", &file_settings),
+                    ("dns and file", &shared),
+                ];
                 if let Some(e) = misplaced("kubernetes", takes, &others) {
                     return Err(e);
                 }
@@ -373,6 +400,7 @@ impl From<Discovery> for DiscoveryTable {
             query_timeout: None,
             interval: None,
             format: None,
+            max_endpoints: None,
         };
         match d {
             Discovery::Dns(dns) => {
@@ -383,11 +411,13 @@ impl From<Discovery> for DiscoveryTable {
                 t.ip_family = Some(dns.ip_family);
                 t.nameservers = dns.nameservers;
                 t.query_timeout = dns.query_timeout;
+                t.max_endpoints = dns.max_endpoints;
             }
             Discovery::File(file) => {
                 t.file = Some(file.path);
                 t.interval = Some(file.interval);
                 t.format = file.format;
+                t.max_endpoints = file.max_endpoints;
             }
             Discovery::Kubernetes(kubernetes) => t.kubernetes = Some(kubernetes),
         }

@@ -116,6 +116,9 @@ pub(crate) async fn build_upstream(
             if let Some(port) = &k.port {
                 source = source.port_name(port);
             }
+            if let Some(max) = k.max_endpoints {
+                source = source.max_endpoints(max);
+            }
             source.spawn().map_err(|e| bad(&e))?
         }
         // Validation refuses the sources this build has no support for.

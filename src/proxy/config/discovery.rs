@@ -229,6 +229,12 @@ pub struct KubernetesDiscovery {
     /// EndpointSlice's only TCP port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<String>,
+    /// The most endpoints kept (the first by address; the rest are left
+    /// out, with a warning). At least 1. Default
+    /// [`DEFAULT_MAX_ENDPOINTS`](crate::discover::kubernetes::DEFAULT_MAX_ENDPOINTS)
+    /// (100,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_endpoints: Option<usize>,
 }
 
 /// The `discovery` table as written: the source's key and every source's
@@ -287,9 +293,8 @@ pub(crate) struct DiscoveryTable {
 }
 
 /// The settings of each source, as they are written.
-pub(crate) const DNS_SETTINGS: &str =
-    "`refresh_min`, `refresh_max`, `on_nxdomain`, `ip_family`, `nameservers` and `query_timeout`";
-pub(crate) const FILE_SETTINGS: &str = "`interval` and `format`";
+pub(crate) const DNS_SETTINGS: &str = "`refresh_min`, `refresh_max`, `on_nxdomain`, `ip_family`, `nameservers`, `query_timeout` and `max_endpoints`";
+pub(crate) const FILE_SETTINGS: &str = "`interval`, `format` and `max_endpoints`";
 
 impl TryFrom<DiscoveryTable> for Discovery {
     type Error = String;

@@ -451,6 +451,9 @@ pub(crate) fn validate_discovery(d: &Discovery, dp: &FieldPath, r: &mut Report<'
             if file.interval.is_zero() {
                 r.add(&dp.key("interval"), "must be greater than 0");
             }
+            if file.max_endpoints == Some(0) {
+                r.add(&dp.key("max_endpoints"), "must be at least 1");
+            }
         }
         #[cfg(feature = "kubernetes")]
         Discovery::Kubernetes(k) => {
@@ -465,6 +468,9 @@ pub(crate) fn validate_discovery(d: &Discovery, dp: &FieldPath, r: &mut Report<'
                 if let Err(e) = check_label(field, value) {
                     r.add(&at.key(field), e.to_string());
                 }
+            }
+            if k.max_endpoints == Some(0) {
+                r.add(&at.key("max_endpoints"), "must be at least 1");
             }
         }
         #[cfg(not(feature = "kubernetes"))]

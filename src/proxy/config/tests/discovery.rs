@@ -181,7 +181,7 @@ fn discovery_shape_errors_name_the_field() {
         &p,
         "services[0].discovery.interval",
         Some(3),
-        "unknown field `interval`: a setting of file discovery, not of dns discovery (which takes `refresh_min`, `refresh_max`, `on_nxdomain`, `ip_family`, `nameservers` and `query_timeout`)",
+        "unknown field `interval`: a setting of file discovery, not of dns discovery (which takes `refresh_min`, `refresh_max`, `on_nxdomain`, `ip_family`, `nameservers`, `query_timeout` and `max_endpoints`)",
     );
     assert_eq!(p.len(), 1, "{p:#?}");
     let p = errors(
@@ -192,7 +192,7 @@ fn discovery_shape_errors_name_the_field() {
         &p,
         "services[0].discovery.refresh_max",
         Some(3),
-        "a setting of dns discovery, not of file discovery (which takes `interval` and `format`)",
+        "a setting of dns discovery, not of file discovery (which takes `interval`, `format` and `max_endpoints`)",
     );
     let p = errors(&svc(
         r#"{ kubernetes = { namespace = "shop", service = "users" }, format = "json" }"#,
@@ -382,6 +382,58 @@ fn kubernetes_names_are_checked_by_the_kubernetes_source() {
     lints(&format!(
         "[[services]]\nname = \"app\"\ndiscovery = {{ kubernetes = {{ namespace = \"shop\", service = \"users\" }} }}\n{ROUTE}"
     ));
+}
+
+/// `max_endpoints` in each source's table: read, passed to the source,
+/// and 0 refused where it was written.
+#[test]
+fn max_endpoints_is_read_for_each_source_and_zero_is_refused() {
+    let c = Config::from_toml(&format!(
+        "[[services]]\nname = \"app\"\ndiscovery = {{ dns = \"a.internal:80\", max_endpoints = 20 }}\n\
+         [[services]]\nname = \"b\"\ndiscovery = {{ file = \"b.json\", max_endpoints = 30 }}\n{ROUTE}"
+    ))
+    .unwrap();
+    let (Some(Discovery::Dns(dns)), Some(Discovery::File(file))) =
+        (&c.services[0].discovery, &c.services[1].discovery)
+    else {
+        panic!("{:?}", c.services)
+    };
+    assert_eq!(
+        (dns.max_endpoints, file.max_endpoints),
+        (Some(20), Some(30))
+    );
+    let p = errors(&format!(
+        "[[services]]\nname = \"app\"\ndiscovery = {{ file = \"b.json\", max_endpoints = 0 }}\n{ROUTE}"
+    ));
+    assert_has(
+        &p,
+        "services[0].discovery.max_endpoints",
+        Some(3),
+        "must be at least 1",
+    );
+}
+
+#[cfg(feature = "kubernetes")]
+#[test]
+fn kubernetes_max_endpoints_is_read_and_zero_is_refused() {
+    let p = errors(&format!(
+        "[[services]]\nname = \"app\"\n[services.discovery.kubernetes]\nnamespace = \"shop\"\n\
+         service = \"users\"\nmax_endpoints = 0\n{ROUTE}"
+    ));
+    assert_has(
+        &p,
+        "services[0].discovery.kubernetes.max_endpoints",
+        Some(6),
+        "must be at least 1",
+    );
+    let c = Config::from_toml(&format!(
+        "[[services]]\nname = \"app\"\ndiscovery = {{ kubernetes = {{ namespace = \"shop\", service = \"users\", max_endpoints = 7 }} }}\n{ROUTE}"
+    ))
+    .unwrap();
+    let Some(Discovery::Kubernetes(k)) = &c.services[0].discovery else {
+        panic!("{:?}", c.services[0].discovery)
+    };
+    assert_eq!(k.max_endpoints, Some(7));
 }
 
 #[cfg(not(feature = "kubernetes"))]

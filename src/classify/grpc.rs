@@ -292,6 +292,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn grpc_content_types_are_told_from_others() {
+        let of = |ct: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(ct) = ct {
+                h.insert(http::header::CONTENT_TYPE, ct.parse().unwrap());
+            }
+            is_grpc_content_type(&h)
+        };
+        for yes in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC;x=1",
+        ] {
+            assert!(of(Some(yes)), "{yes}");
+        }
+        for no in [
+            "application/json",
+            "application/grpcx",
+            "application/grp",
+            "grpc",
+        ] {
+            assert!(!of(Some(no)), "{no}");
+        }
+        assert!(!of(None));
+    }
+
+    #[test]
+    fn a_code_listed_twice_is_still_in_the_set() {
+        let set: GrpcCodes = [GrpcCode::Unavailable, GrpcCode::Unavailable]
+            .into_iter()
+            .collect();
+        assert!(set.contains(GrpcCode::Unavailable));
+        assert!(!set.contains(GrpcCode::Internal));
+        assert_eq!(
+            format!("{:?}", GrpcCodes::FAILURES),
+            "{Unknown, DeadlineExceeded, Internal, Unavailable, DataLoss}"
+        );
+    }
+
+    #[test]
     fn codes_round_trip_by_number_and_name() {
         for (i, code) in GrpcCode::ALL.into_iter().enumerate() {
             assert_eq!(code.as_u8() as usize, i);
@@ -299,7 +339,10 @@ mod tests {
             assert_eq!(code.as_str().parse::<GrpcCode>(), Ok(code));
             assert_eq!(GrpcCode::from_header(&code.header_value()), code);
         }
-        for bad in ["", "-1", "17", "1000", "1.0", "OK ", "0x1", "٣"] {
+        // "+1" and "0014" parse as numbers: the filter before the parse refuses them.
+        for bad in [
+            "", "-1", "+1", "0014", "17", "1000", "1.0", "OK ", "0x1", "٣",
+        ] {
             let v = HeaderValue::from_str(bad).unwrap_or(HeaderValue::from_static("?"));
             if bad != "OK " {
                 assert_eq!(GrpcCode::from_header(&v), GrpcCode::Unknown, "{bad:?}");
@@ -307,6 +350,11 @@ mod tests {
         }
         assert!("NOPE".parse::<GrpcCode>().is_err());
         assert!("17".parse::<GrpcCode>().is_err());
+        assert_eq!(GrpcCode::Unavailable.to_string(), "UNAVAILABLE");
+        assert_eq!(
+            "NOPE".parse::<GrpcCode>().unwrap_err().to_string(),
+            "\"NOPE\" is not a gRPC status code (expected a name like UNAVAILABLE, or 0–16)"
+        );
     }
 
     #[test]

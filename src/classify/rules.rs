@@ -234,6 +234,18 @@ mod tests {
         assert!(overloaded.is_failure());
     }
 
+    /// The retryable statuses are replaced, not added to: from numbers as
+    /// settings give them (those that are not statuses skipped).
+    #[test]
+    fn retryable_statuses_replace_the_defaults() {
+        let c = HttpClassify::default().retryable_codes(&[500, 1000]);
+        assert_eq!(
+            c.classify_response(&rsp(500)),
+            Class::failure(Retry::IfIdempotent)
+        );
+        assert_eq!(c.classify_response(&rsp(503)), Class::failure(Retry::Never));
+    }
+
     #[test]
     fn retry_after_on_429_and_503_only() {
         let c = HttpClassify::default().max_retry_after(Duration::from_secs(30));

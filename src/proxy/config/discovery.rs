@@ -230,9 +230,9 @@ pub struct KubernetesDiscovery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<String>,
     /// The most endpoints kept (the first by address; the rest are left
-    /// out, with a warning). At least 1. Default
-    /// [`DEFAULT_MAX_ENDPOINTS`](crate::discover::kubernetes::DEFAULT_MAX_ENDPOINTS)
-    /// (100,000).
+    /// out, with a warning). At least 1. Default: the library's
+    /// `discover::kubernetes::DEFAULT_MAX_ENDPOINTS` (100,000; that module
+    /// is built with the `kubernetes` feature).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_endpoints: Option<usize>,
 }

@@ -162,9 +162,11 @@ fn edges(root: &Path, reexports: &BTreeMap<String, String>) -> Vec<Edge> {
     for file in rust_files(root) {
         let rel = file.strip_prefix(root).unwrap();
         let Some(from) = module_of(rel) else { continue };
-        // Test modules in their own files: `tests.rs`, `eos_tests.rs`.
+        // Test modules in their own files: `tests.rs`, `eos_tests.rs`, and
+        // every file of a `tests/` folder.
         let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name == "tests.rs" || name.ends_with("_tests.rs") {
+        let in_tests_folder = rel.parent().is_some_and(|p| p.ends_with("tests"));
+        if name == "tests.rs" || name.ends_with("_tests.rs") || in_tests_folder {
             continue;
         }
         let text = fs::read_to_string(&file).unwrap();

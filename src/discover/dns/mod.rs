@@ -1171,12 +1171,25 @@ mod tests {
         }
     }
 
+    /// Tests that capture log events run one at a time: tracing caches
+    /// each call site's interest process-wide, and two captures on two
+    /// threads at once could leave a call site cached as uninteresting.
+    static LOGGING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    /// Captures this thread's events until the guard is dropped.
+    fn capture(events: &Events) -> tracing::subscriber::DefaultGuard {
+        use tracing_subscriber::layer::SubscriberExt;
+        let guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+        tracing::callsite::rebuild_interest_cache();
+        guard
+    }
+
     #[tokio::test(start_paused = true)]
     async fn failures_are_logged_naming_the_name_and_the_error() {
-        use tracing_subscriber::layer::SubscriberExt;
+        let _serial = LOGGING.lock().await;
         let events = Events::default();
-        let _guard =
-            tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+        let _guard = capture(&events);
 
         let h = start(
             vec![
@@ -1223,10 +1236,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_configured_cap_keeps_the_first_by_address_and_warns_naming_the_limit() {
-        use tracing_subscriber::layer::SubscriberExt;
+        let _serial = LOGGING.lock().await;
         let events = Events::default();
-        let _guard =
-            tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
+        let _guard = capture(&events);
         let addrs = many(5);
         let mut refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
         refs.reverse();

@@ -646,7 +646,11 @@ impl Logs {
         use tracing_subscriber::layer::SubscriberExt;
         let logs = Logs::default();
         let subscriber = tracing_subscriber::registry().with(logs.clone());
-        (logs, tracing::subscriber::set_default(subscriber))
+        let guard = tracing::subscriber::set_default(subscriber);
+        // Call sites another thread reached first have their interest
+        // cached without this subscriber: ask again.
+        tracing::callsite::rebuild_interest_cache();
+        (logs, guard)
     }
 
     fn take(&self) -> Vec<String> {

@@ -1171,18 +1171,56 @@ mod tests {
         }
     }
 
-    /// Tests that capture log events run one at a time: tracing caches
-    /// each call site's interest process-wide, and two captures on two
-    /// threads at once could leave a call site cached as uninteresting.
+    /// Tests that capture log events run one at a time.
     static LOGGING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+    thread_local! {
+        /// Where this thread's events go while it captures.
+        static CAPTURING: std::cell::RefCell<Option<Events>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    /// The process-wide subscriber: it hands each event to its thread's
+    /// capture, if there is one. A scoped subscriber per test
+    /// (`set_default`) lost events when other tests on other threads
+    /// reached the same call sites at the same time (tracing caches a call
+    /// site's interest process-wide); a global one is always interested.
+    struct ToCapturing;
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ToCapturing {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            CAPTURING.with(|c| {
+                if let Some(events) = &*c.borrow() {
+                    tracing_subscriber::Layer::<S>::on_event(events, event, ctx);
+                }
+            });
+        }
+    }
+
+    /// Stops this thread's capture when dropped.
+    struct Capture;
+
+    impl Drop for Capture {
+        fn drop(&mut self) {
+            CAPTURING.with(|c| *c.borrow_mut() = None);
+        }
+    }
+
     /// Captures this thread's events until the guard is dropped.
-    fn capture(events: &Events) -> tracing::subscriber::DefaultGuard {
+    fn capture(events: &Events) -> Capture {
         use tracing_subscriber::layer::SubscriberExt;
-        let guard =
-            tracing::subscriber::set_default(tracing_subscriber::registry().with(events.clone()));
-        tracing::callsite::rebuild_interest_cache();
-        guard
+        static GLOBAL: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+        GLOBAL.get_or_init(|| {
+            let _ = tracing::subscriber::set_global_default(
+                tracing_subscriber::registry().with(ToCapturing),
+            );
+        });
+        CAPTURING.with(|c| *c.borrow_mut() = Some(events.clone()));
+        Capture
     }
 
     #[tokio::test(start_paused = true)]

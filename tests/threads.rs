@@ -27,8 +27,9 @@ struct Seen {
     requests: AtomicUsize,
 }
 
-/// An HTTP/1.1 backend on 127.0.0.1 answering every request with `status`.
-async fn backend(status: StatusCode) -> (SocketAddr, Arc<Seen>) {
+/// An HTTP/1.1 backend on 127.0.0.1 answering every request with `status`
+/// after `delay`.
+async fn backend(status: StatusCode, delay: std::time::Duration) -> (SocketAddr, Arc<Seen>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
@@ -42,7 +43,10 @@ async fn backend(status: StatusCode) -> (SocketAddr, Arc<Seen>) {
                     counts.requests.fetch_add(1, Ordering::SeqCst);
                     let mut rsp = Response::new(Full::new(Bytes::from_static(b"ok")));
                     *rsp.status_mut() = status;
-                    async move { Ok::<_, Infallible>(rsp) }
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, Infallible>(rsp)
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -86,8 +90,11 @@ impl Connection {
 /// to the failing endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_ejected_through_one_thread_is_passed_over_by_every_thread() {
-    let (good, good_seen) = backend(StatusCode::OK).await;
-    let (bad, bad_seen) = backend(StatusCode::INTERNAL_SERVER_ERROR).await;
+    // The failing endpoint is the faster one, so that the balancer, which
+    // compares both endpoints on every pick, tries it.
+    let (good, good_seen) = backend(StatusCode::OK, std::time::Duration::from_millis(20)).await;
+    let (bad, bad_seen) =
+        backend(StatusCode::INTERNAL_SERVER_ERROR, std::time::Duration::ZERO).await;
     let proxy = Proxy::start_with(&config_with_server(
         // One failure ejects, for longer than the test takes: after its
         // first failure the balancer's penalty keeps the endpoint from

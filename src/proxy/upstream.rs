@@ -34,7 +34,7 @@ pub(crate) async fn build_routing(
             None => {
                 let pool = match old.and_then(|old| old.pools.get(&key)) {
                     Some(pool) => pool.clone(),
-                    None => Arc::new(new_pool(&key).map_err(|e| {
+                    None => Arc::new(new_pool(&key, config.server.threads()).map_err(|e| {
                         StartError::Build(format!("service {:?}: http: {e}", svc.name))
                     })?),
                 };
@@ -64,11 +64,18 @@ pub(crate) async fn build_routing(
 }
 
 /// A connection pool for services of `key`'s protocol and settings.
-/// Each thread that serves requests gets its own client from the same
-/// settings (see `pool.rs`).
-fn new_pool((protocol, settings): &PoolKey) -> Result<Pool, crate::settings::SettingsError> {
+/// Each of the `threads` serving threads gets its own client from the same
+/// settings (see `pool.rs`), with its share of the idle connections an
+/// endpoint may keep: `max_idle_per_endpoint` stays the bound for the
+/// whole proxy.
+fn new_pool(
+    (protocol, settings): &PoolKey,
+    threads: usize,
+) -> Result<Pool, crate::settings::SettingsError> {
     settings.validate()?;
-    let (settings, h2c) = (settings.clone(), *protocol == config::Protocol::H2c);
+    let mut settings = settings.clone();
+    settings.max_idle_per_endpoint = settings.max_idle_per_endpoint.div_ceil(threads.max(1));
+    let h2c = *protocol == config::Protocol::H2c;
     Ok(PerThread::new(move || {
         crate::http::pooled_client(&settings, h2c)
     }))
@@ -275,10 +282,13 @@ mod tests {
             leaves(),
             "KNOBS must list every client setting, once"
         );
-        let pool = new_pool(&(
-            config::Protocol::Http1,
-            crate::http::HttpSettings::default(),
-        ))
+        let pool = new_pool(
+            &(
+                config::Protocol::Http1,
+                crate::http::HttpSettings::default(),
+            ),
+            1,
+        )
         .unwrap();
         let metrics = Metrics::register(&mut Registry::default());
         for (path, value) in KNOBS {
